@@ -1,0 +1,1 @@
+//! HTTP upgrade negotiation (PROTOCOL.md §2).

@@ -1,0 +1,1 @@
+//! The port-forward stream protocol (PROTOCOL.md §4).

@@ -1,0 +1,1 @@
+//! SPDY/3.1 (PROTOCOL.md §3).

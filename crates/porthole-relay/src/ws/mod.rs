@@ -1,0 +1,1 @@
+//! WebSocket driver and tunnel byte-stream adapter (see docs/ARCHITECTURE.md).

@@ -1,0 +1,2 @@
+//! The `porthole` binary: parses arguments, installs tracing, calls the role's `run()`.
+fn main() {}
