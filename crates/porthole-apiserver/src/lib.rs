@@ -1,1 +1,395 @@
-//! (being written; see docs/ARCHITECTURE.md)
+//! `porthole apiserver`: a Kubernetes-compatible API server for the resources porthole needs,
+//! which authenticates (static tokens, X.509 client certificates), authorizes (RBAC), audits,
+//! and proxies pod port-forward upgrades byte for byte to the node agent.
+//!
+//! Layout:
+//! - [`store`]: the narrow storage trait and its embedded redb implementation (global
+//!   resourceVersion, watch history);
+//! - [`api`]: routing and resource handlers; [`resources`]: registry, defaulting, validation;
+//!   [`select`], [`patch`], [`table`]: selectors, patch types, server-side printing;
+//! - [`discovery`]: `/version`, health, discovery;
+//! - [`authn`], [`authz`]: authentication and RBAC; [`audit`]: the audit log;
+//! - [`portforward`], [`logs`], [`kubelet`]: everything that talks to node agents;
+//! - [`controllers`]: scheduler, Deployment controller, GC, namespace and node lifecycle;
+//! - [`error`]: every error and its one mapping to `metav1.Status`.
+//!
+//! Specs: `PROTOCOL.md` §2.1, §2.5, §2.6, §6; `CLIENTS.md`; `docs/ARCHITECTURE.md` Contracts
+//! 2–4.
+
+pub mod api;
+pub mod audit;
+pub mod authn;
+pub mod authz;
+pub mod controllers;
+pub mod discovery;
+pub mod error;
+pub mod http_util;
+pub mod kubelet;
+pub mod logs;
+pub mod patch;
+pub mod portforward;
+pub mod resources;
+pub mod select;
+pub mod store;
+pub mod table;
+pub mod tls;
+
+use std::convert::Infallible;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use http::{Method, Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use crate::api::Route;
+use crate::authn::{Outcome, TokenFile, UserInfo};
+use crate::error::ApiError;
+use crate::http_util::{Body, Query};
+use crate::store::{RedbStore, Store};
+
+/// Command-line flags of `porthole apiserver` (names follow kube-apiserver where one exists).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Address to listen on (HTTPS).
+    #[arg(long, env = "PORTHOLE_APISERVER_LISTEN", default_value = "127.0.0.1:6443")]
+    pub listen: SocketAddr,
+    /// Directory for the embedded store (one process per directory).
+    #[arg(long, env = "PORTHOLE_APISERVER_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Serving certificate (PEM).
+    #[arg(long, env = "PORTHOLE_APISERVER_TLS_CERT_FILE")]
+    pub tls_cert_file: PathBuf,
+    /// Serving private key (PEM).
+    #[arg(long, env = "PORTHOLE_APISERVER_TLS_PRIVATE_KEY_FILE")]
+    pub tls_private_key_file: PathBuf,
+    /// CA that signs client certificates (CN = user, O = groups).
+    #[arg(long, env = "PORTHOLE_APISERVER_CLIENT_CA_FILE")]
+    pub client_ca_file: Option<PathBuf>,
+    /// Static token CSV: `token,user,uid,"group1,group2"`.
+    #[arg(long, env = "PORTHOLE_APISERVER_TOKEN_AUTH_FILE")]
+    pub token_auth_file: Option<PathBuf>,
+    /// Let requests without credentials in as `system:anonymous`.
+    #[arg(long, env = "PORTHOLE_APISERVER_ANONYMOUS_AUTH", default_value_t = false)]
+    pub anonymous_auth: bool,
+    /// Client certificate presented to node agents.
+    #[arg(long, env = "PORTHOLE_APISERVER_KUBELET_CLIENT_CERTIFICATE")]
+    pub kubelet_client_certificate: Option<PathBuf>,
+    /// Key of `--kubelet-client-certificate`.
+    #[arg(long, env = "PORTHOLE_APISERVER_KUBELET_CLIENT_KEY")]
+    pub kubelet_client_key: Option<PathBuf>,
+    /// CA that signs node agents' serving certificates.
+    #[arg(long, env = "PORTHOLE_APISERVER_KUBELET_CERTIFICATE_AUTHORITY")]
+    pub kubelet_certificate_authority: Option<PathBuf>,
+    /// JSON-lines audit log (port-forward sessions and requests).
+    #[arg(long, env = "PORTHOLE_APISERVER_AUDIT_LOG_PATH")]
+    pub audit_log_path: Option<PathBuf>,
+    /// How long a node may go without a heartbeat before it is marked NotReady (`40s`, `2m`).
+    #[arg(long, env = "PORTHOLE_APISERVER_NODE_MONITOR_GRACE_PERIOD", default_value = "40s", value_parser = parse_duration)]
+    pub node_monitor_grace_period: Duration,
+}
+
+/// Parse `500ms`, `40s`, `2m`, `1h` or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map(|i| s.split_at(i))
+        .unwrap_or((s, "s"));
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}: want e.g. 40s, 2m"))?;
+    Ok(match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("invalid duration unit in {s:?}: use ms, s, m or h")),
+    })
+}
+
+/// Everything `run` needs, parsed and loaded.
+pub struct Config {
+    /// Address the binary should bind (tests pass their own listener).
+    pub listen: SocketAddr,
+    /// Store directory.
+    pub data_dir: PathBuf,
+    /// Serving TLS (certificate, optional client CA).
+    pub tls: Arc<rustls::ServerConfig>,
+    /// Static tokens.
+    pub tokens: TokenFile,
+    /// Anonymous access allowed.
+    pub anonymous_auth: bool,
+    /// TLS client config for node agents.
+    pub kubelet_tls: Arc<rustls::ClientConfig>,
+    /// Audit log path.
+    pub audit_log_path: Option<PathBuf>,
+    /// Heartbeat grace period.
+    pub node_monitor_grace_period: Duration,
+}
+
+impl Config {
+    /// Load files named by the flags; errors name the file and what is wrong.
+    pub fn from_args(args: &Args) -> anyhow::Result<Self> {
+        let tls = tls::server_config(
+            &args.tls_cert_file,
+            &args.tls_private_key_file,
+            args.client_ca_file.as_deref(),
+        )?;
+        let tokens = match &args.token_auth_file {
+            Some(p) => TokenFile::load(p)?,
+            None => TokenFile::default(),
+        };
+        let kubelet_tls = tls::kubelet_client_config(
+            args.kubelet_client_certificate.as_deref(),
+            args.kubelet_client_key.as_deref(),
+            args.kubelet_certificate_authority.as_deref(),
+        )?;
+        Ok(Self {
+            listen: args.listen,
+            data_dir: args.data_dir.clone(),
+            tls: Arc::new(tls),
+            tokens,
+            anonymous_auth: args.anonymous_auth,
+            kubelet_tls: Arc::new(kubelet_tls),
+            audit_log_path: args.audit_log_path.clone(),
+            node_monitor_grace_period: args.node_monitor_grace_period,
+        })
+    }
+}
+
+/// Shared server state.
+pub struct State {
+    /// The object store.
+    pub store: Arc<dyn Store>,
+    /// Static tokens.
+    pub tokens: TokenFile,
+    /// Anonymous access allowed.
+    pub anonymous: bool,
+    /// TLS client config for node agents.
+    pub kubelet_tls: Arc<rustls::ClientConfig>,
+    /// Audit log.
+    pub audit: audit::AuditLog,
+    /// Cancelled when the server stops; watches and sessions end with it.
+    pub shutdown: CancellationToken,
+    /// Wakes the controllers.
+    pub kick_signal: tokio::sync::Notify,
+    ready: AtomicBool,
+}
+
+impl State {
+    /// Ask the controllers for a pass now.
+    pub fn kick(&self) {
+        self.kick_signal.notify_one();
+    }
+}
+
+fn bootstrap(store: &dyn Store) -> anyhow::Result<()> {
+    let info = resources::core("namespaces");
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        if store.get(&info.key("", ns)).map_err(|e| anyhow::anyhow!("{e}"))?.is_none() {
+            let obj = api::prepare_new(info, "", json!({"metadata": {"name": ns}}))
+                .map_err(|e| anyhow::anyhow!("bootstrap namespace {ns}: {e}"))?;
+            store
+                .create(&info.key("", ns), obj)
+                .map_err(|e| anyhow::anyhow!("bootstrap namespace {ns}: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Serve until `shutdown` is cancelled. Prints `porthole apiserver listening on https://ADDR`
+/// on stdout once serving.
+pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let store: Arc<dyn Store> = Arc::new(RedbStore::open(&cfg.data_dir)?);
+    bootstrap(store.as_ref())?;
+    let state = Arc::new(State {
+        store,
+        tokens: cfg.tokens,
+        anonymous: cfg.anonymous_auth,
+        kubelet_tls: cfg.kubelet_tls,
+        audit: audit::AuditLog::open(cfg.audit_log_path.as_deref())?,
+        shutdown: shutdown.child_token(),
+        kick_signal: tokio::sync::Notify::new(),
+        ready: AtomicBool::new(true),
+    });
+    let controllers = tokio::spawn(controllers::run(state.clone(), cfg.node_monitor_grace_period));
+    let acceptor = tokio_rustls::TlsAcceptor::from(cfg.tls);
+    let addr = listener.local_addr().context("listener address")?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "porthole apiserver listening on https://{addr}").context("write ready line")?;
+        out.flush().context("flush ready line")?;
+    }
+    tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "serving");
+    loop {
+        let (tcp, remote) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let state = state.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(
+            async move {
+                let _ = tcp.set_nodelay(true);
+                let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(t)) => t,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!("TLS handshake timed out");
+                        return;
+                    }
+                };
+                let cert_user = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| UserInfo::from_certificate(c));
+                let cert_user = Arc::new(cert_user);
+                let svc_state = state.clone();
+                let service = hyper::service::service_fn(move |req| {
+                    let state = svc_state.clone();
+                    let cert_user = cert_user.clone();
+                    async move { Ok::<_, Infallible>(handle(state, remote, cert_user.as_ref().as_ref(), req).await) }
+                });
+                let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(30))
+                    .max_buf_size(256 * 1024);
+                builder.http2().max_header_list_size(256 * 1024);
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+                tokio::select! {
+                    r = conn => if let Err(e) = r { tracing::debug!(error = %e, "connection ended with an error") },
+                    _ = state.shutdown.cancelled() => {}
+                }
+            }
+            .instrument(tracing::debug_span!("conn", %remote)),
+        );
+    }
+    state.ready.store(false, Ordering::Relaxed);
+    state.shutdown.cancel();
+    let _ = controllers.await;
+    Ok(())
+}
+
+async fn handle(
+    state: Arc<State>,
+    remote: SocketAddr,
+    cert_user: Option<&UserInfo>,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let user = match authn::authenticate(req.headers(), cert_user, &state.tokens, state.anonymous) {
+        Outcome::User(u) => u,
+        Outcome::Unauthorized => {
+            let resp = ApiError::Unauthorized.into_response();
+            audit_request(&state, "", req.method().as_str(), &path, resp.status().as_u16(), remote);
+            return resp;
+        }
+    };
+    let (verb, resp) = match dispatch(&state, &user, remote, req).await {
+        Ok((verb, resp)) => (verb, resp),
+        Err((verb, e)) => (verb, e.into_response()),
+    };
+    if !verb.is_empty() {
+        audit_request(&state, &user.name, &verb, &path, resp.status().as_u16(), remote);
+    }
+    resp
+}
+
+fn audit_request(state: &State, user: &str, verb: &str, path: &str, code: u16, remote: SocketAddr) {
+    state.audit.write(&audit::RequestRecord {
+        time: api::now_rfc3339(),
+        kind: "request",
+        user,
+        verb,
+        path,
+        code,
+        source: remote.to_string(),
+    });
+}
+
+/// Route, authorize and serve. Returns the verb for the request audit record ("" when the
+/// request was a port-forward, which writes its own record).
+async fn dispatch(
+    state: &Arc<State>,
+    user: &UserInfo,
+    remote: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<(String, Response<Body>), (String, ApiError)> {
+    let path = req.uri().path().to_string();
+    let query = Query::parse(req.uri().query());
+    let method = req.method().clone();
+    let route = api::route(&path).map_err(|e| (method.as_str().to_lowercase(), e))?;
+    let r = match route {
+        Route::NonResource => {
+            let verb = method.as_str().to_lowercase();
+            let attrs = authz::Attributes { verb: verb.clone(), resource: None, path: path.clone() };
+            authz::authorize(state.store.as_ref(), user, &attrs).map_err(|e| (verb.clone(), e))?;
+            if method != Method::GET && method != Method::HEAD {
+                return Err((verb, ApiError::MethodNotAllowed));
+            }
+            let resp = discovery::handle(&path, state.ready.load(Ordering::Relaxed)).map_err(|e| (verb.clone(), e))?;
+            return Ok((verb, resp));
+        }
+        Route::Resource(r) => r,
+    };
+    let verb = api::verb(&method, &r, &query).map_err(|e| (method.as_str().to_lowercase(), e))?;
+    let fail = |e: ApiError| (verb.to_string(), e);
+    authz::authorize(state.store.as_ref(), user, &api::attributes(verb, &r)).map_err(fail)?;
+    match r.subresource.as_str() {
+        "portforward" | "proxy" => {
+            if method != Method::GET && method != Method::POST && r.subresource == "portforward" {
+                return Err(fail(ApiError::MethodNotAllowed));
+            }
+            if r.subresource == "portforward" && verb != "create" {
+                // Kubernetes 1.35 (AuthorizePodWebsocketUpgradeCreatePermission): the WebSocket
+                // GET also needs `create`, so "read-only" roles cannot forward ports.
+                authz::authorize(state.store.as_ref(), user, &api::attributes("create", &r)).map_err(fail)?;
+            }
+            let target = if r.subresource == "portforward" {
+                portforward::Target::Pod { namespace: r.namespace.clone(), pod: r.name.clone() }
+            } else {
+                portforward::Target::NodeProxy { node: r.name.clone(), rest: r.rest.clone() }
+            };
+            let resp = portforward::serve(state.clone(), user.clone(), verb, remote, req, target, &query).await;
+            Ok((String::new(), resp))
+        }
+        "log" => {
+            if method != Method::GET {
+                return Err(fail(ApiError::MethodNotAllowed));
+            }
+            logs::serve(state, &r, &query).await.map(|resp| (verb.to_string(), resp)).map_err(fail)
+        }
+        _ => {
+            let (parts, body) = req.into_parts();
+            let body = api::read_body(body).await.map_err(fail)?;
+            let resp = api::handle(state, &r, &method, &parts.headers, &query, body).await.map_err(fail)?;
+            if matches!(verb, "create" | "update" | "patch" | "delete") {
+                state.kick();
+            }
+            Ok((verb.to_string(), resp))
+        }
+    }
+}

@@ -1,1 +1,515 @@
-//! (being written; see docs/ARCHITECTURE.md)
+//! `porthole port-forward`: a drop-in for `kubectl port-forward` that survives what kills
+//! kubectl's (docs/ARCHITECTURE.md; PROTOCOL.md §2.5, §4.3, §7; issue 5).
+//!
+//! Same arguments, stdout lines, error texts and exit codes as kubectl (§7), plus:
+//! - per-connection isolation: a refused or reset pod port fails that local connection only;
+//! - resilience: a lost session (API server or node restart, network cut, pod replaced) is
+//!   re-established with back-off while the local listeners stay open, re-resolving the target;
+//!   `--reconnect=false` restores kubectl's exit-on-first-error behaviour;
+//! - only Running and Ready pods behind selectors, `--balance` across several of them;
+//! - SPDY keepalive with a bounded dead-peer timeout; porthole flow control between porthole
+//!   peers; `--output json` events.
+//!
+//! Layout:
+//! - [`ports`]: `[LOCAL:]REMOTE` specs and named-port resolution (§7.3);
+//! - [`listen`]: `--address` expansion and listeners (§7.4);
+//! - [`kubeconfig`]: kubeconfig loading and command-line overrides;
+//! - [`target`]: `TYPE/NAME` → pods, activeness ranking (§7.2);
+//! - [`transport`]: the upgrade, WebSocket tunnel then SPDY (§2.2, §2.4, §2.5);
+//! - [`forward`]: listeners, connection tasks and the reconnecting supervisor;
+//! - [`output`]: kubectl's lines or JSON events.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
+
+pub mod forward;
+pub mod kubeconfig;
+pub mod listen;
+pub mod output;
+pub mod ports;
+pub mod target;
+pub mod transport;
+
+use crate::forward::{ConnectError, Connector, NewSession};
+use crate::output::{Output, OutputFormat};
+use crate::ports::PortSpec;
+use crate::target::{Kind, ResolveError, Resolver, TargetRef};
+use crate::transport::{Keepalive, TransportMode};
+
+/// Parses a Go duration (`1m0s`, `30s`, `1h30m`, `500ms`, `0`), as kubectl's duration flags do.
+pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
+    let err = || format!("time: invalid duration {s:?}");
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut rest = s.strip_prefix('+').unwrap_or(s);
+    if rest.is_empty() || rest.starts_with('-') {
+        return Err(err());
+    }
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if num_len == 0 {
+            return Err(err());
+        }
+        let value: f64 = rest[..num_len].parse().map_err(|_| err())?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" | "μs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            "" => return Err(format!("time: missing unit in duration {s:?}")),
+            u => return Err(format!("time: unknown unit {u:?} in duration {s:?}")),
+        };
+        total += value * scale;
+        rest = &rest[unit_len..];
+    }
+    Duration::try_from_secs_f64(total).map_err(|_| err())
+}
+
+fn parse_bool(s: &str) -> Result<bool, String> {
+    // Go's strconv.ParseBool, which kubectl's boolean flags use.
+    match s {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+        _ => Err(format!("strconv.ParseBool: parsing {s:?}: invalid syntax")),
+    }
+}
+
+/// `porthole port-forward TYPE/NAME [LOCAL_PORT:]REMOTE_PORT [...]` — kubectl's flags plus ours.
+#[derive(Debug, Clone, clap::Args)]
+#[command(
+    about = "Forward one or more local ports to a pod",
+    long_about = "Forward one or more local ports to a pod. Works like `kubectl port-forward` \
+                  (same arguments, output and exit codes) but keeps the local ports open and \
+                  reconnects when the session to the pod is lost. Use --reconnect=false for \
+                  kubectl's exact behaviour."
+)]
+pub struct Args {
+    /// TYPE/NAME (pod, deployment/deploy, service/svc, statefulset/sts, replicaset/rs, ...)
+    /// followed by [LOCAL_PORT:]REMOTE_PORT specs (5000, 6000:5000, :5000, 0:5000, 8443:https).
+    #[arg(value_name = "TYPE/NAME [LOCAL_PORT:]REMOTE_PORT", num_args = 0.., allow_hyphen_values = false)]
+    pub args: Vec<String>,
+
+    /// If present, the namespace scope for this CLI request.
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+
+    /// Addresses to listen on (comma separated or repeated). Only accepts IP addresses or
+    /// localhost as a value.
+    #[arg(long, default_value = "localhost", action = clap::ArgAction::Append, env = "PORTHOLE_ADDRESS")]
+    pub address: Vec<String>,
+
+    /// The length of time (like 5s, 2m, or 3h, higher than zero) to wait until at least one pod
+    /// is running; also how long a new local connection waits during a reconnect, and how long
+    /// a deleted target may stay unresolvable before giving up.
+    #[arg(long, default_value = "1m0s", value_parser = parse_go_duration, env = "PORTHOLE_POD_RUNNING_TIMEOUT")]
+    pub pod_running_timeout: Duration,
+
+    /// Reconnect when the session is lost and keep other connections alive when one fails.
+    /// --reconnect=false behaves exactly like kubectl (exit 1 on the first error).
+    #[arg(long, default_value = "true", num_args = 0..=1, default_missing_value = "true",
+          require_equals = true, value_parser = parse_bool, env = "PORTHOLE_RECONNECT")]
+    pub reconnect: bool,
+
+    /// Spread new connections across every Ready pod behind a deployment/service (one session
+    /// per pod) instead of using one pod.
+    #[arg(long, env = "PORTHOLE_BALANCE")]
+    pub balance: bool,
+
+    /// Transport: auto (WebSocket tunnel, then SPDY, like kubectl), websocket or spdy.
+    /// In auto mode KUBECTL_PORT_FORWARD_WEBSOCKETS=false selects SPDY, as for kubectl.
+    #[arg(long, value_enum, default_value_t = TransportMode::Auto, env = "PORTHOLE_TRANSPORT")]
+    pub transport: TransportMode,
+
+    /// SPDY PING period (default 5s on SPDY, 10s in the WebSocket tunnel, like kubectl);
+    /// 0 disables keepalive.
+    #[arg(long, value_parser = parse_go_duration, env = "PORTHOLE_KEEPALIVE")]
+    pub keepalive: Option<Duration>,
+
+    /// A session whose peer answers nothing for this long is declared dead (and reconnected).
+    #[arg(long, default_value = "15s", value_parser = parse_go_duration, env = "PORTHOLE_KEEPALIVE_TIMEOUT")]
+    pub keepalive_timeout: Duration,
+
+    /// Output format: text (kubectl's lines) or json (one event per line).
+    #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Text, env = "PORTHOLE_OUTPUT")]
+    pub output: OutputFormat,
+
+    /// Log verbosity (kubectl's -v; 0 = errors only, 4 = debug, 6+ = trace). Read by the binary
+    /// when it installs logging.
+    #[arg(
+        short = 'v',
+        long = "v",
+        value_name = "LEVEL",
+        env = "PORTHOLE_VERBOSITY"
+    )]
+    pub verbosity: Option<u8>,
+
+    /// Kubeconfig and API server overrides.
+    #[command(flatten)]
+    pub kube: kubeconfig::KubeconfigArgs,
+}
+
+impl Args {
+    /// A `tracing` filter directive for `-v` (the binary installs the subscriber): 0–1 warn,
+    /// 2–3 info, 4–5 debug, 6+ trace.
+    pub fn log_filter(&self) -> &'static str {
+        match self.verbosity.unwrap_or(0) {
+            0..=1 => "warn",
+            2..=3 => "info",
+            4..=5 => "debug",
+            _ => "trace",
+        }
+    }
+}
+
+/// Everything checked before talking to the cluster.
+struct Validated {
+    target: TargetRef,
+    specs: Vec<PortSpec>,
+    addresses: Vec<listen::ListenAddress>,
+}
+
+fn validate(args: &Args) -> Result<Validated, String> {
+    if args.args.len() < 2 {
+        return Err("error: TYPE/NAME and list of ports are required for port-forward".into());
+    }
+    if args.pod_running_timeout.is_zero() {
+        return Err("error: --pod-running-timeout must be higher than zero".into());
+    }
+    let target = TargetRef::parse(&args.args[0]).map_err(|e| format!("error: {e}"))?;
+    let specs = args.args[1..]
+        .iter()
+        .map(|s| PortSpec::parse(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("error: {e}"))?;
+    let addresses = listen::parse_addresses(&args.address).map_err(|e| format!("error: {e}"))?;
+    Ok(Validated {
+        target,
+        specs,
+        addresses,
+    })
+}
+
+/// Runs `port-forward` until Ctrl-C/SIGTERM (`shutdown`), a fatal error, or — with
+/// `--reconnect=false` — the first lost session. Errors are printed here, as kubectl prints them
+/// (`error: ...` on stderr), and turned into the exit code (0 after shutdown, 1 otherwise), so
+/// the binary only needs to return the code.
+pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<ExitCode> {
+    let output = Output::new(args.output);
+    match run_inner(args, output, shutdown).await {
+        Ok(code) => Ok(code),
+        Err(line) => {
+            output.fatal(&line);
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// The Kubernetes-backed [`Connector`]: resolve the target, then upgrade to each chosen pod.
+struct KubeConnector {
+    client: kube::Client,
+    resolver: Resolver,
+    transport: TransportMode,
+    keepalive: Keepalive,
+}
+
+impl KubeConnector {
+    async fn connect_inner(
+        &self,
+        max: usize,
+        exclude: &[String],
+    ) -> Result<Vec<NewSession>, ConnectError> {
+        let choices = self
+            .resolver
+            .resolve(max + exclude.len())
+            .await
+            .map_err(|e| ConnectError {
+                gone: matches!(e, ResolveError::NotFound(_)),
+                message: e.to_string(),
+            })?;
+        let mut sessions = Vec::new();
+        let mut last_err = None;
+        for c in choices
+            .into_iter()
+            .filter(|c| !exclude.iter().any(|p| p == c.pod_name()))
+            .take(max)
+        {
+            match transport::dial(
+                &self.client,
+                self.resolver.namespace(),
+                c.pod_name(),
+                self.transport,
+                self.keepalive,
+            )
+            .await
+            {
+                Ok(d) => sessions.push(NewSession {
+                    pod: c.pod_name().to_string(),
+                    ports: c.ports.clone(),
+                    forwarder: d.forwarder,
+                    transport: d.transport,
+                }),
+                Err(e) => {
+                    last_err = Some(ConnectError {
+                        message: format!("error: {e}"),
+                        gone: false,
+                    })
+                }
+            }
+        }
+        match (sessions.is_empty(), last_err) {
+            (true, Some(e)) => Err(e),
+            _ => Ok(sessions),
+        }
+    }
+}
+
+impl Connector for KubeConnector {
+    fn connect<'a>(
+        &'a self,
+        max: usize,
+        exclude: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<NewSession>, ConnectError>> {
+        Box::pin(self.connect_inner(max, exclude))
+    }
+}
+
+async fn run_inner(
+    args: Args,
+    output: Output,
+    shutdown: CancellationToken,
+) -> Result<ExitCode, String> {
+    let v = validate(&args)?;
+    let config = kubeconfig::load(&args.kube)
+        .await
+        .map_err(|e| format!("error: {e}"))?;
+    let namespace = args
+        .namespace
+        .clone()
+        .unwrap_or_else(|| config.default_namespace.clone());
+    let client = kube::Client::try_from(config).map_err(|e| {
+        format!(
+            "error: cannot create the API client: {}",
+            transport::describe_error(&e)
+        )
+    })?;
+    let keepalive = Keepalive {
+        interval: args.keepalive.filter(|d| !d.is_zero()),
+        timeout: args.keepalive_timeout,
+        enabled: args.keepalive.is_none_or(|d| !d.is_zero()),
+    };
+    let balance = if args.balance && v.target.kind != Kind::Pod {
+        32
+    } else {
+        1
+    };
+    let connector = KubeConnector {
+        client: client.clone(),
+        resolver: Resolver::new(client, namespace, v.target.clone(), v.specs.clone()),
+        transport: args.transport,
+        keepalive,
+    };
+
+    // 1. Resolve (kubectl: GET object, LIST pods, wait ≤ --pod-running-timeout for a pod).
+    //    A named pod is checked once, like kubectl; behind a selector we wait for a Ready pod.
+    let deadline = tokio::time::Instant::now() + args.pod_running_timeout;
+    let mut delay = Duration::from_millis(100);
+    let choices = loop {
+        let attempt = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(ExitCode::SUCCESS),
+            r = connector.resolver.resolve(balance) => r,
+        };
+        match attempt {
+            Ok(c) => break c,
+            Err(ResolveError::NotReady(_))
+                if v.target.kind != Kind::Pod && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(ExitCode::SUCCESS),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(1));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    };
+
+    // 2. Upgrade (kubectl dials before it listens, §7.5).
+    let mut initial = Vec::new();
+    for (i, c) in choices.iter().enumerate() {
+        let dialed = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(ExitCode::SUCCESS),
+            d = transport::dial(&connector.client, connector.resolver.namespace(), c.pod_name(), args.transport, keepalive) => d,
+        };
+        match dialed {
+            Ok(d) => {
+                tracing::debug!(
+                    pod = c.pod_name(),
+                    transport = d.transport,
+                    flow_control = d.flow_control,
+                    "connected"
+                );
+                initial.push(NewSession {
+                    pod: c.pod_name().to_string(),
+                    ports: c.ports.clone(),
+                    forwarder: d.forwarder,
+                    transport: d.transport,
+                });
+            }
+            Err(e) if i == 0 => return Err(format!("error: {e}")),
+            Err(e) => output.warn(&format!(
+                "error: {e} (pod {}; balancing over the others)",
+                c.pod_name()
+            )),
+        }
+    }
+
+    // 3. Listen, printing `Forwarding from` per bound address as kubectl does.
+    let first = &choices[0];
+    let mut listeners = Vec::new();
+    for (i, port) in first.ports.iter().enumerate() {
+        let bound = listen::listen_port(&v.addresses, port.local, |addr, local| {
+            output.listening(addr, local, port.remote);
+        });
+        match bound {
+            Ok(b) => listeners.push(forward::Listener {
+                spec_index: i,
+                local_port: b.local_port,
+                sockets: b.listeners.into_iter().map(|(_, l)| l).collect(),
+            }),
+            Err(e) => output.warn(&format!("Unable to listen on port {}: {e}", port.local)),
+        }
+    }
+    if listeners.is_empty() {
+        let ports: Vec<String> = first
+            .ports
+            .iter()
+            .map(|p| format!("{{{} {}}}", p.local, p.remote))
+            .collect();
+        for s in &initial {
+            s.forwarder.shutdown().await;
+        }
+        return Err(format!(
+            "error: unable to listen on any of the requested ports: [{}]",
+            ports.join(" ")
+        ));
+    }
+
+    let options = forward::Options {
+        reconnect: args.reconnect,
+        balance,
+        pod_running_timeout: args.pod_running_timeout,
+        ..Default::default()
+    };
+    Ok(forward::serve(
+        listeners,
+        initial,
+        Arc::new(connector),
+        options,
+        output,
+        shutdown,
+    )
+    .await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn parse(argv: &[&str]) -> Args {
+        Cli::try_parse_from(std::iter::once("port-forward").chain(argv.iter().copied()))
+            .unwrap()
+            .args
+    }
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_go_duration("1m0s").unwrap(), Duration::from_secs(60));
+        assert_eq!(
+            parse_go_duration("1h30m").unwrap(),
+            Duration::from_secs(5400)
+        );
+        assert_eq!(
+            parse_go_duration("500ms").unwrap(),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            parse_go_duration("1.5s").unwrap(),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(parse_go_duration("0").unwrap(), Duration::ZERO);
+        assert_eq!(
+            parse_go_duration("60").unwrap_err(),
+            "time: missing unit in duration \"60\""
+        );
+        assert!(parse_go_duration("-1s").is_err());
+        assert!(parse_go_duration("1x").is_err());
+    }
+
+    #[test]
+    fn flags_like_kubectl() {
+        let a = parse(&[
+            "deploy/web",
+            "8080:80",
+            "-n",
+            "team",
+            "--address",
+            "0.0.0.0,::",
+            "--address=127.0.0.1",
+            "--pod-running-timeout=5s",
+            "--reconnect=false",
+            "-v=4",
+            "--insecure-skip-tls-verify",
+        ]);
+        assert_eq!(a.args, vec!["deploy/web", "8080:80"]);
+        assert_eq!(a.namespace.as_deref(), Some("team"));
+        assert_eq!(a.address, vec!["0.0.0.0,::", "127.0.0.1"]);
+        assert_eq!(a.pod_running_timeout, Duration::from_secs(5));
+        assert!(!a.reconnect);
+        assert_eq!(a.verbosity, Some(4));
+        assert_eq!(a.kube.insecure_skip_tls_verify, Some(true));
+        let a = parse(&["web", "80"]);
+        assert!(a.reconnect);
+        assert_eq!(a.address, vec!["localhost"]);
+        assert_eq!(a.pod_running_timeout, Duration::from_secs(60));
+        assert_eq!(a.transport, TransportMode::Auto);
+    }
+
+    #[test]
+    fn validation_texts() {
+        let err = |argv: &[&str]| validate(&parse(argv)).err().unwrap();
+        assert_eq!(
+            err(&["web"]),
+            "error: TYPE/NAME and list of ports are required for port-forward"
+        );
+        assert_eq!(
+            err(&["web", "80", "--pod-running-timeout=0"]),
+            "error: --pod-running-timeout must be higher than zero"
+        );
+        assert_eq!(err(&["web", "1:2:3"]), "error: invalid port format '1:2:3'");
+        assert_eq!(
+            err(&["web", "80", "--address", "nope"]),
+            "error: nope is not a valid IP"
+        );
+    }
+}

@@ -1,1 +1,610 @@
-//! (being written; see docs/ARCHITECTURE.md)
+//! porthole-netns: network namespaces for pods, created and used natively (no `ip`, `nsenter`
+//! or `socat` on the host).
+//!
+//! - [`NetNs::create`] starts one long-lived OS thread per namespace. The thread
+//!   `unshare(CLONE_NEWNET)`s itself into a fresh namespace, brings `lo` up and bind-mounts
+//!   `/proc/thread-self/ns/net` onto a file under the node's state dir, so the namespace
+//!   outlives any process in it and can be found again after an agent crash.
+//! - [`NetNs::dial`] connects to `127.0.0.1:P`, then `[::1]:P`, inside the namespace
+//!   (PROTOCOL.md §8.5) without moving any tokio thread: the namespace thread only calls
+//!   `socket()`, because a socket belongs to the namespace it was *created* in and keeps it for
+//!   life. The connect itself (with its timeout) then runs on tokio from any thread.
+//! - [`NetNs::enter_on_spawn`] makes a `Command` join the namespace between `fork` and `exec`.
+//! - [`NetNs::remove`] unmounts and unlinks the file; [`cleanup_dir`] does the same for files
+//!   left behind by a previous run.
+//!
+//! Linux only. This is the only crate in porthole allowed `unsafe`, confined to `sys.rs`.
+
+use std::fs::File;
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+use tokio::net::{TcpSocket, TcpStream};
+
+mod sys;
+
+/// Default per-address connect timeout for [`NetNs::dial`] (containerd uses 5 s, §8.2).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What went wrong creating or removing a namespace.
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    /// The process may not create network namespaces.
+    #[error("{0}")]
+    NotPermitted(String),
+    /// `unshare(CLONE_NEWNET)` failed for another reason.
+    #[error("create network namespace: unshare(CLONE_NEWNET)")]
+    Unshare(#[source] io::Error),
+    /// Bringing the loopback interface up failed.
+    #[error("bring up loopback in the new network namespace")]
+    LoopbackUp(#[source] io::Error),
+    /// Creating the mount-point file failed.
+    #[error("create namespace file {path}")]
+    CreateFile {
+        /// The file that could not be created.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The bind mount that keeps the namespace alive failed.
+    #[error("bind-mount /proc/thread-self/ns/net onto {path}")]
+    Mount {
+        /// The mount target.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// Unmounting a namespace file failed.
+    #[error("unmount namespace file {path}")]
+    Unmount {
+        /// The mount target.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// Removing a namespace file failed.
+    #[error("remove namespace file {path}")]
+    RemoveFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// Reading a state directory failed.
+    #[error("read directory {path}")]
+    ReadDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The namespace thread could not be started or died.
+    #[error("namespace thread for {name:?}: {reason}")]
+    Thread {
+        /// Namespace name.
+        name: String,
+        /// What happened.
+        reason: String,
+    },
+}
+
+/// A connection attempt inside a namespace failed; `Display` is the cause text used on the
+/// port-forward error stream (PROTOCOL.md §4.5), naming the port and both address families.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DialError {
+    /// The full cause text.
+    pub cause: String,
+}
+
+impl std::fmt::Display for DialError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.cause)
+    }
+}
+
+impl std::error::Error for DialError {}
+
+/// A request to the namespace thread: make one nonblocking TCP socket of this family.
+struct SocketRequest {
+    family: AddressFamily,
+    reply: tokio::sync::oneshot::Sender<io::Result<OwnedFd>>,
+}
+
+struct Inner {
+    name: String,
+    path: PathBuf,
+    /// The namespace file, open for the life of the handle: child processes `setns` to it.
+    file: File,
+    /// Channel to the namespace thread; `None` once removed (the thread then exits).
+    requests: Mutex<Option<mpsc::Sender<SocketRequest>>>,
+    removed: Mutex<bool>,
+}
+
+/// A network namespace owned by this process, persisted as a bind mount at [`NetNs::path`].
+///
+/// Cheap to clone. The namespace is removed (unmounted, file unlinked) by [`NetNs::remove`],
+/// or when the last clone is dropped.
+#[derive(Clone)]
+pub struct NetNs {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for NetNs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetNs")
+            .field("name", &self.inner.name)
+            .field("path", &self.inner.path)
+            .finish()
+    }
+}
+
+impl NetNs {
+    /// Creates a namespace with only `lo` (up) and persists it at `path` (the parent directory
+    /// must exist). `name` (the pod UID) appears in thread names and dial errors.
+    ///
+    /// Blocks for the few system calls it takes; call it from `spawn_blocking` in async code.
+    pub fn create(path: &Path, name: &str) -> Result<NetNs, NetnsError> {
+        let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), NetnsError>>(1);
+        let (req_tx, req_rx) = mpsc::channel::<SocketRequest>();
+        let thread_path = path.to_path_buf();
+        // Linux limits thread names to 15 bytes; the prefix plus the start of the UID is
+        // enough to spot them in `top -H`.
+        let thread_name: String = format!("netns-{name}").chars().take(15).collect();
+        std::thread::Builder::new()
+            .name(thread_name)
+            .spawn(move || namespace_thread(&thread_path, ready_tx, req_rx))
+            .map_err(|e| NetnsError::Thread {
+                name: name.to_owned(),
+                reason: format!("spawn: {e}"),
+            })?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(NetnsError::Thread {
+                    name: name.to_owned(),
+                    reason: "exited before reporting".into(),
+                })
+            }
+        }
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(source) => {
+                drop(req_tx);
+                let _ = unmount_and_unlink(path);
+                return Err(NetnsError::CreateFile {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        tracing::debug!(netns = name, path = %path.display(), "network namespace created");
+        Ok(NetNs {
+            inner: Arc::new(Inner {
+                name: name.to_owned(),
+                path: path.to_path_buf(),
+                file,
+                requests: Mutex::new(Some(req_tx)),
+                removed: Mutex::new(false),
+            }),
+        })
+    }
+
+    /// The name given at creation (the pod UID).
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Where the namespace is mounted.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Whether [`NetNs::remove`] has run.
+    pub fn is_removed(&self) -> bool {
+        *self.inner.removed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Creates an unconnected nonblocking TCP socket of `family` inside the namespace.
+    async fn socket(&self, family: AddressFamily) -> io::Result<OwnedFd> {
+        let closed = || {
+            io::Error::new(
+                io::ErrorKind::NotConnected,
+                format!("network namespace for sandbox {:?} is closed", self.inner.name),
+            )
+        };
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        {
+            let guard = self.inner.requests.lock().unwrap_or_else(|p| p.into_inner());
+            let tx = guard.as_ref().ok_or_else(closed)?;
+            tx.send(SocketRequest { family, reply })
+                .map_err(|_| closed())?;
+        }
+        rx.await.map_err(|_| closed())?
+    }
+
+    /// Connects to `addr` from inside the namespace, giving up after `timeout`.
+    pub async fn connect(&self, addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+        let family = match addr {
+            SocketAddr::V4(_) => AddressFamily::Inet,
+            SocketAddr::V6(_) => AddressFamily::Inet6,
+        };
+        let fd = self.socket(family).await?;
+        // The socket was created nonblocking (SOCK_NONBLOCK), as tokio requires.
+        let sock = TcpSocket::from_std_stream(std::net::TcpStream::from(fd));
+        match tokio::time::timeout(timeout, sock.connect(addr)).await {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("timed out after {}s", timeout.as_secs_f64()),
+            )),
+        }
+    }
+
+    /// Connects to `port` on the namespace's loopback: `127.0.0.1` first, then `[::1]` only if
+    /// that failed (serially, like containerd; §8.5). Each attempt is bounded by `timeout`.
+    pub async fn dial(&self, port: u16, timeout: Duration) -> Result<TcpStream, DialError> {
+        let v4 = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let v4_err = match self.connect(v4, timeout).await {
+            Ok(s) => return Ok(s),
+            Err(e) => e,
+        };
+        if self.is_removed() {
+            return Err(DialError {
+                cause: format!(
+                    "network namespace for sandbox {:?} is closed",
+                    self.inner.name
+                ),
+            });
+        }
+        let v6 = SocketAddr::from((Ipv6Addr::LOCALHOST, port));
+        let v6_err = match self.connect(v6, timeout).await {
+            Ok(s) => return Ok(s),
+            Err(e) => e,
+        };
+        Err(DialError {
+            cause: format!(
+                "failed to connect to localhost:{port} inside namespace {:?}: IPv4: connect {v4}: {}; IPv6: connect {v6}: {}",
+                self.inner.name,
+                describe_io_error(&v4_err),
+                describe_io_error(&v6_err),
+            ),
+        })
+    }
+
+    /// Makes `cmd` run inside this namespace: the child calls `setns` after `fork`, before
+    /// `exec`. The parent's threads are untouched.
+    pub fn enter_on_spawn(&self, cmd: &mut std::process::Command) {
+        sys::setns_before_exec(cmd, self.inner.file.as_raw_fd(), self.inner.clone());
+    }
+
+    /// Removes the namespace: stops its thread, unmounts and unlinks the file. Sockets and
+    /// processes still inside keep the namespace alive in the kernel until they close, but it
+    /// can no longer be entered. Idempotent.
+    pub fn remove(&self) -> Result<(), NetnsError> {
+        self.inner.remove()
+    }
+}
+
+impl Inner {
+    fn remove(&self) -> Result<(), NetnsError> {
+        let mut removed = self.removed.lock().unwrap_or_else(|p| p.into_inner());
+        if *removed {
+            return Ok(());
+        }
+        // Dropping the sender ends the thread's receive loop.
+        self.requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        unmount_and_unlink(&self.path)?;
+        *removed = true;
+        tracing::debug!(netns = %self.name, path = %self.path.display(), "network namespace removed");
+        Ok(())
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Never leak a mount, even when the owner forgot (or panicked before) `remove`.
+        if let Err(e) = self.remove() {
+            tracing::error!(error = %error_chain(&e), "removing network namespace on drop");
+        }
+    }
+}
+
+/// Body of the per-namespace thread: enter a new namespace, persist it, report, then serve
+/// socket requests until every sender is gone.
+fn namespace_thread(
+    path: &Path,
+    ready: mpsc::SyncSender<Result<(), NetnsError>>,
+    requests: mpsc::Receiver<SocketRequest>,
+) {
+    let setup = || -> Result<(), NetnsError> {
+        // CLONE_NEWNET (unlike CLONE_NEWUSER) may be unshared by one thread of a multi-threaded
+        // process; only this thread moves.
+        unshare(CloneFlags::CLONE_NEWNET).map_err(|e| {
+            if e == nix::errno::Errno::EPERM {
+                NetnsError::NotPermitted(privilege_hint())
+            } else {
+                NetnsError::Unshare(e.into())
+            }
+        })?;
+        sys::loopback_up().map_err(NetnsError::LoopbackUp)?;
+        File::options()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|source| NetnsError::CreateFile {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        if let Err(e) = mount(
+            Some("/proc/thread-self/ns/net"),
+            path,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        ) {
+            let _ = std::fs::remove_file(path);
+            return Err(NetnsError::Mount {
+                path: path.to_path_buf(),
+                source: e.into(),
+            });
+        }
+        Ok(())
+    };
+    let ok = setup();
+    let failed = ok.is_err();
+    let _ = ready.send(ok);
+    if failed {
+        return;
+    }
+    while let Ok(req) = requests.recv() {
+        let fd = socket(
+            req.family,
+            SockType::Stream,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(io::Error::from);
+        let _ = req.reply.send(fd);
+    }
+}
+
+/// Explains what is missing when namespaces cannot be created, for the operator.
+fn privilege_hint() -> String {
+    let euid = nix::unistd::geteuid();
+    if euid.is_root() {
+        return "creating a network namespace was refused (EPERM) although running as root: \
+                the process lacks CAP_SYS_ADMIN (a restricted container or seccomp profile?); \
+                run porthole node with CAP_SYS_ADMIN"
+            .into();
+    }
+    let userns = std::fs::read_to_string("/proc/sys/kernel/unprivileged_userns_clone")
+        .map(|s| s.trim() != "0")
+        .unwrap_or(true)
+        && std::fs::read_to_string("/proc/sys/user/max_user_namespaces")
+            .map(|s| s.trim() != "0")
+            .unwrap_or(true);
+    let userns_text = if userns {
+        "this kernel allows unprivileged user namespaces, but rootless pods are not implemented \
+         (an unprivileged process cannot bind-mount a namespace file on the host, and a \
+         multi-threaded agent cannot enter a user namespace)"
+    } else {
+        "unprivileged user namespaces are disabled on this host \
+         (kernel.unprivileged_userns_clone=0 or user.max_user_namespaces=0)"
+    };
+    format!(
+        "creating a network namespace needs CAP_SYS_ADMIN, and porthole node runs as uid {euid}; \
+         {userns_text}; run porthole node as root"
+    )
+}
+
+/// Unmounts `path` if it is a mount point and unlinks it. Missing files are fine.
+fn unmount_and_unlink(path: &Path) -> Result<(), NetnsError> {
+    match umount2(path, MntFlags::MNT_DETACH) {
+        // EINVAL: not a mount point (e.g. the mount never happened); ENOENT: already gone.
+        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+        Err(e) => {
+            return Err(NetnsError::Unmount {
+                path: path.to_path_buf(),
+                source: e.into(),
+            })
+        }
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(NetnsError::RemoveFile {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Unmounts and removes every file in `dir` (namespaces left behind by a previous run of the
+/// agent). Returns the paths removed. A missing directory is empty.
+pub fn cleanup_dir(dir: &Path) -> Result<Vec<PathBuf>, NetnsError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(NetnsError::ReadDir {
+                path: dir.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let mut removed = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| NetnsError::ReadDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = entry.path();
+        unmount_and_unlink(&path)?;
+        removed.push(path);
+    }
+    Ok(removed)
+}
+
+/// Whether `path` is currently a mount point of this process's mount namespace (checked in
+/// `/proc/self/mountinfo`), for cleanup checks.
+pub fn is_mounted(path: &Path) -> io::Result<bool> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let wanted = path.to_string_lossy();
+    Ok(info.lines().any(|line| {
+        line.split(' ')
+            .nth(4)
+            .is_some_and(|mp| unescape_mountinfo(mp) == wanted)
+    }))
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal `\NNN`.
+fn unescape_mountinfo(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 3 < bytes.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `connection refused` rather than `Connection refused (os error 111)`: the Go-like lower-case
+/// form users know from kubectl's error texts.
+pub fn describe_io_error(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(code) => {
+            let desc = nix::errno::Errno::from_raw(code).desc();
+            let mut chars = desc.chars();
+            match chars.next() {
+                Some(first) => first.to_lowercase().chain(chars).collect(),
+                None => e.to_string(),
+            }
+        }
+        None => e.to_string(),
+    }
+}
+
+/// Formats an error with its sources, `a: b: c`.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn tempdir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "porthole-netns-test-{tag}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        dir
+    }
+
+    #[test]
+    fn unescape() {
+        assert_eq!(unescape_mountinfo(r"/a\040b"), "/a b");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+    }
+
+    #[tokio::test]
+    async fn listener_in_namespace_is_reachable_only_through_dial() {
+        let dir = tempdir("dial");
+        let path = dir.join("ns1");
+        let ns = NetNs::create(&path, "pod-uid-1").expect("create namespace (needs root)");
+        assert!(is_mounted(&path).expect("mountinfo"));
+
+        // A server inside the namespace: python binds 127.0.0.1:0 and prints its port.
+        let mut cmd = std::process::Command::new("python3");
+        cmd.args([
+            "-c",
+            "import socket,sys\ns=socket.socket();s.bind(('127.0.0.1',0));s.listen()\n\
+             print(s.getsockname()[1],flush=True)\nc,_=s.accept();c.sendall(c.recv(100).upper());c.close()",
+        ])
+        .stdout(std::process::Stdio::piped());
+        ns.enter_on_spawn(&mut cmd);
+        let mut child = cmd.spawn().expect("spawn python3");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+            &mut line,
+        )
+        .expect("read port");
+        let port: u16 = line.trim().parse().expect("port");
+
+        // Not reachable from the host namespace: the port is free there.
+        assert!(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err());
+
+        let mut s = ns.dial(port, DEFAULT_CONNECT_TIMEOUT).await.expect("dial");
+        s.write_all(b"hello").await.expect("write");
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).await.expect("read");
+        assert_eq!(&buf, b"HELLO");
+        child.wait().expect("wait python");
+
+        // Nothing listens any more: both families are named in the error.
+        let err = ns.dial(port, DEFAULT_CONNECT_TIMEOUT).await.expect_err("refused");
+        assert_eq!(
+            err.cause,
+            format!(
+                "failed to connect to localhost:{port} inside namespace \"pod-uid-1\": IPv4: connect 127.0.0.1:{port}: connection refused; IPv6: connect [::1]:{port}: connection refused"
+            )
+        );
+
+        ns.remove().expect("remove");
+        assert!(!is_mounted(&path).expect("mountinfo"));
+        assert!(!path.exists());
+        let err = ns.dial(port, DEFAULT_CONNECT_TIMEOUT).await.expect_err("closed");
+        assert!(err.cause.contains("is closed"), "{err}");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn cleanup_dir_removes_leftover_mounts() {
+        let dir = tempdir("cleanup");
+        let path = dir.join("leftover");
+        let ns = NetNs::create(&path, "leftover").expect("create namespace (needs root)");
+        // Simulate a crash: the handle is forgotten, the mount stays.
+        std::mem::forget(ns);
+        assert!(is_mounted(&path).expect("mountinfo"));
+        let removed = cleanup_dir(&dir).expect("cleanup");
+        assert_eq!(removed, vec![path.clone()]);
+        assert!(!is_mounted(&path).expect("mountinfo"));
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+}

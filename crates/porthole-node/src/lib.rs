@@ -1,1 +1,181 @@
-//! (being written; see docs/ARCHITECTURE.md)
+//! porthole-node: the kubelet of porthole.
+//!
+//! It runs pods as real host processes, each pod in its own network namespace, and serves the
+//! kubelet-compatible streaming endpoint that the API server proxies port-forward requests to
+//! (PROTOCOL.md §6.8, §8; ARCHITECTURE.md Contracts 2 and 4).
+//!
+//! Layout:
+//! - [`config`]: flags ([`Args`]) and the validated [`Config`].
+//! - [`runtime`]: pods, containers, restart back-off, readiness probes, logs, cleanup of a
+//!   previous run (state files under `<state_dir>/pods`, namespaces under `<state_dir>/netns`).
+//! - `server`: HTTPS (mutual TLS) endpoint: `/portForward`, `/containerLogs`, `/healthz`.
+//! - `agent`: registration, heartbeat, pod list+watch, status write-back, deletion.
+//!
+//! Images are recorded in the pod status but never pulled: a container's `command` is run from
+//! the host filesystem. `status.podIP` is left empty because the pod's only address is its own
+//! loopback, which is not reachable from outside (port-forward is the way in).
+
+pub mod config;
+pub mod runtime;
+
+mod agent;
+mod server;
+mod session;
+mod tls;
+
+use std::collections::HashSet;
+use std::io::Write as _;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::{ApiConfig, Args, Config};
+pub use runtime::{PodHandle, Runtime};
+
+/// Holds an exclusive `flock` on the state directory for the life of the agent, so two agents
+/// never clean up each other's pods.
+fn lock_state_dir(dir: &std::path::Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("create node state directory {}", dir.display()))?;
+    let path = dir.join("lock");
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("open {}", path.display()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        anyhow::anyhow!(
+            "state directory {} is in use by another porthole node ({e}); give each node its own --state-dir or --data-dir",
+            dir.display()
+        )
+    })
+}
+
+/// Serves the streaming endpoint on `listener` for the pods of `runtime`, with the TLS and
+/// timeout settings of `cfg`, until `shutdown`; then closes every connection and session and
+/// returns. [`run`] uses it; tests and embedders can run it next to their own [`Runtime`].
+pub async fn serve_endpoint(
+    runtime: Runtime,
+    listener: TcpListener,
+    cfg: &Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let tls = tls::server_config(
+        &cfg.tls_cert_file,
+        &cfg.tls_private_key_file,
+        &cfg.client_ca_file,
+    )?;
+    let tasks = TaskTracker::new();
+    let ep = Arc::new(server::Endpoint {
+        runtime,
+        allowed_names: cfg.apiserver_client_names.iter().cloned().collect::<HashSet<_>>(),
+        idle_timeout: cfg.idle_timeout,
+        stream_creation_timeout: cfg.stream_creation_timeout,
+        node_name: cfg.node_name.clone(),
+        shutdown: shutdown.clone(),
+        tasks: tasks.clone(),
+    });
+    server::serve(listener, tls, ep).await;
+    tasks.close();
+    tasks.wait().await;
+    Ok(())
+}
+
+/// Runs the node agent: cleans up a previous run's leftovers, serves the endpoint on
+/// `listener`, joins the cluster (if `cfg.api` is set), runs the pods bound to this node.
+///
+/// Prints one line to stdout when ready: `porthole node NAME listening on https://ADDR`, once
+/// the endpoint is serving and the first registration attempt has finished (successfully, or
+/// not — then registration keeps retrying in the background, which is logged).
+/// On `shutdown` it stops every pod (SIGTERM, grace, SIGKILL), removes their namespaces and
+/// files, closes every connection, and only then returns.
+pub async fn run(
+    cfg: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let _lock = lock_state_dir(&cfg.state_dir)?;
+    let local = listener
+        .local_addr()
+        .context("read the listening address")?;
+    let client = cfg.api.as_ref().map(agent::client).transpose()?;
+    // Check the TLS files before touching anything else, so a typo fails fast.
+    tls::server_config(
+        &cfg.tls_cert_file,
+        &cfg.tls_private_key_file,
+        &cfg.client_ca_file,
+    )?;
+    let runtime = Runtime::new(&cfg.state_dir, &cfg.node_name, &cfg.node_ip.to_string())?;
+
+    let server_stop = CancellationToken::new();
+    let server = {
+        let runtime = runtime.clone();
+        let cfg = cfg.clone();
+        let stop = server_stop.clone();
+        tokio::spawn(async move { serve_endpoint(runtime, listener, &cfg, stop).await })
+    };
+
+    let agent_stop = CancellationToken::new();
+    let agent = match client {
+        Some(client) => {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let facts = agent::NodeFacts {
+                name: cfg.node_name.clone(),
+                ip: cfg.node_ip.to_string(),
+                port: local.port(),
+            };
+            let handle = tokio::spawn(agent::run(
+                client,
+                facts,
+                runtime.clone(),
+                cfg.heartbeat_interval,
+                agent_stop.clone(),
+                tx,
+            ));
+            tokio::select! {
+                r = rx => match r {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "serving, but not registered with the API server yet; retrying in the background"),
+                    Err(_) => tracing::warn!("the agent ended before registering"),
+                },
+                _ = shutdown.cancelled() => {}
+            }
+            Some(handle)
+        }
+        None => {
+            tracing::info!("no --api-server: running standalone (no pods from a control plane)");
+            None
+        }
+    };
+
+    if !shutdown.is_cancelled() {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "porthole node {} listening on https://{local}",
+            cfg.node_name
+        );
+        let _ = out.flush();
+    }
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down: stopping every pod");
+    agent_stop.cancel();
+    if let Some(agent) = agent {
+        if let Err(e) = agent.await {
+            tracing::error!(error = %e, "agent task failed");
+        }
+    }
+    runtime.shutdown().await;
+    server_stop.cancel();
+    match server.await {
+        Ok(r) => r?,
+        Err(e) => tracing::error!(error = %e, "server task failed"),
+    }
+    tracing::info!("node stopped; every pod and namespace cleaned up");
+    Ok(())
+}

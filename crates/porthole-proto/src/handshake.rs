@@ -1,1 +1,856 @@
-//! HTTP upgrade negotiation (PROTOCOL.md §2).
+//! HTTP/1.1 upgrade negotiation for the three port-forward transports (PROTOCOL.md §2, §6.7,
+//! §6.8), sans-IO on `http` types.
+//!
+//! Server side (the node, which terminates all three):
+//! - [`negotiate_server`] decides between SPDY/3.1 (§2.2), the WebSocket tunnel
+//!   `SPDY/3.1+portforward.k8s.io` (§2.4) and the WebSocket channel protocol (§2.3) and returns
+//!   either the 101 headers or a [`Rejection`] whose status and text match what a Kubernetes
+//!   node answers, so clients show their usual messages.
+//! - [`classify`] tells the API server (which only proxies) whether and how a request upgrades;
+//!   [`parse_api_ports`] and [`node_port_query`] rewrite its `ports` query into the node's
+//!   `port=` query (§6.3).
+//!
+//! Client side: request headers for SPDY and the tunnel ([`spdy_request_headers`],
+//! [`ws_tunnel_request_headers`], [`ws_channel_request_headers`]) and validation of the answer
+//! exactly as client-go does ([`check_spdy_response`], [`check_ws_tunnel_response`],
+//! [`check_ws_channel_response`]).
+//!
+//! Porthole-to-porthole flow control: a client adds `X-Porthole-Flow-Control: 1`; the node
+//! echoes it in its 101 (docs/ARCHITECTURE.md, contract 1).
+
+// `Rejection` (status + HeaderMap + body) is the contract's error type and only built on the
+// cold refusal path once per connection; boxing it would change the agreed API for nothing.
+#![allow(clippy::result_large_err)]
+
+use base64::Engine as _;
+use http::header::{HeaderName, HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY};
+use http::header::{SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION, UPGRADE};
+use http::{HeaderMap, Method, StatusCode};
+use sha1::{Digest, Sha1};
+
+use crate::ws::channel::{ChannelProtocol, MAX_PORTS};
+
+/// The `Upgrade` token of the SPDY transport.
+pub const SPDY_UPGRADE: &str = "SPDY/3.1";
+/// The only port-forward stream protocol (§0).
+pub const PORTFORWARD_PROTOCOL: &str = "portforward.k8s.io";
+/// The WebSocket sub-protocol of the SPDY tunnel (§2.4).
+pub const TUNNEL_SUBPROTOCOL: &str = "SPDY/3.1+portforward.k8s.io";
+/// Prefix that marks a tunnelling sub-protocol.
+pub const TUNNEL_PREFIX: &str = "SPDY/3.1+";
+/// `X-Stream-Protocol-Version`: SPDY protocol negotiation (§2.2).
+pub const STREAM_PROTOCOL_VERSION: HeaderName =
+    HeaderName::from_static("x-stream-protocol-version");
+/// `X-Accepted-Stream-Protocol-Versions`: sent with a 403 negotiation failure (§2.2).
+pub const ACCEPTED_STREAM_PROTOCOL_VERSIONS: HeaderName =
+    HeaderName::from_static("x-accepted-stream-protocol-versions");
+/// `X-Porthole-Flow-Control`: `1` when both ends are porthole and honour SPDY flow control.
+pub const PORTHOLE_FLOW_CONTROL: HeaderName = HeaderName::from_static("x-porthole-flow-control");
+
+/// Sub-protocol entries carrying a bearer token for browsers (PROTOCOL.md §2.1).
+const BEARER_PROTOCOL_PREFIX: &str = "base64url.bearer.authorization.k8s.io.";
+
+/// RFC 6455 §1.3: appended to the key before hashing.
+const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+const BASE64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// The transport a successful negotiation selected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upgrade {
+    /// Raw SPDY/3.1 after the 101 (§2.2).
+    Spdy {
+        /// The client asked for porthole flow control (and the 101 echoes it).
+        flow_control: bool,
+    },
+    /// SPDY/3.1 carried in binary WebSocket messages (§2.4).
+    WsTunnel {
+        /// The client asked for porthole flow control (and the 101 echoes it).
+        flow_control: bool,
+    },
+    /// The WebSocket channel protocol (§2.3, §5) for a fixed list of ports.
+    WsChannels {
+        /// The chosen sub-protocol.
+        proto: ChannelProtocol,
+        /// Ports in query order; channel `2i` / `2i+1` belong to `ports[i]`.
+        ports: Vec<u16>,
+    },
+}
+
+/// A refused upgrade: the status, extra headers and plain-text body to answer with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// HTTP status (400, 403, 405).
+    pub status: StatusCode,
+    /// Headers beyond `Content-Type` (e.g. `X-Accepted-Stream-Protocol-Versions`).
+    pub headers: HeaderMap,
+    /// Plain-text body, the same text a Kubernetes node sends.
+    pub body: String,
+}
+
+impl Rejection {
+    fn new(status: StatusCode, body: impl Into<String>) -> Rejection {
+        Rejection {
+            status,
+            headers: HeaderMap::new(),
+            body: body.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.status, self.body)
+    }
+}
+
+impl std::error::Error for Rejection {}
+
+/// What kind of upgrade a request asks for, judged from its headers only (no validation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpgradeKind {
+    /// `Upgrade: SPDY/3.1`.
+    Spdy,
+    /// WebSocket whose first `Sec-WebSocket-Protocol` line offers a `SPDY/3.1+….k8s.io` entry.
+    WsTunnel,
+    /// Any other WebSocket request: the channel protocol.
+    WsChannels,
+}
+
+/// Classifies a request the way Kubernetes does: `None` unless `Connection` contains `upgrade`;
+/// then `Upgrade: websocket` is a WebSocket (tunnel or channels), `Upgrade` containing
+/// `spdy/3.1` is SPDY. The API server answers `None` with 400 `Upgrade request required`.
+pub fn classify(req: &http::request::Parts) -> Option<UpgradeKind> {
+    if !first_value_contains(&req.headers, &CONNECTION, "upgrade") {
+        return None;
+    }
+    if is_websocket(&req.headers) {
+        if tunnel_protocols(&req.headers).is_empty() {
+            Some(UpgradeKind::WsChannels)
+        } else {
+            Some(UpgradeKind::WsTunnel)
+        }
+    } else if first_value_contains(&req.headers, &UPGRADE, "spdy/3.1") {
+        Some(UpgradeKind::Spdy)
+    } else {
+        None
+    }
+}
+
+/// Server-side negotiation for the node's `/portForward/{ns}/{pod}[/{uid}]` endpoint.
+///
+/// On success returns the transport and the headers of the `101 Switching Protocols` answer.
+/// Checks run in the order a Kubernetes node applies them, so a client sees the same error:
+/// - WebSocket with a tunnelling sub-protocol: SPDY protocol negotiation on the stripped
+///   entries (403 as in §2.2), then the WebSocket checks;
+/// - other WebSocket: the `port` query (400, §2.3 texts), then the WebSocket checks, then the
+///   sub-protocol (first client entry among v5, v4, v4.base64; no header = binary; else 403);
+/// - anything else is treated as SPDY: `X-Stream-Protocol-Version` (400/403), then the
+///   upgrade headers (400).
+///
+/// Only `GET` and `POST` are routed (405 otherwise); WebSocket needs `GET`.
+/// permessage-deflate and other extensions are never accepted.
+pub fn negotiate_server(req: &http::request::Parts) -> Result<(Upgrade, HeaderMap), Rejection> {
+    if req.method != Method::GET && req.method != Method::POST {
+        return Err(Rejection::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!(
+                "method {} is not allowed for port-forward: use GET (WebSocket) or POST (SPDY)",
+                req.method
+            ),
+        ));
+    }
+    let flow_control = wants_flow_control(&req.headers);
+    if first_value_contains(&req.headers, &CONNECTION, "upgrade") && is_websocket(&req.headers) {
+        let tunnel = tunnel_protocols(&req.headers);
+        if !tunnel.is_empty() {
+            // As the Kubernetes TunnelingHandler: the stripped entries go through the SPDY
+            // negotiation first (its upstream request), then gorilla checks the WebSocket.
+            negotiate_stream_protocol(&tunnel)?;
+            let accept = check_websocket(req)?;
+            let mut headers = websocket_101(&accept);
+            headers.insert(
+                SEC_WEBSOCKET_PROTOCOL,
+                HeaderValue::from_static(TUNNEL_SUBPROTOCOL),
+            );
+            if flow_control {
+                headers.insert(PORTHOLE_FLOW_CONTROL, HeaderValue::from_static("1"));
+            }
+            return Ok((Upgrade::WsTunnel { flow_control }, headers));
+        }
+        let ports = parse_node_ports(req.uri.query())?;
+        let accept = check_websocket(req)?;
+        let proto = choose_channel_protocol(&req.headers)?;
+        let mut headers = websocket_101(&accept);
+        if let Some(name) = proto.subprotocol() {
+            headers.insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(name));
+        }
+        return Ok((Upgrade::WsChannels { proto, ports }, headers));
+    }
+
+    // SPDY, exactly in the order of the Kubernetes streaming library (1.35+ texts).
+    let offered = header_tokens(&req.headers, &STREAM_PROTOCOL_VERSION);
+    if req.headers.get(&STREAM_PROTOCOL_VERSION).is_none() {
+        return Err(Rejection::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "unable to upgrade: header X-Stream-Protocol-Version does not exist in request with {} headers",
+                go_header_count(&req.headers)
+            ),
+        ));
+    }
+    if offered.is_empty() {
+        let raw: Vec<String> = req
+            .headers
+            .get_all(&STREAM_PROTOCOL_VERSION)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect();
+        let body = if raw.iter().all(|v| v.trim().is_empty()) {
+            "unable to upgrade: header X-Stream-Protocol-Version is empty".to_owned()
+        } else {
+            format!(
+                "unable to upgrade: header X-Stream-Protocol-Version contains [{}], but no valid protocols",
+                raw.join(" ")
+            )
+        };
+        return Err(Rejection::new(StatusCode::BAD_REQUEST, body));
+    }
+    negotiate_stream_protocol(&offered)?;
+    if !first_value_contains(&req.headers, &CONNECTION, "upgrade")
+        || !first_value_contains(&req.headers, &UPGRADE, "spdy/3.1")
+    {
+        return Err(Rejection::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "unable to upgrade: missing upgrade headers in request: {}",
+                go_header_dump(&req.headers)
+            ),
+        ));
+    }
+    let mut headers = HeaderMap::new();
+    headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(UPGRADE, HeaderValue::from_static(SPDY_UPGRADE));
+    headers.insert(
+        STREAM_PROTOCOL_VERSION,
+        HeaderValue::from_static(PORTFORWARD_PROTOCOL),
+    );
+    if flow_control {
+        headers.insert(PORTHOLE_FLOW_CONTROL, HeaderValue::from_static("1"));
+    }
+    Ok((Upgrade::Spdy { flow_control }, headers))
+}
+
+/// The `Sec-WebSocket-Accept` value for a `Sec-WebSocket-Key` (RFC 6455 §4.2.2).
+pub fn sec_websocket_accept(key: &[u8]) -> String {
+    let mut sha = Sha1::new();
+    sha.update(key);
+    sha.update(WS_GUID.as_bytes());
+    BASE64.encode(sha.finalize())
+}
+
+/// The request's `X-Porthole-Flow-Control` is `1`.
+fn wants_flow_control(headers: &HeaderMap) -> bool {
+    headers
+        .get(&PORTHOLE_FLOW_CONTROL)
+        .is_some_and(|v| v.as_bytes().trim_ascii() == b"1")
+}
+
+/// Case-insensitive substring test on the first value, as Go's `Header.Get` checks do.
+fn first_value_contains(headers: &HeaderMap, name: &HeaderName, needle: &str) -> bool {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().contains(needle))
+}
+
+/// `Upgrade` lists the `websocket` token (any case).
+fn is_websocket(headers: &HeaderMap) -> bool {
+    headers.get_all(UPGRADE).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("websocket"))
+        })
+    })
+}
+
+/// Entries of the first `Sec-WebSocket-Protocol` line, comma-split and trimmed (only the first
+/// line counts, as in Go's `Header.Get`).
+fn offered_subprotocols(headers: &HeaderMap) -> Vec<&str> {
+    headers
+        .get(SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The tunnelling entries (`SPDY/3.1+…` ending `.k8s.io`) with the prefix stripped.
+fn tunnel_protocols(headers: &HeaderMap) -> Vec<String> {
+    offered_subprotocols(headers)
+        .into_iter()
+        .filter(|p| p.ends_with(".k8s.io"))
+        .filter_map(|p| p.strip_prefix(TUNNEL_PREFIX))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// All values of a header, comma-split, trimmed, empties dropped (§2.2).
+fn header_tokens(headers: &HeaderMap, name: &HeaderName) -> Vec<String> {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Picks `portforward.k8s.io` from the client's list or answers 403 as in §2.2.
+fn negotiate_stream_protocol(offered: &[String]) -> Result<(), Rejection> {
+    if offered.iter().any(|p| p == PORTFORWARD_PROTOCOL) {
+        return Ok(());
+    }
+    let mut rejection = Rejection::new(
+        StatusCode::FORBIDDEN,
+        format!(
+            "unable to upgrade: unable to negotiate protocol: client supports [{}], server accepts [{}]",
+            offered.join(" "),
+            PORTFORWARD_PROTOCOL
+        ),
+    );
+    rejection.headers.append(
+        ACCEPTED_STREAM_PROTOCOL_VERSIONS,
+        HeaderValue::from_static(PORTFORWARD_PROTOCOL),
+    );
+    Err(rejection)
+}
+
+/// Go's `len(req.Header)`: distinct header names, without `Host` (Go moves it to `req.Host`).
+fn go_header_count(headers: &HeaderMap) -> usize {
+    headers.keys_len() - usize::from(headers.contains_key(http::header::HOST))
+}
+
+/// An approximation of Go's `%#v` of `http.Header` (canonical names, sorted), as in the
+/// `missing upgrade headers` text. Credentials are redacted: the text goes back over the wire.
+fn go_header_dump(headers: &HeaderMap) -> String {
+    let mut names: Vec<&HeaderName> = headers
+        .keys()
+        .filter(|n| **n != http::header::HOST)
+        .collect();
+    names.sort_by_key(|n| canonical_name(n.as_str()));
+    let entries: Vec<String> = names
+        .into_iter()
+        .map(|name| {
+            let values: Vec<String> = headers
+                .get_all(name)
+                .iter()
+                .map(|v| {
+                    if *name == http::header::AUTHORIZATION {
+                        "\"<redacted>\"".to_owned()
+                    } else {
+                        format!("{:?}", String::from_utf8_lossy(v.as_bytes()))
+                    }
+                })
+                .collect();
+            format!(
+                "\"{}\":[]string{{{}}}",
+                canonical_name(name.as_str()),
+                values.join(", ")
+            )
+        })
+        .collect();
+    format!("http.Header{{{}}}", entries.join(", "))
+}
+
+/// Go's canonical MIME header form: `x-stream-protocol-version` → `X-Stream-Protocol-Version`.
+fn canonical_name(lower: &str) -> String {
+    let mut out = String::with_capacity(lower.len());
+    let mut upper = true;
+    for c in lower.chars() {
+        out.push(if upper { c.to_ascii_uppercase() } else { c });
+        upper = c == '-';
+    }
+    out
+}
+
+/// The WebSocket checks of gorilla's `Upgrade` (which the Kubernetes tunnel uses), in its
+/// order; returns the `Sec-WebSocket-Accept` value.
+fn check_websocket(req: &http::request::Parts) -> Result<String, Rejection> {
+    const NOT_WS: &str = "websocket: the client is not using the websocket protocol: ";
+    if !first_value_contains(&req.headers, &CONNECTION, "upgrade") {
+        return Err(Rejection::new(
+            StatusCode::BAD_REQUEST,
+            format!("{NOT_WS}'upgrade' token not found in 'Connection' header"),
+        ));
+    }
+    if !is_websocket(&req.headers) {
+        return Err(Rejection::new(
+            StatusCode::BAD_REQUEST,
+            format!("{NOT_WS}'websocket' token not found in 'Upgrade' header"),
+        ));
+    }
+    if req.method != Method::GET {
+        return Err(Rejection::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{NOT_WS}request method is not GET"),
+        ));
+    }
+    let version_ok = header_tokens(&req.headers, &SEC_WEBSOCKET_VERSION)
+        .iter()
+        .any(|v| v == "13");
+    if !version_ok {
+        let mut r = Rejection::new(
+            StatusCode::BAD_REQUEST,
+            "websocket: unsupported version: 13 not found in 'Sec-Websocket-Version' header",
+        );
+        r.headers
+            .insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        return Err(r);
+    }
+    let key = req
+        .headers
+        .get(SEC_WEBSOCKET_KEY)
+        .map(|k| k.as_bytes().trim_ascii())
+        .unwrap_or_default();
+    let key_ok = BASE64.decode(key).is_ok_and(|k| k.len() == 16);
+    if !key_ok {
+        return Err(Rejection::new(
+            StatusCode::BAD_REQUEST,
+            "websocket: not a websocket handshake: 'Sec-WebSocket-Key' header must be Base64 encoded value of 16-byte in length",
+        ));
+    }
+    Ok(sec_websocket_accept(key))
+}
+
+fn websocket_101(accept: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    // Base64 output is always a valid header value.
+    if let Ok(v) = HeaderValue::from_str(accept) {
+        headers.insert(SEC_WEBSOCKET_ACCEPT, v);
+    }
+    headers
+}
+
+/// First client-offered entry we support; no header (or an empty one) means binary mode.
+///
+/// Bearer-token entries (`base64url.bearer.authorization.k8s.io.…`) are authentication, not
+/// protocols: the Kubernetes API server strips them before proxying, and so do we here.
+fn choose_channel_protocol(headers: &HeaderMap) -> Result<ChannelProtocol, Rejection> {
+    let offered: Vec<&str> = offered_subprotocols(headers)
+        .into_iter()
+        .filter(|p| !p.starts_with(BEARER_PROTOCOL_PREFIX))
+        .collect();
+    if offered.is_empty() {
+        return Ok(ChannelProtocol::NoSubprotocol);
+    }
+    offered
+        .iter()
+        .find_map(|p| ChannelProtocol::from_subprotocol(p))
+        .ok_or_else(|| {
+            Rejection::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "unable to upgrade: none of the offered WebSocket sub-protocols [{}] is supported; port-forward accepts {}, {}, {} or none",
+                    offered.join(" "),
+                    crate::ws::channel::V5_CHANNEL,
+                    crate::ws::channel::V4_CHANNEL,
+                    crate::ws::channel::V4_BASE64_CHANNEL,
+                ),
+            )
+        })
+}
+
+/// Percent-decodes a query component (`+` is a space, as in Go's `url.ParseQuery`). `None` on
+/// a malformed escape.
+fn query_unescape(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3)?;
+                let hex = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Values of one query key, decoded, in order; empty pairs (`?&ports=80`) and malformed escapes
+/// are skipped as Go's `url.ParseQuery` does.
+fn query_values(query: Option<&str>, key: &str) -> Vec<String> {
+    query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (query_unescape(k)? == key).then(|| query_unescape(v))?
+        })
+        .collect()
+}
+
+/// Go's `strconv.ParseUint(s, 10, 16)` error texts.
+fn parse_u16_go(s: &str) -> Result<u16, String> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("strconv.ParseUint: parsing {s:?}: invalid syntax"));
+    }
+    s.parse::<u16>()
+        .map_err(|_| format!("strconv.ParseUint: parsing {s:?}: value out of range"))
+}
+
+/// The node's port list: `port` values (repeatable, comma lists, percent-decoded), or `ports`
+/// when no `port` is given; errors carry the kubelet's texts (§2.3).
+fn parse_node_ports(query: Option<&str>) -> Result<Vec<u16>, Rejection> {
+    let bad = |body: String| Rejection::new(StatusCode::BAD_REQUEST, body);
+    let mut values = query_values(query, "port");
+    if values.is_empty() {
+        values = query_values(query, "ports");
+    }
+    if values.is_empty() {
+        return Err(bad("query parameter \"port\" is required".to_owned()));
+    }
+    let mut ports = Vec::new();
+    for value in &values {
+        if value.is_empty() {
+            return Err(bad("query parameter \"port\" cannot be empty".to_owned()));
+        }
+        for item in value.split(',') {
+            let port = parse_u16_go(item)
+                .map_err(|e| bad(format!("unable to parse {value:?} as a port: {e}")))?;
+            if port == 0 {
+                return Err(bad(format!("port {value:?} must be > 0")));
+            }
+            ports.push(port);
+        }
+    }
+    if ports.len() > MAX_PORTS {
+        return Err(bad(format!(
+            "too many ports: {} requested, one WebSocket carries at most {MAX_PORTS}; open several port-forwards",
+            ports.len()
+        )));
+    }
+    Ok(ports)
+}
+
+/// Parses the API server's `ports` query (repeatable, comma lists, each an unsigned 16-bit
+/// decimal; §6.1). Port 0 passes, as in Kubernetes (the node rejects it). The error text is
+/// Kubernetes' `cannot convert to []int32: …`, for a 400 Status.
+pub fn parse_api_ports(query: Option<&str>) -> Result<Vec<u16>, String> {
+    let mut ports = Vec::new();
+    for value in query_values(query, "ports") {
+        for item in value.split(',') {
+            ports.push(parse_u16_go(item).map_err(|e| format!("cannot convert to []int32: {e}"))?);
+        }
+    }
+    Ok(ports)
+}
+
+/// The node query for a port list: `port=8080%2C9090` (comma-joined, URL-encoded), or `None`
+/// when there are no ports (§6.3).
+pub fn node_port_query(ports: &[u16]) -> Option<String> {
+    if ports.is_empty() {
+        return None;
+    }
+    let joined: Vec<String> = ports.iter().map(u16::to_string).collect();
+    Some(format!("port={}", joined.join("%2C")))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client side
+
+/// Headers of a SPDY upgrade request (§2.2). Send them with `POST`, an empty body and
+/// `Content-Length: 0`, as kubectl does.
+pub fn spdy_request_headers(flow_control: bool) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(UPGRADE, HeaderValue::from_static(SPDY_UPGRADE));
+    h.insert(
+        STREAM_PROTOCOL_VERSION,
+        HeaderValue::from_static(PORTFORWARD_PROTOCOL),
+    );
+    if flow_control {
+        h.insert(PORTHOLE_FLOW_CONTROL, HeaderValue::from_static("1"));
+    }
+    h
+}
+
+fn websocket_request_headers(key: [u8; 16]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+    if let Ok(v) = HeaderValue::from_str(&BASE64.encode(key)) {
+        h.insert(SEC_WEBSOCKET_KEY, v);
+    }
+    h
+}
+
+/// Headers of a WebSocket tunnel request (§2.4; send with `GET`, no query). `key` is 16
+/// random bytes from the caller, so this crate needs no RNG.
+pub fn ws_tunnel_request_headers(key: [u8; 16], flow_control: bool) -> HeaderMap {
+    let mut h = websocket_request_headers(key);
+    h.insert(
+        SEC_WEBSOCKET_PROTOCOL,
+        HeaderValue::from_static(TUNNEL_SUBPROTOCOL),
+    );
+    if flow_control {
+        h.insert(PORTHOLE_FLOW_CONTROL, HeaderValue::from_static("1"));
+    }
+    h
+}
+
+/// Headers of a WebSocket channel-protocol request offering `offered` in preference order
+/// (send with `GET` and the ports in the query). [`ChannelProtocol::NoSubprotocol`] entries are
+/// skipped; an empty list sends no `Sec-WebSocket-Protocol` (binary mode).
+pub fn ws_channel_request_headers(key: [u8; 16], offered: &[ChannelProtocol]) -> HeaderMap {
+    let mut h = websocket_request_headers(key);
+    let names: Vec<&str> = offered.iter().filter_map(|p| p.subprotocol()).collect();
+    if !names.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&names.join(", ")) {
+            h.insert(SEC_WEBSOCKET_PROTOCOL, v);
+        }
+    }
+    h
+}
+
+/// Why the server's answer to an upgrade request is not acceptable. Texts follow client-go so
+/// users see what kubectl would print after `error upgrading connection: `.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpgradeError {
+    /// The server answered something other than a proper 101. `message` is the
+    /// `metav1.Status` message when the body is one, otherwise client-go's text.
+    #[error("{message}")]
+    Refused {
+        /// The response status.
+        status: StatusCode,
+        /// What to show the user.
+        message: String,
+    },
+    /// A SPDY 101 negotiated a stream protocol other than `portforward.k8s.io`.
+    #[error("unable to negotiate protocol: client supports \"portforward.k8s.io\", server returned {got:?}")]
+    ProtocolMismatch {
+        /// The `X-Stream-Protocol-Version` returned (empty when absent).
+        got: String,
+    },
+    /// A WebSocket 101 echoed a sub-protocol that was not offered (or none).
+    #[error("invalid protocol, expected one of [{}], got {got:?}", expected.iter().map(|e| format!("{e:?}")).collect::<Vec<_>>().join(" "))]
+    InvalidSubprotocol {
+        /// The offered sub-protocols.
+        expected: Vec<String>,
+        /// The echoed one (empty when absent).
+        got: String,
+    },
+    /// A WebSocket 101 with a wrong `Sec-WebSocket-Accept` or missing upgrade headers.
+    #[error("websocket: bad handshake ({status})")]
+    BadHandshake {
+        /// The response status.
+        status: StatusCode,
+    },
+}
+
+impl UpgradeError {
+    /// client-go's `UpgradeFailureError`: the WebSocket attempt failed at the HTTP level, so
+    /// kubectl falls back to SPDY (§2.5). Every variant qualifies.
+    pub fn is_upgrade_failure(&self) -> bool {
+        true
+    }
+}
+
+/// The `message` of a `metav1.Status` JSON body, if the body is one.
+fn status_message(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    if v.get("kind")?.as_str()? != "Status" {
+        return None;
+    }
+    Some(v.get("message")?.as_str()?.to_owned())
+}
+
+fn status_line(status: StatusCode) -> String {
+    format!(
+        "{} {}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    )
+    .trim_end()
+    .to_owned()
+}
+
+/// Validates a SPDY upgrade answer as client-go does (§2.2). `body` is what the server sent
+/// after a non-101 header block (read it before calling; ignored for a 101). Returns whether
+/// the node echoed porthole flow control.
+pub fn check_spdy_response(
+    resp: &http::response::Parts,
+    body: &[u8],
+) -> Result<bool, UpgradeError> {
+    let upgraded = resp.status == StatusCode::SWITCHING_PROTOCOLS
+        && first_value_contains(&resp.headers, &CONNECTION, "upgrade")
+        && first_value_contains(&resp.headers, &UPGRADE, "spdy/3.1");
+    if !upgraded {
+        let message = status_message(body).unwrap_or_else(|| {
+            format!(
+                "unable to upgrade connection: {}",
+                String::from_utf8_lossy(body).trim()
+            )
+        });
+        return Err(UpgradeError::Refused {
+            status: resp.status,
+            message,
+        });
+    }
+    let got = resp
+        .headers
+        .get(&STREAM_PROTOCOL_VERSION)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
+    if got != PORTFORWARD_PROTOCOL {
+        return Err(UpgradeError::ProtocolMismatch { got });
+    }
+    Ok(wants_flow_control(&resp.headers))
+}
+
+/// Common WebSocket 101 checks (gorilla's client side): status, upgrade headers, accept hash.
+fn check_ws_common(
+    resp: &http::response::Parts,
+    key: [u8; 16],
+    body: &[u8],
+) -> Result<(), UpgradeError> {
+    if resp.status != StatusCode::SWITCHING_PROTOCOLS {
+        let message = status_message(body).unwrap_or_else(|| {
+            let text = String::from_utf8_lossy(body);
+            let text = text.trim();
+            if text.is_empty() {
+                format!("websocket: bad handshake ({})", status_line(resp.status))
+            } else {
+                format!(
+                    "websocket: bad handshake ({}): {text}",
+                    status_line(resp.status)
+                )
+            }
+        });
+        return Err(UpgradeError::Refused {
+            status: resp.status,
+            message,
+        });
+    }
+    let expected = sec_websocket_accept(BASE64.encode(key).as_bytes());
+    let accept_ok = resp
+        .headers
+        .get(SEC_WEBSOCKET_ACCEPT)
+        .is_some_and(|v| v.as_bytes() == expected.as_bytes());
+    if !is_websocket(&resp.headers)
+        || !first_value_contains(&resp.headers, &CONNECTION, "upgrade")
+        || !accept_ok
+    {
+        return Err(UpgradeError::BadHandshake {
+            status: resp.status,
+        });
+    }
+    Ok(())
+}
+
+/// Validates a WebSocket tunnel answer as client-go does (§2.4): a 101 with the right accept
+/// hash echoing `SPDY/3.1+portforward.k8s.io`. `key` is the one sent; `body` as in
+/// [`check_spdy_response`]. Returns whether the node echoed porthole flow control.
+pub fn check_ws_tunnel_response(
+    resp: &http::response::Parts,
+    key: [u8; 16],
+    body: &[u8],
+) -> Result<bool, UpgradeError> {
+    check_ws_common(resp, key, body)?;
+    let got = resp
+        .headers
+        .get(SEC_WEBSOCKET_PROTOCOL)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
+    if got != TUNNEL_SUBPROTOCOL {
+        return Err(UpgradeError::InvalidSubprotocol {
+            expected: vec![TUNNEL_SUBPROTOCOL.to_owned()],
+            got,
+        });
+    }
+    Ok(wants_flow_control(&resp.headers))
+}
+
+/// Validates a WebSocket channel-protocol answer: a 101 with the right accept hash whose
+/// sub-protocol is one of `offered` (none echoed is accepted only when nothing was offered).
+pub fn check_ws_channel_response(
+    resp: &http::response::Parts,
+    key: [u8; 16],
+    offered: &[ChannelProtocol],
+    body: &[u8],
+) -> Result<ChannelProtocol, UpgradeError> {
+    check_ws_common(resp, key, body)?;
+    let names: Vec<&str> = offered.iter().filter_map(|p| p.subprotocol()).collect();
+    let got = resp
+        .headers
+        .get(SEC_WEBSOCKET_PROTOCOL)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    match got {
+        None if names.is_empty() => Ok(ChannelProtocol::NoSubprotocol),
+        Some(g) if names.contains(&g.as_str()) => {
+            ChannelProtocol::from_subprotocol(&g).ok_or(UpgradeError::InvalidSubprotocol {
+                expected: names.iter().map(|s| (*s).to_owned()).collect(),
+                got: g,
+            })
+        }
+        got => Err(UpgradeError::InvalidSubprotocol {
+            expected: names.iter().map(|s| (*s).to_owned()).collect(),
+            got: got.unwrap_or_default(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc_accept_example() {
+        // RFC 6455 §1.3.
+        assert_eq!(
+            sec_websocket_accept(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn go_parse_errors() {
+        assert_eq!(
+            parse_u16_go("x"),
+            Err("strconv.ParseUint: parsing \"x\": invalid syntax".into())
+        );
+        assert_eq!(
+            parse_u16_go("70000"),
+            Err("strconv.ParseUint: parsing \"70000\": value out of range".into())
+        );
+        assert_eq!(parse_u16_go("80"), Ok(80));
+    }
+
+    #[test]
+    fn canonical_names() {
+        assert_eq!(
+            canonical_name("x-stream-protocol-version"),
+            "X-Stream-Protocol-Version"
+        );
+    }
+}

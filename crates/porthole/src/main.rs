@@ -1,2 +1,187 @@
 //! The `porthole` binary: parses arguments, installs tracing, calls the role's `run()`.
-fn main() {}
+//!
+//! One executable plays every role (docs/ARCHITECTURE.md, "Contract 2"):
+//!
+//! | subcommand | what runs |
+//! |---|---|
+//! | `porthole port-forward` | [`porthole_client::run`], a drop-in for `kubectl port-forward` |
+//! | `porthole apiserver` | [`porthole_apiserver::run`] on the `--listen` socket |
+//! | `porthole node` | [`porthole_node::run`] on the `--listen` socket |
+//! | `porthole up` | both of the above in this process, plus PKI and kubeconfig ([`up`]) |
+//! | `porthole version` | prints the version |
+//!
+//! Installed (or symlinked) as `kubectl-porthole`, kubectl runs it as a plugin:
+//! `kubectl porthole port-forward web 8080:8000`. Nothing here depends on `argv[0]`, so the
+//! plugin name behaves exactly like `porthole`.
+//!
+//! Exit codes: 0 on success and on Ctrl-C/SIGTERM, 64 on bad usage (sysexits' EX_USAGE),
+//! 1 on any other error, and what `port-forward` returns for it (kubectl's codes).
+
+mod kubeconfig;
+mod manifests;
+mod pki;
+mod up;
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+/// sysexits.h EX_USAGE: the command was used incorrectly.
+const EXIT_USAGE: u8 = 64;
+
+/// porthole: Kubernetes pod port-forwarding, client, API server and node agent in one binary.
+#[derive(Debug, Parser)]
+#[command(
+    name = "porthole",
+    version,
+    propagate_version = true,
+    disable_help_subcommand = true
+)]
+struct Cli {
+    /// More log output on stderr (-v debug, -vv trace). RUST_LOG, when set, wins.
+    #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Forward one or more local ports to a pod, like `kubectl port-forward`.
+    PortForward(porthole_client::Args),
+    /// Run the Kubernetes-compatible API server.
+    Apiserver(porthole_apiserver::Args),
+    /// Run the node agent (pods, logs, the kubelet port-forward endpoint).
+    Node(porthole_node::Args),
+    /// Start a one-machine cluster (API server + node agent) and create objects from files.
+    Up(up::Args),
+    /// Print the version.
+    Version,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            // --help and --version are not usage errors.
+            let code = if err.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = err.print();
+            return ExitCode::from(code);
+        }
+    };
+    install_tracing(&cli);
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: start the tokio runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        if let Err(err) = spawn_signal_handler(shutdown.clone()) {
+            eprintln!("error: {err:#}");
+            return ExitCode::FAILURE;
+        }
+        match run(cli.command, shutdown).await {
+            Ok(code) => code,
+            Err(err) => {
+                eprintln!("error: {err:#}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn run(command: Command, shutdown: CancellationToken) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::PortForward(args) => porthole_client::run(args, shutdown).await,
+        Command::Apiserver(args) => {
+            // The API server's flags include --listen; the binary binds it so that run() gets
+            // a listener, as Contract 2 has it.
+            let cfg = porthole_apiserver::Config::from_args(&args)
+                .context("invalid API server configuration")?;
+            let listener = bind(args.listen).await?;
+            porthole_apiserver::run(cfg, listener, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Node(args) => {
+            // The node's flags include --listen; the binary binds it so that run() gets a
+            // listener, as Contract 2 has it.
+            let listen = args.listen;
+            let cfg = porthole_node::Config::from_args(args).context("invalid node configuration")?;
+            let listener = bind(listen).await?;
+            porthole_node::run(cfg, listener, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Up(args) => {
+            up::run(args, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Version => {
+            println!("porthole {}", env!("CARGO_PKG_VERSION"));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("bind {addr} (is another process listening there? use --listen 127.0.0.1:0 for a free port)"))
+}
+
+/// The subscriber is installed once, here; libraries only emit. Logs go to stderr so stdout
+/// stays for the ready lines and kubectl-compatible output that scripts parse.
+fn install_tracing(cli: &Cli) {
+    let default = match (&cli.command, cli.verbose) {
+        // `port-forward` prints what kubectl prints and nothing more unless asked: its own
+        // kubectl-style `-v=N` maps to a filter.
+        (Command::PortForward(args), 0) => args.log_filter(),
+        (_, 0) => "info",
+        (_, 1) => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+/// SIGINT and SIGTERM cancel `shutdown`, which every role treats as "stop cleanly". A second
+/// signal exits at once for someone whose clean stop is stuck.
+fn spawn_signal_handler(shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut interrupt = signal(SignalKind::interrupt()).context("install the SIGINT handler")?;
+    let mut terminate = signal(SignalKind::terminate()).context("install the SIGTERM handler")?;
+    tokio::spawn(async move {
+        let name = tokio::select! {
+            _ = interrupt.recv() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+        };
+        tracing::info!(
+            signal = name,
+            "stopping (send the signal again to exit at once)"
+        );
+        shutdown.cancel();
+        tokio::select! {
+            _ = interrupt.recv() => {},
+            _ = terminate.recv() => {},
+        }
+        eprintln!("porthole: second signal, exiting without waiting for a clean stop");
+        std::process::exit(130);
+    });
+    Ok(())
+}

@@ -1,1 +1,106 @@
-//! SPDY/3.1 (PROTOCOL.md §3).
+//! SPDY/3.1 as spoken by Kubernetes (moby/spdystream), sans-IO (PROTOCOL.md §3).
+//!
+//! - [`frame`]: one struct per frame, the [`frame::Frame`] enum, decode/encode (§3.1–§3.2).
+//! - [`header_block`]: header lists and their zlib compression with the SPDY/3 dictionary (§3.3–§3.4).
+//! - [`session`]: the connection state machine: stream ids, SYN/FIN/RST lifecycle, PING,
+//!   GOAWAY, idle timeout, back-pressure and (porthole-to-porthole) flow control (§3.5–§3.10).
+//!
+//! Entry points for fuzzing are the plain functions in [`fuzz_logic`].
+
+pub mod frame;
+pub mod header_block;
+pub mod session;
+
+pub use frame::{Frame, FrameError, GoAwayStatus, RstStatus, StreamId};
+pub use header_block::{HeaderCompressor, HeaderDecompressor, HeaderError, HeaderList, DICTIONARY};
+pub use session::{
+    CloseReason, Config, Event, OpenError, OpenState, ReadOutcome, Role, Session, WriteError,
+};
+
+/// Fuzz entry points (also used by the tests): each must never panic on any input.
+pub mod fuzz_logic {
+    #![allow(clippy::disallowed_types)]
+    use std::time::{Duration, Instant};
+
+    use bytes::BytesMut;
+
+    use super::*;
+
+    /// Decodes frames from `data` until it runs out or an error occurs.
+    pub fn decode_frames(data: &[u8]) {
+        let mut buf = BytesMut::from(data);
+        while let Ok(Some(f)) = Frame::decode(&mut buf, 1 << 16) {
+            let mut out = BytesMut::new();
+            f.encode(&mut out);
+        }
+    }
+
+    /// Inflates `data` as a sequence of header blocks on one context: the first byte gives
+    /// the split points.
+    pub fn inflate_blocks(data: &[u8]) {
+        let mut d = HeaderDecompressor::new(header_block::DEFAULT_MAX_HEADER_BLOCK);
+        let Some((&split, rest)) = data.split_first() else {
+            return;
+        };
+        let split = (split as usize).min(rest.len());
+        let (a, b) = rest.split_at(split);
+        if d.decompress(a).is_ok() {
+            let _ = d.decompress(b);
+        }
+    }
+
+    /// Feeds `data` to a server session in chunks whose sizes come from the data itself, and
+    /// drives it like an application that accepts every stream and reads everything.
+    pub fn server_session(data: &[u8]) {
+        let now = Instant::now();
+        let flow = data.first().is_some_and(|b| b & 1 == 1);
+        let cfg = Config {
+            role: Role::Server,
+            flow_control: flow,
+            stream_buffer: 4096,
+            connection_buffer: 16384,
+            idle_timeout: Some(Duration::from_secs(60)),
+            ping_interval: Some(Duration::from_secs(5)),
+            ..Config::default()
+        };
+        let mut s = Session::new(cfg, now);
+        let mut rx = BytesMut::new();
+        let mut tx = BytesMut::new();
+        let mut scratch = [0u8; 1024];
+        let mut rest = data;
+        let mut t = now;
+        while !rest.is_empty() {
+            let n = (rest[0] as usize % 97 + 1).min(rest.len());
+            rx.extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
+            t += Duration::from_millis(100);
+            if s.handle_input(t, &mut rx).is_err() {
+                break;
+            }
+            while let Some(ev) = s.poll_event() {
+                match ev {
+                    Event::Incoming { id, .. } => {
+                        if id % 4 == 1 {
+                            s.accept(t, id);
+                            let _ = s.write(t, id, b"x");
+                        } else {
+                            s.reject(t, id);
+                        }
+                    }
+                    Event::StreamChanged(id) => {
+                        let _ = s.read(t, id, &mut scratch);
+                        if id % 3 == 0 {
+                            s.finish(t, id);
+                        }
+                    }
+                    Event::GoAway { .. } => {}
+                }
+            }
+            s.handle_timeout(t);
+            s.poll_transmit(&mut tx);
+            tx.clear();
+        }
+        s.close(t);
+        s.poll_transmit(&mut tx);
+    }
+}

@@ -1,1 +1,165 @@
-//! (see docs/ARCHITECTURE.md)
+//! The port-forward client over SPDY (PROTOCOL.md §4.3), client-go's procedure step for step:
+//! error stream (half-closed at once, read in the background), data stream, relay with
+//! half-close, reset the data stream, then the error text decides the outcome.
+//!
+//! Unlike kubectl, an error text does not close the connection here: the caller decides
+//! (`porthole port-forward` mirrors kubectl by calling [`PortForwarder::shutdown`]).
+
+use std::io;
+
+use porthole_proto::portforward::{self as pf, RequestIds, StreamType};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::copy;
+use crate::spdy::{self, CloseReason, Connection, OpenError, Role, Stream};
+
+/// Longest error text kept (the rest is read and dropped).
+const MAX_ERROR_TEXT: usize = 64 * 1024;
+
+/// Bytes moved by one forwarded connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ForwardReport {
+    /// Pod → local.
+    pub bytes_in: u64,
+    /// Local → pod.
+    pub bytes_out: u64,
+}
+
+/// Why one forwarded connection failed (the SPDY connection itself stays up).
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// SYN_STREAM for the error stream failed.
+    #[error("error creating error stream")]
+    CreateErrorStream(#[source] OpenError),
+    /// SYN_STREAM for the data stream failed.
+    #[error("error creating forwarding stream")]
+    CreateDataStream(#[source] OpenError),
+    /// Reading the error stream failed (the connection broke).
+    #[error("error reading from error stream")]
+    ReadErrorStream(#[source] io::Error),
+    /// Copying between the local socket and the data stream failed.
+    #[error("error copying data")]
+    Copy(#[source] io::Error),
+    /// The server sent an error text (e.g. `error forwarding port 80 to pod …, uid : …`).
+    #[error("{0}")]
+    Remote(String),
+}
+
+/// A port-forward client on one upgraded SPDY connection.
+#[derive(Debug)]
+pub struct PortForwarder {
+    conn: Connection,
+    ids: RequestIds,
+}
+
+impl PortForwarder {
+    /// Starts the SPDY session (client role) over an upgraded connection. Use
+    /// `spdy::Config::client()` (PING every 5 s) for raw SPDY, 10 s inside the WebSocket tunnel.
+    pub fn new<T>(io: T, cfg: spdy::Config) -> PortForwarder
+    where
+        T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        // Servers never open streams in port-forward; dropping `Incoming` rejects any.
+        let (conn, _incoming) = Connection::new(io, Role::Client, cfg);
+        PortForwarder {
+            conn,
+            ids: RequestIds::new(),
+        }
+    }
+
+    /// The underlying connection.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Forwards one accepted local connection to `remote_port` in the pod.
+    pub async fn forward<L>(
+        &self,
+        mut local: L,
+        remote_port: u16,
+    ) -> Result<ForwardReport, ForwardError>
+    where
+        L: AsyncRead + AsyncWrite + Unpin,
+    {
+        let request_id = self.ids.next_id();
+        let headers = |t| {
+            pf::stream_headers(t, remote_port, request_id)
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect()
+        };
+        let mut error = self
+            .conn
+            .open_stream(headers(StreamType::Error))
+            .await
+            .map_err(ForwardError::CreateErrorStream)?;
+        // The client never writes to the error stream.
+        let _ = error.shutdown().await;
+        let error_reader = tokio::spawn(read_error_text(error));
+        let mut data = match self.conn.open_stream(headers(StreamType::Data)).await {
+            Ok(d) => d,
+            Err(e) => {
+                error_reader.abort();
+                return Err(ForwardError::CreateDataStream(e));
+            }
+        };
+        let copied = copy::relay(&mut local, &mut data).await;
+        // client-go ≥ 1.32: reset so unread data cannot wedge the connection (no RST if done).
+        data.reset();
+        drop(data);
+        let _ = local.shutdown().await;
+        let text = match error_reader.await {
+            Ok(r) => r.map_err(ForwardError::ReadErrorStream)?,
+            Err(e) => return Err(ForwardError::ReadErrorStream(io::Error::other(e))),
+        };
+        if !text.is_empty() {
+            return Err(ForwardError::Remote(text));
+        }
+        match copied {
+            Ok(t) => Ok(ForwardReport {
+                bytes_in: t.b_to_a,
+                bytes_out: t.a_to_b,
+            }),
+            Err(e) => Err(ForwardError::Copy(e)),
+        }
+    }
+
+    /// Forwards a local TCP connection (the common case).
+    pub async fn forward_tcp(
+        &self,
+        local: TcpStream,
+        remote_port: u16,
+    ) -> Result<ForwardReport, ForwardError> {
+        let _ = local.set_nodelay(true);
+        self.forward(local, remote_port).await
+    }
+
+    /// Resolves when the connection has ended.
+    pub async fn closed(&self) -> CloseReason {
+        self.conn.closed().await
+    }
+
+    /// RST every stream, GOAWAY, close (kubectl's Ctrl-C).
+    pub async fn shutdown(&self) {
+        self.conn.shutdown().await
+    }
+}
+
+/// Reads the error stream to its end: FIN or RST both end the message (§4.5).
+async fn read_error_text(mut s: Stream) -> io::Result<String> {
+    let mut text = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => {
+                let room = MAX_ERROR_TEXT.saturating_sub(text.len());
+                text.extend_from_slice(&buf[..n.min(room)]);
+            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(String::from_utf8_lossy(&text).into_owned())
+}

@@ -1,0 +1,335 @@
+//! RBAC authorization, evaluated on every request.
+//!
+//! Bindings and roles come from the store (`rbac.authorization.k8s.io/v1` objects) and are
+//! combined with built-in rules that match Kubernetes' bootstrap policy in spirit:
+//! `system:masters` may do anything, `system:nodes` gets exactly what the node agent needs,
+//! `system:authenticated` may read discovery, version and health. Matching follows
+//! `k8s.io/kubernetes/plugin/pkg/auth/authorizer/rbac`: verbs, apiGroups, resources
+//! (`res`, `res/sub`, `*`, `res/*`, `*/sub`), resourceNames and nonResourceURLs (`*` suffix).
+
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, Subject};
+use serde_json::Value;
+
+use crate::authn::UserInfo;
+use crate::error::{ApiError, Target};
+use crate::store::Store;
+
+/// Resource part of a request's attributes.
+#[derive(Debug, Clone, Default)]
+pub struct ResourceAttrs {
+    /// API group ("" = core).
+    pub group: String,
+    /// Plural resource.
+    pub resource: String,
+    /// Subresource ("" = none).
+    pub subresource: String,
+    /// Namespace ("" = cluster scope or all namespaces).
+    pub namespace: String,
+    /// Object name ("" = collection).
+    pub name: String,
+}
+
+/// What is being asked.
+#[derive(Debug, Clone)]
+pub struct Attributes {
+    /// Kubernetes verb (`get`, `list`, `watch`, `create`, ... or lowercase HTTP method for paths).
+    pub verb: String,
+    /// Set for resource requests.
+    pub resource: Option<ResourceAttrs>,
+    /// Request path, for non-resource requests.
+    pub path: String,
+}
+
+fn rule(verbs: &[&str], groups: &[&str], resources: &[&str]) -> PolicyRule {
+    PolicyRule {
+        verbs: verbs.iter().map(|s| s.to_string()).collect(),
+        api_groups: Some(groups.iter().map(|s| s.to_string()).collect()),
+        resources: Some(resources.iter().map(|s| s.to_string()).collect()),
+        ..Default::default()
+    }
+}
+
+fn path_rule(verbs: &[&str], paths: &[&str]) -> PolicyRule {
+    PolicyRule {
+        verbs: verbs.iter().map(|s| s.to_string()).collect(),
+        non_resource_urls: Some(paths.iter().map(|s| s.to_string()).collect()),
+        ..Default::default()
+    }
+}
+
+/// Built-in cluster-wide rules granted to a group.
+fn builtin_rules(group: &str) -> Vec<PolicyRule> {
+    match group {
+        "system:masters" => vec![rule(&["*"], &["*"], &["*"]), path_rule(&["*"], &["*"])],
+        "system:nodes" => vec![
+            rule(
+                &["get", "list", "watch", "create", "update", "patch"],
+                &[""],
+                &["nodes", "nodes/status"],
+            ),
+            rule(&["get", "list", "watch", "delete"], &[""], &["pods"]),
+            rule(&["update", "patch"], &[""], &["pods/status"]),
+            rule(&["create", "update", "patch"], &["", "events.k8s.io"], &["events"]),
+        ],
+        "system:authenticated" => vec![path_rule(
+            &["get"],
+            &[
+                "/api", "/api/*", "/apis", "/apis/*", "/version", "/version/", "/healthz",
+                "/healthz/*", "/livez", "/livez/*", "/readyz", "/readyz/*", "/openapi",
+                "/openapi/*",
+            ],
+        )],
+        "system:unauthenticated" => vec![path_rule(
+            &["get"],
+            &["/version", "/version/", "/healthz", "/livez", "/readyz"],
+        )],
+        _ => Vec::new(),
+    }
+}
+
+fn has(list: &[String], want: &str) -> bool {
+    list.iter().any(|v| v == "*" || v == want)
+}
+
+fn rule_allows(rule: &PolicyRule, a: &Attributes) -> bool {
+    if !has(&rule.verbs, &a.verb) {
+        return false;
+    }
+    match &a.resource {
+        Some(r) => {
+            let groups = rule.api_groups.as_deref().unwrap_or(&[]);
+            if !has(groups, &r.group) {
+                return false;
+            }
+            let resources = rule.resources.as_deref().unwrap_or(&[]);
+            let combined = if r.subresource.is_empty() {
+                r.resource.clone()
+            } else {
+                format!("{}/{}", r.resource, r.subresource)
+            };
+            let res_ok = resources.iter().any(|x| {
+                x == "*"
+                    || *x == combined
+                    || (!r.subresource.is_empty()
+                        && (*x == format!("{}/*", r.resource)
+                            || *x == format!("*/{}", r.subresource)))
+            });
+            if !res_ok {
+                return false;
+            }
+            match rule.resource_names.as_deref() {
+                None | Some([]) => true,
+                Some(names) => !r.name.is_empty() && names.iter().any(|n| *n == r.name),
+            }
+        }
+        None => rule.non_resource_urls.as_deref().unwrap_or(&[]).iter().any(|u| {
+            u == "*"
+                || *u == a.path
+                || u.strip_suffix('*')
+                    .is_some_and(|prefix| a.path.starts_with(prefix))
+        }),
+    }
+}
+
+fn subject_matches(s: &Subject, user: &UserInfo) -> bool {
+    match s.kind.as_str() {
+        "User" => s.name == user.name,
+        "Group" => user.groups.iter().any(|g| *g == s.name),
+        "ServiceAccount" => {
+            let ns = s.namespace.as_deref().unwrap_or("");
+            user.name == format!("system:serviceaccount:{ns}:{}", s.name)
+        }
+        _ => false,
+    }
+}
+
+fn typed<T: serde::de::DeserializeOwned>(v: Value) -> Option<T> {
+    serde_json::from_value(v).ok()
+}
+
+/// Decide; `Ok(())` when allowed.
+pub fn authorize(store: &dyn Store, user: &UserInfo, a: &Attributes) -> Result<(), ApiError> {
+    if user
+        .groups
+        .iter()
+        .any(|g| builtin_rules(g).iter().any(|r| rule_allows(r, a)))
+    {
+        return Ok(());
+    }
+    if allowed_by_store(store, user, a)? {
+        return Ok(());
+    }
+    Err(forbidden(user, a))
+}
+
+fn allowed_by_store(store: &dyn Store, user: &UserInfo, a: &Attributes) -> Result<bool, ApiError> {
+    let internal = |e| ApiError::Internal(format!("authorizer could not read RBAC objects: {e}"));
+    let cluster_role_rules = |name: &str| -> Result<Vec<PolicyRule>, ApiError> {
+        Ok(store
+            .get(&format!("clusterroles//{name}"))
+            .map_err(internal)?
+            .and_then(typed::<ClusterRole>)
+            .and_then(|r| r.rules)
+            .unwrap_or_default())
+    };
+    let (crbs, _) = store.list("clusterrolebindings/").map_err(internal)?;
+    for b in crbs.into_iter().filter_map(typed::<ClusterRoleBinding>) {
+        let subjects = b.subjects.unwrap_or_default();
+        if !subjects.iter().any(|s| subject_matches(s, user)) || b.role_ref.kind != "ClusterRole" {
+            continue;
+        }
+        if cluster_role_rules(&b.role_ref.name)?
+            .iter()
+            .any(|r| rule_allows(r, a))
+        {
+            return Ok(true);
+        }
+    }
+    let ns = a.resource.as_ref().map(|r| r.namespace.as_str()).unwrap_or("");
+    if ns.is_empty() {
+        return Ok(false);
+    }
+    let (rbs, _) = store
+        .list(&format!("rolebindings/{ns}/"))
+        .map_err(internal)?;
+    for b in rbs.into_iter().filter_map(typed::<RoleBinding>) {
+        let subjects = b.subjects.unwrap_or_default();
+        if !subjects.iter().any(|s| subject_matches(s, user)) {
+            continue;
+        }
+        let rules = match b.role_ref.kind.as_str() {
+            "ClusterRole" => cluster_role_rules(&b.role_ref.name)?,
+            "Role" => store
+                .get(&format!("roles/{ns}/{}", b.role_ref.name))
+                .map_err(internal)?
+                .and_then(typed::<Role>)
+                .and_then(|r| r.rules)
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        if rules.iter().any(|r| rule_allows(r, a)) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Kubernetes' exact denial message and Status details.
+pub fn forbidden(user: &UserInfo, a: &Attributes) -> ApiError {
+    let Some(r) = &a.resource else {
+        return ApiError::Forbidden {
+            message: format!(
+                "forbidden: User \"{}\" cannot {} path \"{}\"",
+                user.name, a.verb, a.path
+            ),
+            target: Target::default(),
+        };
+    };
+    let qualified = if r.group.is_empty() {
+        r.resource.clone()
+    } else {
+        format!("{}.{}", r.resource, r.group)
+    };
+    let subject = if r.name.is_empty() {
+        format!("{qualified} is forbidden")
+    } else {
+        format!("{qualified} \"{}\" is forbidden", r.name)
+    };
+    let resource = if r.subresource.is_empty() {
+        r.resource.clone()
+    } else {
+        format!("{}/{}", r.resource, r.subresource)
+    };
+    let scope = if r.namespace.is_empty() {
+        "at the cluster scope".to_string()
+    } else {
+        format!("in the namespace \"{}\"", r.namespace)
+    };
+    ApiError::Forbidden {
+        message: format!(
+            "{subject}: User \"{}\" cannot {} resource \"{resource}\" in API group \"{}\" {scope}",
+            user.name, a.verb, r.group
+        ),
+        target: Target {
+            group: r.group.clone(),
+            resource: r.resource.clone(),
+            name: r.name.clone(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bob() -> UserInfo {
+        UserInfo {
+            name: "bob".into(),
+            uid: String::new(),
+            groups: vec!["system:authenticated".into()],
+        }
+    }
+
+    #[test]
+    fn denial_message_forms() {
+        let a = Attributes {
+            verb: "create".into(),
+            resource: Some(ResourceAttrs {
+                group: String::new(),
+                resource: "pods".into(),
+                subresource: "portforward".into(),
+                namespace: "default".into(),
+                name: "web".into(),
+            }),
+            path: String::new(),
+        };
+        let ApiError::Forbidden { message, .. } = forbidden(&bob(), &a) else {
+            panic!("not forbidden")
+        };
+        assert_eq!(
+            message,
+            "pods \"web\" is forbidden: User \"bob\" cannot create resource \"pods/portforward\" in API group \"\" in the namespace \"default\""
+        );
+        let a = Attributes {
+            verb: "list".into(),
+            resource: Some(ResourceAttrs {
+                resource: "nodes".into(),
+                ..Default::default()
+            }),
+            path: String::new(),
+        };
+        let ApiError::Forbidden { message, .. } = forbidden(&bob(), &a) else {
+            panic!("not forbidden")
+        };
+        assert_eq!(
+            message,
+            "nodes is forbidden: User \"bob\" cannot list resource \"nodes\" in API group \"\" at the cluster scope"
+        );
+    }
+
+    #[test]
+    fn rule_matching() {
+        let a = |verb: &str, sub: &str, name: &str| Attributes {
+            verb: verb.into(),
+            resource: Some(ResourceAttrs {
+                resource: "pods".into(),
+                subresource: sub.into(),
+                namespace: "default".into(),
+                name: name.into(),
+                ..Default::default()
+            }),
+            path: String::new(),
+        };
+        let mut r = rule(&["create"], &[""], &["pods/portforward"]);
+        assert!(rule_allows(&r, &a("create", "portforward", "web")));
+        assert!(!rule_allows(&r, &a("get", "portforward", "web")));
+        assert!(!rule_allows(&r, &a("create", "", "web")));
+        r.resource_names = Some(vec!["db".into()]);
+        assert!(!rule_allows(&r, &a("create", "portforward", "web")));
+        assert!(rule_allows(&r, &a("create", "portforward", "db")));
+        let nodes = builtin_rules("system:nodes");
+        assert!(nodes.iter().any(|r| rule_allows(r, &a("patch", "status", "x"))));
+        assert!(!nodes.iter().any(|r| rule_allows(r, &a("create", "portforward", "x"))));
+        assert!(!nodes.iter().any(|r| rule_allows(r, &a("create", "", "x"))));
+    }
+}

@@ -1,0 +1,288 @@
+//! What the user sees. Text mode prints kubectl's stdout lines byte for byte (PROTOCOL.md §7.4)
+//! and our own resilience messages on stderr; `--output json` prints one [`Event`] per line on
+//! stdout instead, for scripts.
+
+use std::io::Write;
+
+use serde::Serialize;
+
+/// Output format (`--output`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// kubectl's lines.
+    #[default]
+    Text,
+    /// One JSON object per line on stdout.
+    Json,
+}
+
+/// One machine-readable event (`--output json`). Serialized with an `event` tag, snake_case
+/// names and a `time` field added by [`Output::event`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A local listener is open (kubectl's `Forwarding from` line).
+    Listening {
+        /// Address as given (`127.0.0.1`, `::1`, ...).
+        address: String,
+        /// Bound local port.
+        local_port: u16,
+        /// Remote (pod) port.
+        remote_port: u16,
+    },
+    /// A local connection was accepted and is being forwarded.
+    ConnectionOpened {
+        /// Per-run connection number, starting at 0.
+        id: u64,
+        /// Local port it arrived on.
+        local_port: u16,
+        /// Pod port it goes to.
+        remote_port: u16,
+        /// The local peer (`127.0.0.1:54321`).
+        peer: String,
+        /// The pod serving it.
+        pod: String,
+    },
+    /// A forwarded connection ended.
+    ConnectionClosed {
+        /// Matches [`Event::ConnectionOpened::id`].
+        id: u64,
+        /// Local port.
+        local_port: u16,
+        /// Pod port.
+        remote_port: u16,
+        /// The pod that served it.
+        pod: String,
+        /// Bytes copied from the local socket to the pod.
+        bytes_to_pod: u64,
+        /// Bytes copied from the pod to the local socket.
+        bytes_from_pod: u64,
+        /// Why it failed, if it did (the pod's error text, or a local error).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// The session to a pod was lost; a new one is being established.
+    Reconnecting {
+        /// The pod whose session ended.
+        pod: String,
+        /// Why it ended.
+        reason: String,
+    },
+    /// A session (re)connected.
+    Reconnected {
+        /// The pod now served.
+        pod: String,
+        /// `websocket` or `spdy`.
+        transport: String,
+    },
+    /// An error (per connection or fatal).
+    Error {
+        /// The message, as it would be printed in text mode.
+        message: String,
+        /// Whether the command is about to exit because of it.
+        fatal: bool,
+    },
+}
+
+/// Serializes [`Event`]s with a timestamp.
+#[derive(Serialize)]
+struct Stamped<'a> {
+    time: String,
+    #[serde(flatten)]
+    event: &'a Event,
+}
+
+/// The printer shared by every task.
+#[derive(Debug, Clone, Copy)]
+pub struct Output {
+    format: OutputFormat,
+}
+
+impl Output {
+    /// A printer for `format`.
+    pub fn new(format: OutputFormat) -> Output {
+        Output { format }
+    }
+
+    /// Whether JSON events are printed instead of kubectl's lines.
+    pub fn is_json(&self) -> bool {
+        self.format == OutputFormat::Json
+    }
+
+    fn stdout_line(line: &str) {
+        let mut out = std::io::stdout().lock();
+        // Flushed per line: scripts (and tests) wait for these lines through a pipe. A closed
+        // stdout is not a reason to stop forwarding.
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
+
+    /// Prints a line on stderr (human messages in either format).
+    pub fn stderr_line(&self, line: &str) {
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(err, "{line}");
+    }
+
+    /// Prints one JSON event line (JSON mode only).
+    pub fn event(&self, event: Event) {
+        if !self.is_json() {
+            return;
+        }
+        let stamped = Stamped {
+            time: jiff::Timestamp::now().to_string(),
+            event: &event,
+        };
+        match serde_json::to_string(&stamped) {
+            Ok(line) => Self::stdout_line(&line),
+            Err(e) => self.stderr_line(&format!("error: cannot encode output event: {e}")),
+        }
+    }
+
+    /// `Forwarding from 127.0.0.1:8080 -> 80` (or the `listening` event).
+    pub fn listening(&self, address: &str, local_port: u16, remote_port: u16) {
+        if self.is_json() {
+            self.event(Event::Listening {
+                address: address.to_string(),
+                local_port,
+                remote_port,
+            });
+        } else {
+            let hp = crate::listen::join_host_port(address, local_port);
+            Self::stdout_line(&format!("Forwarding from {hp} -> {remote_port}"));
+        }
+    }
+
+    /// A local connection was accepted: kubectl's `Handling connection for 8080` (text mode).
+    pub fn accepted(&self, local_port: u16) {
+        if !self.is_json() {
+            Self::stdout_line(&format!("Handling connection for {local_port}"));
+        }
+    }
+
+    /// The accepted connection is being forwarded to `pod` (JSON mode: `connection_opened`).
+    pub fn opened(&self, id: u64, local_port: u16, remote_port: u16, peer: String, pod: &str) {
+        self.event(Event::ConnectionOpened {
+            id,
+            local_port,
+            remote_port,
+            peer,
+            pod: pod.to_string(),
+        });
+    }
+
+    /// A non-fatal error: stderr in text mode, an `error` event in JSON mode.
+    pub fn warn(&self, message: &str) {
+        if self.is_json() {
+            self.event(Event::Error {
+                message: message.to_string(),
+                fatal: false,
+            });
+        } else {
+            self.stderr_line(message);
+        }
+    }
+
+    /// The fatal error the command exits with: always on stderr (`error: ...` as kubectl), and
+    /// also as an event in JSON mode.
+    pub fn fatal(&self, line: &str) {
+        if self.is_json() {
+            self.event(Event::Error {
+                message: line.to_string(),
+                fatal: true,
+            });
+        }
+        self.stderr_line(line);
+    }
+
+    /// A resilience notice (`Lost connection to pod ...; reconnecting`): stderr in text mode, the
+    /// given event in JSON mode.
+    pub fn notice(&self, line: &str, event: Event) {
+        if self.is_json() {
+            self.event(event);
+        } else {
+            self.stderr_line(line);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(e: &Event) -> serde_json::Value {
+        serde_json::to_value(Stamped {
+            time: "T".into(),
+            event: e,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn event_shapes() {
+        assert_eq!(
+            json(&Event::Listening {
+                address: "::1".into(),
+                local_port: 8080,
+                remote_port: 80
+            }),
+            serde_json::json!({"time": "T", "event": "listening", "address": "::1", "local_port": 8080, "remote_port": 80})
+        );
+        assert_eq!(
+            json(&Event::ConnectionOpened {
+                id: 3,
+                local_port: 8080,
+                remote_port: 80,
+                peer: "127.0.0.1:5000".into(),
+                pod: "web-0".into()
+            }),
+            serde_json::json!({"time": "T", "event": "connection_opened", "id": 3, "local_port": 8080,
+                               "remote_port": 80, "peer": "127.0.0.1:5000", "pod": "web-0"})
+        );
+        assert_eq!(
+            json(&Event::ConnectionClosed {
+                id: 3,
+                local_port: 8080,
+                remote_port: 80,
+                pod: "web-0".into(),
+                bytes_to_pod: 5,
+                bytes_from_pod: 7,
+                error: None
+            }),
+            serde_json::json!({"time": "T", "event": "connection_closed", "id": 3, "local_port": 8080,
+                               "remote_port": 80, "pod": "web-0", "bytes_to_pod": 5, "bytes_from_pod": 7})
+        );
+        assert_eq!(
+            json(&Event::ConnectionClosed {
+                id: 4,
+                local_port: 1,
+                remote_port: 2,
+                pod: "p".into(),
+                bytes_to_pod: 0,
+                bytes_from_pod: 0,
+                error: Some("refused".into())
+            })["error"],
+            "refused"
+        );
+        assert_eq!(
+            json(&Event::Reconnecting {
+                pod: "web-0".into(),
+                reason: "EOF".into()
+            }),
+            serde_json::json!({"time": "T", "event": "reconnecting", "pod": "web-0", "reason": "EOF"})
+        );
+        assert_eq!(
+            json(&Event::Reconnected {
+                pod: "web-1".into(),
+                transport: "spdy".into()
+            }),
+            serde_json::json!({"time": "T", "event": "reconnected", "pod": "web-1", "transport": "spdy"})
+        );
+        assert_eq!(
+            json(&Event::Error {
+                message: "boom".into(),
+                fatal: true
+            }),
+            serde_json::json!({"time": "T", "event": "error", "message": "boom", "fatal": true})
+        );
+    }
+}

@@ -1,0 +1,215 @@
+//! Command-line flags ([`Args`]) and the validated configuration ([`Config`]).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+/// `porthole node` flags. Every flag can also be set through the environment variable named
+/// in its help.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Name of this node (the v1.Node object). Default: the host name.
+    #[arg(long, env = "PORTHOLE_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Data directory; the node keeps its state (namespaces, pod logs, process records) in
+    /// `<data-dir>/node/` unless `--state-dir` says otherwise.
+    #[arg(long, env = "PORTHOLE_DATA_DIR", default_value = "/var/lib/porthole")]
+    pub data_dir: PathBuf,
+    /// Explicit state directory (overrides `<data-dir>/node`).
+    #[arg(long, env = "PORTHOLE_NODE_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Address of the HTTPS streaming endpoint (port 0 picks a free port).
+    #[arg(long, env = "PORTHOLE_NODE_LISTEN", default_value = "127.0.0.1:10250")]
+    pub listen: SocketAddr,
+    /// Address the API server uses to reach this node (`status.addresses` InternalIP).
+    #[arg(long, env = "PORTHOLE_NODE_IP", default_value = "127.0.0.1")]
+    pub node_ip: IpAddr,
+    /// API server URL, e.g. `https://127.0.0.1:6443`. Without it the node runs standalone
+    /// (serving, but with no pods from a control plane).
+    #[arg(long, env = "PORTHOLE_API_SERVER")]
+    pub api_server: Option<String>,
+    /// CA bundle (PEM) that signed the API server's serving certificate.
+    #[arg(long, env = "PORTHOLE_API_CA_FILE")]
+    pub api_ca_file: Option<PathBuf>,
+    /// The node's client certificate for the API server (CN=system:node:NAME, O=system:nodes).
+    #[arg(long, env = "PORTHOLE_CLIENT_CERT_FILE")]
+    pub client_cert_file: Option<PathBuf>,
+    /// Private key of `--client-cert-file`.
+    #[arg(long, env = "PORTHOLE_CLIENT_KEY_FILE")]
+    pub client_key_file: Option<PathBuf>,
+    /// Serving certificate of the streaming endpoint (PEM, chain allowed).
+    #[arg(long, env = "PORTHOLE_TLS_CERT_FILE")]
+    pub tls_cert_file: PathBuf,
+    /// Private key of `--tls-cert-file`.
+    #[arg(long, env = "PORTHOLE_TLS_PRIVATE_KEY_FILE")]
+    pub tls_private_key_file: PathBuf,
+    /// CA (PEM) whose client certificates may call the endpoint.
+    #[arg(long, env = "PORTHOLE_CLIENT_CA_FILE")]
+    pub client_ca_file: PathBuf,
+    /// Certificate common names allowed to call `/portForward` and `/containerLogs`.
+    #[arg(
+        long,
+        env = "PORTHOLE_APISERVER_CLIENT_NAMES",
+        value_delimiter = ',',
+        default_value = "porthole-apiserver"
+    )]
+    pub apiserver_client_names: Vec<String>,
+    /// Close a port-forward connection after this long without traffic (e.g. `4h`, `90s`).
+    #[arg(long, env = "PORTHOLE_IDLE_TIMEOUT", default_value = "4h", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// How long the second stream of a port-forward pair may take to arrive.
+    #[arg(long, env = "PORTHOLE_STREAM_CREATION_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub stream_creation_timeout: Duration,
+}
+
+/// Where and how the node reaches the API server.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// API server base URL.
+    pub url: String,
+    /// CA bundle for the API server's certificate.
+    pub ca_file: PathBuf,
+    /// Node client certificate.
+    pub client_cert_file: PathBuf,
+    /// Node client key.
+    pub client_key_file: PathBuf,
+}
+
+/// Validated node configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Node name.
+    pub node_name: String,
+    /// State directory (namespaces, pod directories).
+    pub state_dir: PathBuf,
+    /// Address to reach the node at (InternalIP).
+    pub node_ip: IpAddr,
+    /// The control plane, if any.
+    pub api: Option<ApiConfig>,
+    /// Serving certificate (PEM).
+    pub tls_cert_file: PathBuf,
+    /// Serving key (PEM).
+    pub tls_private_key_file: PathBuf,
+    /// CA for client certificates.
+    pub client_ca_file: PathBuf,
+    /// Allowed client certificate CNs.
+    pub apiserver_client_names: Vec<String>,
+    /// Port-forward idle timeout.
+    pub idle_timeout: Duration,
+    /// Port-forward stream-pair creation timeout.
+    pub stream_creation_timeout: Duration,
+    /// Node heartbeat period.
+    pub heartbeat_interval: Duration,
+}
+
+impl Config {
+    /// Validates `args` into a configuration.
+    pub fn from_args(args: Args) -> anyhow::Result<Config> {
+        let node_name = match args.node_name {
+            Some(n) => n,
+            None => nix::unistd::gethostname()
+                .context("read the host name for the default --node-name")?
+                .to_string_lossy()
+                .into_owned(),
+        };
+        if node_name.is_empty()
+            || node_name.len() > 253
+            || !node_name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        {
+            anyhow::bail!(
+                "node name {node_name:?} is not a valid Kubernetes object name (lower-case letters, digits, '-', '.'); set --node-name"
+            );
+        }
+        let api = match args.api_server {
+            None => None,
+            Some(url) => {
+                let need = |v: Option<PathBuf>, flag: &str| {
+                    v.with_context(|| format!("--api-server needs {flag}"))
+                };
+                Some(ApiConfig {
+                    url,
+                    ca_file: need(args.api_ca_file, "--api-ca-file")?,
+                    client_cert_file: need(args.client_cert_file, "--client-cert-file")?,
+                    client_key_file: need(args.client_key_file, "--client-key-file")?,
+                })
+            }
+        };
+        let names: Vec<String> = args
+            .apiserver_client_names
+            .into_iter()
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty())
+            .collect();
+        if names.is_empty() {
+            anyhow::bail!("--apiserver-client-names is empty: nobody could call the node");
+        }
+        Ok(Config {
+            node_name,
+            state_dir: args
+                .state_dir
+                .unwrap_or_else(|| args.data_dir.join("node")),
+            node_ip: args.node_ip,
+            api,
+            tls_cert_file: args.tls_cert_file,
+            tls_private_key_file: args.tls_private_key_file,
+            client_ca_file: args.client_ca_file,
+            apiserver_client_names: names,
+            idle_timeout: args.idle_timeout,
+            stream_creation_timeout: args.stream_creation_timeout,
+            heartbeat_interval: Duration::from_secs(10),
+        })
+    }
+}
+
+/// Parses `90`, `90s`, `5m`, `4h`, `1h30m`, `250ms`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    if rest.is_empty() {
+        return Err("empty duration".into());
+    }
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(format!("invalid duration {s:?}: expected e.g. 30s, 5m, 4h"));
+        }
+        let n: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("invalid duration {s:?}"))?;
+        rest = &rest[digits..];
+        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        total += match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n * 60),
+            "h" => Duration::from_secs(n * 3600),
+            _ => return Err(format!("invalid duration {s:?}: unknown unit {unit:?} (use ms, s, m, h)")),
+        };
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("4h"), Ok(Duration::from_secs(4 * 3600)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("4x").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

@@ -1,0 +1,95 @@
+//! The binary's command line: subcommands, exit codes, and the kubectl plugin name. No cluster
+//! and no root needed.
+
+use std::process::Command;
+
+use porthole_test::TempDir;
+
+const BIN: &str = env!("CARGO_BIN_EXE_porthole");
+
+#[test]
+fn version_and_help() {
+    let out = Command::new(BIN).arg("version").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("porthole {}", env!("CARGO_PKG_VERSION"))
+    );
+
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "--help is not an error");
+    let help = String::from_utf8_lossy(&out.stdout);
+    for sub in ["port-forward", "apiserver", "node", "up", "version"] {
+        assert!(help.contains(sub), "--help lists {sub}:\n{help}");
+    }
+    let out = Command::new(BIN).args(["up", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in ["--filename", "--data-dir", "--listen", "--node-name"] {
+        assert!(help.contains(flag), "up --help lists {flag}:\n{help}");
+    }
+}
+
+#[test]
+fn bad_usage_exits_64() {
+    for args in [
+        &["no-such-command"][..],
+        &["up", "--listen", "not-an-address"],
+        &[],
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(64),
+            "porthole {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !out.stderr.is_empty(),
+            "porthole {args:?} says what is wrong"
+        );
+    }
+}
+
+#[test]
+fn up_rejects_bad_files_before_starting() {
+    let dir = TempDir::new("badfile").unwrap();
+    let out = Command::new(BIN)
+        .args(["up", "--listen", "127.0.0.1:0", "-f"])
+        .arg(dir.path().join("missing.yaml"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("missing.yaml"), "names the file: {stderr}");
+    assert!(!dir.path().join("data/kubeconfig").exists());
+}
+
+/// `kubectl porthole ...` runs `kubectl-porthole ...` from PATH, which must behave as `porthole`.
+#[test]
+fn works_as_a_kubectl_plugin() {
+    let clients = match porthole_test::Clients::from_env() {
+        Ok(c) => c,
+        Err(e) => panic!("{e:#}"),
+    };
+    let dir = TempDir::new("plugin").unwrap();
+    std::os::unix::fs::symlink(BIN, dir.path().join("kubectl-porthole")).unwrap();
+    let path = format!(
+        "{}:{}",
+        dir.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new(&clients.kubectl)
+        .args(["porthole", "version"])
+        .env("PATH", path)
+        .env("KUBECONFIG", dir.path().join("none"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl porthole version: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("porthole "));
+}

@@ -1,0 +1,61 @@
+//! examples/rbac.yaml: the token user `developer` may port-forward in namespace `dev` only, and
+//! a denial carries Kubernetes' exact message.
+
+use std::path::Path;
+
+use anyhow::{ensure, Result};
+use porthole_test::{example, http_get, Cluster, Forward, TempDir};
+
+const BIN: &str = env!("CARGO_BIN_EXE_porthole");
+
+#[test]
+fn developer_may_port_forward_in_dev_only() {
+    if !porthole_test::require_root("developer_may_port_forward_in_dev_only") {
+        return;
+    }
+    let work = TempDir::new("rbac").unwrap();
+    let cluster = Cluster::up(
+        Path::new(BIN),
+        work.path(),
+        &[example("rbac.yaml"), example("web.yaml")],
+    )
+    .unwrap();
+    let developer = cluster.data_dir.join("developer.kubeconfig");
+    let res = (|| -> Result<()> {
+        cluster.wait_pod_ready("dev", "web")?;
+        cluster.wait_pod_ready("default", "web")?;
+
+        // Allowed: dev/web, with kubectl and with porthole.
+        let mut cmd = cluster.kubectl_cmd_as(&cluster.kubectl, &developer);
+        cmd.args(["-n", "dev", "port-forward", "pod/web", ":8000"]);
+        let fwd = Forward::start("developer-kubectl", cmd, &cluster.work, 8000)?;
+        let (status, _) = http_get(fwd.local_port, "/")?;
+        fwd.stop()?;
+        ensure!(status == 200, "developer via kubectl in dev: {status}");
+
+        let mut cmd = cluster.porthole_cmd();
+        cmd.env("KUBECONFIG", &developer)
+            .args(["port-forward", "-n", "dev", "web", ":8000"]);
+        let fwd = Forward::start("developer-porthole", cmd, &cluster.work, 8000)?;
+        let (status, _) = http_get(fwd.local_port, "/")?;
+        fwd.stop()?;
+        ensure!(status == 200, "developer via porthole in dev: {status}");
+
+        // Denied: default/web. kubectl reads the pod first, so the denial is on `get pods`.
+        let out = cluster
+            .kubectl_cmd_as(&cluster.kubectl, &developer)
+            .args(["-n", "default", "port-forward", "pod/web", ":8000"])
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(!out.status.success(), "developer forwarded in default");
+        ensure!(
+            stderr.contains(r#"pods "web" is forbidden: User "developer" cannot get resource "pods" in API group "" in the namespace "default""#),
+            "denial message: {stderr}"
+        );
+        Ok(())
+    })();
+    let report = cluster.child.report();
+    let stopped = cluster.stop();
+    res.map_err(|e| e.context(report)).unwrap();
+    stopped.unwrap();
+}

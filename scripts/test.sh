@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# porthole's whole test suite, as CI runs it (.ci/run execs this) and as the README says:
+#   bash scripts/test.sh
+# 1. installs the test clients (scripts/install-test-deps.sh: apt, pip venv, kubectl 1.20 aside)
+# 2. cargo fmt --check, cargo clippy -D warnings
+# 3. cargo build --release, cargo test --workspace (end-to-end tests need root: CI is root)
+# 4. the public smoke check ../shared/acceptance/smoke.sh, when it is there
+# 5. fuzz and bench smoke runs, when their scripts exist
+# Any failure fails the run; a missing tool is an error, never a skip.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+start=$(date +%s)
+step() { echo; echo "=== test.sh: $* ($(( $(date +%s) - start ))s)"; }
+die() { echo "test.sh: FAILED: $*" >&2; exit 1; }
+
+step "installing test dependencies"
+bash scripts/install-test-deps.sh
+# shellcheck disable=SC1091
+source "${PORTHOLE_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/porthole-tools}/env.sh"
+for tool in cargo python3 curl pgrep "$PORTHOLE_KUBECTL" "$PORTHOLE_KUBECTL_137" "$PORTHOLE_KUBECTL_120" "$PORTHOLE_PYTHON"; do
+  command -v "$tool" >/dev/null || die "required tool $tool is missing"
+done
+[ "$(id -u)" = 0 ] || echo "test.sh: WARNING: not root: pods need network namespaces, so the end-to-end tests will fail" >&2
+
+step "cargo fmt --check"
+cargo fmt --all --check || die "cargo fmt --check (run cargo fmt --all)"
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings || die "clippy"
+
+step "cargo build --release"
+cargo build --release || die "cargo build --release"
+
+step "cargo test --workspace"
+log=$(mktemp /tmp/porthole-cargo-test.XXXXXX)
+set +e
+cargo test --workspace --no-fail-fast 2>&1 | tee "$log"
+test_rc=${PIPESTATUS[0]}
+set -e
+
+smoke_rc=0
+if [ -f ../shared/acceptance/smoke.sh ]; then
+  step "acceptance smoke (../shared/acceptance/smoke.sh)"
+  BIN=$ROOT/target/release/porthole bash ../shared/acceptance/smoke.sh || smoke_rc=$?
+else
+  step "no ../shared/acceptance/smoke.sh beside the clone: smoke check not run"
+fi
+
+hooks_rc=0
+if [ -f scripts/fuzz-smoke.sh ]; then
+  step "fuzz smoke (scripts/fuzz-smoke.sh)"
+  bash scripts/fuzz-smoke.sh || hooks_rc=$?
+fi
+if [ -f bench/run.sh ]; then
+  step "bench smoke (bench/run.sh --smoke)"
+  bash bench/run.sh --smoke || hooks_rc=$?
+fi
+
+# One closing line over every cargo test binary, so the total is not hidden among the
+# per-binary "test result:" lines.
+read -r passed failed ignored < <(awk '/^test result:/ { for (i = 1; i <= NF; i++) {
+    if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) g += $i } }
+  END { print p+0, f+0, g+0 }' "$log")
+rm -f "$log"
+step "done"
+[ "$test_rc" = 0 ] || echo "test.sh: FAILED: cargo test exited $test_rc" >&2
+[ "$smoke_rc" = 0 ] || echo "test.sh: FAILED: the acceptance smoke check exited $smoke_rc" >&2
+[ "$hooks_rc" = 0 ] || echo "test.sh: FAILED: a fuzz/bench smoke run exited $hooks_rc" >&2
+echo "cargo-test: $passed passed, $failed failed, $ignored skipped"
+[ "$test_rc" = 0 ] && [ "$smoke_rc" = 0 ] && [ "$hooks_rc" = 0 ]
