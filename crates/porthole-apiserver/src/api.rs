@@ -135,7 +135,11 @@ pub fn route(path: &str) -> Result<Route, ApiError> {
 }
 
 /// The Kubernetes verb of a resource request.
-pub fn verb(method: &Method, req: &ResourceRequest, query: &Query) -> Result<&'static str, ApiError> {
+pub fn verb(
+    method: &Method,
+    req: &ResourceRequest,
+    query: &Query,
+) -> Result<&'static str, ApiError> {
     let connect = matches!(req.subresource.as_str(), "portforward" | "proxy");
     Ok(match *method {
         Method::GET if connect => "get",
@@ -178,15 +182,29 @@ where
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::TooLarge(format!(
             "Request entity too large: limit is {MAX_BODY_BYTES}"
         ))),
-        Err(e) => Err(ApiError::BadRequest(format!("cannot read the request body: {e}"))),
+        Err(e) => Err(ApiError::BadRequest(format!(
+            "cannot read the request body: {e}"
+        ))),
     }
 }
 
 fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
+    parse_body_as(headers, body, "")
+}
+
+/// Decode a request body; `kind` selects the protobuf schema for typed-client bodies.
+fn parse_body_as(headers: &HeaderMap, body: &[u8], kind: &str) -> Result<Value, ApiError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json");
+    if ct.starts_with("application/vnd.kubernetes.protobuf") && !kind.is_empty() {
+        return crate::protobuf::decode(body, kind).map_err(|e| {
+            ApiError::BadRequest(format!(
+                "the body of the request could not be decoded as protobuf: {e}"
+            ))
+        });
+    }
     if ct.contains("protobuf") {
         return Err(ApiError::UnsupportedMediaType(format!(
             "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {ct})"
@@ -194,11 +212,15 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
     }
     let v: Value = if ct.contains("yaml") {
         serde_yaml::from_slice(body).map_err(|e| {
-            ApiError::BadRequest(format!("the body of the request could not be decoded as YAML: {e}"))
+            ApiError::BadRequest(format!(
+                "the body of the request could not be decoded as YAML: {e}"
+            ))
         })?
     } else {
         serde_json::from_slice(body).map_err(|e| {
-            ApiError::BadRequest(format!("the body of the request could not be decoded as JSON: {e}"))
+            ApiError::BadRequest(format!(
+                "the body of the request could not be decoded as JSON: {e}"
+            ))
         })?
     };
     if !v.is_object() && !v.is_array() {
@@ -211,7 +233,9 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
 
 /// RFC 3339 "now" with second precision, as Kubernetes writes timestamps.
 pub fn now_rfc3339() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 /// RFC 3339 time `secs` from now.
@@ -276,7 +300,10 @@ pub fn merge_update(info: &ResourceInfo, sub: &str, old: &Value, new: Value) -> 
             }
         }
         if old.get("spec") != o.get("spec") {
-            let g = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
+            let g = old
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(1);
             o["metadata"]["generation"] = json!(g + 1);
         }
         o
@@ -295,10 +322,22 @@ fn object_response(
     headers: &HeaderMap,
     query: &Query,
 ) -> Response<Body> {
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if table::wants_table(accept) {
-        let rv = obj.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or("");
-        let t = table::table(info, std::slice::from_ref(obj), rv, query.get("includeObject"), true);
+        let rv = obj
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let t = table::table(
+            info,
+            std::slice::from_ref(obj),
+            rv,
+            query.get("includeObject"),
+            true,
+        );
         return json_response(code, &t);
     }
     json_response(code, obj)
@@ -360,8 +399,11 @@ pub async fn handle(
         }
         ("", Method::POST) if req.name.is_empty() => create(store, req, headers, query, &body),
         ("" | "status", Method::PUT) => {
-            let new = parse_body(headers, &body)?;
-            let body_name = new.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+            let new = parse_body_as(headers, &body, info.kind)?;
+            let body_name = new
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or("");
             if body_name != req.name {
                 return Err(ApiError::BadRequest(format!(
                     "the name of the object ({body_name}) does not match the name on the URL ({})",
@@ -371,7 +413,10 @@ pub async fn handle(
             let expected = new
                 .pointer("/metadata/resourceVersion")
                 .and_then(Value::as_str)
-                .map(|s| s.parse::<u64>().map_err(|_| ApiError::BadRequest(format!("invalid resourceVersion {s:?}"))))
+                .map(|s| {
+                    s.parse::<u64>()
+                        .map_err(|_| ApiError::BadRequest(format!("invalid resourceVersion {s:?}")))
+                })
                 .transpose()?;
             let dry = query.get("dryRun").is_some();
             let obj = update_with(store, req, expected, dry, |_| Ok(new.clone()))?;
@@ -389,7 +434,9 @@ pub async fn handle(
                 .and_then(Value::as_str)
                 .and_then(|s| s.parse::<u64>().ok());
             let dry = query.get("dryRun").is_some();
-            let obj = update_with(store, req, expected, dry, |current| apply_patch(&ct, current, &patch))?;
+            let obj = update_with(store, req, expected, dry, |current| {
+                apply_patch(&ct, current, &patch)
+            })?;
             Ok(object_response(StatusCode::OK, info, &obj, headers, query))
         }
         ("", Method::DELETE) if req.name.is_empty() => deletecollection(state, req, query),
@@ -429,9 +476,18 @@ fn list(
         .filter(|o| sel.matches(o))
         .map(|o| with_kind(info, o))
         .collect();
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if table::wants_table(accept) {
-        let t = table::table(info, &items, &rev.to_string(), query.get("includeObject"), true);
+        let t = table::table(
+            info,
+            &items,
+            &rev.to_string(),
+            query.get("includeObject"),
+            true,
+        );
         return Ok(json_response(StatusCode::OK, &t));
     }
     Ok(json_response(
@@ -468,14 +524,19 @@ fn watch(
         .and_then(|s| s.parse::<u64>().ok())
         .unwrap_or(1800)
         .min(3600);
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let as_table = table::wants_table(accept);
     let include_object = query.get("includeObject").map(str::to_string);
     let prefix = info.prefix(&req.namespace);
 
     // Start the store watch first so nothing between the list and the watch is missed.
     let (initial, start_rev, mut w) = if from == 0 || send_initial {
-        let w = store.watch(0).map_err(|e| ApiError::from_store(e, req.target()))?;
+        let w = store
+            .watch(0)
+            .map_err(|e| ApiError::from_store(e, req.target()))?;
         let (items, rev) = store
             .list(&prefix)
             .map_err(|e| ApiError::from_store(e, req.target()))?;
@@ -489,7 +550,7 @@ fn watch(
 
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     let shutdown = state.shutdown.clone();
-    tokio::spawn(async move {
+    state.tasks.spawn(async move {
         let mut first_table = true;
         let mut encode = |kind: &str, obj: &Value| -> Bytes {
             let object = if as_table && kind != "BOOKMARK" && kind != "ERROR" {
@@ -500,8 +561,10 @@ fn watch(
             } else {
                 obj.clone()
             };
-            let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
-            line.push(b'\n');
+            // Written by hand to keep Kubernetes' field order (`type` first).
+            let mut line = format!("{{\"type\":\"{kind}\",\"object\":").into_bytes();
+            line.extend(serde_json::to_vec(&object).unwrap_or_default());
+            line.extend_from_slice(b"}\n");
             Bytes::from(line)
         };
         let mut last_rev = start_rev;
@@ -575,18 +638,36 @@ fn watch(
             .await
             .map(|b| (Ok::<_, std::io::Error>(hyper::body::Frame::data(b)), rx))
     });
-    let mut resp = Response::new(http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(stream)));
-    resp.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-    resp.headers_mut().insert(header::CACHE_CONTROL, http::HeaderValue::from_static("no-cache, private"));
+    let mut resp = Response::new(http_body_util::BodyExt::boxed(
+        http_body_util::StreamBody::new(stream),
+    ));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-cache, private"),
+    );
     Ok(resp)
 }
 
 fn namespace_check(store: &dyn Store, ns: &str) -> Result<(), ApiError> {
     let key = resources::core("namespaces").key("", ns);
-    let target = Target { group: String::new(), resource: "namespaces".into(), name: ns.into() };
-    match store.get(&key).map_err(|e| ApiError::from_store(e, target.clone()))? {
+    let target = Target {
+        group: String::new(),
+        resource: "namespaces".into(),
+        name: ns.into(),
+    };
+    match store
+        .get(&key)
+        .map_err(|e| ApiError::from_store(e, target.clone()))?
+    {
         None => Err(ApiError::NotFound(target)),
-        Some(n) if n.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null()) => {
+        Some(n)
+            if n.pointer("/metadata/deletionTimestamp")
+                .is_some_and(|v| !v.is_null()) =>
+        {
             Err(ApiError::Forbidden {
                 message: format!(
                     "unable to create new content in namespace {ns} because it is being terminated"
@@ -599,14 +680,26 @@ fn namespace_check(store: &dyn Store, ns: &str) -> Result<(), ApiError> {
 }
 
 /// Fill server-set metadata, default, normalise and validate a new object.
-pub fn prepare_new(info: &ResourceInfo, namespace: &str, mut obj: Value) -> Result<Value, ApiError> {
+pub fn prepare_new(
+    info: &ResourceInfo,
+    namespace: &str,
+    mut obj: Value,
+) -> Result<Value, ApiError> {
     if !obj.get("metadata").is_some_and(Value::is_object) {
         obj["metadata"] = json!({});
     }
     let meta = &mut obj["metadata"];
-    let name = meta.get("name").and_then(Value::as_str).unwrap_or("").to_string();
+    let name = meta
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     if name.is_empty() {
-        if let Some(g) = meta.get("generateName").and_then(Value::as_str).filter(|g| !g.is_empty()) {
+        if let Some(g) = meta
+            .get("generateName")
+            .and_then(Value::as_str)
+            .filter(|g| !g.is_empty())
+        {
             let base: String = g.chars().take(58).collect();
             meta["name"] = json!(format!("{base}{}", random_suffix(5)));
         }
@@ -627,7 +720,13 @@ pub fn prepare_new(info: &ResourceInfo, namespace: &str, mut obj: Value) -> Resu
     meta["creationTimestamp"] = json!(now_rfc3339());
     meta["generation"] = json!(1);
     if let Some(m) = meta.as_object_mut() {
-        for f in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "managedFields", "selfLink"] {
+        for f in [
+            "resourceVersion",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "managedFields",
+            "selfLink",
+        ] {
             m.remove(f);
         }
     }
@@ -651,7 +750,7 @@ fn create(
     body: &[u8],
 ) -> Result<Response<Body>, ApiError> {
     let info = req.info;
-    let input = parse_body(headers, body)?;
+    let input = parse_body_as(headers, body, info.kind)?;
     if let Some(k) = input.get("kind").and_then(Value::as_str) {
         if k != info.kind {
             return Err(ApiError::BadRequest(format!(
@@ -663,17 +762,36 @@ fn create(
     if info.namespaced {
         namespace_check(store, &req.namespace)?;
     }
+    check_field_validation(query, &input, &resources::normalize(info, input.clone())?)?;
     let obj = prepare_new(info, &req.namespace, input.clone())?;
-    check_field_validation(query, &input, &obj)?;
-    let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
-    let target = Target { name: name.clone(), ..req.target() };
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let target = Target {
+        name: name.clone(),
+        ..req.target()
+    };
     if query.get("dryRun").is_some() {
-        return Ok(object_response(StatusCode::CREATED, info, &obj, headers, query));
+        return Ok(object_response(
+            StatusCode::CREATED,
+            info,
+            &obj,
+            headers,
+            query,
+        ));
     }
     let stored = store
         .create(&info.key(&req.namespace, &name), obj)
         .map_err(|e| ApiError::from_store(e, target))?;
-    Ok(object_response(StatusCode::CREATED, info, &with_kind(info, stored), headers, query))
+    Ok(object_response(
+        StatusCode::CREATED,
+        info,
+        &with_kind(info, stored),
+        headers,
+        query,
+    ))
 }
 
 /// Collect fields of `input` that did not survive normalisation (unknown fields).
@@ -681,7 +799,11 @@ fn unknown_fields(input: &Value, normalized: &Value, path: &str, out: &mut Vec<S
     match (input, normalized) {
         (Value::Object(i), Value::Object(n)) => {
             for (k, v) in i {
-                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 match n.get(k) {
                     None if !v.is_null() => out.push(p),
                     Some(nv) => unknown_fields(v, nv, &p, out),
@@ -705,12 +827,17 @@ fn check_field_validation(query: &Query, input: &Value, obj: &Value) -> Result<(
     }
     let mut unknown = Vec::new();
     unknown_fields(input, obj, "", &mut unknown);
-    unknown.retain(|f| !f.starts_with("status") && !f.starts_with("metadata.resourceVersion"));
     if unknown.is_empty() {
         return Ok(());
     }
-    let list: Vec<String> = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect();
-    Err(ApiError::BadRequest(format!("strict decoding error: {}", list.join(", "))))
+    let list: Vec<String> = unknown
+        .iter()
+        .map(|f| format!("unknown field \"{f}\""))
+        .collect();
+    Err(ApiError::BadRequest(format!(
+        "strict decoding error: {}",
+        list.join(", ")
+    )))
 }
 
 fn apply_patch(content_type: &str, current: &Value, patch: &Value) -> Result<Value, ApiError> {
@@ -787,13 +914,20 @@ pub struct DeleteOptions {
     pub propagation_policy: Option<String>,
     /// `preconditions.resourceVersion`.
     pub precondition_rv: Option<u64>,
+    /// `preconditions.uid`.
+    pub precondition_uid: Option<String>,
 }
 
-fn delete_options(headers: &HeaderMap, query: &Query, body: &[u8]) -> Result<DeleteOptions, ApiError> {
+fn delete_options(
+    headers: &HeaderMap,
+    query: &Query,
+    body: &[u8],
+) -> Result<DeleteOptions, ApiError> {
     let mut o = DeleteOptions {
         grace_period_seconds: query.get("gracePeriodSeconds").and_then(|s| s.parse().ok()),
         propagation_policy: query.get("propagationPolicy").map(str::to_string),
         precondition_rv: None,
+        precondition_uid: None,
     };
     if !body.is_empty() {
         let v = parse_body(headers, body)?;
@@ -810,6 +944,10 @@ fn delete_options(headers: &HeaderMap, query: &Query, body: &[u8]) -> Result<Del
             .pointer("/preconditions/resourceVersion")
             .and_then(Value::as_str)
             .and_then(|s| s.parse().ok());
+        o.precondition_uid = v
+            .pointer("/preconditions/uid")
+            .and_then(Value::as_str)
+            .map(str::to_string);
     }
     Ok(o)
 }
@@ -825,8 +963,22 @@ pub fn delete(
     let info = req.info;
     let store = state.store.as_ref();
     let current = get(store, req)?;
-    if opts.precondition_rv.is_some_and(|rv| rv != resource_version(&current)) {
+    if opts
+        .precondition_rv
+        .is_some_and(|rv| rv != resource_version(&current))
+    {
         return Err(ApiError::Conflict(req.target()));
+    }
+    if let Some(uid) = &opts.precondition_uid {
+        let have = current
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if have != uid {
+            return Err(ApiError::PreconditionFailed(format!(
+                "Precondition failed: UID in precondition: {uid}, UID in object meta: {have}"
+            )));
+        }
     }
     let deleting = current
         .pointer("/metadata/deletionTimestamp")
@@ -835,7 +987,10 @@ pub fn delete(
         "Namespace" => {
             if matches!(req.name.as_str(), "default" | "kube-system" | "kube-public") {
                 return Err(ApiError::Forbidden {
-                    message: format!("namespaces \"{}\" is forbidden: this namespace may not be deleted", req.name),
+                    message: format!(
+                        "namespaces \"{}\" is forbidden: this namespace may not be deleted",
+                        req.name
+                    ),
                     target: req.target(),
                 });
             }
@@ -854,11 +1009,20 @@ pub fn delete(
             return Ok((StatusCode::OK, with_kind(info, stored)));
         }
         "Pod" => {
-            let bound = current.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
-            let phase = current.pointer("/status/phase").and_then(Value::as_str).unwrap_or("");
+            let bound = current
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .is_some_and(|n| !n.is_empty());
+            let phase = current
+                .pointer("/status/phase")
+                .and_then(Value::as_str)
+                .unwrap_or("");
             let terminal = matches!(phase, "Succeeded" | "Failed");
             let grace = opts.grace_period_seconds.unwrap_or_else(|| {
-                current.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(30)
+                current
+                    .pointer("/spec/terminationGracePeriodSeconds")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(30)
             });
             if bound && !terminal && grace > 0 {
                 if deleting {
@@ -887,16 +1051,32 @@ pub fn delete(
 
 /// Remove owner references to `owner` from pods in its namespace.
 fn orphan_dependents(store: &dyn Store, owner: &Value) {
-    let Some(uid) = owner.pointer("/metadata/uid").and_then(Value::as_str) else { return };
-    let ns = owner.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("");
+    let Some(uid) = owner.pointer("/metadata/uid").and_then(Value::as_str) else {
+        return;
+    };
+    let ns = owner
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     let pods = resources::core("pods");
-    let Ok((items, _)) = store.list(&pods.prefix(ns)) else { return };
+    let Ok((items, _)) = store.list(&pods.prefix(ns)) else {
+        return;
+    };
     for mut p in items {
-        let Some(refs) = p.pointer_mut("/metadata/ownerReferences").and_then(Value::as_array_mut) else { continue };
+        let Some(refs) = p
+            .pointer_mut("/metadata/ownerReferences")
+            .and_then(Value::as_array_mut)
+        else {
+            continue;
+        };
         let before = refs.len();
         refs.retain(|r| r.get("uid").and_then(Value::as_str) != Some(uid));
         if refs.len() != before {
-            let name = p.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
+            let name = p
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
             let rv = resource_version(&p);
             if let Err(e) = store.update(&pods.key(ns, &name), p, Some(rv)) {
                 tracing::debug!(error = %e, pod = %name, "orphaning a dependent raced; GC will retry");
@@ -905,7 +1085,11 @@ fn orphan_dependents(store: &dyn Store, owner: &Value) {
     }
 }
 
-fn deletecollection(state: &State, req: &ResourceRequest, query: &Query) -> Result<Response<Body>, ApiError> {
+fn deletecollection(
+    state: &State,
+    req: &ResourceRequest,
+    query: &Query,
+) -> Result<Response<Body>, ApiError> {
     let info = req.info;
     let sel = Selection::from_query(info, query)?;
     let (items, _) = state
@@ -916,12 +1100,21 @@ fn deletecollection(state: &State, req: &ResourceRequest, query: &Query) -> Resu
         grace_period_seconds: query.get("gracePeriodSeconds").and_then(|s| s.parse().ok()),
         propagation_policy: query.get("propagationPolicy").map(str::to_string),
         precondition_rv: None,
+        precondition_uid: None,
     };
     let mut deleted = Vec::new();
     for o in items.into_iter().filter(|o| sel.matches(o)) {
         let r = ResourceRequest {
-            namespace: o.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("").into(),
-            name: o.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").into(),
+            namespace: o
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .into(),
+            name: o
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .into(),
             ..req.clone()
         };
         match delete(state, &r, &opts) {
@@ -942,7 +1135,10 @@ fn scale_of(dep: &Value) -> Value {
         .pointer("/spec/selector/matchLabels")
         .and_then(Value::as_object)
         .map(|m| {
-            let mut v: Vec<String> = m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect();
+            let mut v: Vec<String> = m
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect();
             v.sort();
             v.join(",")
         })
@@ -969,26 +1165,44 @@ fn scale(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Response<Body>, ApiError> {
-    let main = ResourceRequest { subresource: String::new(), ..req.clone() };
+    let main = ResourceRequest {
+        subresource: String::new(),
+        ..req.clone()
+    };
     match *method {
-        Method::GET => Ok(json_response(StatusCode::OK, &scale_of(&get(store, &main)?))),
+        Method::GET => Ok(json_response(
+            StatusCode::OK,
+            &scale_of(&get(store, &main)?),
+        )),
         Method::PUT | Method::PATCH => {
             let input = parse_body(headers, body)?;
-            let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+            let ct = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
             let is_put = *method == Method::PUT;
             let dep = update_with(store, &main, None, false, |current| {
-                let s = if is_put { input.clone() } else { apply_patch(&ct, &scale_of(current), &input)? };
+                let s = if is_put {
+                    input.clone()
+                } else {
+                    apply_patch(&ct, &scale_of(current), &input)?
+                };
                 let replicas = s
                     .pointer("/spec/replicas")
                     .and_then(Value::as_i64)
-                    .ok_or_else(|| ApiError::BadRequest("spec.replicas is required in a Scale".into()))?;
+                    .ok_or_else(|| {
+                        ApiError::BadRequest("spec.replicas is required in a Scale".into())
+                    })?;
                 if replicas < 0 {
                     return Err(ApiError::Invalid {
                         kind: "Scale".into(),
                         name: req.name.clone(),
                         causes: vec![crate::error::Cause {
                             reason: "FieldValueInvalid",
-                            message: format!("Invalid value: {replicas}: must be greater than or equal to 0"),
+                            message: format!(
+                                "Invalid value: {replicas}: must be greater than or equal to 0"
+                            ),
                             field: "spec.replicas".into(),
                         }],
                     });
@@ -1003,7 +1217,12 @@ fn scale(
     }
 }
 
-fn binding(store: &dyn Store, req: &ResourceRequest, headers: &HeaderMap, body: &[u8]) -> Result<Response<Body>, ApiError> {
+fn binding(
+    store: &dyn Store,
+    req: &ResourceRequest,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response<Body>, ApiError> {
     let b = parse_body(headers, body)?;
     let node = b
         .pointer("/target/name")
@@ -1011,9 +1230,16 @@ fn binding(store: &dyn Store, req: &ResourceRequest, headers: &HeaderMap, body: 
         .filter(|n| !n.is_empty())
         .ok_or_else(|| ApiError::BadRequest("a Binding needs target.name".into()))?
         .to_string();
-    let main = ResourceRequest { subresource: String::new(), ..req.clone() };
+    let main = ResourceRequest {
+        subresource: String::new(),
+        ..req.clone()
+    };
     let current = get(store, &main)?;
-    if current.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty()) {
+    if current
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .is_some_and(|n| !n.is_empty())
+    {
         return Err(ApiError::Conflict(req.target()));
     }
     bind_pod(store, &main, &current, &node)?;
@@ -1024,11 +1250,20 @@ fn binding(store: &dyn Store, req: &ResourceRequest, headers: &HeaderMap, body: 
 }
 
 /// Set `spec.nodeName` and the PodScheduled condition (scheduler and `pods/binding`).
-pub fn bind_pod(store: &dyn Store, req: &ResourceRequest, current: &Value, node: &str) -> Result<Value, ApiError> {
+pub fn bind_pod(
+    store: &dyn Store,
+    req: &ResourceRequest,
+    current: &Value,
+    node: &str,
+) -> Result<Value, ApiError> {
     let mut c = current.clone();
     c["spec"]["nodeName"] = json!(node);
-    let cond = json!({"type": "PodScheduled", "status": "True", "lastTransitionTime": now_rfc3339()});
-    match c.pointer_mut("/status/conditions").and_then(Value::as_array_mut) {
+    let cond =
+        json!({"type": "PodScheduled", "status": "True", "lastTransitionTime": now_rfc3339()});
+    match c
+        .pointer_mut("/status/conditions")
+        .and_then(Value::as_array_mut)
+    {
         Some(list) => {
             list.retain(|x| x.get("type").and_then(Value::as_str) != Some("PodScheduled"));
             list.push(cond);

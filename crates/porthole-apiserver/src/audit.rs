@@ -74,8 +74,9 @@ impl AuditLog {
         let file = match path {
             Some(p) => {
                 if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir)
-                        .map_err(|e| anyhow::anyhow!("create audit log dir {}: {e}", dir.display()))?;
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        anyhow::anyhow!("create audit log dir {}: {e}", dir.display())
+                    })?;
                 }
                 Some(Mutex::new(
                     std::fs::OpenOptions::new()
@@ -93,7 +94,9 @@ impl AuditLog {
     /// Write one record as a JSON line.
     pub fn write<T: Serialize>(&self, record: &T) {
         let Some(file) = &self.file else { return };
-        let Ok(mut line) = serde_json::to_vec(record) else { return };
+        let Ok(mut line) = serde_json::to_vec(record) else {
+            return;
+        };
         line.push(b'\n');
         let mut f = file.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = f.write_all(&line) {

@@ -206,7 +206,10 @@ mod tests {
         let a = f.lookup("t1").expect("alice");
         assert_eq!(a.name, "alice");
         assert_eq!(a.groups, vec!["dev", "ops", "system:authenticated"]);
-        assert_eq!(f.lookup("t2").expect("bob").groups, vec!["system:authenticated"]);
+        assert_eq!(
+            f.lookup("t2").expect("bob").groups,
+            vec!["system:authenticated"]
+        );
         assert!(TokenFile::parse("onlytoken\n").is_err());
     }
 

@@ -7,7 +7,9 @@
 //! `k8s.io/kubernetes/plugin/pkg/auth/authorizer/rbac`: verbs, apiGroups, resources
 //! (`res`, `res/sub`, `*`, `res/*`, `*/sub`), resourceNames and nonResourceURLs (`*` suffix).
 
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, Subject};
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, Subject,
+};
 use serde_json::Value;
 
 use crate::authn::UserInfo;
@@ -69,13 +71,28 @@ fn builtin_rules(group: &str) -> Vec<PolicyRule> {
             ),
             rule(&["get", "list", "watch", "delete"], &[""], &["pods"]),
             rule(&["update", "patch"], &[""], &["pods/status"]),
-            rule(&["create", "update", "patch"], &["", "events.k8s.io"], &["events"]),
+            rule(
+                &["create", "update", "patch"],
+                &["", "events.k8s.io"],
+                &["events"],
+            ),
         ],
         "system:authenticated" => vec![path_rule(
             &["get"],
             &[
-                "/api", "/api/*", "/apis", "/apis/*", "/version", "/version/", "/healthz",
-                "/healthz/*", "/livez", "/livez/*", "/readyz", "/readyz/*", "/openapi",
+                "/api",
+                "/api/*",
+                "/apis",
+                "/apis/*",
+                "/version",
+                "/version/",
+                "/healthz",
+                "/healthz/*",
+                "/livez",
+                "/livez/*",
+                "/readyz",
+                "/readyz/*",
+                "/openapi",
                 "/openapi/*",
             ],
         )],
@@ -119,22 +136,27 @@ fn rule_allows(rule: &PolicyRule, a: &Attributes) -> bool {
             }
             match rule.resource_names.as_deref() {
                 None | Some([]) => true,
-                Some(names) => !r.name.is_empty() && names.iter().any(|n| *n == r.name),
+                Some(names) => !r.name.is_empty() && names.contains(&r.name),
             }
         }
-        None => rule.non_resource_urls.as_deref().unwrap_or(&[]).iter().any(|u| {
-            u == "*"
-                || *u == a.path
-                || u.strip_suffix('*')
-                    .is_some_and(|prefix| a.path.starts_with(prefix))
-        }),
+        None => rule
+            .non_resource_urls
+            .as_deref()
+            .unwrap_or(&[])
+            .iter()
+            .any(|u| {
+                u == "*"
+                    || *u == a.path
+                    || u.strip_suffix('*')
+                        .is_some_and(|prefix| a.path.starts_with(prefix))
+            }),
     }
 }
 
 fn subject_matches(s: &Subject, user: &UserInfo) -> bool {
     match s.kind.as_str() {
         "User" => s.name == user.name,
-        "Group" => user.groups.iter().any(|g| *g == s.name),
+        "Group" => user.groups.contains(&s.name),
         "ServiceAccount" => {
             let ns = s.namespace.as_deref().unwrap_or("");
             user.name == format!("system:serviceaccount:{ns}:{}", s.name)
@@ -185,7 +207,11 @@ fn allowed_by_store(store: &dyn Store, user: &UserInfo, a: &Attributes) -> Resul
             return Ok(true);
         }
     }
-    let ns = a.resource.as_ref().map(|r| r.namespace.as_str()).unwrap_or("");
+    let ns = a
+        .resource
+        .as_ref()
+        .map(|r| r.namespace.as_str())
+        .unwrap_or("");
     if ns.is_empty() {
         return Ok(false);
     }
@@ -328,8 +354,12 @@ mod tests {
         assert!(!rule_allows(&r, &a("create", "portforward", "web")));
         assert!(rule_allows(&r, &a("create", "portforward", "db")));
         let nodes = builtin_rules("system:nodes");
-        assert!(nodes.iter().any(|r| rule_allows(r, &a("patch", "status", "x"))));
-        assert!(!nodes.iter().any(|r| rule_allows(r, &a("create", "portforward", "x"))));
+        assert!(nodes
+            .iter()
+            .any(|r| rule_allows(r, &a("patch", "status", "x"))));
+        assert!(!nodes
+            .iter()
+            .any(|r| rule_allows(r, &a("create", "portforward", "x"))));
         assert!(!nodes.iter().any(|r| rule_allows(r, &a("create", "", "x"))));
     }
 }

@@ -21,7 +21,8 @@ fn s<'a>(v: &'a Value, p: &str) -> &'a str {
 }
 
 fn is_deleting(v: &Value) -> bool {
-    v.pointer("/metadata/deletionTimestamp").is_some_and(|x| !x.is_null())
+    v.pointer("/metadata/deletionTimestamp")
+        .is_some_and(|x| !x.is_null())
 }
 
 fn condition<'a>(v: &'a Value, ty: &str) -> Option<&'a Value> {
@@ -43,7 +44,10 @@ fn req_for(plural: &str, obj: &Value) -> ResourceRequest {
 
 /// Is a node Ready and schedulable?
 pub fn node_ready(node: &Value) -> bool {
-    condition(node, "Ready").and_then(|c| c.get("status")).and_then(Value::as_str) == Some("True")
+    condition(node, "Ready")
+        .and_then(|c| c.get("status"))
+        .and_then(Value::as_str)
+        == Some("True")
         && node.pointer("/spec/unschedulable").and_then(Value::as_bool) != Some(true)
 }
 
@@ -74,7 +78,12 @@ pub async fn run(state: Arc<State>, node_grace: Duration) {
 
 fn pass(state: &State, node_grace: Duration) {
     let store = state.store.as_ref();
-    let list = |plural: &str| store.list(&format!("{plural}/")).map(|(v, _)| v).unwrap_or_default();
+    let list = |plural: &str| {
+        store
+            .list(&format!("{plural}/"))
+            .map(|(v, _)| v)
+            .unwrap_or_default()
+    };
     let nodes = list("nodes");
     let pods = list("pods");
     node_lifecycle(store, &nodes, &pods, node_grace);
@@ -87,24 +96,37 @@ fn pass(state: &State, node_grace: Duration) {
 
 fn schedule(store: &dyn Store, nodes: &[Value], pods: &[Value]) {
     let ready: Vec<&Value> = nodes.iter().filter(|n| node_ready(n)).collect();
-    let mut load: HashMap<&str, usize> = ready.iter().map(|n| (s(n, "/metadata/name"), 0)).collect();
+    let mut load: HashMap<&str, usize> =
+        ready.iter().map(|n| (s(n, "/metadata/name"), 0)).collect();
     for p in pods {
         if let Some(c) = load.get_mut(s(p, "/spec/nodeName")) {
             *c += 1;
         }
     }
-    for p in pods.iter().filter(|p| s(p, "/spec/nodeName").is_empty() && !is_deleting(p)) {
+    // Like kube-scheduler, only pods asking for the default scheduler are ours.
+    let ours = |p: &Value| matches!(s(p, "/spec/schedulerName"), "" | "default-scheduler");
+    for p in pods
+        .iter()
+        .filter(|p| s(p, "/spec/nodeName").is_empty() && !is_deleting(p) && ours(p))
+    {
         let r = req_for("pods", p);
         let Some((&node, _)) = load.iter().min_by_key(|(name, c)| (**c, **name)) else {
             if condition(p, "PodScheduled").is_none() {
                 let mut c = p.clone();
                 let cond = json!({"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                     "message": "0/0 nodes are available: no Ready node.", "lastTransitionTime": api::now_rfc3339()});
-                match c.pointer_mut("/status/conditions").and_then(Value::as_array_mut) {
+                match c
+                    .pointer_mut("/status/conditions")
+                    .and_then(Value::as_array_mut)
+                {
                     Some(l) => l.push(cond),
                     None => c["status"]["conditions"] = json!([cond]),
                 }
-                let _ = store.update(&r.info.key(&r.namespace, &r.name), c, Some(resource_version(p)));
+                let _ = store.update(
+                    &r.info.key(&r.namespace, &r.name),
+                    c,
+                    Some(resource_version(p)),
+                );
             }
             continue;
         };
@@ -124,7 +146,9 @@ fn schedule(store: &dyn Store, nodes: &[Value], pods: &[Value]) {
 fn node_lifecycle(store: &dyn Store, nodes: &[Value], pods: &[Value], grace: Duration) {
     let now = jiff::Timestamp::now();
     for n in nodes {
-        let Some(ready) = condition(n, "Ready") else { continue };
+        let Some(ready) = condition(n, "Ready") else {
+            continue;
+        };
         let status = ready.get("status").and_then(Value::as_str).unwrap_or("");
         let beat = ready
             .get("lastHeartbeatTime")
@@ -135,7 +159,10 @@ fn node_lifecycle(store: &dyn Store, nodes: &[Value], pods: &[Value], grace: Dur
         let name = s(n, "/metadata/name");
         if stale && status != "Unknown" {
             let mut c = n.clone();
-            if let Some(list) = c.pointer_mut("/status/conditions").and_then(Value::as_array_mut) {
+            if let Some(list) = c
+                .pointer_mut("/status/conditions")
+                .and_then(Value::as_array_mut)
+            {
                 for cond in list.iter_mut() {
                     if cond.get("type").and_then(Value::as_str) == Some("Ready") {
                         cond["status"] = json!("Unknown");
@@ -146,16 +173,26 @@ fn node_lifecycle(store: &dyn Store, nodes: &[Value], pods: &[Value], grace: Dur
                 }
             }
             tracing::warn!(node = %name, "node stopped sending heartbeats; marking it NotReady");
-            let _ = store.update(&resources::core("nodes").key("", name), c, Some(resource_version(n)));
+            let _ = store.update(
+                &resources::core("nodes").key("", name),
+                c,
+                Some(resource_version(n)),
+            );
         }
         if stale || status == "Unknown" {
             for p in pods.iter().filter(|p| s(p, "/spec/nodeName") == name) {
-                let is_ready = condition(p, "Ready").and_then(|c| c.get("status")).and_then(Value::as_str) == Some("True");
+                let is_ready = condition(p, "Ready")
+                    .and_then(|c| c.get("status"))
+                    .and_then(Value::as_str)
+                    == Some("True");
                 if !is_ready {
                     continue;
                 }
                 let mut c = p.clone();
-                if let Some(list) = c.pointer_mut("/status/conditions").and_then(Value::as_array_mut) {
+                if let Some(list) = c
+                    .pointer_mut("/status/conditions")
+                    .and_then(Value::as_array_mut)
+                {
                     for cond in list.iter_mut() {
                         let t = cond.get("type").and_then(Value::as_str).unwrap_or("");
                         if t == "Ready" || t == "ContainersReady" {
@@ -166,7 +203,11 @@ fn node_lifecycle(store: &dyn Store, nodes: &[Value], pods: &[Value], grace: Dur
                     }
                 }
                 let r = req_for("pods", p);
-                let _ = store.update(&r.info.key(&r.namespace, &r.name), c, Some(resource_version(p)));
+                let _ = store.update(
+                    &r.info.key(&r.namespace, &r.name),
+                    c,
+                    Some(resource_version(p)),
+                );
             }
         }
     }
@@ -188,15 +229,24 @@ fn template_hash(template: &Value) -> String {
 fn owned_by(p: &Value, uid: &str) -> bool {
     p.pointer("/metadata/ownerReferences")
         .and_then(Value::as_array)
-        .is_some_and(|refs| refs.iter().any(|r| r.get("uid").and_then(Value::as_str) == Some(uid)))
+        .is_some_and(|refs| {
+            refs.iter()
+                .any(|r| r.get("uid").and_then(Value::as_str) == Some(uid))
+        })
 }
 
 fn pod_ready(p: &Value) -> bool {
-    condition(p, "Ready").and_then(|c| c.get("status")).and_then(Value::as_str) == Some("True")
+    condition(p, "Ready")
+        .and_then(|c| c.get("status"))
+        .and_then(Value::as_str)
+        == Some("True")
 }
 
 fn remove_pod(state: &State, p: &Value, grace: Option<i64>) {
-    let opts = DeleteOptions { grace_period_seconds: grace, ..Default::default() };
+    let opts = DeleteOptions {
+        grace_period_seconds: grace,
+        ..Default::default()
+    };
     if let Err(e) = api::delete(state, &req_for("pods", p), &opts) {
         tracing::debug!(error = %e, pod = %s(p, "/metadata/name"), "deleting a pod failed; will retry");
     }
@@ -209,11 +259,18 @@ fn deployments_pass(state: &State, deployments: &[Value], pods: &[Value]) {
         let uid = s(d, "/metadata/uid");
         let ns = s(d, "/metadata/namespace");
         let name = s(d, "/metadata/name");
-        let replicas = d.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1).max(0) as usize;
+        let replicas = d
+            .pointer("/spec/replicas")
+            .and_then(Value::as_i64)
+            .unwrap_or(1)
+            .max(0) as usize;
         let template = d.pointer("/spec/template").cloned().unwrap_or(json!({}));
         let hash = template_hash(&template);
         let owned: Vec<&Value> = pods.iter().filter(|p| owned_by(p, uid)).collect();
-        for p in owned.iter().filter(|p| matches!(s(p, "/status/phase"), "Failed" | "Succeeded") && !is_deleting(p)) {
+        for p in owned
+            .iter()
+            .filter(|p| matches!(s(p, "/status/phase"), "Failed" | "Succeeded") && !is_deleting(p))
+        {
             remove_pod(state, p, Some(0));
         }
         let active: Vec<&Value> = owned
@@ -225,7 +282,10 @@ fn deployments_pass(state: &State, deployments: &[Value], pods: &[Value]) {
             .iter()
             .partition(|p| s(p, "/metadata/labels/pod-template-hash") == hash);
         for _ in current.len()..replicas {
-            let mut labels = template.pointer("/metadata/labels").cloned().unwrap_or(json!({}));
+            let mut labels = template
+                .pointer("/metadata/labels")
+                .cloned()
+                .unwrap_or(json!({}));
             labels["pod-template-hash"] = json!(hash);
             let mut meta = template.get("metadata").cloned().unwrap_or(json!({}));
             meta["labels"] = labels;
@@ -253,7 +313,12 @@ fn deployments_pass(state: &State, deployments: &[Value], pods: &[Value]) {
         if current.len() > replicas {
             let mut extra = current.clone();
             // Remove the youngest, not-ready first.
-            extra.sort_by_key(|p| (pod_ready(p), std::cmp::Reverse(s(p, "/metadata/creationTimestamp").to_string())));
+            extra.sort_by_key(|p| {
+                (
+                    pod_ready(p),
+                    std::cmp::Reverse(s(p, "/metadata/creationTimestamp").to_string()),
+                )
+            });
             for p in extra.iter().take(current.len() - replicas) {
                 remove_pod(state, p, None);
             }
@@ -279,7 +344,10 @@ fn deployments_pass(state: &State, deployments: &[Value], pods: &[Value]) {
         let old_status = d.get("status").cloned().unwrap_or(json!({}));
         let avail_status = if available { "True" } else { "False" };
         let prev_cond = condition(d, "Available");
-        let same_cond = prev_cond.and_then(|c| c.get("status")).and_then(Value::as_str) == Some(avail_status);
+        let same_cond = prev_cond
+            .and_then(|c| c.get("status"))
+            .and_then(Value::as_str)
+            == Some(avail_status);
         let cond = if same_cond {
             prev_cond.cloned().unwrap_or(json!({}))
         } else {
@@ -293,7 +361,13 @@ fn deployments_pass(state: &State, deployments: &[Value], pods: &[Value]) {
         let mut cmp_new = status.clone();
         for v in [&mut cmp_old, &mut cmp_new] {
             if let Some(m) = v.as_object_mut() {
-                for k in ["readyReplicas", "availableReplicas", "unavailableReplicas", "updatedReplicas", "replicas"] {
+                for k in [
+                    "readyReplicas",
+                    "availableReplicas",
+                    "unavailableReplicas",
+                    "updatedReplicas",
+                    "replicas",
+                ] {
                     if m.get(k) == Some(&json!(0)) {
                         m.remove(k);
                     }
@@ -303,7 +377,11 @@ fn deployments_pass(state: &State, deployments: &[Value], pods: &[Value]) {
         if cmp_old != cmp_new {
             let mut c = (*d).clone();
             c["status"] = status;
-            let key = RESOURCES.iter().find(|r| r.kind == "Deployment").map(|r| r.key(ns, name)).unwrap_or_default();
+            let key = RESOURCES
+                .iter()
+                .find(|r| r.kind == "Deployment")
+                .map(|r| r.key(ns, name))
+                .unwrap_or_default();
             let _ = store.update(&key, c, Some(resource_version(d)));
         }
     }
@@ -312,7 +390,12 @@ fn deployments_pass(state: &State, deployments: &[Value], pods: &[Value]) {
 fn garbage_collect(state: &State, deployments: &[Value], pods: &[Value]) {
     let live: Vec<&str> = deployments.iter().map(|d| s(d, "/metadata/uid")).collect();
     for p in pods.iter().filter(|p| !is_deleting(p)) {
-        let Some(refs) = p.pointer("/metadata/ownerReferences").and_then(Value::as_array) else { continue };
+        let Some(refs) = p
+            .pointer("/metadata/ownerReferences")
+            .and_then(Value::as_array)
+        else {
+            continue;
+        };
         let dangling = refs.iter().any(|r| {
             r.get("kind").and_then(Value::as_str) == Some("Deployment")
                 && !live.contains(&r.get("uid").and_then(Value::as_str).unwrap_or(""))

@@ -28,7 +28,10 @@ fn groups() -> Vec<(&'static str, &'static str)> {
 
 fn resource_list(group: &str, version: &str) -> Value {
     let mut list = Vec::new();
-    for r in RESOURCES.iter().filter(|r| r.group == group && r.version == version) {
+    for r in RESOURCES
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+    {
         let mut entry = json!({
             "name": r.plural,
             "singularName": r.singular,
@@ -58,7 +61,11 @@ fn resource_list(group: &str, version: &str) -> Value {
             list.push(e);
         }
     }
-    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
     json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": list})
 }
 
@@ -110,7 +117,10 @@ fn openapi_v3_root() -> Value {
 /// what kubectl's `QueryParamVerifierV3` looks for; finding it, kubectl leaves validation to
 /// the server (`fieldValidation=Strict`) instead of downloading schemas.
 fn openapi_v3_gv(group: &str, version: &str) -> Option<Value> {
-    let rs: Vec<_> = RESOURCES.iter().filter(|r| r.group == group && r.version == version).collect();
+    let rs: Vec<_> = RESOURCES
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+        .collect();
     if rs.is_empty() {
         return None;
     }
@@ -122,20 +132,27 @@ fn openapi_v3_gv(group: &str, version: &str) -> Option<Value> {
     ]);
     for r in rs {
         let base = if r.namespaced {
-            format!("/{}/namespaces/{{namespace}}/{}/{{name}}", gv_path(group, version), r.plural)
+            format!(
+                "/{}/namespaces/{{namespace}}/{}/{{name}}",
+                gv_path(group, version),
+                r.plural
+            )
         } else {
             format!("/{}/{}/{{name}}", gv_path(group, version), r.plural)
         };
         let gvk = json!({"group": group, "version": version, "kind": r.kind});
-        paths.insert(base, json!({
-            "patch": {
-                "operationId": format!("patch{}", r.kind),
-                "x-kubernetes-action": "patch",
-                "x-kubernetes-group-version-kind": gvk,
-                "parameters": params,
-                "responses": {"200": {"description": "OK"}}
-            }
-        }));
+        paths.insert(
+            base,
+            json!({
+                "patch": {
+                    "operationId": format!("patch{}", r.kind),
+                    "x-kubernetes-action": "patch",
+                    "x-kubernetes-group-version-kind": gvk,
+                    "parameters": params,
+                    "responses": {"200": {"description": "OK"}}
+                }
+            }),
+        );
     }
     Some(json!({
         "openapi": "3.0.0",
@@ -160,10 +177,18 @@ pub fn handle(path: &str, ready: bool) -> Result<http::Response<Body>, ApiError>
         ),
         "/api/v1" => json_response(StatusCode::OK, &resource_list("", "v1")),
         "/openapi/v3" => json_response(StatusCode::OK, &openapi_v3_root()),
-        "/openapi/v3/api/v1" => json_response(StatusCode::OK, &openapi_v3_gv("", "v1").unwrap_or_default()),
+        "/openapi/v3/api/v1" => {
+            json_response(StatusCode::OK, &openapi_v3_gv("", "v1").unwrap_or_default())
+        }
         "/apis" => {
-            let gs: Vec<Value> = groups().into_iter().map(|(g, v)| group_json(g, v)).collect();
-            json_response(StatusCode::OK, &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": gs}))
+            let gs: Vec<Value> = groups()
+                .into_iter()
+                .map(|(g, v)| group_json(g, v))
+                .collect();
+            json_response(
+                StatusCode::OK,
+                &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": gs}),
+            )
         }
         _ => {
             let segs: Vec<&str> = p.trim_start_matches('/').split('/').collect();

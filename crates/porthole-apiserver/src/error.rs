@@ -81,6 +81,9 @@ pub enum ApiError {
         /// Resource and name for details.
         target: Target,
     },
+    /// 409 Conflict for a failed delete precondition (uid), message already formed.
+    #[error("precondition failed: {0}")]
+    PreconditionFailed(String),
     /// 405.
     #[error("method not allowed")]
     MethodNotAllowed,
@@ -114,9 +117,9 @@ impl ApiError {
             StoreError::NotFound => ApiError::NotFound(target),
             StoreError::AlreadyExists => ApiError::AlreadyExists(target),
             StoreError::Conflict => ApiError::Conflict(target),
-            StoreError::Gone { requested, oldest } => ApiError::Gone(format!(
-                "too old resource version: {requested} ({oldest})"
-            )),
+            StoreError::Gone { requested, oldest } => {
+                ApiError::Gone(format!("too old resource version: {requested} ({oldest})"))
+            }
             e @ StoreError::Backend { .. } => ApiError::Internal(e.to_string()),
         }
     }
@@ -187,6 +190,7 @@ impl ApiError {
                 )
             }
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "BadRequest", m.clone(), None),
+            ApiError::PreconditionFailed(m) => (StatusCode::CONFLICT, "Conflict", m.clone(), None),
             ApiError::Unauthorized => (
                 StatusCode::UNAUTHORIZED,
                 "Unauthorized",

@@ -31,8 +31,14 @@ pub struct NodeEndpoint {
 pub fn endpoint(store: &dyn Store, name: &str) -> Result<NodeEndpoint, ApiError> {
     let node = store
         .get(&crate::resources::core("nodes").key("", name))
-        .map_err(|e| ApiError::Internal(format!("error dialing backend: reading node {name:?}: {e}")))?
-        .ok_or_else(|| ApiError::ServiceUnavailable(format!("error dialing backend: node \"{name}\" not found")))?;
+        .map_err(|e| {
+            ApiError::Internal(format!("error dialing backend: reading node {name:?}: {e}"))
+        })?
+        .ok_or_else(|| {
+            ApiError::ServiceUnavailable(format!(
+                "error dialing backend: node \"{name}\" not found"
+            ))
+        })?;
     endpoint_of(&node, name)
 }
 
@@ -61,7 +67,11 @@ fn endpoint_of(node: &Value, name: &str) -> Result<NodeEndpoint, ApiError> {
         .and_then(Value::as_i64)
         .filter(|p| *p > 0 && *p <= 65535)
         .unwrap_or(10250) as u16;
-    Ok(NodeEndpoint { node: name.to_string(), host, port })
+    Ok(NodeEndpoint {
+        node: name.to_string(),
+        host,
+        port,
+    })
 }
 
 /// The TLS stream to a node agent.
@@ -69,15 +79,26 @@ pub type NodeStream = tokio_rustls::client::TlsStream<TcpStream>;
 
 /// Dial the node: TCP then TLS, both within [`DIAL_TIMEOUT`]; failures are 503
 /// `error dialing backend: ...` so clients get an answer, never a hang.
-pub async fn dial(tls: &Arc<rustls::ClientConfig>, ep: &NodeEndpoint) -> Result<NodeStream, ApiError> {
-    let fail = |what: String| ApiError::ServiceUnavailable(format!("error dialing backend: {what}"));
+pub async fn dial(
+    tls: &Arc<rustls::ClientConfig>,
+    ep: &NodeEndpoint,
+) -> Result<NodeStream, ApiError> {
+    let fail =
+        |what: String| ApiError::ServiceUnavailable(format!("error dialing backend: {what}"));
     let host_for_dial = if ep.host.contains(':') && !ep.host.starts_with('[') {
         format!("[{}]:{}", ep.host, ep.port)
     } else {
         format!("{}:{}", ep.host, ep.port)
     };
-    let server_name = rustls::pki_types::ServerName::try_from(ep.host.trim_matches(|c| c == '[' || c == ']').to_string())
-        .map_err(|e| fail(format!("node {:?} address {:?} is not a valid TLS name: {e}", ep.node, ep.host)))?;
+    let server_name = rustls::pki_types::ServerName::try_from(
+        ep.host.trim_matches(|c| c == '[' || c == ']').to_string(),
+    )
+    .map_err(|e| {
+        fail(format!(
+            "node {:?} address {:?} is not a valid TLS name: {e}",
+            ep.node, ep.host
+        ))
+    })?;
     let work = async {
         let tcp = TcpStream::connect(&host_for_dial)
             .await
@@ -86,11 +107,22 @@ pub async fn dial(tls: &Arc<rustls::ClientConfig>, ep: &NodeEndpoint) -> Result<
         TlsConnector::from(tls.clone())
             .connect(server_name, tcp)
             .await
-            .map_err(|e| fail(format!("tls handshake with node {:?} at {host_for_dial}: {e}", ep.node)))
+            .map_err(|e| {
+                fail(format!(
+                    "tls handshake with node {:?} at {host_for_dial}: {e}",
+                    ep.node
+                ))
+            })
     };
     tokio::time::timeout(DIAL_TIMEOUT, work)
         .await
-        .map_err(|_| fail(format!("dial node {:?} at {host_for_dial}: timed out after {}s", ep.node, DIAL_TIMEOUT.as_secs())))?
+        .map_err(|_| {
+            fail(format!(
+                "dial node {:?} at {host_for_dial}: timed out after {}s",
+                ep.node,
+                DIAL_TIMEOUT.as_secs()
+            ))
+        })?
 }
 
 /// Open an HTTP/1.1 client connection (with upgrades) on a dialed node stream. The connection
@@ -102,7 +134,9 @@ pub async fn http1_client(
         .title_case_headers(true)
         .handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| ApiError::ServiceUnavailable(format!("error dialing backend: HTTP handshake: {e}")))?;
+        .map_err(|e| {
+            ApiError::ServiceUnavailable(format!("error dialing backend: HTTP handshake: {e}"))
+        })?;
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
             tracing::debug!(error = %e, "node connection ended with an error");

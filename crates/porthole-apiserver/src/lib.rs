@@ -28,6 +28,7 @@ pub mod kubelet;
 pub mod logs;
 pub mod patch;
 pub mod portforward;
+pub mod protobuf;
 pub mod resources;
 pub mod select;
 pub mod store;
@@ -61,7 +62,11 @@ use crate::store::{RedbStore, Store};
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     /// Address to listen on (HTTPS).
-    #[arg(long, env = "PORTHOLE_APISERVER_LISTEN", default_value = "127.0.0.1:6443")]
+    #[arg(
+        long,
+        env = "PORTHOLE_APISERVER_LISTEN",
+        default_value = "127.0.0.1:6443"
+    )]
     pub listen: SocketAddr,
     /// Directory for the embedded store (one process per directory).
     #[arg(long, env = "PORTHOLE_APISERVER_DATA_DIR")]
@@ -79,7 +84,11 @@ pub struct Args {
     #[arg(long, env = "PORTHOLE_APISERVER_TOKEN_AUTH_FILE")]
     pub token_auth_file: Option<PathBuf>,
     /// Let requests without credentials in as `system:anonymous`.
-    #[arg(long, env = "PORTHOLE_APISERVER_ANONYMOUS_AUTH", default_value_t = false)]
+    #[arg(
+        long,
+        env = "PORTHOLE_APISERVER_ANONYMOUS_AUTH",
+        default_value_t = false
+    )]
     pub anonymous_auth: bool,
     /// Client certificate presented to node agents.
     #[arg(long, env = "PORTHOLE_APISERVER_KUBELET_CLIENT_CERTIFICATE")]
@@ -105,7 +114,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .find(|c: char| !c.is_ascii_digit())
         .map(|i| s.split_at(i))
         .unwrap_or((s, "s"));
-    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}: want e.g. 40s, 2m"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: want e.g. 40s, 2m"))?;
     Ok(match unit {
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
@@ -181,6 +192,9 @@ pub struct State {
     pub shutdown: CancellationToken,
     /// Wakes the controllers.
     pub kick_signal: tokio::sync::Notify,
+    /// Every task holding server state (connections, watches, sessions), so `run` returns
+    /// only after all of them are gone and the store file is unlocked.
+    pub tasks: tokio_util::task::TaskTracker,
     ready: AtomicBool,
 }
 
@@ -194,7 +208,11 @@ impl State {
 fn bootstrap(store: &dyn Store) -> anyhow::Result<()> {
     let info = resources::core("namespaces");
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-        if store.get(&info.key("", ns)).map_err(|e| anyhow::anyhow!("{e}"))?.is_none() {
+        if store
+            .get(&info.key("", ns))
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .is_none()
+        {
             let obj = api::prepare_new(info, "", json!({"metadata": {"name": ns}}))
                 .map_err(|e| anyhow::anyhow!("bootstrap namespace {ns}: {e}"))?;
             store
@@ -207,7 +225,11 @@ fn bootstrap(store: &dyn Store) -> anyhow::Result<()> {
 
 /// Serve until `shutdown` is cancelled. Prints `porthole apiserver listening on https://ADDR`
 /// on stdout once serving.
-pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    cfg: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let store: Arc<dyn Store> = Arc::new(RedbStore::open(&cfg.data_dir)?);
     bootstrap(store.as_ref())?;
     let state = Arc::new(State {
@@ -218,14 +240,19 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken
         audit: audit::AuditLog::open(cfg.audit_log_path.as_deref())?,
         shutdown: shutdown.child_token(),
         kick_signal: tokio::sync::Notify::new(),
+        tasks: tokio_util::task::TaskTracker::new(),
         ready: AtomicBool::new(true),
     });
-    let controllers = tokio::spawn(controllers::run(state.clone(), cfg.node_monitor_grace_period));
+    let controllers = tokio::spawn(controllers::run(
+        state.clone(),
+        cfg.node_monitor_grace_period,
+    ));
     let acceptor = tokio_rustls::TlsAcceptor::from(cfg.tls);
     let addr = listener.local_addr().context("listener address")?;
     {
         let mut out = std::io::stdout().lock();
-        writeln!(out, "porthole apiserver listening on https://{addr}").context("write ready line")?;
+        writeln!(out, "porthole apiserver listening on https://{addr}")
+            .context("write ready line")?;
         out.flush().context("flush ready line")?;
     }
     tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "serving");
@@ -242,9 +269,10 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken
                 }
             },
         };
+        let tasks = state.tasks.clone();
         let state = state.clone();
         let acceptor = acceptor.clone();
-        tokio::spawn(
+        tasks.spawn(
             async move {
                 let _ = tcp.set_nodelay(true);
                 let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
@@ -290,6 +318,13 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken
     state.ready.store(false, Ordering::Relaxed);
     state.shutdown.cancel();
     let _ = controllers.await;
+    state.tasks.close();
+    if tokio::time::timeout(Duration::from_secs(10), state.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections did not finish within 10s of shutdown");
+    }
     Ok(())
 }
 
@@ -304,7 +339,14 @@ async fn handle(
         Outcome::User(u) => u,
         Outcome::Unauthorized => {
             let resp = ApiError::Unauthorized.into_response();
-            audit_request(&state, "", req.method().as_str(), &path, resp.status().as_u16(), remote);
+            audit_request(
+                &state,
+                "",
+                req.method().as_str(),
+                &path,
+                resp.status().as_u16(),
+                remote,
+            );
             return resp;
         }
     };
@@ -313,7 +355,14 @@ async fn handle(
         Err((verb, e)) => (verb, e.into_response()),
     };
     if !verb.is_empty() {
-        audit_request(&state, &user.name, &verb, &path, resp.status().as_u16(), remote);
+        audit_request(
+            &state,
+            &user.name,
+            &verb,
+            &path,
+            resp.status().as_u16(),
+            remote,
+        );
     }
     resp
 }
@@ -345,12 +394,17 @@ async fn dispatch(
     let r = match route {
         Route::NonResource => {
             let verb = method.as_str().to_lowercase();
-            let attrs = authz::Attributes { verb: verb.clone(), resource: None, path: path.clone() };
+            let attrs = authz::Attributes {
+                verb: verb.clone(),
+                resource: None,
+                path: path.clone(),
+            };
             authz::authorize(state.store.as_ref(), user, &attrs).map_err(|e| (verb.clone(), e))?;
             if method != Method::GET && method != Method::HEAD {
                 return Err((verb, ApiError::MethodNotAllowed));
             }
-            let resp = discovery::handle(&path, state.ready.load(Ordering::Relaxed)).map_err(|e| (verb.clone(), e))?;
+            let resp = discovery::handle(&path, state.ready.load(Ordering::Relaxed))
+                .map_err(|e| (verb.clone(), e))?;
             return Ok((verb, resp));
         }
         Route::Resource(r) => r,
@@ -366,26 +420,47 @@ async fn dispatch(
             if r.subresource == "portforward" && verb != "create" {
                 // Kubernetes 1.35 (AuthorizePodWebsocketUpgradeCreatePermission): the WebSocket
                 // GET also needs `create`, so "read-only" roles cannot forward ports.
-                authz::authorize(state.store.as_ref(), user, &api::attributes("create", &r)).map_err(fail)?;
+                authz::authorize(state.store.as_ref(), user, &api::attributes("create", &r))
+                    .map_err(fail)?;
             }
             let target = if r.subresource == "portforward" {
-                portforward::Target::Pod { namespace: r.namespace.clone(), pod: r.name.clone() }
+                portforward::Target::Pod {
+                    namespace: r.namespace.clone(),
+                    pod: r.name.clone(),
+                }
             } else {
-                portforward::Target::NodeProxy { node: r.name.clone(), rest: r.rest.clone() }
+                portforward::Target::NodeProxy {
+                    node: r.name.clone(),
+                    rest: r.rest.clone(),
+                }
             };
-            let resp = portforward::serve(state.clone(), user.clone(), verb, remote, req, target, &query).await;
+            let resp = portforward::serve(
+                state.clone(),
+                user.clone(),
+                verb,
+                remote,
+                req,
+                target,
+                &query,
+            )
+            .await;
             Ok((String::new(), resp))
         }
         "log" => {
             if method != Method::GET {
                 return Err(fail(ApiError::MethodNotAllowed));
             }
-            logs::serve(state, &r, &query).await.map(|resp| (verb.to_string(), resp)).map_err(fail)
+            logs::serve(state, &r, &query)
+                .await
+                .map(|resp| (verb.to_string(), resp))
+                .map_err(fail)
         }
         _ => {
             let (parts, body) = req.into_parts();
             let body = api::read_body(body).await.map_err(fail)?;
-            let resp = api::handle(state, &r, &method, &parts.headers, &query, body).await.map_err(fail)?;
+            let resp = api::handle(state, &r, &method, &parts.headers, &query, body)
+                .await
+                .map_err(fail)?;
             if matches!(verb, "create" | "update" | "patch" | "delete") {
                 state.kick();
             }

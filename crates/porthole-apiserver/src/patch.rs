@@ -6,8 +6,14 @@ use serde_json::{Map, Value};
 /// Merge keys of Kubernetes' strategic-merge lists we know; other lists are replaced.
 fn merge_key(field: &str) -> Option<&'static str> {
     Some(match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "volumes" | "env"
-        | "containerStatuses" | "initContainerStatuses" | "imagePullSecrets" => "name",
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "volumes"
+        | "env"
+        | "containerStatuses"
+        | "initContainerStatuses"
+        | "imagePullSecrets" => "name",
         "conditions" => "type",
         "volumeMounts" => "mountPath",
         "ownerReferences" => "uid",
@@ -63,11 +69,15 @@ pub fn strategic_merge_patch(target: &mut Value, patch: &Value) {
         }
         match (v, merge_key(k)) {
             (Value::Array(items), Some(key)) if items.iter().all(|i| i.get(key).is_some()) => {
-                let existing = t.entry(k.clone()).or_insert_with(|| Value::Array(Vec::new()));
+                let existing = t
+                    .entry(k.clone())
+                    .or_insert_with(|| Value::Array(Vec::new()));
                 if !existing.is_array() {
                     *existing = Value::Array(Vec::new());
                 }
-                let Value::Array(list) = existing else { continue };
+                let Value::Array(list) = existing else {
+                    continue;
+                };
                 for item in items {
                     let id = item.get(key).cloned();
                     let pos = list.iter().position(|e| e.get(key).cloned() == id);
@@ -134,7 +144,9 @@ fn add(doc: &mut Value, path: &str, value: Value) -> Result<(), String> {
             a.insert(i, value);
             Ok(())
         }
-        _ => Err(format!("add operation does not apply: doc is missing path: {path:?}")),
+        _ => Err(format!(
+            "add operation does not apply: doc is missing path: {path:?}"
+        )),
     }
 }
 
@@ -144,9 +156,9 @@ fn remove(doc: &mut Value, path: &str) -> Result<Value, String> {
         .pointer_mut(&parent)
         .ok_or_else(|| format!("remove operation does not apply: doc is missing path: {path:?}"))?;
     match target {
-        Value::Object(m) => m
-            .remove(&last)
-            .ok_or_else(|| format!("remove operation does not apply: doc is missing key: {path:?}")),
+        Value::Object(m) => m.remove(&last).ok_or_else(|| {
+            format!("remove operation does not apply: doc is missing key: {path:?}")
+        }),
         Value::Array(a) => {
             let i = last
                 .parse::<usize>()
@@ -156,7 +168,9 @@ fn remove(doc: &mut Value, path: &str) -> Result<Value, String> {
             }
             Ok(a.remove(i))
         }
-        _ => Err(format!("remove operation does not apply: doc is missing path: {path:?}")),
+        _ => Err(format!(
+            "remove operation does not apply: doc is missing path: {path:?}"
+        )),
     }
 }
 
@@ -166,10 +180,24 @@ pub fn json_patch(doc: &mut Value, ops: &Value) -> Result<(), String> {
         .as_array()
         .ok_or("a JSON patch must be an array of operations")?;
     for op in ops {
-        let kind = op.get("op").and_then(Value::as_str).ok_or("operation without \"op\"")?;
-        let path = op.get("path").and_then(Value::as_str).ok_or("operation without \"path\"")?;
-        let value = || op.get("value").cloned().ok_or(format!("{kind} operation without \"value\""));
-        let from = || op.get("from").and_then(Value::as_str).ok_or(format!("{kind} operation without \"from\""));
+        let kind = op
+            .get("op")
+            .and_then(Value::as_str)
+            .ok_or("operation without \"op\"")?;
+        let path = op
+            .get("path")
+            .and_then(Value::as_str)
+            .ok_or("operation without \"path\"")?;
+        let value = || {
+            op.get("value")
+                .cloned()
+                .ok_or(format!("{kind} operation without \"value\""))
+        };
+        let from = || {
+            op.get("from")
+                .and_then(Value::as_str)
+                .ok_or(format!("{kind} operation without \"from\""))
+        };
         match kind {
             "add" => add(doc, path, value()?)?,
             "remove" => {
@@ -209,7 +237,10 @@ mod tests {
     #[test]
     fn strategic_merges_conditions_by_type() {
         let mut t = json!({"status": {"conditions": [{"type": "Ready", "status": "False"}, {"type": "X", "status": "True"}]}});
-        strategic_merge_patch(&mut t, &json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}, "$setElementOrder/x": []}));
+        strategic_merge_patch(
+            &mut t,
+            &json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}, "$setElementOrder/x": []}),
+        );
         assert_eq!(t["status"]["conditions"][0]["status"], "True");
         assert_eq!(t["status"]["conditions"][1]["type"], "X");
         let mut m = json!({"a": {"b": 1, "c": 2}, "l": [1, 2]});
@@ -220,13 +251,20 @@ mod tests {
     #[test]
     fn json_patch_ops() {
         let mut d = json!({"metadata": {"labels": {"a": "1"}}, "l": [1]});
-        json_patch(&mut d, &json!([
-            {"op": "add", "path": "/metadata/labels/b", "value": "2"},
-            {"op": "replace", "path": "/metadata/labels/a", "value": "x"},
-            {"op": "add", "path": "/l/-", "value": 2},
-            {"op": "test", "path": "/l/1", "value": 2}
-        ])).expect("patch");
-        assert_eq!(d, json!({"metadata": {"labels": {"a": "x", "b": "2"}}, "l": [1, 2]}));
+        json_patch(
+            &mut d,
+            &json!([
+                {"op": "add", "path": "/metadata/labels/b", "value": "2"},
+                {"op": "replace", "path": "/metadata/labels/a", "value": "x"},
+                {"op": "add", "path": "/l/-", "value": 2},
+                {"op": "test", "path": "/l/1", "value": 2}
+            ]),
+        )
+        .expect("patch");
+        assert_eq!(
+            d,
+            json!({"metadata": {"labels": {"a": "x", "b": "2"}}, "l": [1, 2]})
+        );
         assert!(json_patch(&mut d, &json!([{"op": "remove", "path": "/nope"}])).is_err());
     }
 }

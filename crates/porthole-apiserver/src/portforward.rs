@@ -57,7 +57,10 @@ pub enum Target {
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.get_all(header::CONNECTION).iter().any(|v| {
         v.to_str()
-            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+            .map(|s| {
+                s.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
             .unwrap_or(false)
     })
 }
@@ -69,7 +72,9 @@ pub fn parse_ports(query: &Query) -> Result<Vec<u16>, ApiError> {
     for v in query.all("ports") {
         for p in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             out.push(p.parse::<u16>().map_err(|_| {
-                ApiError::BadRequest(format!("cannot convert to []int32: strconv.ParseUint: parsing {p:?}: invalid syntax"))
+                ApiError::BadRequest(format!(
+                    "cannot convert to []int32: strconv.ParseUint: parsing {p:?}: invalid syntax"
+                ))
             })?);
         }
     }
@@ -77,7 +82,10 @@ pub fn parse_ports(query: &Query) -> Result<Vec<u16>, ApiError> {
 }
 
 fn protocol_of(headers: &HeaderMap) -> String {
-    let upgrade = headers.get(header::UPGRADE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let upgrade = headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if upgrade.to_ascii_lowercase().starts_with("spdy/") {
         return "spdy".into();
     }
@@ -133,7 +141,11 @@ fn node_headers(client: &HeaderMap, remote: std::net::SocketAddr, host: &str) ->
         .filter_map(|v| v.to_str().ok())
         .collect::<Vec<_>>()
         .join(", ");
-    let xff = if prior.is_empty() { remote.ip().to_string() } else { format!("{prior}, {}", remote.ip()) };
+    let xff = if prior.is_empty() {
+        remote.ip().to_string()
+    } else {
+        format!("{prior}, {}", remote.ip())
+    };
     if let Ok(v) = HeaderValue::from_str(&xff) {
         out.insert("x-forwarded-for", v);
     }
@@ -150,7 +162,11 @@ struct Counted<T> {
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = (buf.filled().len() - before) as u64;
@@ -160,7 +176,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -210,17 +230,30 @@ pub async fn serve(
     let (ep, path) = match prepared {
         Ok(x) => x,
         Err(e) => {
-            record.outcome = format!("rejected: {}", e.status().1["message"].as_str().unwrap_or(""));
+            record.outcome = format!(
+                "rejected: {}",
+                e.status().1["message"].as_str().unwrap_or("")
+            );
             record.duration_ms = started.elapsed().as_millis() as u64;
             state.audit.write(&record);
             return e.into_response();
         }
     };
     record.node = ep.node.clone();
-    let span = tracing::debug_span!("portforward", user = %user.name, node = %ep.node, pod = %record.pod);
-    match forward(&state, req, client_upgrade, &ep, &path, remote, record.clone(), started)
-        .instrument(span)
-        .await
+    let span =
+        tracing::debug_span!("portforward", user = %user.name, node = %ep.node, pod = %record.pod);
+    match forward(
+        &state,
+        req,
+        client_upgrade,
+        &ep,
+        &path,
+        remote,
+        record.clone(),
+        started,
+    )
+    .instrument(span)
+    .await
     {
         Ok(resp) => resp,
         Err(e) => {
@@ -255,11 +288,19 @@ async fn prepare(
                 rest: String::new(),
             };
             let p = crate::api::get(state.store.as_ref(), &r)?;
-            let node = p.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("");
+            let node = p
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .unwrap_or("");
             if node.is_empty() {
-                return Err(ApiError::BadRequest(format!("pod {pod} does not have a host assigned")));
+                return Err(ApiError::BadRequest(format!(
+                    "pod {pod} does not have a host assigned"
+                )));
             }
-            let phase = p.pointer("/status/phase").and_then(Value::as_str).unwrap_or("Unknown");
+            let phase = p
+                .pointer("/status/phase")
+                .and_then(Value::as_str)
+                .unwrap_or("Unknown");
             if phase != "Running" {
                 return Err(ApiError::BadRequest(format!(
                     "unable to forward port because pod is not running. Current status={phase}"
@@ -268,7 +309,10 @@ async fn prepare(
             let ep = kubelet::endpoint(state.store.as_ref(), node)?;
             let mut path = format!(
                 "/portForward/{}/{}",
-                percent_encoding::utf8_percent_encode(namespace, percent_encoding::NON_ALPHANUMERIC),
+                percent_encoding::utf8_percent_encode(
+                    namespace,
+                    percent_encoding::NON_ALPHANUMERIC
+                ),
                 percent_encoding::utf8_percent_encode(pod, percent_encoding::NON_ALPHANUMERIC)
             );
             if !ports.is_empty() {
@@ -281,7 +325,9 @@ async fn prepare(
         Target::NodeProxy { node, rest } => {
             let ep = kubelet::endpoint(state.store.as_ref(), node)?;
             if rest.split('/').any(|s| s == "..") {
-                return Err(ApiError::BadRequest("node proxy path may not contain '..'".into()));
+                return Err(ApiError::BadRequest(
+                    "node proxy path may not contain '..'".into(),
+                ));
             }
             // Upgrade requests use only the backend location: the client's query is not
             // forwarded (PROTOCOL.md §6.10), so a channel request through here loses `port`.
@@ -318,21 +364,39 @@ async fn forward(
         .body(http_body_util::Empty::<Bytes>::new())
         .map_err(|e| ApiError::Internal(format!("build node request: {e}")))?;
     *node_req.headers_mut() = node_headers(req.headers(), remote, &host);
-    let mut node_resp = tokio::time::timeout(std::time::Duration::from_secs(30), sender.send_request(node_req))
-        .await
-        .map_err(|_| ApiError::ServiceUnavailable(format!("error dialing backend: node {:?} did not answer within 30s", ep.node)))?
-        .map_err(|e| ApiError::ServiceUnavailable(format!("error dialing backend: node {:?}: {e}", ep.node)))?;
+    let mut node_resp = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        sender.send_request(node_req),
+    )
+    .await
+    .map_err(|_| {
+        ApiError::ServiceUnavailable(format!(
+            "error dialing backend: node {:?} did not answer within 30s",
+            ep.node
+        ))
+    })?
+    .map_err(|e| {
+        ApiError::ServiceUnavailable(format!("error dialing backend: node {:?}: {e}", ep.node))
+    })?;
     let status = node_resp.status();
     if status == StatusCode::SWITCHING_PROTOCOLS && upgrade_requested {
-        if let Some(p) = node_resp.headers().get(header::SEC_WEBSOCKET_PROTOCOL).and_then(|v| v.to_str().ok()) {
-            record.protocol = if p.contains("portforward.k8s.io") { "websocket-tunnel".into() } else { "websocket-channels".into() };
+        if let Some(p) = node_resp
+            .headers()
+            .get(header::SEC_WEBSOCKET_PROTOCOL)
+            .and_then(|v| v.to_str().ok())
+        {
+            record.protocol = if p.contains("portforward.k8s.io") {
+                "websocket-tunnel".into()
+            } else {
+                "websocket-channels".into()
+            };
         }
         let node_upgrade = hyper::upgrade::on(&mut node_resp);
         let mut resp = Response::new(full(Bytes::new()));
         *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         *resp.headers_mut() = node_resp.headers().clone();
         let audit = state.clone();
-        tokio::spawn(
+        state.tasks.spawn(
             async move {
                 let (client_io, node_io) = match tokio::join!(client_upgrade, node_upgrade) {
                     (Ok(c), Ok(n)) => (c, n),
@@ -357,6 +421,9 @@ async fn forward(
                 record.duration_ms = started.elapsed().as_millis() as u64;
                 record.outcome = match result {
                     Ok(()) => "ok".into(),
+                    // Clients commonly drop the TCP connection without a TLS close_notify
+                    // (kubectl on Ctrl-C): that is a normal end of a session.
+                    Err(e) if matches!(e.kind(), std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe) => "ok".into(),
                     Err(e) => format!("ended: {e}"),
                 };
                 tracing::debug!(outcome = %record.outcome, up = record.bytes_client_to_node, down = record.bytes_node_to_client, "port-forward session ended");
@@ -367,10 +434,15 @@ async fn forward(
         return Ok(resp);
     }
     if status == StatusCode::SWITCHING_PROTOCOLS {
-        return Err(ApiError::Internal("node switched protocols on a request that did not ask to".into()));
+        return Err(ApiError::Internal(
+            "node switched protocols on a request that did not ask to".into(),
+        ));
     }
     if upgrade_requested && !status.is_client_error() && !status.is_server_error() {
-        return Err(ApiError::Internal(format!("invalid upgrade response: status code {}", status.as_u16())));
+        return Err(ApiError::Internal(format!(
+            "invalid upgrade response: status code {}",
+            status.as_u16()
+        )));
     }
     // ≥ 400 (or a plain node-proxy request): pass the node's answer through.
     record.outcome = format!("node answered {}", status.as_u16());
@@ -385,7 +457,8 @@ async fn forward(
     let mut resp = Response::new(full(body));
     *resp.status_mut() = status;
     for (k, v) in &headers {
-        if k != header::CONTENT_LENGTH && k != header::TRANSFER_ENCODING && k != header::CONNECTION {
+        if k != header::CONTENT_LENGTH && k != header::TRANSFER_ENCODING && k != header::CONNECTION
+        {
             resp.headers_mut().append(k.clone(), v.clone());
         }
     }
@@ -406,12 +479,17 @@ mod tests {
     #[test]
     fn headers_strip_credentials_and_bearer_protocol() {
         let mut h = HeaderMap::new();
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer secret"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer secret"),
+        );
         h.insert("impersonate-user", HeaderValue::from_static("x"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         h.insert(
             header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static("v4.channel.k8s.io, base64url.bearer.authorization.k8s.io.c2VjcmV0"),
+            HeaderValue::from_static(
+                "v4.channel.k8s.io, base64url.bearer.authorization.k8s.io.c2VjcmV0",
+            ),
         );
         let out = node_headers(&h, "10.0.0.1:5".parse().expect("addr"), "127.0.0.1:1");
         assert!(out.get(header::AUTHORIZATION).is_none());

@@ -51,8 +51,7 @@ fn set_values(s: &str) -> Option<Vec<String>> {
 fn valid_key(k: &str) -> bool {
     !k.is_empty()
         && k.len() <= 317
-        && k
-            .chars()
+        && k.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
 }
 
@@ -112,7 +111,11 @@ impl LabelSelector {
                 let values: Vec<String> = e
                     .get("values")
                     .and_then(Value::as_array)
-                    .map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|x| x.as_str().map(String::from))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 reqs.push(match e.get("operator")?.as_str()? {
                     "In" => Req::In(key, values),
@@ -166,7 +169,10 @@ fn supported(kind: &str, field: &str) -> bool {
             ),
             "Namespace" => field == "status.phase",
             "Node" => field == "spec.unschedulable",
-            "Event" => field.starts_with("involvedObject.") || matches!(field, "reason" | "type" | "source"),
+            "Event" => {
+                field.starts_with("involvedObject.")
+                    || matches!(field, "reason" | "type" | "source")
+            }
             _ => false,
         }
 }
@@ -183,13 +189,13 @@ impl FieldSelector {
             } else if let Some((f, v)) = part.split_once('=') {
                 (f, true, v)
             } else {
-                return Err(format!("invalid selector: '{s}'; can't understand '{part}'"));
+                return Err(format!(
+                    "invalid selector: '{s}'; can't understand '{part}'"
+                ));
             };
             let field = field.trim();
             if !supported(kind, field) {
-                return Err(format!(
-                    "field label not supported: {field}"
-                ));
+                return Err(format!("field label not supported: {field}"));
             }
             reqs.push((field.to_string(), eq, value.trim().to_string()));
         }

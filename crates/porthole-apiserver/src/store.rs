@@ -159,9 +159,8 @@ impl RedbStore {
     /// Open (or create) the store under `data_dir`. A second process (or a second server in
     /// this process) on the same directory fails with a message naming the directory.
     pub fn open(data_dir: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(data_dir).map_err(|e| {
-            anyhow::anyhow!("cannot create data dir {}: {e}", data_dir.display())
-        })?;
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", data_dir.display()))?;
         let path: PathBuf = data_dir.join("store.redb");
         let db = match Database::create(&path) {
             Ok(db) => db,
@@ -405,7 +404,9 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("porthole-store-{}", uuid::Uuid::new_v4()));
         {
             let s = RedbStore::open(&dir).expect("open");
-            let a = s.create("pods/default/a", json!({"metadata": {"name": "a"}})).expect("create");
+            let a = s
+                .create("pods/default/a", json!({"metadata": {"name": "a"}}))
+                .expect("create");
             assert_eq!(resource_version(&a), 1);
             assert!(matches!(
                 s.create("pods/default/a", json!({})),
@@ -423,7 +424,7 @@ mod tests {
         assert_eq!(s.revision(), 1);
         let (items, rev) = s.list("pods/").expect("list");
         assert_eq!((items.len(), rev), (1, 1));
-        assert!(matches!(s.watch(0), Ok(_)));
+        assert!(s.watch(0).is_ok());
         let b = s.create("pods/default/b", json!({})).expect("create b");
         assert_eq!(resource_version(&b), 2);
         let _ = std::fs::remove_dir_all(&dir);

@@ -15,7 +15,11 @@ pub fn human_duration(secs: i64) -> String {
     let minutes = secs / 60;
     if minutes < 10 {
         let s = secs % 60;
-        return if s == 0 { format!("{minutes}m") } else { format!("{minutes}m{s}s") };
+        return if s == 0 {
+            format!("{minutes}m")
+        } else {
+            format!("{minutes}m{s}s")
+        };
     }
     if minutes < 180 {
         return format!("{minutes}m");
@@ -23,7 +27,11 @@ pub fn human_duration(secs: i64) -> String {
     let hours = minutes / 60;
     if hours < 8 {
         let m = minutes % 60;
-        return if m == 0 { format!("{hours}h") } else { format!("{hours}h{m}m") };
+        return if m == 0 {
+            format!("{hours}h")
+        } else {
+            format!("{hours}h{m}m")
+        };
     }
     if hours < 48 {
         return format!("{hours}h");
@@ -31,7 +39,11 @@ pub fn human_duration(secs: i64) -> String {
     let days = hours / 24;
     if hours < 24 * 8 {
         let h = hours % 24;
-        return if h == 0 { format!("{days}d") } else { format!("{days}d{h}h") };
+        return if h == 0 {
+            format!("{days}d")
+        } else {
+            format!("{days}d{h}h")
+        };
     }
     if days < 365 * 2 {
         return format!("{days}d");
@@ -40,7 +52,10 @@ pub fn human_duration(secs: i64) -> String {
 }
 
 fn age(obj: &Value) -> String {
-    let Some(ts) = obj.pointer("/metadata/creationTimestamp").and_then(Value::as_str) else {
+    let Some(ts) = obj
+        .pointer("/metadata/creationTimestamp")
+        .and_then(Value::as_str)
+    else {
         return "<unknown>".into();
     };
     match ts.parse::<jiff::Timestamp>() {
@@ -54,7 +69,11 @@ fn s<'a>(obj: &'a Value, ptr: &str) -> &'a str {
 }
 
 fn none_if_empty(v: &str) -> String {
-    if v.is_empty() { "<none>".into() } else { v.to_string() }
+    if v.is_empty() {
+        "<none>".into()
+    } else {
+        v.to_string()
+    }
 }
 
 fn col(name: &str, ty: &str, priority: u32, description: &str) -> Value {
@@ -71,7 +90,11 @@ fn selector_string(sel: Option<&Value>) -> String {
         .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
         .collect();
     parts.sort();
-    if parts.is_empty() { "<none>".into() } else { parts.join(",") }
+    if parts.is_empty() {
+        "<none>".into()
+    } else {
+        parts.join(",")
+    }
 }
 
 fn pod_row(p: &Value) -> Vec<Value> {
@@ -99,13 +122,18 @@ fn pod_row(p: &Value) -> Vec<Value> {
     for c in &statuses {
         if let Some(r) = c.pointer("/state/waiting/reason").and_then(Value::as_str) {
             reason = r.to_string();
-        } else if let Some(r) = c.pointer("/state/terminated/reason").and_then(Value::as_str) {
+        } else if let Some(r) = c
+            .pointer("/state/terminated/reason")
+            .and_then(Value::as_str)
+        {
             if !r.is_empty() {
                 reason = r.to_string();
             }
         }
     }
-    if p.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null()) {
+    if p.pointer("/metadata/deletionTimestamp")
+        .is_some_and(|v| !v.is_null())
+    {
         reason = "Terminating".into();
     }
     vec![
@@ -143,7 +171,11 @@ fn service_row(v: &Value) -> Vec<Value> {
         json!(s(v, "/spec/type")),
         json!(none_if_empty(s(v, "/spec/clusterIP"))),
         json!("<none>"),
-        json!(if ports.is_empty() { "<none>".into() } else { ports.join(",") }),
+        json!(if ports.is_empty() {
+            "<none>".into()
+        } else {
+            ports.join(",")
+        }),
         json!(age(v)),
         json!(selector_string(v.pointer("/spec/selector"))),
     ]
@@ -166,7 +198,11 @@ fn deployment_row(v: &Value) -> Vec<Value> {
         .collect();
     vec![
         json!(s(v, "/metadata/name")),
-        json!(format!("{}/{}", n("/status/readyReplicas"), n("/spec/replicas"))),
+        json!(format!(
+            "{}/{}",
+            n("/status/readyReplicas"),
+            n("/spec/replicas")
+        )),
         json!(n("/status/updatedReplicas")),
         json!(n("/status/availableReplicas")),
         json!(age(v)),
@@ -180,7 +216,10 @@ fn node_row(v: &Value) -> Vec<Value> {
     let ready = v
         .pointer("/status/conditions")
         .and_then(Value::as_array)
-        .and_then(|cs| cs.iter().find(|c| c.get("type").and_then(Value::as_str) == Some("Ready")))
+        .and_then(|cs| {
+            cs.iter()
+                .find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"))
+        })
         .and_then(|c| c.get("status").and_then(Value::as_str))
         .map(|st| match st {
             "True" => "Ready",
@@ -195,7 +234,10 @@ fn node_row(v: &Value) -> Vec<Value> {
     let addr = |t: &str| {
         v.pointer("/status/addresses")
             .and_then(Value::as_array)
-            .and_then(|a| a.iter().find(|x| x.get("type").and_then(Value::as_str) == Some(t)))
+            .and_then(|a| {
+                a.iter()
+                    .find(|x| x.get("type").and_then(Value::as_str) == Some(t))
+            })
             .and_then(|x| x.get("address").and_then(Value::as_str))
             .unwrap_or("<none>")
             .to_string()
@@ -210,13 +252,24 @@ fn node_row(v: &Value) -> Vec<Value> {
         json!(addr("ExternalIP")),
         json!(none_if_empty(s(v, "/status/nodeInfo/osImage"))),
         json!(none_if_empty(s(v, "/status/nodeInfo/kernelVersion"))),
-        json!(none_if_empty(s(v, "/status/nodeInfo/containerRuntimeVersion"))),
+        json!(none_if_empty(s(
+            v,
+            "/status/nodeInfo/containerRuntimeVersion"
+        ))),
     ]
 }
 
 /// Columns and a row printer for a resource.
-fn printer(info: &ResourceInfo) -> (Vec<Value>, fn(&Value) -> Vec<Value>) {
-    let name = col("Name", "string", 0, "Name must be unique within a namespace.");
+/// Prints one object's cells.
+type RowFn = fn(&Value) -> Vec<Value>;
+
+fn printer(info: &ResourceInfo) -> (Vec<Value>, RowFn) {
+    let name = col(
+        "Name",
+        "string",
+        0,
+        "Name must be unique within a namespace.",
+    );
     let age_col = col("Age", "string", 0, "CreationTimestamp is a timestamp representing the server time when this object was created.");
     match info.kind {
         "Pod" => (

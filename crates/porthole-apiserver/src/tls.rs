@@ -15,11 +15,16 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// Read every certificate in a PEM file.
 pub fn load_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    let pem = std::fs::read(path).with_context(|| format!("read certificate file {}", path.display()))?;
+    let pem =
+        std::fs::read(path).with_context(|| format!("read certificate file {}", path.display()))?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
         .collect::<Result<_, _>>()
         .with_context(|| format!("parse PEM certificates in {}", path.display()))?;
-    anyhow::ensure!(!certs.is_empty(), "no certificate found in {}", path.display());
+    anyhow::ensure!(
+        !certs.is_empty(),
+        "no certificate found in {}",
+        path.display()
+    );
     Ok(certs)
 }
 
@@ -43,23 +48,34 @@ fn roots(path: &Path) -> anyhow::Result<RootCertStore> {
 
 /// Serving config: HTTP/2 and HTTP/1.1 by ALPN; client certificates requested, optional, and
 /// verified against `client_ca` when given.
-pub fn server_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> anyhow::Result<rustls::ServerConfig> {
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> anyhow::Result<rustls::ServerConfig> {
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?;
     let builder = match client_ca {
         Some(ca) => {
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider())
-                .allow_unauthenticated()
-                .build()
-                .with_context(|| format!("build client verifier from {}", ca.display()))?;
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider())
+                    .allow_unauthenticated()
+                    .build()
+                    .with_context(|| format!("build client verifier from {}", ca.display()))?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
     };
     let mut cfg = builder
         .with_single_cert(load_certs(cert)?, load_key(key)?)
-        .with_context(|| format!("serving certificate {} does not match key {}", cert.display(), key.display()))?;
+        .with_context(|| {
+            format!(
+                "serving certificate {} does not match key {}",
+                cert.display(),
+                key.display()
+            )
+        })?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(cfg)
 }
@@ -84,9 +100,17 @@ pub fn kubelet_client_config(
     let mut cfg = match (cert, key) {
         (Some(c), Some(k)) => builder
             .with_client_auth_cert(load_certs(c)?, load_key(k)?)
-            .with_context(|| format!("kubelet client certificate {} does not match key {}", c.display(), k.display()))?,
+            .with_context(|| {
+                format!(
+                    "kubelet client certificate {} does not match key {}",
+                    c.display(),
+                    k.display()
+                )
+            })?,
         (None, None) => builder.with_no_client_auth(),
-        _ => anyhow::bail!("--kubelet-client-certificate and --kubelet-client-key must be given together"),
+        _ => anyhow::bail!(
+            "--kubelet-client-certificate and --kubelet-client-key must be given together"
+        ),
     };
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(cfg)

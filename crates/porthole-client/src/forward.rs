@@ -59,6 +59,15 @@ pub trait Connector: Send + Sync + 'static {
         max: usize,
         exclude: &'a [String],
     ) -> BoxFuture<'a, Result<Vec<NewSession>, ConnectError>>;
+
+    /// Resolves, with a reason, once `pod` stops being a good target (deleted, replaced,
+    /// terminating, or not Ready behind a selector) even though its session may live on (a
+    /// node keeps the connection when the pod goes, PROTOCOL.md §4.7). The default never
+    /// resolves.
+    fn pod_gone<'a>(&'a self, pod: String) -> BoxFuture<'a, String> {
+        let _ = pod;
+        Box::pin(std::future::pending())
+    }
 }
 
 /// Behaviour knobs of the loop.
@@ -108,6 +117,41 @@ struct Live {
     pod: String,
     ports: Vec<ResolvedPort>,
     forwarder: PortForwarder,
+    connected_at: Instant,
+}
+
+/// A session that ends sooner than this after connecting counts as flapping: the next
+/// reconnect waits (growing back-off) instead of hammering a server that accepts and drops.
+const STABLE_SESSION: Duration = Duration::from_secs(10);
+
+fn push_live(lives: &mut Vec<Arc<Live>>, next_id: &mut u64, s: NewSession) {
+    lives.push(Arc::new(Live {
+        id: *next_id,
+        pod: s.pod,
+        ports: s.ports,
+        forwarder: s.forwarder,
+        connected_at: Instant::now(),
+    }));
+    *next_id += 1;
+}
+
+/// The back-off to apply before reconnecting after `live` ended: none after a stable session,
+/// otherwise the previous one doubled (capped).
+fn next_flap_delay(live: &Live, previous: Option<Duration>, options: &Options) -> Option<Duration> {
+    if live.connected_at.elapsed() >= STABLE_SESSION {
+        return None;
+    }
+    Some(previous.map_or(options.backoff_initial, |d| {
+        (d * 2).min(options.backoff_max)
+    }))
+}
+
+/// Human form of a close reason (rustls appends a documentation URL to its EOF error).
+fn tidy_reason(reason: &str) -> String {
+    match reason.find(": https://") {
+        Some(i) => reason[..i].to_string(),
+        None => reason.to_string(),
+    }
 }
 
 type Sessions = Arc<Vec<Arc<Live>>>;
@@ -131,9 +175,11 @@ struct Shared {
 /// Texts of errors that mean the pod (sandbox) is gone, not merely the port refusing
 /// (PROTOCOL.md §4.5, §9 item 1): the session is useless and must be re-established.
 fn means_pod_gone(text: &str) -> bool {
-    const MARKERS: [&str; 6] = [
+    const MARKERS: [&str; 8] = [
         "network namespace for sandbox",
         "is not running",
+        "was deleted",
+        "is terminating",
         "failed to find sandbox",
         "could not find sandbox",
         "not found",
@@ -156,13 +202,7 @@ pub async fn serve(
     let mut next_session_id = 0u64;
     let mut lives: Vec<Arc<Live>> = Vec::new();
     for s in initial {
-        lives.push(Arc::new(Live {
-            id: next_session_id,
-            pod: s.pod,
-            ports: s.ports,
-            forwarder: s.forwarder,
-        }));
-        next_session_id += 1;
+        push_live(&mut lives, &mut next_session_id, s);
     }
     let (sessions_tx, sessions_rx) = watch::channel::<Sessions>(Arc::new(lives.clone()));
     let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel();
@@ -171,7 +211,7 @@ pub async fn serve(
     // reset by `PortForwarder::shutdown`.
     let stop_accepting = shutdown.child_token();
     let shared = Arc::new(Shared {
-        output,
+        output: output.clone(),
         options: options.clone(),
         sessions: sessions_rx,
         next_conn: AtomicU64::new(0),
@@ -220,22 +260,25 @@ pub async fn serve(
         &mut kill_rx,
         connector.as_ref(),
         &options,
-        output,
+        &output,
         &shutdown,
     )
     .await;
 
     stop_accepting.cancel();
+    tracing::debug!("closing sessions");
     // Close every session: RST every stream, GOAWAY, close the connection (kubectl's Ctrl-C).
-    let current: Vec<Arc<Live>> = sessions_tx.borrow().iter().cloned().collect();
-    for live in current.iter().chain(lives.iter()) {
+    // `lives` is authoritative; sessions removed from it were shut down when removed.
+    sessions_tx.send_replace(Arc::new(Vec::new()));
+    for live in lives.iter() {
         live.forwarder.shutdown().await;
     }
-    sessions_tx.send_replace(Arc::new(Vec::new()));
     tracker.close();
+    tracing::debug!("sessions closed; waiting for connection tasks");
     // Connection tasks end once their streams are reset; don't let a stuck local peer hold the
     // exit hostage.
     let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
+    tracing::debug!("forwarding stopped");
     code
 }
 
@@ -248,16 +291,19 @@ async fn supervise(
     kill_rx: &mut mpsc::UnboundedReceiver<(u64, String)>,
     connector: &dyn Connector,
     options: &Options,
-    output: Output,
+    output: &Output,
     shutdown: &CancellationToken,
 ) -> std::process::ExitCode {
     let mut rescan = tokio::time::interval(options.rescan_interval);
     rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     rescan.tick().await;
+    // Back-off carried across sessions that die right after connecting.
+    let mut flap: Option<Duration> = None;
+    let mut last_flap: Option<Duration> = None;
     loop {
         sessions_tx.send_replace(Arc::new(lives.clone()));
         if lives.is_empty() {
-            match reconnect(connector, options, output, shutdown).await {
+            match reconnect(connector, options, output, shutdown, flap.take()).await {
                 Reconnect::Sessions(new) => {
                     for s in new {
                         output.notice(
@@ -267,13 +313,7 @@ async fn supervise(
                                 transport: s.transport.to_string(),
                             },
                         );
-                        lives.push(Arc::new(Live {
-                            id: *next_session_id,
-                            pod: s.pod,
-                            ports: s.ports,
-                            forwarder: s.forwarder,
-                        }));
-                        *next_session_id += 1;
+                        push_live(lives, next_session_id, s);
                     }
                     continue;
                 }
@@ -284,9 +324,20 @@ async fn supervise(
                 }
             }
         }
-        let closed = futures_util::future::select_all(lives.iter().map(|l| {
+        // Each session ends when its connection closes or (with reconnect) its pod goes away.
+        let ended = futures_util::future::select_all(lives.iter().map(|l| {
             let l = l.clone();
-            Box::pin(async move { (l.id, l.forwarder.closed().await.to_string()) })
+            let gone = options.reconnect.then(|| connector.pod_gone(l.pod.clone()));
+            Box::pin(async move {
+                let reason = match gone {
+                    Some(gone) => tokio::select! {
+                        r = l.forwarder.closed() => r.to_string(),
+                        r = gone => r,
+                    },
+                    None => l.forwarder.closed().await.to_string(),
+                };
+                (l.id, reason)
+            })
         }));
         tokio::select! {
             _ = shutdown.cancelled() => return std::process::ExitCode::SUCCESS,
@@ -304,20 +355,27 @@ async fn supervise(
                         why
                     };
                     live.forwarder.shutdown().await;
-                    lost(output, &live.pod, &reason);
                     if !options.reconnect {
                         output.fatal("error: lost connection to pod");
                         return std::process::ExitCode::FAILURE;
                     }
+                    flap = next_flap_delay(&live, last_flap, options);
+                    last_flap = flap;
+                    lost(output, &live.pod, &reason);
                 }
             }
-            ((id, reason), _, _) = closed => {
+            ((id, reason), _, _) = ended => {
                 if let Some(pos) = lives.iter().position(|l| l.id == id) {
                     let live = lives.remove(pos);
+                    // A no-op when the connection already closed; otherwise (pod gone) RST the
+                    // streams and GOAWAY.
+                    live.forwarder.shutdown().await;
                     if !options.reconnect {
                         output.fatal("error: lost connection to pod");
                         return std::process::ExitCode::FAILURE;
                     }
+                    flap = next_flap_delay(&live, last_flap, options);
+                    last_flap = flap;
                     lost(output, &live.pod, &reason);
                 }
             }
@@ -325,14 +383,17 @@ async fn supervise(
                 let exclude: Vec<String> = lives.iter().map(|l| l.pod.clone()).collect();
                 let room = options.balance.saturating_sub(lives.len());
                 if room > 0 {
-                    if let Ok(new) = connector.connect(room, &exclude).await {
+                    let found = tokio::select! {
+                        _ = shutdown.cancelled() => return std::process::ExitCode::SUCCESS,
+                        r = connector.connect(room, &exclude) => r,
+                    };
+                    if let Ok(new) = found {
                         for s in new {
                             output.notice(
                                 &format!("Connected to pod {} ({})", s.pod, s.transport),
                                 Event::Reconnected { pod: s.pod.clone(), transport: s.transport.to_string() },
                             );
-                            lives.push(Arc::new(Live { id: *next_session_id, pod: s.pod, ports: s.ports, forwarder: s.forwarder }));
-                            *next_session_id += 1;
+                            push_live(lives, next_session_id, s);
                         }
                     }
                 }
@@ -341,7 +402,8 @@ async fn supervise(
     }
 }
 
-fn lost(output: Output, pod: &str, reason: &str) {
+fn lost(output: &Output, pod: &str, reason: &str) {
+    let reason = tidy_reason(reason);
     output.notice(
         &format!("Lost connection to pod {pod}: {reason}; reconnecting"),
         Event::Reconnecting {
@@ -362,10 +424,17 @@ enum Reconnect {
 async fn reconnect(
     connector: &dyn Connector,
     options: &Options,
-    output: Output,
+    output: &Output,
     shutdown: &CancellationToken,
+    flap: Option<Duration>,
 ) -> Reconnect {
-    let mut delay = options.backoff_initial;
+    if let Some(wait) = flap {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Reconnect::Shutdown,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+    let mut delay = flap.unwrap_or(options.backoff_initial);
     let mut gone_since: Option<Instant> = None;
     let mut last_message = String::new();
     loop {
@@ -443,13 +512,15 @@ async fn handle_connection(
     spec_index: usize,
     local_port: u16,
 ) {
-    let output = shared.output;
+    let output = &shared.output;
     output.accepted(local_port);
     let _ = stream.set_nodelay(true);
     let deadline = Instant::now() + shared.options.pod_running_timeout;
     let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let mut announced = false;
+    let mut attempts = 0;
     let (live, remote, result) = loop {
+        attempts += 1;
         let Some(live) = pick_session(&shared, deadline).await else {
             if !shared.stopping.is_cancelled() {
                 output.warn(&format!(
@@ -474,7 +545,13 @@ async fn handle_connection(
             result,
             Err(ForwardError::CreateErrorStream(_) | ForwardError::CreateDataStream(_))
         ) && live.forwarder.connection().is_closed();
-        if session_died && shared.options.reconnect && !shared.stopping.is_cancelled() {
+        // Retry on the next session, a few times at most (a server that accepts and drops
+        // every session must not keep this connection spinning).
+        if session_died
+            && shared.options.reconnect
+            && !shared.stopping.is_cancelled()
+            && attempts < 5
+        {
             let _ = shared.kill_session.send((live.id, String::new()));
             continue;
         }
@@ -549,6 +626,46 @@ mod tests {
             "error forwarding port 80 to pod abc, uid : failed to connect to localhost:80 inside namespace \"abc\", \
              IPv4: dial tcp4 127.0.0.1:80: connect: connection refused IPv6 dial tcp6 [::1]:80: connect: connection refused "
         ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn flapping_sessions_back_off() {
+        let options = Options::default();
+        let (io, _peer) = tokio::io::duplex(64);
+        let live = Live {
+            id: 0,
+            pod: "p".into(),
+            ports: Vec::new(),
+            forwarder: PortForwarder::new(io, porthole_relay::spdy::Config::default()),
+            connected_at: Instant::now(),
+        };
+        let first = next_flap_delay(&live, None, &options);
+        assert_eq!(first, Some(options.backoff_initial));
+        assert_eq!(
+            next_flap_delay(&live, first, &options),
+            Some(options.backoff_initial * 2)
+        );
+        assert_eq!(
+            next_flap_delay(&live, Some(Duration::from_secs(4)), &options),
+            Some(options.backoff_max)
+        );
+        tokio::time::advance(STABLE_SESSION).await;
+        assert_eq!(
+            next_flap_delay(&live, Some(options.backoff_max), &options),
+            None
+        );
+    }
+
+    #[test]
+    fn close_reasons_are_tidied() {
+        assert_eq!(
+            tidy_reason("i/o error: peer closed connection without sending TLS close_notify: https://docs.rs/x"),
+            "i/o error: peer closed connection without sending TLS close_notify"
+        );
+        assert_eq!(
+            tidy_reason("peer closed the connection"),
+            "peer closed the connection"
+        );
     }
 
     #[test]

@@ -209,11 +209,17 @@ fn validate(args: &Args) -> Result<Validated, String> {
 /// the binary only needs to return the code.
 pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<ExitCode> {
     let output = Output::new(args.output);
-    match run_inner(args, output, shutdown).await {
-        Ok(code) => Ok(code),
+    Ok(run_with_output(args, output, shutdown).await)
+}
+
+/// [`run`] with a caller-made [`Output`] (e.g. [`Output::with_tap`] to observe the events of a
+/// run in tests).
+pub async fn run_with_output(args: Args, output: Output, shutdown: CancellationToken) -> ExitCode {
+    match run_inner(args, output.clone(), shutdown).await {
+        Ok(code) => code,
         Err(line) => {
             output.fatal(&line);
-            Ok(ExitCode::FAILURE)
+            ExitCode::FAILURE
         }
     }
 }
@@ -226,7 +232,50 @@ struct KubeConnector {
     keepalive: Keepalive,
 }
 
+/// How often a connected pod is checked for deletion or replacement.
+const POD_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
 impl KubeConnector {
+    /// Polls the pod (a GET every [`POD_CHECK_INTERVAL`]) until it is deleted, replaced,
+    /// terminating, no longer Running, or — behind a selector — no longer Ready. API errors are
+    /// ignored here: the session's own keepalive judges connectivity.
+    async fn watch_pod(&self, pod: String) -> String {
+        let api: kube::Api<k8s_openapi::api::core::v1::Pod> =
+            kube::Api::namespaced(self.client.clone(), self.resolver.namespace());
+        let require_ready = self.resolver.target().kind != Kind::Pod;
+        let mut uid: Option<String> = None;
+        loop {
+            match api.get_opt(&pod).await {
+                Ok(None) => return format!("pod {pod} was deleted"),
+                Ok(Some(p)) => {
+                    let this_uid = p.metadata.uid.clone();
+                    if uid.is_none() {
+                        uid = this_uid.clone();
+                    }
+                    let phase = p
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.phase.clone())
+                        .unwrap_or_default();
+                    if this_uid != uid {
+                        return format!("pod {pod} was replaced");
+                    }
+                    if p.metadata.deletion_timestamp.is_some() {
+                        return format!("pod {pod} is being deleted");
+                    }
+                    if phase != "Running" {
+                        return format!("pod {pod} is no longer running (phase {phase})");
+                    }
+                    if require_ready && !target::is_usable(&p) {
+                        return format!("pod {pod} is no longer Ready");
+                    }
+                }
+                Err(e) => tracing::debug!(pod, error = %e, "pod check failed"),
+            }
+            tokio::time::sleep(POD_CHECK_INTERVAL).await;
+        }
+    }
+
     async fn connect_inner(
         &self,
         max: usize,
@@ -285,6 +334,10 @@ impl Connector for KubeConnector {
     ) -> BoxFuture<'a, Result<Vec<NewSession>, ConnectError>> {
         Box::pin(self.connect_inner(max, exclude))
     }
+
+    fn pod_gone<'a>(&'a self, pod: String) -> BoxFuture<'a, String> {
+        Box::pin(self.watch_pod(pod))
+    }
 }
 
 async fn run_inner(
@@ -300,6 +353,11 @@ async fn run_inner(
         .namespace
         .clone()
         .unwrap_or_else(|| config.default_namespace.clone());
+    let server = config
+        .cluster_url
+        .authority()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     let client = kube::Client::try_from(config).map_err(|e| {
         format!(
             "error: cannot create the API client: {}",
@@ -342,6 +400,12 @@ async fn run_inner(
                     _ = tokio::time::sleep(delay) => {}
                 }
                 delay = (delay * 2).min(Duration::from_secs(1));
+            }
+            Err(ResolveError::Transport(t)) if t.contains("onnection refused") => {
+                // kubectl's wording for an API server that is not there.
+                return Err(format!(
+                    "The connection to the server {server} was refused - did you specify the right host or port?"
+                ));
             }
             Err(e) => return Err(e.to_string()),
         }

@@ -93,15 +93,24 @@ struct Stamped<'a> {
 }
 
 /// The printer shared by every task.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Output {
     format: OutputFormat,
+    /// Every event is also sent here (tests and embedders observe the run without parsing
+    /// stdout).
+    tap: Option<tokio::sync::mpsc::UnboundedSender<Event>>,
 }
 
 impl Output {
     /// A printer for `format`.
     pub fn new(format: OutputFormat) -> Output {
-        Output { format }
+        Output { format, tap: None }
+    }
+
+    /// Also sends every [`Event`] to `tap`, in either format.
+    pub fn with_tap(mut self, tap: tokio::sync::mpsc::UnboundedSender<Event>) -> Output {
+        self.tap = Some(tap);
+        self
     }
 
     /// Whether JSON events are printed instead of kubectl's lines.
@@ -123,33 +132,34 @@ impl Output {
         let _ = writeln!(err, "{line}");
     }
 
-    /// Prints one JSON event line (JSON mode only).
+    /// Records one event: a JSON line in JSON mode, and the tap in either mode.
     pub fn event(&self, event: Event) {
-        if !self.is_json() {
-            return;
+        if self.is_json() {
+            let stamped = Stamped {
+                time: jiff::Timestamp::now().to_string(),
+                event: &event,
+            };
+            match serde_json::to_string(&stamped) {
+                Ok(line) => Self::stdout_line(&line),
+                Err(e) => self.stderr_line(&format!("error: cannot encode output event: {e}")),
+            }
         }
-        let stamped = Stamped {
-            time: jiff::Timestamp::now().to_string(),
-            event: &event,
-        };
-        match serde_json::to_string(&stamped) {
-            Ok(line) => Self::stdout_line(&line),
-            Err(e) => self.stderr_line(&format!("error: cannot encode output event: {e}")),
+        if let Some(tap) = &self.tap {
+            let _ = tap.send(event);
         }
     }
 
     /// `Forwarding from 127.0.0.1:8080 -> 80` (or the `listening` event).
     pub fn listening(&self, address: &str, local_port: u16, remote_port: u16) {
-        if self.is_json() {
-            self.event(Event::Listening {
-                address: address.to_string(),
-                local_port,
-                remote_port,
-            });
-        } else {
+        if !self.is_json() {
             let hp = crate::listen::join_host_port(address, local_port);
             Self::stdout_line(&format!("Forwarding from {hp} -> {remote_port}"));
         }
+        self.event(Event::Listening {
+            address: address.to_string(),
+            local_port,
+            remote_port,
+        });
     }
 
     /// A local connection was accepted: kubectl's `Handling connection for 8080` (text mode).
@@ -159,7 +169,7 @@ impl Output {
         }
     }
 
-    /// The accepted connection is being forwarded to `pod` (JSON mode: `connection_opened`).
+    /// The accepted connection is being forwarded to `pod` (the `connection_opened` event).
     pub fn opened(&self, id: u64, local_port: u16, remote_port: u16, peer: String, pod: &str) {
         self.event(Event::ConnectionOpened {
             id,
@@ -172,36 +182,32 @@ impl Output {
 
     /// A non-fatal error: stderr in text mode, an `error` event in JSON mode.
     pub fn warn(&self, message: &str) {
-        if self.is_json() {
-            self.event(Event::Error {
-                message: message.to_string(),
-                fatal: false,
-            });
-        } else {
+        if !self.is_json() {
             self.stderr_line(message);
         }
+        self.event(Event::Error {
+            message: message.to_string(),
+            fatal: false,
+        });
     }
 
     /// The fatal error the command exits with: always on stderr (`error: ...` as kubectl), and
-    /// also as an event in JSON mode.
+    /// also as an event.
     pub fn fatal(&self, line: &str) {
-        if self.is_json() {
-            self.event(Event::Error {
-                message: line.to_string(),
-                fatal: true,
-            });
-        }
+        self.event(Event::Error {
+            message: line.to_string(),
+            fatal: true,
+        });
         self.stderr_line(line);
     }
 
-    /// A resilience notice (`Lost connection to pod ...; reconnecting`): stderr in text mode, the
-    /// given event in JSON mode.
+    /// A resilience notice (`Lost connection to pod ...; reconnecting`): stderr in text mode,
+    /// plus the given event.
     pub fn notice(&self, line: &str, event: Event) {
-        if self.is_json() {
-            self.event(event);
-        } else {
+        if !self.is_json() {
             self.stderr_line(line);
         }
+        self.event(event);
     }
 }
 

@@ -271,3 +271,59 @@ async fn dial_spdy(client: &kube::Client, path: &str, keepalive: Keepalive) -> A
         flow_control,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keepalive_fits_the_dead_peer_bound() {
+        let k = Keepalive {
+            interval: None,
+            timeout: Duration::from_secs(15),
+            enabled: true,
+        };
+        // kubectl's periods; period + ping timeout = the 15 s bound.
+        assert_eq!(
+            k.periods(false),
+            (Duration::from_secs(5), Duration::from_secs(10))
+        );
+        assert_eq!(
+            k.periods(true),
+            (Duration::from_secs(10), Duration::from_secs(5))
+        );
+        let k = Keepalive {
+            interval: Some(Duration::from_secs(30)),
+            timeout: Duration::from_secs(6),
+            enabled: true,
+        };
+        assert_eq!(
+            k.periods(false),
+            (Duration::from_secs(3), Duration::from_secs(3))
+        );
+        let cfg = Keepalive {
+            enabled: false,
+            ..k
+        }
+        .config(false, true);
+        assert_eq!(cfg.ping_interval, None);
+        assert!(cfg.flow_control);
+    }
+
+    #[test]
+    fn kubectl_env_switch() {
+        std::env::set_var("KUBECTL_PORT_FORWARD_WEBSOCKETS", "False");
+        assert!(env_disables_websockets());
+        std::env::set_var("KUBECTL_PORT_FORWARD_WEBSOCKETS", "true");
+        assert!(!env_disables_websockets());
+        std::env::remove_var("KUBECTL_PORT_FORWARD_WEBSOCKETS");
+        assert!(!env_disables_websockets());
+    }
+
+    #[test]
+    fn error_chains_are_joined() {
+        let inner = std::io::Error::other("connection refused");
+        let outer = kube::Error::Service(Box::new(inner));
+        assert_eq!(describe_error(&outer), "ServiceError: connection refused");
+    }
+}

@@ -92,6 +92,7 @@ struct TestConnector {
     node: Mutex<Option<SocketAddr>>,
     remote_ports: Vec<u16>,
     attempts: Notify,
+    spdy: porthole_relay::spdy::Config,
 }
 
 impl TestConnector {
@@ -113,7 +114,7 @@ impl TestConnector {
                     remote: r,
                 })
                 .collect(),
-            forwarder: PortForwarder::new(tcp, porthole_relay::spdy::Config::client()),
+            forwarder: PortForwarder::new(tcp, self.spdy.clone()),
             transport: "spdy",
         })
     }
@@ -159,11 +160,54 @@ struct Harness {
     run: JoinHandle<ExitCode>,
 }
 
+/// A TCP relay that can black-hole its connections (stop moving bytes without closing), like a
+/// network cut or an expired NAT entry: only keepalive can tell.
+struct Blackhole {
+    addr: SocketAddr,
+    freeze: CancellationToken,
+}
+
+async fn blackhole(target: SocketAddr) -> Blackhole {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let freeze = CancellationToken::new();
+    let freeze2 = freeze.clone();
+    tokio::spawn(async move {
+        while let Ok((mut a, _)) = listener.accept().await {
+            let mut b = TcpStream::connect(target).await.unwrap();
+            let freeze = freeze2.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}
+                    // Keep both sockets open and silent.
+                    _ = freeze.cancelled() => std::future::pending::<()>().await,
+                }
+            });
+        }
+    });
+    Blackhole { addr, freeze }
+}
+
+async fn start_via(addr: SocketAddr, remote_ports: Vec<u16>, options: Options) -> Harness {
+    let node = Node {
+        addr,
+        stop: CancellationToken::new(),
+        task: tokio::spawn(async {}),
+        sockets: Default::default(),
+    };
+    start(&node, remote_ports, options).await
+}
+
 async fn start(node: &Node, remote_ports: Vec<u16>, options: Options) -> Harness {
     let connector = Arc::new(TestConnector {
         node: Mutex::new(Some(node.addr)),
         remote_ports: remote_ports.clone(),
         attempts: Notify::new(),
+        spdy: porthole_relay::spdy::Config {
+            ping_interval: Some(Duration::from_millis(100)),
+            ping_timeout: Duration::from_millis(300),
+            ..porthole_relay::spdy::Config::client()
+        },
     });
     let initial = connector.session().await.unwrap();
     let addrs = porthole_client::listen::parse_addresses(&["127.0.0.1"]).unwrap();
@@ -333,5 +377,34 @@ async fn shutdown_closes_listeners_and_the_session() {
     assert!(TcpStream::connect(("127.0.0.1", h.local_ports[0]))
         .await
         .is_err());
+    node.kill().await;
+}
+
+#[tokio::test]
+async fn black_holed_session_is_declared_dead_and_replaced() {
+    let node = Node::start().await;
+    let echo = echo_server().await;
+    let hole = blackhole(node.addr).await;
+    let h = start_via(hole.addr, vec![echo], fast()).await;
+    echo_roundtrip(h.local_ports[0], b"before").await;
+
+    // Cut the path silently; new sessions go straight to the node.
+    *h.connector.node.lock().unwrap() = Some(node.addr);
+    let cut = tokio::time::Instant::now();
+    hole.freeze.cancel();
+    h.connector.attempts.notified().await;
+    // 100 ms pings, 300 ms ping timeout: noticed well within a second, not a TCP timeout.
+    assert!(
+        cut.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        cut.elapsed()
+    );
+    echo_roundtrip(h.local_ports[0], b"after").await;
+
+    h.shutdown.cancel();
+    assert_eq!(
+        format!("{:?}", h.run.await.unwrap()),
+        format!("{:?}", ExitCode::SUCCESS)
+    );
     node.kill().await;
 }

@@ -265,11 +265,21 @@ async fn leftovers_of_a_crashed_agent_are_cleaned_up() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn child agent");
+    // Killed (and reaped) even if an assertion below fails.
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
     let stdout = child.stdout.take().expect("stdout");
+    let mut child = Reap(child);
     let group: i32 = tokio::task::spawn_blocking(move || {
         for line in std::io::BufReader::new(stdout).lines() {
             let line = line.expect("read child");
-            if let Some(g) = line.strip_prefix("GROUP ") {
+            // libtest prints `test crash_child ... ` on the same line first.
+            if let Some((_, g)) = line.split_once("GROUP ") {
                 return g.trim().parse().expect("group id");
             }
         }
@@ -278,8 +288,8 @@ async fn leftovers_of_a_crashed_agent_are_cleaned_up() {
     .await
     .expect("reader");
     // The agent dies without any cleanup.
-    child.kill().expect("SIGKILL child agent");
-    child.wait().expect("reap child agent");
+    child.0.kill().expect("SIGKILL child agent");
+    child.0.wait().expect("reap child agent");
     assert!(alive(group), "the pod process should have outlived the agent");
     let mounted_before = std::fs::read_to_string("/proc/self/mountinfo")
         .expect("mountinfo")

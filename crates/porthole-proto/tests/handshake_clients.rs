@@ -404,6 +404,17 @@ fn channel_protocol_choice() {
         }
     ));
 
+    // A browser's token entry alone means binary mode with nothing echoed.
+    let (up, h) = with(Some("base64url.bearer.authorization.k8s.io.dG9rZW4")).unwrap();
+    assert!(matches!(
+        up,
+        Upgrade::WsChannels {
+            proto: ChannelProtocol::NoSubprotocol,
+            ..
+        }
+    ));
+    assert!(h.get("sec-websocket-protocol").is_none());
+
     let r = with(Some(
         "channel.k8s.io, base64url.bearer.authorization.k8s.io.c2VjcmV0",
     ))

@@ -539,10 +539,38 @@ pub fn check_no_leftovers(marker: &Path, before: &BTreeSet<ProcId>) -> Result<()
     for mount in mounts_mentioning(&marker) {
         problems.push(format!("mount left behind: {mount}"));
     }
+    for entry in netns_files(Path::new(&*marker)) {
+        problems.push(format!(
+            "network namespace file left behind: {}",
+            entry.display()
+        ));
+    }
     if !problems.is_empty() {
         bail!("left behind after stop:\n  {}", problems.join("\n  "));
     }
     Ok(())
+}
+
+/// Entries of every directory named `netns` under `dir` (where the node agent keeps the
+/// bind-mounted namespace files of its pods).
+pub fn netns_files(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+            if d.file_name() == Some(OsStr::new("netns")) {
+                found.push(path);
+            } else if is_dir {
+                stack.push(path);
+            }
+        }
+    }
+    found
 }
 
 /// Fails with the command's output unless it exited 0; returns its stdout.
@@ -584,6 +612,40 @@ impl Forward {
     /// Ctrl-C and wait; returns the exit status.
     pub fn stop(mut self) -> Result<ExitStatus> {
         self.child.interrupt(Duration::from_secs(20))
+    }
+
+    /// Starts the forward, runs `use_it(local_port)`, then stops it with Ctrl-C and expects
+    /// exit status 0. Any error carries what the client printed.
+    pub fn with<T>(
+        name: &str,
+        cmd: Command,
+        log_dir: &Path,
+        remote: u16,
+        use_it: impl FnOnce(u16) -> Result<T>,
+    ) -> Result<T> {
+        let fwd = Forward::start(name, cmd, log_dir, remote)?;
+        let res = use_it(fwd.local_port);
+        let report = fwd.child.report();
+        let status = fwd.stop();
+        let value = res.map_err(|e| anyhow!("{e:#}\n{report}"))?;
+        let status = status?;
+        if !status.success() {
+            bail!("{name} exited with {status} after Ctrl-C (want 0)\n{report}");
+        }
+        Ok(value)
+    }
+}
+
+/// Ends a cluster test: stops the cluster (checking for leftovers) and panics with the test's
+/// error first, then what `porthole up` printed.
+pub fn finish(cluster: Cluster, res: Result<()>) {
+    let report = cluster.child.report();
+    let stopped = cluster.stop();
+    if let Err(e) = res {
+        panic!("{e:#}\n\n{report}");
+    }
+    if let Err(e) = stopped {
+        panic!("stopping the cluster: {e:#}");
     }
 }
 

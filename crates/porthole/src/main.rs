@@ -120,7 +120,8 @@ async fn run(command: Command, shutdown: CancellationToken) -> anyhow::Result<Ex
             // The node's flags include --listen; the binary binds it so that run() gets a
             // listener, as Contract 2 has it.
             let listen = args.listen;
-            let cfg = porthole_node::Config::from_args(args).context("invalid node configuration")?;
+            let cfg =
+                porthole_node::Config::from_args(args).context("invalid node configuration")?;
             let listener = bind(listen).await?;
             porthole_node::run(cfg, listener, shutdown).await?;
             Ok(ExitCode::SUCCESS)

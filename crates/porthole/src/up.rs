@@ -312,8 +312,14 @@ fn apiserver_config(
         format!("--tls-private-key-file={}", pki.apiserver.key.display()),
         format!("--client-ca-file={}", pki.ca.cert.display()),
         format!("--token-auth-file={}", token_file.display()),
-        format!("--kubelet-client-certificate={}", pki.apiserver_kubelet_client.cert.display()),
-        format!("--kubelet-client-key={}", pki.apiserver_kubelet_client.key.display()),
+        format!(
+            "--kubelet-client-certificate={}",
+            pki.apiserver_kubelet_client.cert.display()
+        ),
+        format!(
+            "--kubelet-client-key={}",
+            pki.apiserver_kubelet_client.key.display()
+        ),
         format!("--kubelet-certificate-authority={}", pki.ca.cert.display()),
         format!("--audit-log-path={}", dir.join("audit.log").display()),
     ];
@@ -347,7 +353,10 @@ fn node_config(
         format!("--tls-cert-file={}", pki.node_serving.cert.display()),
         format!("--tls-private-key-file={}", pki.node_serving.key.display()),
         format!("--client-ca-file={}", pki.ca.cert.display()),
-        format!("--apiserver-client-names={}", crate::pki::APISERVER_COMMON_NAME),
+        format!(
+            "--apiserver-client-names={}",
+            crate::pki::APISERVER_COMMON_NAME
+        ),
     ];
     let wrap = Wrap::try_parse_from(&argv).context("build the node agent's arguments")?;
     porthole_node::Config::from_args(wrap.args).context("node agent configuration")

@@ -157,16 +157,15 @@ fn fetch_through(
     blob_path: &str,
     blob: &[u8],
 ) -> Result<()> {
-    let fwd = Forward::start(name, cmd, log_dir, 8000)?;
-    let res = (|| {
-        let (status, body) = http_get(fwd.local_port, "/")?;
+    Forward::with(name, cmd, log_dir, 8000, |port| {
+        let (status, body) = http_get(port, "/")?;
         ensure!(status == 200, "GET / answered {status}");
         ensure!(
             String::from_utf8_lossy(&body).contains("Directory listing"),
             "GET / is not http.server's listing: {:?}",
             String::from_utf8_lossy(&body[..body.len().min(200)])
         );
-        let (status, body) = http_get(fwd.local_port, blob_path)?;
+        let (status, body) = http_get(port, blob_path)?;
         ensure!(status == 200, "GET {blob_path} answered {status}");
         ensure!(
             body == blob,
@@ -175,21 +174,13 @@ fn fetch_through(
             blob.len()
         );
         Ok(())
-    })();
-    let report = fwd.child.report();
-    let status = fwd.stop()?;
-    res.with_context(|| report.clone())?;
-    ensure!(
-        status.success(),
-        "{name} exited with {status} after Ctrl-C\n{report}"
-    );
-    Ok(())
+    })
 }
 
 fn echo_through(name: &str, cmd: Command, log_dir: &Path) -> Result<()> {
-    let fwd = Forward::start(name, cmd, log_dir, 7000)?;
-    let payload = pattern(1 << 20, 7);
-    let res = echo_roundtrip(fwd.local_port, &payload).and_then(|back| {
+    Forward::with(name, cmd, log_dir, 7000, |port| {
+        let payload = pattern(1 << 20, 7);
+        let back = echo_roundtrip(port, &payload)?;
         ensure!(
             back == payload,
             "echo returned {} bytes, want {}",
@@ -197,15 +188,7 @@ fn echo_through(name: &str, cmd: Command, log_dir: &Path) -> Result<()> {
             payload.len()
         );
         Ok(())
-    });
-    let report = fwd.child.report();
-    let status = fwd.stop()?;
-    res.with_context(|| report.clone())?;
-    ensure!(
-        status.success(),
-        "{name} exited with {status} after Ctrl-C\n{report}"
-    );
-    Ok(())
+    })
 }
 
 /// The Python client's `portforward` (WebSocket, v4/v5 channel protocol): one HTTP request for

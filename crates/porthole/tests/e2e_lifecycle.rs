@@ -74,14 +74,15 @@ fn kubectl_get_logs_wait_delete_and_a_deployment_behind_a_service() {
         // Forward to the service's named port: a Ready pod behind it answers.
         let mut cmd = cluster.porthole_cmd();
         cmd.args(["port-forward", "svc/web-svc", ":http"]);
-        let fwd = Forward::start("porthole-svc", cmd, work.path(), 8000)?;
-        let (status, body) = http_get(fwd.local_port, "/")?;
-        fwd.stop()?;
-        ensure!(
-            status == 200 && body.starts_with(b"hello from "),
-            "via svc/web-svc: {status} {:?}",
-            String::from_utf8_lossy(&body)
-        );
+        Forward::with("porthole-svc", cmd, work.path(), 8000, |port| {
+            let (status, body) = http_get(port, "/")?;
+            ensure!(
+                status == 200 && body.starts_with(b"hello from "),
+                "via svc/web-svc: {status} {:?}",
+                String::from_utf8_lossy(&body)
+            );
+            Ok(())
+        })?;
 
         // kubectl delete waits until the pod is gone (the node stopped it).
         cluster.kubectl(&["delete", "pod", "echo", "--timeout=60s"])?;
@@ -97,10 +98,7 @@ fn kubectl_get_logs_wait_delete_and_a_deployment_behind_a_service() {
         );
         Ok(())
     })();
-    let report = cluster.child.report();
-    let stopped = cluster.stop();
-    res.map_err(|e| e.context(report)).unwrap();
-    stopped.unwrap();
+    porthole_test::finish(cluster, res);
 }
 
 #[test]
@@ -155,16 +153,13 @@ fn ctrl_c_cleans_up_and_a_restart_brings_the_pods_back() {
         );
         let mut cmd = second.porthole_cmd();
         cmd.args(["port-forward", "web", ":8000"]);
-        let fwd = Forward::start("porthole-after-restart", cmd, work.path(), 8000)?;
-        let (status, _) = http_get(fwd.local_port, "/")?;
-        fwd.stop()?;
-        ensure!(status == 200, "GET / after the restart: {status}");
-        Ok(())
+        Forward::with("porthole-after-restart", cmd, work.path(), 8000, |port| {
+            let (status, _) = http_get(port, "/")?;
+            ensure!(status == 200, "GET / after the restart: {status}");
+            Ok(())
+        })
     })();
-    let report = second.child.report();
-    let stopped = second.stop();
-    res.map_err(|e| e.context(report)).unwrap();
-    stopped.unwrap();
+    porthole_test::finish(second, res);
 }
 
 /// The leftover check is only meaningful if the pod's process was a descendant of `up`.

@@ -28,18 +28,20 @@ fn developer_may_port_forward_in_dev_only() {
         // Allowed: dev/web, with kubectl and with porthole.
         let mut cmd = cluster.kubectl_cmd_as(&cluster.kubectl, &developer);
         cmd.args(["-n", "dev", "port-forward", "pod/web", ":8000"]);
-        let fwd = Forward::start("developer-kubectl", cmd, &cluster.work, 8000)?;
-        let (status, _) = http_get(fwd.local_port, "/")?;
-        fwd.stop()?;
-        ensure!(status == 200, "developer via kubectl in dev: {status}");
+        Forward::with("developer-kubectl", cmd, &cluster.work, 8000, |port| {
+            let (status, _) = http_get(port, "/")?;
+            ensure!(status == 200, "developer via kubectl in dev: {status}");
+            Ok(())
+        })?;
 
         let mut cmd = cluster.porthole_cmd();
         cmd.env("KUBECONFIG", &developer)
             .args(["port-forward", "-n", "dev", "web", ":8000"]);
-        let fwd = Forward::start("developer-porthole", cmd, &cluster.work, 8000)?;
-        let (status, _) = http_get(fwd.local_port, "/")?;
-        fwd.stop()?;
-        ensure!(status == 200, "developer via porthole in dev: {status}");
+        Forward::with("developer-porthole", cmd, &cluster.work, 8000, |port| {
+            let (status, _) = http_get(port, "/")?;
+            ensure!(status == 200, "developer via porthole in dev: {status}");
+            Ok(())
+        })?;
 
         // Denied: default/web. kubectl reads the pod first, so the denial is on `get pods`.
         let out = cluster
@@ -54,8 +56,5 @@ fn developer_may_port_forward_in_dev_only() {
         );
         Ok(())
     })();
-    let report = cluster.child.report();
-    let stopped = cluster.stop();
-    res.map_err(|e| e.context(report)).unwrap();
-    stopped.unwrap();
+    porthole_test::finish(cluster, res);
 }

@@ -13,7 +13,9 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, BasicConstraints};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+};
 use sha1::Digest as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -32,14 +34,17 @@ impl Pki {
         std::fs::create_dir_all(&dir).expect("pki dir");
         let ca_key = KeyPair::generate().expect("ca key");
         let mut ca = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-        ca.distinguished_name.push(DnType::CommonName, "porthole-ca");
+        ca.distinguished_name
+            .push(DnType::CommonName, "porthole-ca");
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let ca_cert = ca.self_signed(&ca_key).expect("ca cert");
         write(&dir, "ca.crt", &ca_cert.pem());
         let issuer = Issuer::new(ca, ca_key);
         let leaf = |name: &str, cn: &str, orgs: &[&str], sans: &[&str], server: bool| {
             let key = KeyPair::generate().expect("key");
-            let mut p = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).expect("params");
+            let mut p =
+                CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                    .expect("params");
             p.distinguished_name.push(DnType::CommonName, cn);
             for o in orgs {
                 p.distinguished_name.push(DnType::OrganizationName, *o);
@@ -53,10 +58,34 @@ impl Pki {
             write(&dir, &format!("{name}.crt"), &cert.pem());
             write(&dir, &format!("{name}.key"), &key.serialize_pem());
         };
-        leaf("apiserver", "porthole-apiserver", &[], &["localhost", "127.0.0.1"], true);
-        leaf("apiserver-kubelet-client", "porthole-apiserver", &["system:masters"], &[], false);
-        leaf("node", "system:node:n1", &[], &["localhost", "127.0.0.1", "n1"], true);
-        leaf("node-client", "system:node:n1", &["system:nodes"], &[], false);
+        leaf(
+            "apiserver",
+            "porthole-apiserver",
+            &[],
+            &["localhost", "127.0.0.1"],
+            true,
+        );
+        leaf(
+            "apiserver-kubelet-client",
+            "porthole-apiserver",
+            &["system:masters"],
+            &[],
+            false,
+        );
+        leaf(
+            "node",
+            "system:node:n1",
+            &[],
+            &["localhost", "127.0.0.1", "n1"],
+            true,
+        );
+        leaf(
+            "node-client",
+            "system:node:n1",
+            &["system:nodes"],
+            &[],
+            false,
+        );
         leaf("admin", "admin", &["system:masters"], &[], false);
         leaf("carol", "carol", &["devs"], &[], false);
         write(&dir, "tokens.csv", "admin-token,admin-tok,1,\"system:masters\"\nbob-token,bob,2\nalice-token,alice,3,\"pf-users,other\"\n");
@@ -99,7 +128,11 @@ impl Server {
         Self::start_with(pki, root, |_| {}).await
     }
 
-    pub async fn start_with(pki: &Pki, root: &Path, tweak: impl FnOnce(&mut porthole_apiserver::Args)) -> Self {
+    pub async fn start_with(
+        pki: &Pki,
+        root: &Path,
+        tweak: impl FnOnce(&mut porthole_apiserver::Args),
+    ) -> Self {
         let audit = root.join("audit.log");
         let mut a = args(pki, &root.join("data"), &audit);
         tweak(&mut a);
@@ -123,7 +156,14 @@ current-context: admin\n",
         );
         std::fs::write(&kubeconfig, kc).expect("kubeconfig");
         let cache = root.join("kube-cache");
-        Server { addr, shutdown, task, kubeconfig, cache, audit }
+        Server {
+            addr,
+            shutdown,
+            task,
+            kubeconfig,
+            cache,
+            audit,
+        }
     }
 
     pub async fn stop(self) {
@@ -136,7 +176,12 @@ current-context: admin\n",
         self.kubectl_stdin(context, args, None).await
     }
 
-    pub async fn kubectl_stdin(&self, context: &str, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    pub async fn kubectl_stdin(
+        &self,
+        context: &str,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> (bool, String, String) {
         use tokio::io::AsyncWriteExt as _;
         let mut cmd = tokio::process::Command::new("/usr/bin/kubectl");
         cmd.env("KUBECONFIG", &self.kubeconfig)
@@ -156,10 +201,11 @@ current-context: admin\n",
                 si.write_all(text.as_bytes()).await.expect("stdin");
             }
         }
-        let out = tokio::time::timeout(std::time::Duration::from_secs(60), child.wait_with_output())
-            .await
-            .expect("kubectl finished within 60s")
-            .expect("kubectl output");
+        let out =
+            tokio::time::timeout(std::time::Duration::from_secs(60), child.wait_with_output())
+                .await
+                .expect("kubectl finished within 60s")
+                .expect("kubectl output");
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -188,7 +234,10 @@ fn ws_accept(key: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(h.finalize())
 }
 
-async fn node_handle(seen: Arc<Mutex<Vec<Seen>>>, mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+async fn node_handle(
+    seen: Arc<Mutex<Vec<Seen>>>,
+    mut req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     seen.lock().expect("seen").push(Seen {
         method: req.method().to_string(),
         uri: req.uri().to_string(),
@@ -196,7 +245,10 @@ async fn node_handle(seen: Arc<Mutex<Vec<Seen>>>, mut req: Request<Incoming>) ->
     });
     let path = req.uri().path().to_string();
     if path.starts_with("/containerLogs/") {
-        let body = format!("log line 1 for {path}\nlog line 2 query={}\n", req.uri().query().unwrap_or(""));
+        let body = format!(
+            "log line 1 for {path}\nlog line 2 query={}\n",
+            req.uri().query().unwrap_or("")
+        );
         return Ok(Response::new(Full::new(Bytes::from(body))));
     }
     if path.starts_with("/portForward/") {
@@ -205,13 +257,22 @@ async fn node_handle(seen: Arc<Mutex<Vec<Seen>>>, mut req: Request<Incoming>) ->
             *r.status_mut() = StatusCode::NOT_FOUND;
             return Ok(r);
         }
-        let upgrade = req.headers().get("upgrade").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let upgrade = req
+            .headers()
+            .get("upgrade")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
         let mut resp = Response::new(Full::new(Bytes::new()));
         *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         let h = resp.headers_mut();
         h.insert("connection", "Upgrade".parse().expect("hv"));
         if upgrade.eq_ignore_ascii_case("websocket") {
-            let key = req.headers().get("sec-websocket-key").and_then(|v| v.to_str().ok()).unwrap_or("");
+            let key = req
+                .headers()
+                .get("sec-websocket-key")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
             h.insert("upgrade", "websocket".parse().expect("hv"));
             h.insert("sec-websocket-accept", ws_accept(key).parse().expect("hv"));
             let proto = req
@@ -227,7 +288,10 @@ async fn node_handle(seen: Arc<Mutex<Vec<Seen>>>, mut req: Request<Incoming>) ->
             }
         } else {
             h.insert("upgrade", "SPDY/3.1".parse().expect("hv"));
-            h.insert("x-stream-protocol-version", "portforward.k8s.io".parse().expect("hv"));
+            h.insert(
+                "x-stream-protocol-version",
+                "portforward.k8s.io".parse().expect("hv"),
+            );
         }
         h.insert("x-node-double", "yes".parse().expect("hv"));
         let on = hyper::upgrade::on(&mut req);
@@ -252,9 +316,12 @@ impl NodeDouble {
         for c in porthole_apiserver::tls::load_certs(&pki.path("ca.crt")).expect("ca") {
             roots.add(c).expect("root");
         }
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()
-            .expect("verifier");
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .expect("verifier");
         let cfg = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .expect("versions")
@@ -271,11 +338,15 @@ impl NodeDouble {
         let s2 = seen.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { return };
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
                 let acceptor = acceptor.clone();
                 let seen = s2.clone();
                 tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
                     let svc = hyper::service::service_fn(move |req| node_handle(seen.clone(), req));
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(tls), svc)
@@ -288,7 +359,9 @@ impl NodeDouble {
 
     /// A Node object pointing at this double, Ready with a fresh heartbeat.
     pub fn node_yaml(&self, name: &str) -> String {
-        let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let now = jiff::Timestamp::now()
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string();
         format!(
             "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\nstatus:\n  addresses:\n  - {{type: InternalIP, address: 127.0.0.1}}\n  - {{type: Hostname, address: {name}}}\n  daemonEndpoints:\n    kubeletEndpoint:\n      Port: {port}\n  conditions:\n  - {{type: Ready, status: \"True\", reason: KubeletReady, lastHeartbeatTime: \"{now}\", lastTransitionTime: \"{now}\"}}\n  nodeInfo: {{kubeletVersion: v1.34.0-porthole, osImage: Linux, kernelVersion: '6', containerRuntimeVersion: porthole://0.1, architecture: amd64, bootID: b, machineID: m, operatingSystem: linux, systemUUID: u, kubeProxyVersion: ''}}\n",
             port = self.addr.port()
@@ -297,7 +370,11 @@ impl NodeDouble {
 }
 
 /// Open a raw TLS connection to the API server (client cert optional).
-pub async fn raw_tls(pki: &Pki, addr: SocketAddr, client: Option<&str>) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+pub async fn raw_tls(
+    pki: &Pki,
+    addr: SocketAddr,
+    client: Option<&str>,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     for c in porthole_apiserver::tls::load_certs(&pki.path("ca.crt")).expect("ca") {
@@ -319,7 +396,10 @@ pub async fn raw_tls(pki: &Pki, addr: SocketAddr, client: Option<&str>) -> tokio
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name"), tcp)
+        .connect(
+            rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name"),
+            tcp,
+        )
         .await
         .expect("tls")
 }
@@ -339,7 +419,50 @@ pub async fn read_head<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> (String, V
             .await
             .expect("response head within 20s")
             .expect("read");
-        assert!(n > 0, "EOF before the response head: {:?}", String::from_utf8_lossy(&buf));
+        assert!(
+            n > 0,
+            "EOF before the response head: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
         buf.extend_from_slice(&chunk[..n]);
     }
+}
+
+/// Send one raw HTTP/1.1 request (text, `\r\n` line ends added by the caller) and return the
+/// status code, the head and the body (read by Content-Length).
+pub async fn http_once(
+    pki: &Pki,
+    addr: SocketAddr,
+    client: Option<&str>,
+    request: &[u8],
+) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = raw_tls(pki, addr, client).await;
+    s.write_all(request).await.expect("write request");
+    let (head, mut body) = read_head(&mut s).await;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    let len = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+        })
+        .unwrap_or(0);
+    while body.len() < len {
+        let mut chunk = vec![0u8; len - body.len()];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(20), s.read(&mut chunk))
+            .await
+            .expect("body within 20s")
+            .expect("read body");
+        if n == 0 {
+            break;
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    (status, head, String::from_utf8_lossy(&body).into_owned())
 }

@@ -190,7 +190,7 @@ pub(crate) async fn stream_log(
             return;
         }
         let mut data = Vec::new();
-        if let Err(e) = (&mut file).read_to_end(&mut data).await {
+        if let Err(e) = file.read_to_end(&mut data).await {
             let _ = tx.send(Err(e)).await;
             return;
         }

@@ -290,6 +290,24 @@ pub struct Node {
     pub state: PathBuf,
     stop: CancellationToken,
     server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    stopped: bool,
+}
+
+impl Drop for Node {
+    /// A test that panicked before [`Node::stop`] still must not leak processes or mounts.
+    fn drop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        for pgid in leftover_candidates(&self.rt) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pgid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        self.stop.cancel();
+        let _ = porthole_netns::cleanup_dir(&self.state.join("netns"));
+    }
 }
 
 impl Node {
@@ -313,6 +331,7 @@ impl Node {
             state,
             stop,
             server,
+            stopped: false,
         }
     }
 
@@ -332,11 +351,12 @@ impl Node {
     }
 
     /// Stops pods and server; checks nothing is left behind.
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         let pids: Vec<i32> = leftover_candidates(&self.rt);
         self.rt.shutdown().await;
         self.stop.cancel();
-        self.server.await.expect("server task").expect("server");
+        (&mut self.server).await.expect("server task").expect("server");
+        self.stopped = true;
         assert_clean(&self.state, &pids);
     }
 }

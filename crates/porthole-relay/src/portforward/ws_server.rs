@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use porthole_proto::ws::channel::{
-    data_channel, error_channel, port_prefix, Dropped, ServerDemux, ServerInbound,
+    data_channel, error_channel, port_prefix, Dropped, ServerDemux, ServerInbound, MAX_PORTS,
 };
 use porthole_proto::ws::{ChannelProtocol, CloseCode, Message};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -106,6 +106,13 @@ pub async fn serve<T>(
 where
     T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    if ports.len() > MAX_PORTS {
+        // The handshake refuses this; reaching here is caller misuse, reported, not panicked.
+        return Err(ServeError::Protocol(format!(
+            "{} ports requested; one WebSocket carries at most {MAX_PORTS}",
+            ports.len()
+        )));
+    }
     let (rd, wr) = tokio::io::split(io);
     let mut reader = WsReader::new(rd, Role::Server);
     let activity = Activity::new();
@@ -174,7 +181,12 @@ where
                         forwards.abort_all();
                         let _ = out_tx.send(Outbound::Close(code, "")).await;
                         drop(out_tx);
-                        return finish_writer(&mut writer).await;
+                        // The client may drop the socket right after its Close; a failed
+                        // reply is then expected, not an error.
+                        if let Err(e) = finish_writer(&mut writer).await {
+                            debug!(error = %e, "could not answer the client's Close");
+                        }
+                        return Ok(());
                     }
                     Ok(None) => {
                         // Like EOF on a SPDY connection: the client went away; not our error.
@@ -215,7 +227,7 @@ where
     };
     forwards.abort_all();
     drop(to_pod);
-    let result = match outcome {
+    match outcome {
         Ok((code, reason)) => {
             let _ = out_tx.send(Outbound::Close(code, reason)).await;
             drop(out_tx);
@@ -237,8 +249,7 @@ where
             let _ = finish_writer(&mut writer).await;
             Err(e)
         }
-    };
-    result
+    }
 }
 
 async fn finish_writer(

@@ -1,0 +1,244 @@
+//! `/usr/bin/kubectl port-forward` end to end through the API server's proxy: WebSocket tunnel
+//! (default) and SPDY (`KUBECTL_PORT_FORWARD_WEBSOCKETS=false`). The node double terminates
+//! the protocols with porthole-relay (the node agent's library) and dials a loopback echo
+//! app; the proxy under test is the real one.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use porthole_proto::handshake::{negotiate_server, Upgrade};
+use porthole_relay::dial::{DialError, DialFuture, PodDialer};
+use porthole_relay::portforward::spdy_server::{self, ServerConfig};
+use porthole_relay::portforward::ws_server;
+use porthole_relay::ws::{Role, WsStream};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+
+use common::{Pki, Server};
+
+struct ToApp(SocketAddr);
+
+impl PodDialer for ToApp {
+    fn dial(&self, port: u16) -> DialFuture {
+        let addr = self.0;
+        Box::pin(async move {
+            TcpStream::connect(addr).await.map_err(|e| DialError {
+                cause: format!("failed to connect to localhost:{port}: {e}"),
+            })
+        })
+    }
+    fn pod_id(&self) -> String {
+        "web".into()
+    }
+}
+
+async fn relay_node(pki: &Pki, app: SocketAddr) -> SocketAddr {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in porthole_apiserver::tls::load_certs(&pki.path("ca.crt")).expect("ca") {
+        roots.add(c).expect("root");
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .expect("verifier");
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            porthole_apiserver::tls::load_certs(&pki.path("node.crt")).expect("cert"),
+            porthole_apiserver::tls::load_key(&pki.path("node.key")).expect("key"),
+        )
+        .expect("tls");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let dialer: Arc<dyn PodDialer> = Arc::new(ToApp(app));
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let dialer = dialer.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                    let dialer = dialer.clone();
+                    async move {
+                        let on = hyper::upgrade::on(&mut req);
+                        let (parts, _) = req.into_parts();
+                        let (upgrade, headers) = match negotiate_server(&parts) {
+                            Ok(x) => x,
+                            Err(rej) => {
+                                let mut r = Response::new(Full::new(Bytes::from(rej.body)));
+                                *r.status_mut() = rej.status;
+                                *r.headers_mut() = rej.headers;
+                                return Ok::<_, std::convert::Infallible>(r);
+                            }
+                        };
+                        tokio::spawn(async move {
+                            let Ok(up) = on.await else { return };
+                            let io = TokioIo::new(up);
+                            let _ = match upgrade {
+                                Upgrade::Spdy { flow_control } => spdy_server::serve(
+                                    io,
+                                    dialer,
+                                    ServerConfig {
+                                        flow_control,
+                                        ..Default::default()
+                                    },
+                                )
+                                .await
+                                .map_err(|e| e.to_string()),
+                                Upgrade::WsTunnel { flow_control } => spdy_server::serve(
+                                    WsStream::new(io, Role::Server),
+                                    dialer,
+                                    ServerConfig {
+                                        flow_control,
+                                        ..Default::default()
+                                    },
+                                )
+                                .await
+                                .map_err(|e| e.to_string()),
+                                Upgrade::WsChannels { proto, ports } => ws_server::serve(
+                                    io,
+                                    proto,
+                                    ports,
+                                    dialer,
+                                    ServerConfig::default(),
+                                )
+                                .await
+                                .map_err(|e| e.to_string()),
+                            };
+                        });
+                        let mut r = Response::new(Full::new(Bytes::new()));
+                        *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                        *r.headers_mut() = headers;
+                        Ok(r)
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+async fn echo_app() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+async fn forward_and_echo(s: &Server, websockets: bool) {
+    let mut cmd = tokio::process::Command::new("/usr/bin/kubectl");
+    cmd.env("KUBECONFIG", &s.kubeconfig)
+        .env(
+            "KUBECTL_PORT_FORWARD_WEBSOCKETS",
+            if websockets { "true" } else { "false" },
+        )
+        .arg("--cache-dir")
+        .arg(&s.cache)
+        .args(["port-forward", "pod/web", ":80"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("kubectl port-forward");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let port: u16 = loop {
+        let line = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("Forwarding line within 30s")
+            .expect("read stdout")
+            .unwrap_or_else(|| {
+                panic!("kubectl port-forward exited without forwarding (websockets={websockets})")
+            });
+        if let Some(rest) = line.strip_prefix("Forwarding from 127.0.0.1:") {
+            break rest
+                .split(' ')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .expect("port");
+        }
+    };
+    for round in 0..2 {
+        let mut c = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect local port");
+        let msg = format!("hello {round} through kubectl and porthole\n");
+        c.write_all(msg.as_bytes()).await.expect("write");
+        let mut buf = vec![0u8; msg.len()];
+        tokio::time::timeout(std::time::Duration::from_secs(15), c.read_exact(&mut buf))
+            .await
+            .expect("echo within 15s")
+            .expect("read echo");
+        assert_eq!(buf, msg.as_bytes(), "websockets={websockets}");
+    }
+    let _ = child.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_port_forward_through_the_proxy() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let pki = Pki::new(tmp.path());
+    let app = echo_app().await;
+    let node = relay_node(&pki, app).await;
+    let s = Server::start(&pki, tmp.path()).await;
+    let now = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let node_yaml = format!(
+        "apiVersion: v1\nkind: Node\nmetadata: {{name: n1}}\nstatus:\n  addresses: [{{type: InternalIP, address: 127.0.0.1}}]\n  daemonEndpoints: {{kubeletEndpoint: {{Port: {}}}}}\n  conditions: [{{type: Ready, status: 'True', lastHeartbeatTime: '{now}', lastTransitionTime: '{now}'}}]\n",
+        node.port()
+    );
+    assert!(
+        s.kubectl_stdin("admin", &["create", "-f", "-"], Some(&node_yaml))
+            .await
+            .0
+    );
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nspec:\n  nodeName: n1\n  containers: [{name: app, image: host, ports: [{containerPort: 80}]}]\n";
+    assert!(
+        s.kubectl_stdin("admin", &["create", "-f", "-"], Some(pod))
+            .await
+            .0
+    );
+    let r = s
+        .kubectl(
+            "admin",
+            &[
+                "patch",
+                "pod",
+                "web",
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                r#"{"status":{"phase":"Running"}}"#,
+            ],
+        )
+        .await;
+    assert!(r.0, "{r:?}");
+    forward_and_echo(&s, true).await;
+    forward_and_echo(&s, false).await;
+    s.stop().await;
+}
