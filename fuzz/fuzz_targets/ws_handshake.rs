@@ -8,7 +8,10 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     // Split the input into a query and up to three header values at NUL bytes.
     let mut parts = data.split(|b| *b == 0);
-    let query = parts.next().map(String::from_utf8_lossy).unwrap_or_default();
+    let query = parts
+        .next()
+        .map(String::from_utf8_lossy)
+        .unwrap_or_default();
     let mut builder = http::Request::builder()
         .method("GET")
         .header("connection", "Upgrade")
@@ -17,7 +20,11 @@ fuzz_target!(|data: &[u8]| {
         .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
     let uri = format!("/portForward/ns/pod?{}", query.replace(['#', ' '], ""));
     builder = builder.uri(uri.as_str());
-    for name in ["sec-websocket-protocol", "x-stream-protocol-version", "x-porthole-flow-control"] {
+    for name in [
+        "sec-websocket-protocol",
+        "x-stream-protocol-version",
+        "x-porthole-flow-control",
+    ] {
         if let Some(v) = parts.next() {
             if let Ok(v) = http::HeaderValue::from_bytes(v) {
                 builder = builder.header(name, v);

@@ -231,6 +231,17 @@ fn parse_body_as(headers: &HeaderMap, body: &[u8], kind: &str) -> Result<Value, 
     Ok(v)
 }
 
+/// A body that must be one object (create, update, options), not a patch list.
+fn require_object(v: Value) -> Result<Value, ApiError> {
+    if v.is_object() {
+        Ok(v)
+    } else {
+        Err(ApiError::BadRequest(
+            "the body of the request must be a JSON object, not a list".into(),
+        ))
+    }
+}
+
 /// RFC 3339 "now" with second precision, as Kubernetes writes timestamps.
 pub fn now_rfc3339() -> String {
     jiff::Timestamp::now()
@@ -399,7 +410,7 @@ pub async fn handle(
         }
         ("", Method::POST) if req.name.is_empty() => create(store, req, headers, query, &body),
         ("" | "status", Method::PUT) => {
-            let new = parse_body_as(headers, &body, info.kind)?;
+            let new = require_object(parse_body_as(headers, &body, info.kind)?)?;
             let body_name = new
                 .pointer("/metadata/name")
                 .and_then(Value::as_str)
@@ -680,11 +691,8 @@ fn namespace_check(store: &dyn Store, ns: &str) -> Result<(), ApiError> {
 }
 
 /// Fill server-set metadata, default, normalise and validate a new object.
-pub fn prepare_new(
-    info: &ResourceInfo,
-    namespace: &str,
-    mut obj: Value,
-) -> Result<Value, ApiError> {
+pub fn prepare_new(info: &ResourceInfo, namespace: &str, obj: Value) -> Result<Value, ApiError> {
+    let mut obj = require_object(obj)?;
     if !obj.get("metadata").is_some_and(Value::is_object) {
         obj["metadata"] = json!({});
     }
@@ -750,7 +758,7 @@ fn create(
     body: &[u8],
 ) -> Result<Response<Body>, ApiError> {
     let info = req.info;
-    let input = parse_body_as(headers, body, info.kind)?;
+    let input = require_object(parse_body_as(headers, body, info.kind)?)?;
     if let Some(k) = input.get("kind").and_then(Value::as_str) {
         if k != info.kind {
             return Err(ApiError::BadRequest(format!(
@@ -884,7 +892,7 @@ where
         if expected.is_some_and(|e| e != rv) {
             return Err(ApiError::Conflict(req.target()));
         }
-        let requested = change(&current)?;
+        let requested = require_object(change(&current)?)?;
         let merged = merge_update(info, &req.subresource, &current, requested);
         let mut obj = resources::normalize(info, merged)?;
         resources::apply_defaults(info, &mut obj);

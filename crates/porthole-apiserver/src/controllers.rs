@@ -87,6 +87,7 @@ fn pass(state: &State, node_grace: Duration) {
     let nodes = list("nodes");
     let pods = list("pods");
     node_lifecycle(store, &nodes, &pods, node_grace);
+    orphaned_terminating_pods(store, &nodes, &pods);
     schedule(store, &nodes, &pods);
     let deployments = list("deployments");
     deployments_pass(state, &deployments, &pods);
@@ -139,6 +140,22 @@ fn schedule(store: &dyn Store, nodes: &[Value], pods: &[Value]) {
                 }
             }
             Err(e) => tracing::debug!(error = %e, pod = %r.name, "binding raced; will retry"),
+        }
+    }
+}
+
+/// Like Kubernetes' PodGC: a pod marked for deletion on a node that no longer exists has
+/// nobody to finish it, so it is removed here (otherwise `kubectl delete` would wait forever).
+fn orphaned_terminating_pods(store: &dyn Store, nodes: &[Value], pods: &[Value]) {
+    let names: Vec<&str> = nodes.iter().map(|n| s(n, "/metadata/name")).collect();
+    for p in pods.iter().filter(|p| is_deleting(p)) {
+        let node = s(p, "/spec/nodeName");
+        if !node.is_empty() && !names.contains(&node) {
+            let r = req_for("pods", p);
+            let key = r.info.key(&r.namespace, &r.name);
+            if store.delete(&key, Some(resource_version(p))).is_ok() {
+                tracing::info!(pod = %r.name, namespace = %r.namespace, node = %node, "removed a terminating pod whose node is gone");
+            }
         }
     }
 }

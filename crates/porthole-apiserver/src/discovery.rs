@@ -162,10 +162,30 @@ fn openapi_v3_gv(group: &str, version: &str) -> Option<Value> {
     }))
 }
 
+/// `/openapi/v2`: an empty Swagger 2.0 document. Clients that validate on the client side
+/// with it (kubectl ≤ 1.24 on `create -f`) find no schema for the kind and skip validation,
+/// which then happens on the server (`resources::normalize`). kubectl asks for the protobuf
+/// form; an empty message is a valid, empty `openapi_v2.Document`.
+fn openapi_v2(accept: &str) -> http::Response<Body> {
+    if accept.contains("protobuf") {
+        let mut r = http::Response::new(crate::http_util::full(bytes::Bytes::new()));
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/com.github.proto-openapi.spec.v2@v1.0+protobuf"),
+        );
+        return r;
+    }
+    json_response(
+        StatusCode::OK,
+        &json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": GIT_VERSION}, "paths": {}, "definitions": {}}),
+    )
+}
+
 /// Answer a non-resource path (GET only; the caller has authorized it).
-pub fn handle(path: &str, ready: bool) -> Result<http::Response<Body>, ApiError> {
+pub fn handle(path: &str, accept: &str, ready: bool) -> Result<http::Response<Body>, ApiError> {
     let p = path.trim_end_matches('/');
     let resp = match p {
+        "/openapi/v2" => openapi_v2(accept),
         "/version" => json_response(StatusCode::OK, &version_json()),
         "/healthz" | "/livez" => text_response(StatusCode::OK, "ok"),
         "/readyz" if ready => text_response(StatusCode::OK, "ok"),

@@ -403,7 +403,13 @@ async fn dispatch(
             if method != Method::GET && method != Method::HEAD {
                 return Err((verb, ApiError::MethodNotAllowed));
             }
-            let resp = discovery::handle(&path, state.ready.load(Ordering::Relaxed))
+            let accept = req
+                .headers()
+                .get(http::header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            let resp = discovery::handle(&path, &accept, state.ready.load(Ordering::Relaxed))
                 .map_err(|e| (verb.clone(), e))?;
             return Ok((verb, resp));
         }
@@ -412,6 +418,7 @@ async fn dispatch(
     let verb = api::verb(&method, &r, &query).map_err(|e| (method.as_str().to_lowercase(), e))?;
     let fail = |e: ApiError| (verb.to_string(), e);
     authz::authorize(state.store.as_ref(), user, &api::attributes(verb, &r)).map_err(fail)?;
+    authz::node_restriction(state.store.as_ref(), user, verb, &r).map_err(fail)?;
     match r.subresource.as_str() {
         "portforward" | "proxy" => {
             if method != Method::GET && method != Method::POST && r.subresource == "portforward" {

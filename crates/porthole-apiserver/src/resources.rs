@@ -240,14 +240,14 @@ pub fn normalize(info: &ResourceInfo, mut obj: Value) -> Result<Value, ApiError>
     })
 }
 
-fn obj_mut<'a>(v: &'a mut Value, key: &str) -> &'a mut Map<String, Value> {
-    if !v.get(key).is_some_and(Value::is_object) {
-        v[key] = json!({});
+/// The object under `key`, created (or replaced, when it is not an object) if needed.
+/// `None` only when `v` itself is not an object.
+fn obj_mut<'a>(v: &'a mut Value, key: &str) -> Option<&'a mut Map<String, Value>> {
+    let root = v.as_object_mut()?;
+    if !root.get(key).is_some_and(Value::is_object) {
+        root.insert(key.to_string(), Value::Object(Map::new()));
     }
-    match v.get_mut(key) {
-        Some(Value::Object(m)) => m,
-        _ => unreachable!("just set to an object"),
-    }
+    root.get_mut(key).and_then(Value::as_object_mut)
 }
 
 fn default_field(m: &mut Map<String, Value>, key: &str, value: Value) {
@@ -292,17 +292,26 @@ pub fn default_pod_spec(spec: &mut Map<String, Value>) {
 pub fn apply_defaults(info: &ResourceInfo, obj: &mut Value) {
     match info.kind {
         "Pod" => {
-            default_pod_spec(obj_mut(obj, "spec"));
-            let status = obj_mut(obj, "status");
-            default_field(status, "phase", json!("Pending"));
-            default_field(status, "qosClass", json!("BestEffort"));
+            if let Some(spec) = obj_mut(obj, "spec") {
+                default_pod_spec(spec);
+            }
+            if let Some(status) = obj_mut(obj, "status") {
+                default_field(status, "phase", json!("Pending"));
+                default_field(status, "qosClass", json!("BestEffort"));
+            }
         }
         "Namespace" => {
-            default_field(obj_mut(obj, "spec"), "finalizers", json!(["kubernetes"]));
-            default_field(obj_mut(obj, "status"), "phase", json!("Active"));
+            if let Some(spec) = obj_mut(obj, "spec") {
+                default_field(spec, "finalizers", json!(["kubernetes"]));
+            }
+            if let Some(status) = obj_mut(obj, "status") {
+                default_field(status, "phase", json!("Active"));
+            }
         }
         "Service" => {
-            let spec = obj_mut(obj, "spec");
+            let Some(spec) = obj_mut(obj, "spec") else {
+                return;
+            };
             default_field(spec, "type", json!("ClusterIP"));
             default_field(spec, "sessionAffinity", json!("None"));
             if let Some(Value::Array(ports)) = spec.get_mut("ports") {
@@ -314,6 +323,8 @@ pub fn apply_defaults(info: &ResourceInfo, obj: &mut Value) {
                 }
             }
             if spec.get("clusterIP").is_none_or(Value::is_null) {
+                // Not a real allocator: a random address in the conventional service range,
+                // shown by `kubectl get svc`; nothing routes to it.
                 let n = rand::random::<u16>();
                 let ip = format!("10.96.{}.{}", n >> 8, (n & 0xff).max(1));
                 spec.insert("clusterIP".into(), json!(ip));
@@ -321,7 +332,9 @@ pub fn apply_defaults(info: &ResourceInfo, obj: &mut Value) {
             }
         }
         "Deployment" => {
-            let spec = obj_mut(obj, "spec");
+            let Some(spec) = obj_mut(obj, "spec") else {
+                return;
+            };
             default_field(spec, "replicas", json!(1));
             default_field(spec, "revisionHistoryLimit", json!(10));
             default_field(spec, "progressDeadlineSeconds", json!(600));

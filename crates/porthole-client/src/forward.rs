@@ -4,8 +4,8 @@
 //! ```text
 //!  listeners ──accept──▶ connection task ──wait for a session (bounded)──▶ PortForwarder::forward
 //!                                 ▲                                              │
-//!                      watch<sessions> ◀── supervisor: closed()? → reconnect with back-off,
-//!                                                      re-resolve the target, publish
+//!                      watch<sessions> ◀── supervisor: session closed, or its pod gone?
+//!                                          → back-off, re-resolve the target, publish
 //! ```
 //!
 //! kubectl ends everything when one connection gets an error text or the session drops

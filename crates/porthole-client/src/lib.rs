@@ -164,10 +164,11 @@ pub struct Args {
 
 impl Args {
     /// A `tracing` filter directive for `-v` (the binary installs the subscriber): 0–1 warn,
-    /// 2–3 info, 4–5 debug, 6+ trace.
+    /// 2–3 info, 4–5 debug, 6+ trace. At the default level kube's own request-failure logs are
+    /// off: every failure they report is already printed here, in kubectl's words.
     pub fn log_filter(&self) -> &'static str {
         match self.verbosity.unwrap_or(0) {
-            0..=1 => "warn",
+            0..=1 => "warn,kube_client=off",
             2..=3 => "info",
             4..=5 => "debug",
             _ => "trace",
@@ -183,11 +184,16 @@ struct Validated {
 }
 
 fn validate(args: &Args) -> Result<Validated, String> {
+    // kubectl's usage errors carry a pointer to the help.
+    let usage =
+        |msg: &str| format!("error: {msg}\nSee 'porthole port-forward -h' for help and examples");
     if args.args.len() < 2 {
-        return Err("error: TYPE/NAME and list of ports are required for port-forward".into());
+        return Err(usage(
+            "TYPE/NAME and list of ports are required for port-forward",
+        ));
     }
     if args.pod_running_timeout.is_zero() {
-        return Err("error: --pod-running-timeout must be higher than zero".into());
+        return Err(usage("--pod-running-timeout must be higher than zero"));
     }
     let target = TargetRef::parse(&args.args[0]).map_err(|e| format!("error: {e}"))?;
     let specs = args.args[1..]
@@ -227,6 +233,8 @@ pub async fn run_with_output(args: Args, output: Output, shutdown: CancellationT
 /// The Kubernetes-backed [`Connector`]: resolve the target, then upgrade to each chosen pod.
 struct KubeConnector {
     client: kube::Client,
+    /// `host:port` of the API server, for messages.
+    server: String,
     resolver: Resolver,
     transport: TransportMode,
     keepalive: Keepalive,
@@ -287,7 +295,7 @@ impl KubeConnector {
             .await
             .map_err(|e| ConnectError {
                 gone: matches!(e, ResolveError::NotFound(_)),
-                message: e.to_string(),
+                message: refused_text(&self.server, &e).unwrap_or_else(|| e.to_string()),
             })?;
         let mut sessions = Vec::new();
         let mut last_err = None;
@@ -340,6 +348,17 @@ impl Connector for KubeConnector {
     }
 }
 
+/// kubectl's wording for an API server that refuses connections (it prints it without
+/// `error: `).
+fn refused_text(server: &str, e: &ResolveError) -> Option<String> {
+    match e {
+        ResolveError::Transport(t) if t.contains("onnection refused") => Some(format!(
+            "The connection to the server {server} was refused - did you specify the right host or port?"
+        )),
+        _ => None,
+    }
+}
+
 async fn run_inner(
     args: Args,
     output: Output,
@@ -376,6 +395,7 @@ async fn run_inner(
     };
     let connector = KubeConnector {
         client: client.clone(),
+        server: server.clone(),
         resolver: Resolver::new(client, namespace, v.target.clone(), v.specs.clone()),
         transport: args.transport,
         keepalive,
@@ -401,13 +421,7 @@ async fn run_inner(
                 }
                 delay = (delay * 2).min(Duration::from_secs(1));
             }
-            Err(ResolveError::Transport(t)) if t.contains("onnection refused") => {
-                // kubectl's wording for an API server that is not there.
-                return Err(format!(
-                    "The connection to the server {server} was refused - did you specify the right host or port?"
-                ));
-            }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(refused_text(&server, &e).unwrap_or_else(|| e.to_string())),
         }
     };
 
@@ -564,11 +578,13 @@ mod tests {
         let err = |argv: &[&str]| validate(&parse(argv)).err().unwrap();
         assert_eq!(
             err(&["web"]),
-            "error: TYPE/NAME and list of ports are required for port-forward"
+            "error: TYPE/NAME and list of ports are required for port-forward\n\
+             See 'porthole port-forward -h' for help and examples"
         );
         assert_eq!(
             err(&["web", "80", "--pod-running-timeout=0"]),
-            "error: --pod-running-timeout must be higher than zero"
+            "error: --pod-running-timeout must be higher than zero\n\
+             See 'porthole port-forward -h' for help and examples"
         );
         assert_eq!(err(&["web", "1:2:3"]), "error: invalid port format '1:2:3'");
         assert_eq!(

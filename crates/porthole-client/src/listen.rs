@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::TcpListener;
 
 /// Whether one address failing to bind fails the whole port (client-go's failure modes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,19 +93,27 @@ pub fn go_errno_text(e: &io::Error) -> String {
 }
 
 fn bind(ip: IpAddr, port: u16) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
     let addr = SocketAddr::new(ip, port);
-    let socket = if ip.is_ipv4() {
-        TcpSocket::new_v4()?
+    let domain = if ip.is_ipv4() {
+        Domain::IPV4
     } else {
-        TcpSocket::new_v6()?
+        Domain::IPV6
     };
+    let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    if ip.is_ipv6() {
+        // Go listens on "tcp6" with IPV6_V6ONLY, so `--address 0.0.0.0,::` binds both.
+        socket.set_only_v6(true)?;
+    }
     // Go sets SO_REUSEADDR on listeners, so a port in TIME_WAIT from an earlier run can be
-    // reused immediately; do the same.
-    socket.set_reuseaddr(true)?;
+    // reused at once; do the same.
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
     socket
-        .bind(addr)
+        .bind(&addr.into())
         .map_err(|e| io::Error::new(e.kind(), format!("bind: {}", go_errno_text(&e))))?;
-    socket.listen(1024)
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
 }
 
 /// The listeners of one forwarded port.
@@ -236,6 +244,16 @@ mod tests {
         assert!(!seen.is_empty());
         assert!(seen.iter().all(|(_, p)| *p == got.local_port));
         assert_eq!(seen[0].0, "127.0.0.1");
+    }
+
+    #[tokio::test]
+    async fn wildcards_of_both_families_bind_together() {
+        let addrs = parse_addresses(&["0.0.0.0,::"]).unwrap();
+        let got = listen_port(&addrs, 0, |_, _| {});
+        // Without IPv6 in the sandbox `::` cannot bind at all; otherwise both must.
+        if std::net::TcpListener::bind("[::1]:0").is_ok() {
+            assert_eq!(got.unwrap().listeners.len(), 2);
+        }
     }
 
     #[tokio::test]

@@ -66,17 +66,24 @@ impl PortSpec {
         if remote_str.is_empty() {
             return Err("remote port cannot be empty".to_string());
         }
-        let remote = if looks_numeric(remote_str) {
-            let n = parse_u16_go(remote_str)
+        if looks_numeric(remote_str) {
+            // kubectl's parsePorts order: the local port is checked first.
+            let local = parse_u16_go(local_str)
+                .map_err(|e| format!("error parsing local port '{local_str}': {e}"))?;
+            let remote = parse_u16_go(remote_str)
                 .map_err(|e| format!("error parsing remote port '{remote_str}': {e}"))?;
-            if n == 0 {
+            if remote == 0 {
                 return Err("remote port must be > 0".to_string());
             }
-            RemotePort::Number(n)
-        } else {
-            RemotePort::Name(remote_str.to_string())
-        };
-        let local = if bare && matches!(remote, RemotePort::Name(_)) {
+            return Ok(PortSpec {
+                raw: raw.to_string(),
+                local: Some(local),
+                remote: RemotePort::Number(remote),
+            });
+        }
+        let remote = RemotePort::Name(remote_str.to_string());
+        // A bare name takes its local port from what the name resolves to.
+        let local = if bare {
             None
         } else {
             Some(
@@ -304,10 +311,18 @@ mod tests {
         assert_eq!(spec("8080:0").unwrap_err(), "remote port must be > 0");
         assert_eq!(
             spec("70000").unwrap_err(),
-            "error parsing remote port '70000': strconv.ParseUint: parsing \"70000\": value out of range"
+            "error parsing local port '70000': strconv.ParseUint: parsing \"70000\": value out of range"
         );
         assert_eq!(
             spec("-1").unwrap_err(),
+            "error parsing local port '-1': strconv.ParseUint: parsing \"-1\": invalid syntax"
+        );
+        assert_eq!(
+            spec("80:70000").unwrap_err(),
+            "error parsing remote port '70000': strconv.ParseUint: parsing \"70000\": value out of range"
+        );
+        assert_eq!(
+            spec("80:-1").unwrap_err(),
             "error parsing remote port '-1': strconv.ParseUint: parsing \"-1\": invalid syntax"
         );
         assert_eq!(

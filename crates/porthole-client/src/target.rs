@@ -83,10 +83,13 @@ impl TargetRef {
             Some((ty, name)) => (Some(ty), name),
             None => (None, s),
         };
-        if name.is_empty() || name.contains('/') {
-            return Err(format!(
-                "arguments in resource/name form must have a single resource and name: {s:?}"
-            ));
+        if name.contains('/') {
+            return Err("arguments in resource/name form may not have more than one slash".into());
+        }
+        if name.is_empty() || ty.is_some_and(str::is_empty) {
+            return Err(
+                "arguments in resource/name form must have a single resource and name".into(),
+            );
         }
         let kind = match ty.map(|t| t.to_ascii_lowercase()).as_deref() {
             None | Some("pod" | "pods" | "po") => Kind::Pod,
@@ -711,7 +714,14 @@ mod tests {
             t("foo/web").unwrap_err(),
             "the server doesn't have a resource type \"foo\""
         );
-        assert!(t("pod/").is_err());
+        assert_eq!(
+            t("pod/web/x").unwrap_err(),
+            "arguments in resource/name form may not have more than one slash"
+        );
+        assert_eq!(
+            t("pod/").unwrap_err(),
+            "arguments in resource/name form must have a single resource and name"
+        );
     }
 
     #[test]

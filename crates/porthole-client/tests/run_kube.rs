@@ -568,3 +568,29 @@ async fn balance_spreads_connections_over_ready_pods() {
     );
     assert_eq!(r.stop().await, success());
 }
+
+#[tokio::test]
+async fn deleted_target_ends_the_run_after_the_timeout() {
+    let echo = echo_server().await;
+    let fake = Arc::new(Fake::new(echo, true));
+    let api = start_fake(fake.clone()).await;
+    let mut r = run(api, &["web", ":http", "--pod-running-timeout=1s"]);
+    let (local, _) = r.listening().await;
+    roundtrip(local, b"before").await;
+    fake.objects.lock().unwrap().insert(
+        "/api/v1/namespaces/default/pods/web".into(),
+        not_found("pods", "web"),
+    );
+    assert_eq!(
+        r.fatal().await,
+        "Error from server (NotFound): pods \"web\" not found"
+    );
+    let code = tokio::time::timeout(Duration::from_secs(5), r.task)
+        .await
+        .expect("exits")
+        .unwrap();
+    assert_eq!(
+        format!("{code:?}"),
+        format!("{:?}", std::process::ExitCode::FAILURE)
+    );
+}

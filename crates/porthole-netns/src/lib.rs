@@ -130,6 +130,18 @@ struct Inner {
     /// Channel to the namespace thread; `None` once removed (the thread then exits).
     requests: Mutex<Option<mpsc::Sender<SocketRequest>>>,
     removed: Mutex<bool>,
+    kind: Kind,
+}
+
+/// How the namespace is held.
+enum Kind {
+    /// Bind-mounted at `path` (root): survives the agent, cleaned up by [`cleanup_dir`].
+    Mounted,
+    /// Held by a helper process in its own user namespace (rootless): dies with the agent.
+    Rootless {
+        /// `/proc/<helper>/ns/user`, joined before the network namespace by child processes.
+        user_file: File,
+    },
 }
 
 /// A network namespace owned by this process, persisted as a bind mount at [`NetNs::path`].
@@ -155,7 +167,72 @@ impl NetNs {
     /// must exist). `name` (the pod UID) appears in thread names and dial errors.
     ///
     /// Blocks for the few system calls it takes; call it from `spawn_blocking` in async code.
+    ///
+    /// As root this bind-mounts the namespace at `path`. Without CAP_SYS_ADMIN it falls back to
+    /// a rootless namespace ([`NetNs::create_rootless`]) when the kernel allows unprivileged
+    /// user namespaces, and otherwise says what is missing.
     pub fn create(path: &Path, name: &str) -> Result<NetNs, NetnsError> {
+        let mounted_err = if nix::unistd::geteuid().is_root() {
+            match NetNs::create_mounted(path, name) {
+                Err(NetnsError::NotPermitted(msg)) => msg,
+                other => return other,
+            }
+        } else {
+            privilege_hint()
+        };
+        NetNs::create_rootless(name).map_err(|e| {
+            NetnsError::NotPermitted(format!(
+                "{mounted_err}; the rootless fallback (user namespace) failed too: {}",
+                error_chain(&e)
+            ))
+        })
+    }
+
+    /// Creates a namespace held by a helper process inside a new user namespace (the
+    /// agent's uid and gid mapped to 0), for agents without CAP_SYS_ADMIN. Nothing is mounted;
+    /// the helper dies with the agent, so a crash leaves nothing behind. [`NetNs::path`] is the
+    /// helper's `/proc/PID/ns/net`.
+    pub fn create_rootless(name: &str) -> Result<NetNs, NetnsError> {
+        let (ready_tx, ready_rx) = mpsc::sync_channel::<io::Result<nix::unistd::Pid>>(1);
+        let (req_tx, req_rx) = mpsc::channel::<SocketRequest>();
+        let thread_name: String = format!("netns-{name}").chars().take(15).collect();
+        std::thread::Builder::new()
+            .name(thread_name)
+            .spawn(move || rootless_thread(ready_tx, req_rx))
+            .map_err(|e| NetnsError::Thread {
+                name: name.to_owned(),
+                reason: format!("spawn: {e}"),
+            })?;
+        let pid = match ready_rx.recv() {
+            Ok(Ok(pid)) => pid,
+            Ok(Err(e)) => return Err(NetnsError::Unshare(e)),
+            Err(_) => {
+                return Err(NetnsError::Thread {
+                    name: name.to_owned(),
+                    reason: "exited before reporting".into(),
+                })
+            }
+        };
+        let open = |ns: &str| {
+            let p = PathBuf::from(format!("/proc/{pid}/ns/{ns}"));
+            File::open(&p).map_err(|source| NetnsError::CreateFile { path: p, source })
+        };
+        let file = open("net")?;
+        let user_file = open("user")?;
+        tracing::debug!(netns = name, helper = %pid, "rootless network namespace created");
+        Ok(NetNs {
+            inner: Arc::new(Inner {
+                name: name.to_owned(),
+                path: PathBuf::from(format!("/proc/{pid}/ns/net")),
+                file,
+                requests: Mutex::new(Some(req_tx)),
+                removed: Mutex::new(false),
+                kind: Kind::Rootless { user_file },
+            }),
+        })
+    }
+
+    fn create_mounted(path: &Path, name: &str) -> Result<NetNs, NetnsError> {
         let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), NetnsError>>(1);
         let (req_tx, req_rx) = mpsc::channel::<SocketRequest>();
         let thread_path = path.to_path_buf();
@@ -198,8 +275,14 @@ impl NetNs {
                 file,
                 requests: Mutex::new(Some(req_tx)),
                 removed: Mutex::new(false),
+                kind: Kind::Mounted,
             }),
         })
+    }
+
+    /// Whether this namespace is held by a rootless helper rather than a bind mount.
+    pub fn is_rootless(&self) -> bool {
+        matches!(self.inner.kind, Kind::Rootless { .. })
     }
 
     /// The name given at creation (the pod UID).
@@ -222,12 +305,19 @@ impl NetNs {
         let closed = || {
             io::Error::new(
                 io::ErrorKind::NotConnected,
-                format!("network namespace for sandbox {:?} is closed", self.inner.name),
+                format!(
+                    "network namespace for sandbox {:?} is closed",
+                    self.inner.name
+                ),
             )
         };
         let (reply, rx) = tokio::sync::oneshot::channel();
         {
-            let guard = self.inner.requests.lock().unwrap_or_else(|p| p.into_inner());
+            let guard = self
+                .inner
+                .requests
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             let tx = guard.as_ref().ok_or_else(closed)?;
             tx.send(SocketRequest { family, reply })
                 .map_err(|_| closed())?;
@@ -287,7 +377,17 @@ impl NetNs {
     /// Makes `cmd` run inside this namespace: the child calls `setns` after `fork`, before
     /// `exec`. The parent's threads are untouched.
     pub fn enter_on_spawn(&self, cmd: &mut std::process::Command) {
-        sys::setns_before_exec(cmd, self.inner.file.as_raw_fd(), self.inner.clone());
+        match &self.inner.kind {
+            Kind::Mounted => {
+                sys::setns_before_exec(cmd, self.inner.file.as_raw_fd(), self.inner.clone())
+            }
+            Kind::Rootless { user_file } => sys::setns_user_then_net_before_exec(
+                cmd,
+                user_file.as_raw_fd(),
+                self.inner.file.as_raw_fd(),
+                self.inner.clone(),
+            ),
+        }
     }
 
     /// Removes the namespace: stops its thread, unmounts and unlinks the file. Sockets and
@@ -309,7 +409,9 @@ impl Inner {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        unmount_and_unlink(&self.path)?;
+        if matches!(self.kind, Kind::Mounted) {
+            unmount_and_unlink(&self.path)?;
+        }
         *removed = true;
         tracing::debug!(netns = %self.name, path = %self.path.display(), "network namespace removed");
         Ok(())
@@ -384,6 +486,34 @@ fn namespace_thread(
     }
 }
 
+/// Body of the rootless namespace thread: fork the helper (so its parent-death signal is tied
+/// to this thread's life), then relay socket requests to it until every sender is gone; then
+/// close the helper's socket and reap it.
+fn rootless_thread(
+    ready: mpsc::SyncSender<io::Result<nix::unistd::Pid>>,
+    requests: mpsc::Receiver<SocketRequest>,
+) {
+    let helper = match sys::spawn_rootless_helper() {
+        Ok(h) => h,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let _ = ready.send(Ok(helper.pid));
+    while let Ok(req) = requests.recv() {
+        let family = if req.family == AddressFamily::Inet6 {
+            6
+        } else {
+            4
+        };
+        let _ = req.reply.send(sys::helper_socket(&helper.sock, family));
+    }
+    drop(helper.sock);
+    // The helper exits on EOF; reap it so no zombie stays behind.
+    let _ = nix::sys::wait::waitpid(helper.pid, None);
+}
+
 /// Explains what is missing when namespaces cannot be created, for the operator.
 fn privilege_hint() -> String {
     let euid = nix::unistd::geteuid();
@@ -400,16 +530,15 @@ fn privilege_hint() -> String {
             .map(|s| s.trim() != "0")
             .unwrap_or(true);
     let userns_text = if userns {
-        "this kernel allows unprivileged user namespaces, but rootless pods are not implemented \
-         (an unprivileged process cannot bind-mount a namespace file on the host, and a \
-         multi-threaded agent cannot enter a user namespace)"
+        ""
     } else {
-        "unprivileged user namespaces are disabled on this host \
-         (kernel.unprivileged_userns_clone=0 or user.max_user_namespaces=0)"
+        "; unprivileged user namespaces are disabled on this host \
+         (kernel.unprivileged_userns_clone=0 or user.max_user_namespaces=0): enable them for \
+         rootless pods"
     };
     format!(
-        "creating a network namespace needs CAP_SYS_ADMIN, and porthole node runs as uid {euid}; \
-         {userns_text}; run porthole node as root"
+        "porthole node runs as uid {euid} without CAP_SYS_ADMIN, so it cannot create \
+         bind-mounted network namespaces (run it as root for that){userns_text}"
     )
 }
 
@@ -542,8 +671,21 @@ mod tests {
         assert_eq!(unescape_mountinfo("/plain"), "/plain");
     }
 
+    /// The bind-mounted namespaces need root (CI runs as root); as another user these tests
+    /// say so and return, and `rootless_namespace_works_and_leaves_nothing` covers that case.
+    fn skip_unless_root(test: &str) -> bool {
+        if nix::unistd::geteuid().is_root() {
+            return false;
+        }
+        eprintln!("{test}: skipped, bind-mounted namespaces need root");
+        true
+    }
+
     #[tokio::test]
     async fn listener_in_namespace_is_reachable_only_through_dial() {
+        if skip_unless_root("listener_in_namespace_is_reachable_only_through_dial") {
+            return;
+        }
         let dir = tempdir("dial");
         let path = dir.join("ns1");
         let ns = NetNs::create(&path, "pod-uid-1").expect("create namespace (needs root)");
@@ -568,7 +710,9 @@ mod tests {
         let port: u16 = line.trim().parse().expect("port");
 
         // Not reachable from the host namespace: the port is free there.
-        assert!(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err());
+        assert!(tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err());
 
         let mut s = ns.dial(port, DEFAULT_CONNECT_TIMEOUT).await.expect("dial");
         s.write_all(b"hello").await.expect("write");
@@ -578,7 +722,10 @@ mod tests {
         child.wait().expect("wait python");
 
         // Nothing listens any more: both families are named in the error.
-        let err = ns.dial(port, DEFAULT_CONNECT_TIMEOUT).await.expect_err("refused");
+        let err = ns
+            .dial(port, DEFAULT_CONNECT_TIMEOUT)
+            .await
+            .expect_err("refused");
         assert_eq!(
             err.cause,
             format!(
@@ -589,13 +736,19 @@ mod tests {
         ns.remove().expect("remove");
         assert!(!is_mounted(&path).expect("mountinfo"));
         assert!(!path.exists());
-        let err = ns.dial(port, DEFAULT_CONNECT_TIMEOUT).await.expect_err("closed");
+        let err = ns
+            .dial(port, DEFAULT_CONNECT_TIMEOUT)
+            .await
+            .expect_err("closed");
         assert!(err.cause.contains("is closed"), "{err}");
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 
     #[test]
     fn cleanup_dir_removes_leftover_mounts() {
+        if skip_unless_root("cleanup_dir_removes_leftover_mounts") {
+            return;
+        }
         let dir = tempdir("cleanup");
         let path = dir.join("leftover");
         let ns = NetNs::create(&path, "leftover").expect("create namespace (needs root)");
@@ -606,5 +759,48 @@ mod tests {
         assert_eq!(removed, vec![path.clone()]);
         assert!(!is_mounted(&path).expect("mountinfo"));
         std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+    #[tokio::test]
+    async fn rootless_namespace_works_and_leaves_nothing() {
+        let ns = NetNs::create_rootless("rootless-test").expect("rootless namespace");
+        assert!(ns.is_rootless());
+        let helper_ns = ns.path().to_path_buf();
+        assert!(helper_ns.exists());
+        let mut cmd = std::process::Command::new("python3");
+        cmd.args([
+            "-c",
+            "import os,socket\ns=socket.socket();s.bind(('127.0.0.1',0));s.listen()\n\
+             print(s.getsockname()[1],os.getuid(),flush=True)\nc,_=s.accept();c.sendall(b'ok');c.close()",
+        ])
+        .stdout(std::process::Stdio::piped());
+        ns.enter_on_spawn(&mut cmd);
+        let mut child = cmd
+            .spawn()
+            .expect("spawn python3 in the rootless namespace");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+            &mut line,
+        )
+        .expect("read port");
+        let mut parts = line.split_whitespace();
+        let port: u16 = parts.next().and_then(|p| p.parse().ok()).expect("port");
+        assert_eq!(parts.next(), Some("0"), "uid inside the user namespace");
+        assert!(tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err());
+        let mut s = ns.dial(port, DEFAULT_CONNECT_TIMEOUT).await.expect("dial");
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.expect("read");
+        assert_eq!(buf, b"ok");
+        child.wait().expect("wait python");
+        ns.remove().expect("remove");
+        drop(ns);
+        // The helper is gone (and reaped) once removed; its /proc entry disappears.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while helper_ns.exists() && tokio::time::Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        assert!(!helper_ns.exists(), "helper process still alive");
     }
 }

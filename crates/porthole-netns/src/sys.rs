@@ -71,3 +71,265 @@ pub(crate) fn setns_before_exec(
         cmd.pre_exec(hook);
     }
 }
+
+/// A helper process holding a user + network namespace for an unprivileged agent.
+pub(crate) struct Helper {
+    pub(crate) pid: nix::unistd::Pid,
+    /// SOCK_SEQPACKET to the helper: one byte (address family) in, one socket fd back.
+    pub(crate) sock: std::os::fd::OwnedFd,
+}
+
+/// Steps of the helper's setup, reported with errno when one fails.
+const STEP_NAMES: [&str; 5] = [
+    "",
+    "unshare(CLONE_NEWUSER|CLONE_NEWNET)",
+    "write /proc/self/uid_map",
+    "write /proc/self/gid_map",
+    "bring up loopback",
+];
+
+/// Starts the rootless helper: a forked child that unshares a user namespace (mapping the
+/// agent's uid/gid to 0) and a network namespace, brings `lo` up, then creates sockets on
+/// request and passes them back with SCM_RIGHTS. It dies with the thread that forked it
+/// (PR_SET_PDEATHSIG) or when the socket closes, so it can never outlive its owner.
+///
+/// A user namespace cannot be entered by a multi-threaded process, which is why this is a
+/// process and not a thread.
+pub(crate) fn spawn_rootless_helper() -> io::Result<Helper> {
+    use nix::sys::socket::socketpair;
+    // Prepared before fork: the child must not allocate.
+    let uid_map = format!("0 {} 1", nix::unistd::getuid());
+    let gid_map = format!("0 {} 1", nix::unistd::getgid());
+    let (parent, child) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(io::Error::from)?;
+    // SAFETY: after `fork` in a multi-threaded process the child may only make
+    // async-signal-safe calls; `helper_main` makes nothing but raw system calls on memory
+    // prepared before the fork, and never returns (it `_exit`s).
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        drop(parent);
+        // SAFETY: see above; we are the single-threaded child.
+        unsafe { helper_main(child.as_raw_fd(), uid_map.as_bytes(), gid_map.as_bytes()) }
+    }
+    drop(child);
+    let pid = nix::unistd::Pid::from_raw(pid);
+    let mut status = [0u8; 2];
+    let n = nix::unistd::read(&parent, &mut status).map_err(io::Error::from)?;
+    if n == 2 && status[0] == 0 {
+        return Ok(Helper { pid, sock: parent });
+    }
+    let _ = nix::sys::wait::waitpid(pid, None);
+    if n < 2 {
+        return Err(io::Error::other("the namespace helper exited during setup"));
+    }
+    let step = STEP_NAMES
+        .get(status[0] as usize)
+        .copied()
+        .unwrap_or("setup");
+    let errno = io::Error::from_raw_os_error(i32::from(status[1]));
+    Err(io::Error::new(errno.kind(), format!("{step}: {errno}")))
+}
+
+/// Writes `data` to the file at `path` with raw system calls.
+///
+/// # Safety
+/// Only async-signal-safe calls; `path` must be NUL-terminated.
+unsafe fn write_file(path: &std::ffi::CStr, data: &[u8]) -> bool {
+    // SAFETY: `path` is a valid C string; the fd is closed below.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: `data` is valid for `data.len()` bytes.
+    let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+    // SAFETY: `fd` was opened above.
+    unsafe { libc::close(fd) };
+    n == data.len() as isize
+}
+
+/// The helper process body. Never returns.
+///
+/// # Safety
+/// Must only run in the child right after `fork`.
+unsafe fn helper_main(sock: RawFd, uid_map: &[u8], gid_map: &[u8]) -> ! {
+    let report = |step: u8| {
+        let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        let msg = [step, errno.clamp(0, 255) as u8];
+        // SAFETY: writing two bytes from a stack buffer, then leaving the process.
+        unsafe {
+            libc::write(sock, msg.as_ptr().cast(), 2);
+            libc::_exit(1)
+        }
+    };
+    // SAFETY: plain system calls on valid arguments; see each comment in the caller.
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+        if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET) != 0 {
+            report(1);
+        }
+        // Required before an unprivileged gid_map write; harmless if it fails.
+        write_file(c"/proc/self/setgroups", b"deny");
+        if !write_file(c"/proc/self/uid_map", uid_map) {
+            report(2);
+        }
+        if !write_file(c"/proc/self/gid_map", gid_map) {
+            report(3);
+        }
+    }
+    if loopback_up().is_err() {
+        report(4);
+    }
+    let ok = [0u8, 0];
+    // SAFETY: two bytes from a stack buffer.
+    unsafe { libc::write(sock, ok.as_ptr().cast(), 2) };
+    loop {
+        let mut family = 0u8;
+        // SAFETY: one byte into a stack variable.
+        let n = unsafe { libc::read(sock, (&mut family as *mut u8).cast(), 1) };
+        if n <= 0 {
+            // SAFETY: leaving the process.
+            unsafe { libc::_exit(0) };
+        }
+        let domain = if family == 6 {
+            libc::AF_INET6
+        } else {
+            libc::AF_INET
+        };
+        // SAFETY: plain system call.
+        let fd = unsafe {
+            libc::socket(
+                domain,
+                libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                0,
+            )
+        };
+        let mut payload = [0u8, 0];
+        if fd < 0 {
+            payload = [
+                1,
+                io::Error::last_os_error()
+                    .raw_os_error()
+                    .unwrap_or(0)
+                    .clamp(0, 255) as u8,
+            ];
+        }
+        let mut iov = libc::iovec {
+            iov_base: payload.as_mut_ptr().cast(),
+            iov_len: 2,
+        };
+        // Room for one fd, 8-aligned as cmsghdr requires.
+        let mut cmsg_buf = [0u64; 4];
+        // SAFETY: `msghdr` is plain data; zero is a valid initial value.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        if fd >= 0 {
+            msg.msg_control = cmsg_buf.as_mut_ptr().cast();
+            // SAFETY: CMSG_SPACE is a pure computation.
+            msg.msg_controllen =
+                unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as _;
+            // SAFETY: msg_control points at a buffer of at least CMSG_SPACE(sizeof(int)) bytes,
+            // so the first header and its data fit.
+            unsafe {
+                let cmsg = libc::CMSG_FIRSTHDR(&msg);
+                (*cmsg).cmsg_level = libc::SOL_SOCKET;
+                (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
+                std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
+            }
+        }
+        // SAFETY: `msg` and everything it points to live on this stack frame.
+        let sent = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
+        if fd >= 0 {
+            // SAFETY: our copy of the fd; the receiver has its own now.
+            unsafe { libc::close(fd) };
+        }
+        if sent < 0 {
+            // SAFETY: leaving the process.
+            unsafe { libc::_exit(0) };
+        }
+    }
+}
+
+/// Asks the helper for one socket of `family` (4 or 6) and receives it.
+pub(crate) fn helper_socket(
+    sock: &std::os::fd::OwnedFd,
+    family: u8,
+) -> io::Result<std::os::fd::OwnedFd> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::FromRawFd;
+    nix::unistd::write(sock, &[family]).map_err(io::Error::from)?;
+    let mut payload = [0u8; 2];
+    let mut iov = [io::IoSliceMut::new(&mut payload)];
+    let mut cmsg = nix::cmsg_space!(RawFd);
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(io::Error::from)?;
+    let mut fd = None;
+    for c in msg.cmsgs().map_err(io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            for raw in fds {
+                // SAFETY: SCM_RIGHTS just installed `raw` in our fd table; we own it now.
+                let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+                if fd.is_none() {
+                    fd = Some(owned);
+                }
+            }
+        }
+    }
+    if msg.bytes == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            "the namespace helper exited",
+        ));
+    }
+    match fd {
+        Some(fd) => Ok(fd),
+        None => Err(io::Error::from_raw_os_error(i32::from(payload[1]).max(1))),
+    }
+}
+
+/// Makes `cmd` join the helper's user namespace, then its network namespace, before `exec`.
+pub(crate) fn setns_user_then_net_before_exec(
+    cmd: &mut std::process::Command,
+    user_fd: RawFd,
+    net_fd: RawFd,
+    keep_alive: impl Send + Sync + 'static,
+) {
+    let hook = move || {
+        let _ = &keep_alive;
+        // SAFETY: async-signal-safe system calls on fds kept open by `keep_alive`; the child is
+        // single-threaded, as joining a user namespace requires.
+        unsafe {
+            if libc::setns(user_fd, libc::CLONE_NEWUSER) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::setns(net_fd, libc::CLONE_NEWNET) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the hook only performs async-signal-safe system calls.
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+}

@@ -16,7 +16,9 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
 use kube::core::params::Preconditions;
 use kube::Client;
 use tokio_util::sync::CancellationToken;
@@ -64,7 +66,9 @@ pub(crate) fn client(api: &ApiConfig) -> anyhow::Result<Client> {
     cfg.auth_info.client_key = Some(api.client_key_file.to_string_lossy().into_owned());
     cfg.connect_timeout = Some(Duration::from_secs(10));
     cfg.default_namespace = "default".into();
-    Client::try_from(cfg).context("build the API client (check --client-cert-file, --client-key-file, --api-ca-file)")
+    Client::try_from(cfg).context(
+        "build the API client (check --client-cert-file, --client-key-file, --api-ca-file)",
+    )
 }
 
 /// Facts about this node for its v1.Node object.
@@ -222,8 +226,20 @@ pub(crate) async fn run(
     }
     let deleting: Arc<std::sync::Mutex<HashSet<String>>> = Default::default();
     tokio::join!(
-        heartbeat_loop(client.clone(), facts.clone(), since, heartbeat, shutdown.clone()),
-        pod_loop(client.clone(), facts.name.clone(), runtime.clone(), deleting, shutdown.clone()),
+        heartbeat_loop(
+            client.clone(),
+            facts.clone(),
+            since,
+            heartbeat,
+            shutdown.clone()
+        ),
+        pod_loop(
+            client.clone(),
+            facts.name.clone(),
+            runtime.clone(),
+            deleting,
+            shutdown.clone()
+        ),
         status_loop(client, runtime, shutdown),
     );
 }
@@ -282,7 +298,11 @@ fn finish_deletion(
         .metadata
         .deletion_grace_period_seconds
         .map(|s| Duration::from_secs(s.max(0) as u64));
-    let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let namespace = pod
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
     let name = pod.metadata.name.clone().unwrap_or_default();
     let client = client.clone();
     let runtime = runtime.clone();
@@ -311,7 +331,10 @@ fn finish_deletion(
                 }
             }
         }
-        deleting.lock().unwrap_or_else(|p| p.into_inner()).remove(&uid);
+        deleting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&uid);
     });
 }
 

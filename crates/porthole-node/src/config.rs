@@ -149,9 +149,7 @@ impl Config {
         }
         Ok(Config {
             node_name,
-            state_dir: args
-                .state_dir
-                .unwrap_or_else(|| args.data_dir.join("node")),
+            state_dir: args.state_dir.unwrap_or_else(|| args.data_dir.join("node")),
             node_ip: args.node_ip,
             api,
             tls_cert_file: args.tls_cert_file,
@@ -193,7 +191,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "s" => Duration::from_secs(n),
             "m" => Duration::from_secs(n * 60),
             "h" => Duration::from_secs(n * 3600),
-            _ => return Err(format!("invalid duration {s:?}: unknown unit {unit:?} (use ms, s, m, h)")),
+            _ => {
+                return Err(format!(
+                    "invalid duration {s:?}: unknown unit {unit:?} (use ms, s, m, h)"
+                ))
+            }
         };
     }
     Ok(total)

@@ -72,7 +72,11 @@ pub async fn serve_endpoint(
     let tasks = TaskTracker::new();
     let ep = Arc::new(server::Endpoint {
         runtime,
-        allowed_names: cfg.apiserver_client_names.iter().cloned().collect::<HashSet<_>>(),
+        allowed_names: cfg
+            .apiserver_client_names
+            .iter()
+            .cloned()
+            .collect::<HashSet<_>>(),
         idle_timeout: cfg.idle_timeout,
         stream_creation_timeout: cfg.stream_creation_timeout,
         node_name: cfg.node_name.clone(),

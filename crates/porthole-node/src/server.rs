@@ -270,7 +270,8 @@ fn port_forward(
     });
     let pod_gone = pod.pod_gone();
     let ep2 = ep.clone();
-    let span = tracing::debug_span!("portforward", pod = %format!("{namespace}/{name}"), uid = %pod.uid());
+    let span =
+        tracing::debug_span!("portforward", pod = %format!("{namespace}/{name}"), uid = %pod.uid());
     ep.tasks.spawn(
         async move {
             let upgraded = match hyper::upgrade::on(req).await {
@@ -320,7 +321,10 @@ fn container_logs(
     let Some(pod) = ep.runtime.lookup(namespace, name) else {
         return text(
             StatusCode::NOT_FOUND,
-            format!("pod {namespace}/{name} does not exist on node {}", ep.node_name),
+            format!(
+                "pod {namespace}/{name} does not exist on node {}",
+                ep.node_name
+            ),
         );
     };
     if !pod.has_container(container) {

@@ -66,12 +66,24 @@ async fn spdy_session(node: &Node, pod: &str, tunnel: bool) -> PortForwarder {
     let path = format!("/portForward/default/{pod}");
     if tunnel {
         let k = key();
-        let head = upgrade(&mut tls, "GET", &path, &handshake::ws_tunnel_request_headers(k, false)).await;
+        let head = upgrade(
+            &mut tls,
+            "GET",
+            &path,
+            &handshake::ws_tunnel_request_headers(k, false),
+        )
+        .await;
         handshake::check_ws_tunnel_response(&head, k, b"").expect("tunnel upgrade");
         let ws = porthole_relay::ws::WsStream::new(tls, porthole_relay::ws::Role::Client);
         PortForwarder::new(ws, spdy::Config::client())
     } else {
-        let head = upgrade(&mut tls, "POST", &path, &handshake::spdy_request_headers(false)).await;
+        let head = upgrade(
+            &mut tls,
+            "POST",
+            &path,
+            &handshake::spdy_request_headers(false),
+        )
+        .await;
         handshake::check_spdy_response(&head, b"").expect("spdy upgrade");
         PortForwarder::new(tls, spdy::Config::client())
     }
@@ -79,7 +91,13 @@ async fn spdy_session(node: &Node, pod: &str, tunnel: bool) -> PortForwarder {
 
 /// Pattern bytes, deterministic per seed.
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed ^ (i >> 12) as u8)).collect()
+    (0..len)
+        .map(|i| {
+            (i as u8)
+                .wrapping_mul(31)
+                .wrapping_add(seed ^ (i >> 12) as u8)
+        })
+        .collect()
 }
 
 /// Forwards one connection through `pf` to `port`, sends `total` pattern bytes and reads
@@ -91,7 +109,12 @@ async fn echo_transfer(
     seed: u8,
 ) -> (Vec<u8>, Vec<u8>, Result<(), String>) {
     let (mut mine, local) = tokio::io::duplex(256 << 10);
-    let fwd = tokio::spawn(async move { pf.forward(local, port).await.map(drop).map_err(|e| e.to_string()) });
+    let fwd = tokio::spawn(async move {
+        pf.forward(local, port)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    });
     let (mut rd, mut wr) = tokio::io::split(&mut mine);
     let chunk = pattern(64 << 10, seed);
     let send = async {
@@ -120,6 +143,28 @@ async fn echo_transfer(
     let (sent, got) = tokio::join!(send, recv);
     let result = fwd.await.expect("forward task");
     (sent, got, result)
+}
+
+/// An open forwarded connection to the echo port: the test's end, and the forward task.
+async fn open_echo(
+    pf: &Arc<PortForwarder>,
+) -> (
+    tokio::io::DuplexStream,
+    tokio::task::JoinHandle<Result<porthole_relay::portforward::spdy_client::ForwardReport, ForwardError>>,
+) {
+    let (mut mine, local) = tokio::io::duplex(64 << 10);
+    let pf = pf.clone();
+    let fwd = tokio::spawn(async move { pf.forward(local, ECHO_PORT).await });
+    roundtrip(&mut mine, b"ping").await;
+    (mine, fwd)
+}
+
+/// Writes `msg` and reads the same bytes back.
+async fn roundtrip(io: &mut tokio::io::DuplexStream, msg: &[u8]) {
+    io.write_all(msg).await.expect("write");
+    let mut buf = vec![0u8; msg.len()];
+    io.read_exact(&mut buf).await.expect("echo");
+    assert_eq!(buf, msg);
 }
 
 async fn ready_app(node: &Node, dir: &std::path::Path, name: &str) -> String {
@@ -166,7 +211,13 @@ async fn every_protocol_reaches_the_pod_and_honours_half_close() {
     let mut tls = node.connect_apiserver().await;
     let offered = [ChannelProtocol::V5Binary];
     let path = format!("/portForward/default/web?port={ECHO_PORT}%2C{DRAIN_PORT}");
-    let head = upgrade(&mut tls, "GET", &path, &handshake::ws_channel_request_headers(k, &offered)).await;
+    let head = upgrade(
+        &mut tls,
+        "GET",
+        &path,
+        &handshake::ws_channel_request_headers(k, &offered),
+    )
+    .await;
     let proto = handshake::check_ws_channel_response(&head, k, &offered, b"").expect("ws upgrade");
     assert_eq!(proto, ChannelProtocol::V5Binary);
     let (client, mut ports) = ChannelClient::connect(tls, proto, vec![ECHO_PORT, DRAIN_PORT])
@@ -193,16 +244,27 @@ async fn every_protocol_reaches_the_pod_and_honours_half_close() {
             other => panic!("unexpected {other:?}"),
         }
     }
-    assert_eq!(answer, format!("3 {}\n", hex::encode(Sha256::digest(b"abc"))).into_bytes());
+    assert_eq!(
+        answer,
+        format!("3 {}\n", hex::encode(Sha256::digest(b"abc"))).into_bytes()
+    );
     client.close().await.expect("close");
 
     let k = key();
     let mut tls = node.connect_apiserver().await;
     let offered = [ChannelProtocol::V4Binary];
     let path = format!("/portForward/default/web?port={ECHO_PORT}");
-    let head = upgrade(&mut tls, "GET", &path, &handshake::ws_channel_request_headers(k, &offered)).await;
+    let head = upgrade(
+        &mut tls,
+        "GET",
+        &path,
+        &handshake::ws_channel_request_headers(k, &offered),
+    )
+    .await;
     let proto = handshake::check_ws_channel_response(&head, k, &offered, b"").expect("ws upgrade");
-    let (client, mut ports) = ChannelClient::connect(tls, proto, vec![ECHO_PORT]).await.expect("v4");
+    let (client, mut ports) = ChannelClient::connect(tls, proto, vec![ECHO_PORT])
+        .await
+        .expect("v4");
     ports[0].send(b"v4!").await.expect("send");
     match ports[0].recv().await {
         Some(PortEvent::Data(d)) => assert_eq!(&d[..], b"v4!"),
@@ -219,7 +281,8 @@ async fn refused_port_fails_only_its_pair_while_a_transfer_continues() {
     let node = Node::start(dir.path()).await;
     let uid = ready_app(&node, dir.path(), "web").await;
     let pf = Arc::new(spdy_session(&node, "web", false).await);
-    let big = tokio::spawn(echo_transfer(pf.clone(), ECHO_PORT, 64 << 20, 1));
+    // A transfer in progress on the same session...
+    let (mut busy, busy_fwd) = open_echo(&pf).await;
     let (_mine, local) = tokio::io::duplex(1024);
     let err = pf.forward(local, 9999).await.expect_err("nothing listens on 9999");
     let ForwardError::Remote(text) = err else {
@@ -231,9 +294,14 @@ async fn refused_port_fails_only_its_pair_while_a_transfer_continues() {
             "error forwarding port 9999 to pod {uid}, uid : failed to connect to localhost:9999 inside namespace \"{uid}\": IPv4: connect 127.0.0.1:9999: connection refused; IPv6: connect [::1]:9999: connection refused"
         )
     );
-    let (sent, got, r) = big.await.expect("transfer");
-    r.expect("parallel transfer");
-    assert_eq!(sent, got);
+    // ...continues after the error on the other pair.
+    let more = pattern(1 << 20, 4);
+    roundtrip(&mut busy, &more).await;
+    busy.shutdown().await.expect("half-close");
+    let mut rest = Vec::new();
+    busy.read_to_end(&mut rest).await.expect("eof");
+    assert!(rest.is_empty());
+    busy_fwd.await.expect("task").expect("busy forward");
     // The session is still usable.
     let (sent, got, r) = echo_transfer(pf.clone(), ECHO_PORT, 1000, 2).await;
     r.expect("after the error");
@@ -273,16 +341,10 @@ async fn deleting_a_pod_ends_only_its_streams() {
     let pf_a = Arc::new(spdy_session(&node, "a", false).await);
     let pf_b = Arc::new(spdy_session(&node, "b", false).await);
 
-    // A long-running stream on each pod: bytes flow until we stop writing.
-    let (mut mine_a, local_a) = tokio::io::duplex(64 << 10);
-    let fwd_a = tokio::spawn({
-        let pf = pf_a.clone();
-        async move { pf.forward(local_a, ECHO_PORT).await }
-    });
-    mine_a.write_all(b"ping").await.expect("write a");
+    // An open stream on each pod.
+    let (mut mine_a, fwd_a) = open_echo(&pf_a).await;
+    let (mut mine_b, fwd_b) = open_echo(&pf_b).await;
     let mut buf = [0u8; 4];
-    mine_a.read_exact(&mut buf).await.expect("echo a");
-    let b_transfer = tokio::spawn(echo_transfer(pf_b.clone(), ECHO_PORT, 32 << 20, 9));
 
     node.rt.stop(&a, Some(Duration::ZERO)).await;
     // Pod a's side of the stream ends (the data stream reaches EOF/reset)...
@@ -299,13 +361,26 @@ async fn deleting_a_pod_ends_only_its_streams() {
         .expect("task")
         .expect_err("pod a's stream should fail");
     assert!(matches!(err, ForwardError::Remote(_)), "{err:?}");
-    assert!(err.to_string().starts_with(&format!("error forwarding port {ECHO_PORT} to pod {a}, uid : ")), "{err}");
+    assert!(
+        err.to_string().starts_with(&format!(
+            "error forwarding port {ECHO_PORT} to pod {a}, uid : "
+        )),
+        "{err}"
+    );
     // Pod a's connection itself lives on.
-    assert!(pf_a.closed().now_or_never().is_none(), "the connection to pod a was closed");
+    assert!(
+        pf_a.closed().now_or_never().is_none(),
+        "the connection to pod a was closed"
+    );
 
-    let (sent, got, r) = b_transfer.await.expect("b");
-    r.expect("pod b's transfer");
-    assert_eq!(sent, got);
+    // Pod b's stream is unaffected.
+    roundtrip(&mut mine_b, &pattern(1 << 20, 8)).await;
+    mine_b.shutdown().await.expect("half-close b");
+    fwd_b.await.expect("task").expect("pod b's forward");
+    // And a new connection to pod a fails with the node's error text.
+    let (_m, local) = tokio::io::duplex(1024);
+    let err = pf_a.forward(local, ECHO_PORT).await.expect_err("pod a is gone");
+    assert!(err.to_string().contains(&a), "{err}");
     pf_a.shutdown().await;
     pf_b.shutdown().await;
     node.stop().await;
@@ -323,7 +398,10 @@ async fn one_gib_through_one_connection_arrives_intact() {
     let (sent, got, r) = echo_transfer(pf.clone(), ECHO_PORT, 1 << 30, 5).await;
     r.expect("forward");
     assert_eq!(sent, got);
-    eprintln!("1 GiB echoed through one connection in {:?}", started.elapsed());
+    eprintln!(
+        "1 GiB echoed through one connection in {:?}",
+        started.elapsed()
+    );
     pf.shutdown().await;
     node.stop().await;
 }

@@ -22,39 +22,61 @@ async fn pod_runs_in_its_own_namespace_with_status_probe_and_logs() {
     for c in ["PodScheduled", "Initialized", "ContainersReady", "Ready"] {
         assert_eq!(condition(&status, c).as_deref(), Some("True"), "{c}");
     }
-    let cs = &status.container_statuses.as_ref().expect("container statuses")[0];
+    let cs = &status
+        .container_statuses
+        .as_ref()
+        .expect("container statuses")[0];
     assert!(cs.ready);
     assert_eq!(cs.image, "python:3");
     assert!(cs.state.as_ref().and_then(|s| s.running.as_ref()).is_some());
-    assert!(cs.container_id.as_deref().is_some_and(|id| id.starts_with("porthole://")));
+    assert!(cs
+        .container_id
+        .as_deref()
+        .is_some_and(|id| id.starts_with("porthole://")));
     assert!(status.start_time.is_some());
 
     // The app's ports are not reachable from the host namespace (nothing listens there on
     // 8080 in the test environment unless by accident, so accept only a refusal or a
     // connection that is not our echo server).
     if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", HTTP_PORT)).await {
-        let (code, body) = http_request(&mut s, "GET", "/").await.unwrap_or((0, String::new()));
-        assert!(!(code == 200 && body == "ok"), "pod HTTP port reachable from the host");
+        let (code, body) = http_request(&mut s, "GET", "/")
+            .await
+            .unwrap_or((0, String::new()));
+        assert!(
+            !(code == 200 && body == "ok"),
+            "pod HTTP port reachable from the host"
+        );
     }
     // ...but reachable inside it.
     let ns = h.netns().expect("namespace");
-    let mut s = ns.dial(HTTP_PORT, Duration::from_secs(5)).await.expect("dial in pod");
+    let mut s = ns
+        .dial(HTTP_PORT, Duration::from_secs(5))
+        .await
+        .expect("dial in pod");
     let (code, body) = http_request(&mut s, "GET", "/").await.expect("http");
     assert_eq!((code, body.as_str()), (200, "ok"));
 
     // Logs through the endpoint (as the API server).
     let mut tls = node.connect_apiserver().await;
-    let (code, body) = http_request(&mut tls, "GET", "/containerLogs/default/web/app?timestamps=true")
-        .await
-        .expect("logs");
+    let (code, body) = http_request(
+        &mut tls,
+        "GET",
+        "/containerLogs/default/web/app?timestamps=true",
+    )
+    .await
+    .expect("logs");
     assert_eq!(code, 200, "{body}");
     let body = dechunk(&body);
     assert!(body.ends_with(" app ready\n"), "{body:?}");
     assert!(body.starts_with("20"), "timestamp expected: {body:?}");
     let mut tls = node.connect_apiserver().await;
-    let (_, body) = http_request(&mut tls, "GET", "/containerLogs/default/web/app?tailLines=1")
-        .await
-        .expect("logs");
+    let (_, body) = http_request(
+        &mut tls,
+        "GET",
+        "/containerLogs/default/web/app?tailLines=1",
+    )
+    .await
+    .expect("logs");
     assert_eq!(dechunk(&body), "app ready\n");
     let mut tls = node.connect_apiserver().await;
     let (code, _) = http_request(&mut tls, "GET", "/containerLogs/default/web/nope")
@@ -72,7 +94,12 @@ async fn restart_policies_exit_codes_and_backoff() {
     // OnFailure: exits 3 twice → restarted once at once, then waits in CrashLoopBackOff.
     let crash = node
         .rt
-        .apply(&shell_pod("crash", "OnFailure", 1, &[("c", "echo $GREETING $MY_POD; exit 3")]))
+        .apply(&shell_pod(
+            "crash",
+            "OnFailure",
+            1,
+            &[("c", "echo $GREETING $MY_POD; exit 3")],
+        ))
         .expect("apply");
     let st = wait_status(&node.rt, crash.uid(), LIMIT, "CrashLoopBackOff", |s| {
         s.container_statuses.iter().flatten().any(|c| {
@@ -99,20 +126,32 @@ async fn restart_policies_exit_codes_and_backoff() {
         .and_then(|s| s.waiting.as_ref())
         .and_then(|w| w.message.clone())
         .unwrap_or_default();
-    assert!(msg.starts_with("back-off 10s restarting failed container=c pod=crash_default("), "{msg}");
+    assert!(
+        msg.starts_with("back-off 10s restarting failed container=c pod=crash_default("),
+        "{msg}"
+    );
     assert_eq!(st.phase.as_deref(), Some("Running"));
     assert_eq!(condition(&st, "Ready").as_deref(), Some("False"));
     // Environment and $(VAR)-free shell expansion reached the process: check the log.
     let mut tls = node.connect_apiserver().await;
-    let (_, body) = http_request(&mut tls, "GET", "/containerLogs/default/crash/c?previous=true")
-        .await
-        .expect("logs");
+    let (_, body) = http_request(
+        &mut tls,
+        "GET",
+        "/containerLogs/default/crash/c?previous=true",
+    )
+    .await
+    .expect("logs");
     assert_eq!(dechunk(&body), "hello crash\n");
 
     // Never: one success, one failure → Failed, with both exit codes.
     let never = node
         .rt
-        .apply(&shell_pod("never", "Never", 1, &[("ok", "exit 0"), ("bad", "exit 7")]))
+        .apply(&shell_pod(
+            "never",
+            "Never",
+            1,
+            &[("ok", "exit 0"), ("bad", "exit 7")],
+        ))
         .expect("apply");
     let st = wait_status(&node.rt, never.uid(), LIMIT, "Failed", |s| {
         s.phase.as_deref() == Some("Failed")
@@ -123,11 +162,18 @@ async fn restart_policies_exit_codes_and_backoff() {
         .iter()
         .flatten()
         .map(|c| {
-            let t = c.state.as_ref().and_then(|s| s.terminated.as_ref()).expect("terminated");
+            let t = c
+                .state
+                .as_ref()
+                .and_then(|s| s.terminated.as_ref())
+                .expect("terminated");
             (c.name.clone(), t.exit_code)
         })
         .collect();
-    assert!(codes.contains(&("ok".into(), 0)) && codes.contains(&("bad".into(), 7)), "{codes:?}");
+    assert!(
+        codes.contains(&("ok".into(), 0)) && codes.contains(&("bad".into(), 7)),
+        "{codes:?}"
+    );
     assert_eq!(condition(&st, "Ready").as_deref(), Some("False"));
 
     // Never + success → Succeeded.
@@ -156,7 +202,10 @@ async fn restart_policies_exit_codes_and_backoff() {
         .as_ref()
         .and_then(|s| s.terminated.clone())
         .expect("terminated");
-    assert_eq!((t.exit_code, t.reason.as_deref()), (128, Some("StartError")));
+    assert_eq!(
+        (t.exit_code, t.reason.as_deref()),
+        (128, Some("StartError"))
+    );
     assert!(t.message.unwrap_or_default().contains("/nonexistent/prog"));
 
     node.stop().await;
@@ -167,9 +216,17 @@ async fn stop_escalates_to_sigkill_after_grace_and_cleans_up() {
     let dir = TempDir::new("grace");
     let node = Node::start(dir.path()).await;
     // Ignores SIGTERM (and so does its child `sleep`, which inherits the ignored disposition).
-    let pod = shell_pod("stubborn", "Always", 30, &[("s", "trap '' TERM; echo started; sleep 1000 & wait")]);
+    let pod = shell_pod(
+        "stubborn",
+        "Always",
+        30,
+        &[("s", "trap '' TERM; echo started; sleep 1000 & wait")],
+    );
     let h = node.rt.apply(&pod).expect("apply");
-    wait_status(&node.rt, h.uid(), LIMIT, "running", |s| s.phase.as_deref() == Some("Running")).await;
+    wait_status(&node.rt, h.uid(), LIMIT, "running", |s| {
+        s.phase.as_deref() == Some("Running")
+    })
+    .await;
     let ns_path = h.netns().expect("netns").path().to_path_buf();
     assert!(porthole_netns::is_mounted(&ns_path).expect("mountinfo"));
     let groups = leftover_candidates(&node.rt);
@@ -178,7 +235,10 @@ async fn stop_escalates_to_sigkill_after_grace_and_cleans_up() {
     let started = tokio::time::Instant::now();
     node.rt.stop(h.uid(), Some(Duration::from_secs(1))).await;
     let took = started.elapsed();
-    assert!(took >= Duration::from_secs(1), "SIGKILL before the grace period: {took:?}");
+    assert!(
+        took >= Duration::from_secs(1),
+        "SIGKILL before the grace period: {took:?}"
+    );
     assert!(took < Duration::from_secs(10), "stop took {took:?}");
     assert!(gone.is_cancelled());
     assert!(!porthole_netns::is_mounted(&ns_path).expect("mountinfo"));
@@ -195,35 +255,54 @@ async fn endpoint_requires_the_apiserver_certificate_and_knows_its_pods() {
         .rt
         .apply(&shell_pod("idle", "Always", 1, &[("s", "exec sleep 1000")]))
         .expect("apply");
-    wait_status(&node.rt, h.uid(), LIMIT, "running", |s| s.phase.as_deref() == Some("Running")).await;
+    wait_status(&node.rt, h.uid(), LIMIT, "running", |s| {
+        s.phase.as_deref() == Some("Running")
+    })
+    .await;
 
     // /healthz is open.
     let mut s = node.connect(None).await.expect("tls");
-    assert_eq!(http_request(&mut s, "GET", "/healthz").await.expect("healthz").0, 200);
+    assert_eq!(
+        http_request(&mut s, "GET", "/healthz")
+            .await
+            .expect("healthz")
+            .0,
+        200
+    );
     // No client certificate: 401, nothing upgraded.
     let mut s = node.connect(None).await.expect("tls");
-    let (code, body) = http_request(&mut s, "POST", "/portForward/default/idle").await.expect("req");
+    let (code, body) = http_request(&mut s, "POST", "/portForward/default/idle")
+        .await
+        .expect("req");
     assert_eq!((code, body.as_str()), (401, "Unauthorized"));
     // Right CA, wrong name: 403.
     let other = node.pki.other_user.clone();
     let mut s = node.connect(Some(&other)).await.expect("tls");
-    let (code, body) = http_request(&mut s, "POST", "/portForward/default/idle").await.expect("req");
+    let (code, body) = http_request(&mut s, "POST", "/portForward/default/idle")
+        .await
+        .expect("req");
     assert_eq!(code, 403);
     assert!(body.contains("user=mallory"), "{body}");
     // Right name, foreign CA: the handshake fails.
     let foreign = node.pki.foreign.clone();
     let refused = match node.connect(Some(&foreign)).await {
         Err(_) => true,
-        Ok(mut s) => http_request(&mut s, "POST", "/portForward/default/idle").await.is_err(),
+        Ok(mut s) => http_request(&mut s, "POST", "/portForward/default/idle")
+            .await
+            .is_err(),
     };
     assert!(refused, "a certificate from another CA was accepted");
 
     // The API server: 404s in the kubelet's words.
     let mut s = node.connect_apiserver().await;
-    let (code, body) = http_request(&mut s, "POST", "/portForward/default/nosuch").await.expect("req");
+    let (code, body) = http_request(&mut s, "POST", "/portForward/default/nosuch")
+        .await
+        .expect("req");
     assert_eq!((code, body.as_str()), (404, "pod does not exist"));
     let mut s = node.connect_apiserver().await;
-    let (code, body) = http_request(&mut s, "POST", "/portForward/default/idle/wrong-uid").await.expect("req");
+    let (code, body) = http_request(&mut s, "POST", "/portForward/default/idle/wrong-uid")
+        .await
+        .expect("req");
     assert_eq!((code, body.as_str()), (404, "pod not found"));
     // Not an upgrade: the negotiation's 400.
     let mut s = node.connect_apiserver().await;
@@ -246,9 +325,17 @@ async fn crash_child() {
     let rt = porthole_node::Runtime::new(std::path::Path::new(&state), "test", "127.0.0.1")
         .expect("runtime");
     let h = rt
-        .apply(&shell_pod("orphan", "Always", 30, &[("s", "sleep 1000 & sleep 1000")]))
+        .apply(&shell_pod(
+            "orphan",
+            "Always",
+            30,
+            &[("s", "sleep 1000 & sleep 1000")],
+        ))
         .expect("apply");
-    wait_status(&rt, h.uid(), LIMIT, "running", |s| s.phase.as_deref() == Some("Running")).await;
+    wait_status(&rt, h.uid(), LIMIT, "running", |s| {
+        s.phase.as_deref() == Some("Running")
+    })
+    .await;
     let groups = leftover_candidates(&rt);
     println!("GROUP {}", groups[0]);
     std::future::pending::<()>().await;
@@ -259,7 +346,13 @@ async fn leftovers_of_a_crashed_agent_are_cleaned_up() {
     let dir = TempDir::new("crash");
     let state = dir.path().join("state");
     let mut child = std::process::Command::new(std::env::current_exe().expect("test binary"))
-        .args(["--exact", "crash_child", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "crash_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("PORTHOLE_NODE_CRASH_STATE", &state)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -290,11 +383,17 @@ async fn leftovers_of_a_crashed_agent_are_cleaned_up() {
     // The agent dies without any cleanup.
     child.0.kill().expect("SIGKILL child agent");
     child.0.wait().expect("reap child agent");
-    assert!(alive(group), "the pod process should have outlived the agent");
+    assert!(
+        alive(group),
+        "the pod process should have outlived the agent"
+    );
     let mounted_before = std::fs::read_to_string("/proc/self/mountinfo")
         .expect("mountinfo")
         .contains(&*state.to_string_lossy());
-    assert!(mounted_before, "the namespace mount should have outlived the agent");
+    assert!(
+        mounted_before,
+        "the namespace mount should have outlived the agent"
+    );
 
     // A new agent on the same state dir cleans everything up before running anything.
     let rt = porthole_node::Runtime::new(&state, "test", "127.0.0.1").expect("runtime");
@@ -307,4 +406,71 @@ async fn leftovers_of_a_crashed_agent_are_cleaned_up() {
     }
     assert_clean(&state, &[group]);
     rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_streams_lines_until_the_container_ends() {
+    let dir = TempDir::new("follow");
+    let node = Node::start(dir.path()).await;
+    // The container paces itself; the test only reads.
+    let h = node
+        .rt
+        .apply(&shell_pod(
+            "talker",
+            "Never",
+            1,
+            &[("t", "for i in 1 2 3; do echo line$i; sleep 0.3; done; printf tail")],
+        ))
+        .expect("apply");
+    wait_status(&node.rt, h.uid(), LIMIT, "started", |s| {
+        s.container_statuses.iter().flatten().any(|c| c.container_id.is_some())
+    })
+    .await;
+    let mut tls = node.connect_apiserver().await;
+    let (code, body) = tokio::time::timeout(
+        LIMIT,
+        http_request(&mut tls, "GET", "/containerLogs/default/talker/t?follow=true"),
+    )
+    .await
+    .expect("follow should end when the container ends")
+    .expect("logs");
+    assert_eq!(code, 200);
+    // A final line without newline is kept as a partial record and served as written.
+    assert_eq!(dechunk(&body), "line1\nline2\nline3\ntail");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_and_tcp_readiness_probes_follow_the_pod() {
+    let dir = TempDir::new("probes");
+    let node = Node::start(dir.path()).await;
+    let flag = dir.path().join("ready-flag");
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "probed", "namespace": "default", "uid": "uid-probed" },
+        "spec": { "containers": [
+            { "name": "exec", "command": ["sleep", "1000"],
+              "readinessProbe": { "exec": { "command": ["test", "-e", flag.to_string_lossy()] },
+                                  "periodSeconds": 1, "failureThreshold": 1 } },
+            { "name": "tcp", "command": ["python3", "-c",
+                "import socket,time\ns=socket.socket();s.bind(('127.0.0.1',7000));s.listen();time.sleep(1000)"],
+              "readinessProbe": { "tcpSocket": { "port": 7000 }, "periodSeconds": 1 } }
+        ]}
+    }))
+    .expect("pod");
+    node.rt.apply(&pod).expect("apply");
+    let ready_of = |s: &k8s_openapi::api::core::v1::PodStatus, name: &str| {
+        s.container_statuses
+            .iter()
+            .flatten()
+            .any(|c| c.name == name && c.ready)
+    };
+    // tcp becomes ready (the port listens inside the pod), exec does not (no flag yet).
+    let st = wait_status(&node.rt, "uid-probed", LIMIT, "tcp ready", |s| ready_of(s, "tcp")).await;
+    assert!(!ready_of(&st, "exec"));
+    assert_eq!(condition(&st, "Ready").as_deref(), Some("False"));
+    std::fs::write(&flag, b"").expect("flag");
+    wait_status(&node.rt, "uid-probed", LIMIT, "pod Ready", is_ready).await;
+    std::fs::remove_file(&flag).expect("unflag");
+    wait_status(&node.rt, "uid-probed", LIMIT, "exec unready", |s| !ready_of(s, "exec")).await;
+    node.stop().await;
 }

@@ -46,7 +46,11 @@ fn codec(c: &mut Criterion) {
     g.finish();
 
     let mut g = c.benchmark_group("header_block");
-    let headers = [("streamtype", "data"), ("port", "8080"), ("requestid", "12345")];
+    let headers = [
+        ("streamtype", "data"),
+        ("port", "8080"),
+        ("requestid", "12345"),
+    ];
     g.bench_function("compress_decompress_pair", |b| {
         let mut zc = HeaderCompressor::new(9);
         let mut zd = HeaderDecompressor::new(64 * 1024);
@@ -63,12 +67,18 @@ fn codec(c: &mut Criterion) {
 /// Moves `total` bytes client → server over `streams` streams through two sessions.
 fn session_transfer(streams: usize, total: usize, flow_control: bool) {
     let now = Instant::now();
-    let cfg = |role| Config { role, flow_control, ..Config::default() };
+    let cfg = |role| Config {
+        role,
+        flow_control,
+        ..Config::default()
+    };
     let mut c = Session::new(cfg(Role::Client), now);
     let mut s = Session::new(cfg(Role::Server), now);
     let mut wire = BytesMut::with_capacity(1 << 20);
     let mut back = BytesMut::new();
-    let ids: Vec<u32> = (0..streams).map(|_| c.open_stream(now, &[("streamtype", "data")]).unwrap()).collect();
+    let ids: Vec<u32> = (0..streams)
+        .map(|_| c.open_stream(now, &[("streamtype", "data")]).unwrap())
+        .collect();
     c.poll_transmit(&mut wire);
     s.handle_input(now, &mut wire).unwrap();
     while let Some(ev) = s.poll_event() {
@@ -111,7 +121,11 @@ fn session(c: &mut Criterion) {
     g.sample_size(10);
     for streams in [1usize, 64] {
         for flow in [false, true] {
-            let name = if flow { "flow_control" } else { "no_flow_control" };
+            let name = if flow {
+                "flow_control"
+            } else {
+                "no_flow_control"
+            };
             g.bench_with_input(BenchmarkId::new(name, streams), &streams, |b, &n| {
                 b.iter(|| session_transfer(n, TOTAL, flow))
             });

@@ -167,28 +167,30 @@ fn zlib_built_frames_byte_for_byte() {
     }
 }
 
+/// Go's compress/flate (level 9) and zlib choose different codes for the same input, so for
+/// Go-produced blocks "decode exactly" (above) is the bar. Our own encoding of the same frames
+/// must still round-trip on one context and keep the frame layout byte for byte outside the
+/// compressed block.
 #[test]
-fn session_1_client_frames_reencode_exactly() {
-    // The Go client's blocks for session 1 were produced at level 9 by Go's compress/flate;
-    // where our zlib output matches, assert it; otherwise decoding exactly (above) is the bar.
+fn go_produced_frames_reencoded_by_us_decode_the_same() {
     let v = vectors();
-    let frames = v["session_1"]["frames_by_direction"]["server->client"]
-        .as_array()
-        .unwrap();
-    // SYN_REPLY {} first and second block on one context.
+    let frames = v["session_1"]["frames_by_direction"]["server->client"].as_array().unwrap();
     let mut c = HeaderCompressor::new(header_block::DEFAULT_LEVEL);
+    let mut d = HeaderDecompressor::new(header_block::DEFAULT_MAX_HEADER_BLOCK);
     for (i, id) in [(0usize, 1u32), (1, 3)] {
         let mut blk = BytesMut::new();
         c.compress::<&str, &str>(&[], &mut blk);
-        let f = frame::SynReply {
-            stream_id: id,
-            flags: 0,
-            header_block: blk.freeze(),
-        };
+        let f = frame::SynReply { stream_id: id, flags: 0, header_block: blk.freeze() };
         let mut out = BytesMut::new();
         f.encode(&mut out);
-        let want = frames[i]["hex"].as_str().unwrap();
-        eprintln!("ours {} go {}", hex::encode(&out), want);
+        let go = hex::decode(frames[i]["hex"].as_str().unwrap()).unwrap();
+        // Same type, flags and stream id; the first block starts with the same zlib header.
+        assert_eq!(out[..4], go[..4]);
+        assert_eq!(out[8..12], go[8..12]);
+        if i == 0 {
+            assert_eq!(out[12..18], go[12..18]);
+        }
+        assert!(d.decompress(&f.header_block).unwrap().is_empty());
     }
 }
 

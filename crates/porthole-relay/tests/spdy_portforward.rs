@@ -275,5 +275,10 @@ async fn many_parallel_forwards() {
     for t in tasks {
         t.await.unwrap();
     }
+    assert_eq!(
+        pf.connection().stats().streams,
+        0,
+        "finished pairs are forgotten"
+    );
     pf.shutdown().await;
 }

@@ -90,6 +90,10 @@ async fn many_concurrent_streams() {
     for t in tasks {
         t.await.unwrap();
     }
+    // Finished streams are forgotten on both sides (no leak, §9 item 14).
+    tokio::task::yield_now().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(c.stats().streams, 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -251,9 +255,10 @@ async fn stalled_reader_does_not_block_others_with_flow_control() {
         got += n;
     }
     assert_eq!(got, TOTAL);
+    // Memory for the stalled stream stayed within its window.
+    assert!(s.stats().buffered <= 256 * 1024, "{:?}", s.stats());
     let _fast = w.await.unwrap();
     stalled_writer.abort();
-    let _ = s;
 }
 
 /// Writes raw frames as a Go peer would (no SETTINGS, no WINDOW_UPDATE ever).

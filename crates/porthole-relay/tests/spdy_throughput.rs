@@ -10,7 +10,11 @@ use tokio::net::{TcpListener, TcpStream};
 
 const TOTAL: usize = 1 << 30;
 
-async fn pump<W: AsyncWrite + Unpin, R: AsyncRead + Unpin>(mut w: W, mut r: R, total: usize) -> Duration {
+async fn pump<W: AsyncWrite + Unpin, R: AsyncRead + Unpin>(
+    mut w: W,
+    mut r: R,
+    total: usize,
+) -> Duration {
     let t0 = tokio::time::Instant::now();
     let writer = async move {
         let buf = vec![5u8; 64 * 1024];
@@ -51,7 +55,11 @@ async fn tcp_pair() -> (TcpStream, TcpStream) {
     (a, b)
 }
 
-async fn spdy_streams<T: AsyncRead + AsyncWrite + Send + Unpin + 'static>(a: T, b: T, streams: usize) -> Duration {
+async fn spdy_streams<T: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
+    a: T,
+    b: T,
+    streams: usize,
+) -> Duration {
     let (c, _ci) = Connection::new(a, Role::Client, Config::default());
     let (_s, mut si) = Connection::new(b, Role::Server, Config::default());
     let acceptor = tokio::spawn(async move {
@@ -86,14 +94,27 @@ async fn throughput() {
     println!("loopback TCP, 1 connection:       {tcp:.2} GiB/s");
     let (a, b) = tokio::io::duplex(1 << 20);
     let d = spdy_streams(a, b, 1).await;
-    println!("SPDY in-memory, 1 stream:         {:.2} GiB/s ({:.1}x TCP)", gbps(TOTAL, d), gbps(TOTAL, d) / tcp);
+    println!(
+        "SPDY in-memory, 1 stream:         {:.2} GiB/s ({:.1}x TCP)",
+        gbps(TOTAL, d),
+        gbps(TOTAL, d) / tcp
+    );
     let (a, b) = tokio::io::duplex(1 << 20);
     let d = spdy_streams(a, b, 64).await;
-    println!("SPDY in-memory, 64 streams:       {:.2} GiB/s", gbps(TOTAL, d));
+    println!(
+        "SPDY in-memory, 64 streams:       {:.2} GiB/s",
+        gbps(TOTAL, d)
+    );
     let (a, b) = tcp_pair().await;
     let d = spdy_streams(a, b, 1).await;
-    println!("SPDY over loopback TCP, 1 stream: {:.2} GiB/s", gbps(TOTAL, d));
+    println!(
+        "SPDY over loopback TCP, 1 stream: {:.2} GiB/s",
+        gbps(TOTAL, d)
+    );
     let (a, b) = tcp_pair().await;
     let d = spdy_streams(a, b, 64).await;
-    println!("SPDY over loopback TCP, 64 streams: {:.2} GiB/s", gbps(TOTAL, d));
+    println!(
+        "SPDY over loopback TCP, 64 streams: {:.2} GiB/s",
+        gbps(TOTAL, d)
+    );
 }

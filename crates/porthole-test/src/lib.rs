@@ -334,6 +334,8 @@ pub struct Clients {
     pub kubectl_120: Option<PathBuf>,
     /// `PORTHOLE_PYTHON`: a python with the `kubernetes` package.
     pub python: Option<PathBuf>,
+    /// `PORTHOLE_JS_CLIENT_DIR`: a `node_modules` parent with `@kubernetes/client-node`.
+    pub js_client_dir: Option<PathBuf>,
 }
 
 impl Clients {
@@ -341,6 +343,7 @@ impl Clients {
     /// broken install, which fails the test instead of skipping it.
     pub fn from_env() -> Result<Clients> {
         let get = |var: &str| -> Result<Option<PathBuf>> {
+            // Set and empty means "not installed" (install-test-deps.sh writes every variable).
             match std::env::var_os(var) {
                 None => Ok(None),
                 Some(v) if v.is_empty() => Ok(None),
@@ -367,6 +370,21 @@ impl Clients {
             kubectl_137: get("PORTHOLE_KUBECTL_137")?,
             kubectl_120: get("PORTHOLE_KUBECTL_120")?,
             python: get("PORTHOLE_PYTHON")?,
+            js_client_dir: match std::env::var_os("PORTHOLE_JS_CLIENT_DIR") {
+                Some(dir) if !dir.is_empty() => {
+                    let dir = PathBuf::from(dir);
+                    let module = dir.join("node_modules/@kubernetes/client-node/dist/index.js");
+                    if !module.is_file() {
+                        bail!(
+                            "PORTHOLE_JS_CLIENT_DIR={} is set but has no {}",
+                            dir.display(),
+                            module.display()
+                        );
+                    }
+                    Some(dir)
+                }
+                _ => None,
+            },
         })
     }
 

@@ -163,7 +163,20 @@ pub async fn create(client: &Client, m: &Manifest) -> Result<Outcome> {
     match api.create(&PostParams::default(), &object).await {
         Ok(_) => Ok(Outcome::Created),
         Err(kube::Error::Api(status)) if status.code == 409 => Ok(Outcome::Exists),
-        Err(err) => Err(err).with_context(|| format!("{}: create {}", m.origin, m.display_name())),
+        Err(err) => {
+            Err(concise(err)).with_context(|| format!("{}: create {}", m.origin, m.display_name()))
+        }
+    }
+}
+
+/// The API server's own words for a refusal (kube's Display of a Status repeats it three times
+/// with every empty field); other errors as they are.
+fn concise(err: kube::Error) -> anyhow::Error {
+    match err {
+        kube::Error::Api(status) => {
+            anyhow::anyhow!("{} ({} {})", status.message, status.code, status.reason)
+        }
+        other => other.into(),
     }
 }
 

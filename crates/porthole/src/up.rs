@@ -187,6 +187,10 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> Result<()> {
         Ok(false) => Ok(()),
         Err(err) => Err(err),
     };
+    if result.is_err() {
+        // The file means "this cluster is (or was) up"; scripts waiting for it must not go on.
+        let _ = fs::remove_file(&kubeconfig_path);
+    }
     // The node goes first: it stops every pod and removes their namespaces while the API server
     // is still there to receive their final status.
     tracing::info!("stopping the node agent (and its pods), then the API server");
@@ -267,16 +271,24 @@ fn print_ready(dir: &Path, kubeconfig_path: &Path, objects: &[manifests::Manifes
             .object
             .pointer("/metadata/namespace")
             .and_then(|n| n.as_str());
-        is_pod.then(|| (name.to_string(), port, ns.map(str::to_string)))
+        let http = m
+            .object
+            .pointer("/spec/containers/0/ports/0/name")
+            .and_then(|n| n.as_str())
+            == Some("http");
+        is_pod.then(|| (name.to_string(), port, ns.map(str::to_string), http))
     });
     let kc = kubeconfig_path.display();
     let mut out = format!("porthole up: cluster ready, kubeconfig at {kc}\n\nNext:\n  export KUBECONFIG={kc}\n  kubectl get pods -A\n");
     match first_pod {
-        Some((name, port, ns)) => {
+        Some((name, port, ns, http)) => {
             let ns = ns.map(|n| format!(" -n {n}")).unwrap_or_default();
-            out += &format!(
-                "  porthole port-forward{ns} {name} 8080:{port}    # then: curl localhost:8080\n"
-            );
+            let then = if http {
+                "curl localhost:8080"
+            } else {
+                "connect to localhost:8080"
+            };
+            out += &format!("  porthole port-forward{ns} {name} 8080:{port}    # then: {then}\n");
         }
         None => {
             out += "  kubectl create -f examples/web.yaml && porthole port-forward web 8080:8000\n"

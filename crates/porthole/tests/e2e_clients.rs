@@ -1,6 +1,7 @@
 //! Real clients against a real `porthole up` with the example pods: /usr/bin/kubectl over
 //! WebSocket (its default) and SPDY, kubectl 1.37 (PyPI) both ways, kubectl 1.20 (Debian, SPDY
-//! only), the Python `kubernetes` client (WebSocket channels), and `porthole port-forward`.
+//! only), the Python `kubernetes` client, `@kubernetes/client-node` and kube-rs (WebSocket
+//! channels), and `porthole port-forward`.
 //!
 //! One cluster serves every client (starting one per client would only measure `up` again);
 //! each client's check runs even when an earlier one failed, and the test reports them all.
@@ -114,6 +115,20 @@ fn every_client_forwards_to_the_example_pods() {
             python_client(python, &cluster, &blob_path, &blob),
         );
     }
+    if let Some(js) = clients.optional(
+        &clients.js_client_dir,
+        "PORTHOLE_JS_CLIENT_DIR",
+        "the JavaScript client",
+    ) {
+        check(
+            "javascript @kubernetes/client-node (websocket channels)",
+            js_client(js, &cluster, &blob_path, &blob),
+        );
+    }
+    check(
+        "kube-rs Api::portforward (websocket channels)",
+        kube_rs_client(&cluster, &blob_path, &blob),
+    );
     let mut porthole = cluster.porthole_cmd();
     porthole.args(["port-forward", "web", ":8000"]);
     check(
@@ -252,5 +267,137 @@ if err:
             blob.len()
         );
     }
+    Ok(())
+}
+
+/// `@kubernetes/client-node`'s `PortForward` (WebSocket, v4/v5 channels) behind a local TCP
+/// server, as its documentation shows; Node's http client fetches the blob through it.
+fn js_client(js_dir: &Path, cluster: &Cluster, blob_path: &str, blob: &[u8]) -> Result<()> {
+    let script = r#"
+import fs from "node:fs";
+import http from "node:http";
+import net from "node:net";
+import { pathToFileURL } from "node:url";
+const [, , jsDir, kubeconfig, path, outFile] = process.argv;
+const k8s = await import(pathToFileURL(jsDir + "/node_modules/@kubernetes/client-node/dist/index.js"));
+const kc = new k8s.KubeConfig();
+kc.loadFromFile(kubeconfig);
+const forward = new k8s.PortForward(kc);
+const server = net.createServer((socket) => {
+  forward.portForward("default", "web", [8000], socket, null, socket).catch((e) => {
+    console.error("portForward failed:", e);
+    process.exit(2);
+  });
+});
+server.listen(0, "127.0.0.1", () => {
+  const port = server.address().port;
+  http.get({ host: "127.0.0.1", port, path, agent: false }, (res) => {
+    const chunks = [];
+    res.on("data", (c) => chunks.push(c));
+    res.on("end", () => {
+      fs.writeFileSync(outFile, Buffer.concat(chunks));
+      console.log("status " + res.statusCode);
+      process.exit(0);
+    });
+  }).on("error", (e) => {
+    console.error("request failed:", e);
+    process.exit(1);
+  });
+});
+"#;
+    let script_path = cluster.work.join("pf.mjs");
+    let body_path = cluster.work.join("js-body");
+    fs::write(&script_path, script)?;
+    let out = Command::new("node")
+        .arg(&script_path)
+        .arg(js_dir)
+        .arg(&cluster.kubeconfig)
+        .arg(blob_path)
+        .arg(&body_path)
+        .output()
+        .context("run node (the JavaScript client)")?;
+    let stdout = porthole_test::expect_success("node pf.mjs", &out)?;
+    ensure!(stdout.trim() == "status 200", "JavaScript client: {stdout}");
+    let body = fs::read(&body_path)?;
+    ensure!(
+        body == blob,
+        "JavaScript client got {} bytes, want {} (or different bytes)",
+        body.len(),
+        blob.len()
+    );
+    Ok(())
+}
+
+/// kube-rs (`kube` 5, the crate porthole itself builds on): `Api::<Pod>::portforward`.
+fn kube_rs_client(cluster: &Cluster, blob_path: &str, blob: &[u8]) -> Result<()> {
+    use k8s_openapi::api::core::v1::Pod;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let kubeconfig = cluster.kubeconfig.clone();
+    let request = format!("GET {blob_path} HTTP/1.0\r\nHost: web\r\n\r\n");
+    let runtime = tokio::runtime::Runtime::new()?;
+    let response = runtime.block_on(async move {
+        let yaml = fs::read_to_string(&kubeconfig)?;
+        let parsed = kube::config::Kubeconfig::from_yaml(&yaml)?;
+        let config = kube::Config::from_custom_kubeconfig(parsed, &Default::default()).await?;
+        let pods: kube::Api<Pod> = kube::Api::default_namespaced(kube::Client::try_from(config)?);
+        let mut forwarder = pods
+            .portforward("web", &[8000])
+            .await
+            .context("kube-rs portforward")?;
+        let mut stream = forwarder
+            .take_stream(8000)
+            .context("no stream for port 8000")?;
+        stream.write_all(request.as_bytes()).await?;
+        // Read the head, then exactly Content-Length bytes: how the channel protocol ends a
+        // connection is not what is tested here.
+        let mut response = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let body_len = loop {
+            let n = tokio::time::timeout(std::time::Duration::from_secs(30), stream.read(&mut buf))
+                .await??;
+            ensure!(n > 0, "stream ended after {} bytes", response.len());
+            response.extend_from_slice(&buf[..n]);
+            if let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&response[..end]).to_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .context("no Content-Length")?
+                    .trim()
+                    .parse()?;
+                break end + 4 + len;
+            }
+        };
+        while response.len() < body_len {
+            let n = tokio::time::timeout(std::time::Duration::from_secs(30), stream.read(&mut buf))
+                .await??;
+            ensure!(
+                n > 0,
+                "stream ended after {} of {body_len} bytes",
+                response.len()
+            );
+            response.extend_from_slice(&buf[..n]);
+        }
+        drop(stream);
+        forwarder.abort();
+        anyhow::Ok(response)
+    })?;
+    let end = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("found above")
+        + 4;
+    ensure!(
+        response.starts_with(b"HTTP/1.0 200"),
+        "status: {:?}",
+        String::from_utf8_lossy(&response[..end])
+    );
+    ensure!(
+        &response[end..] == blob,
+        "kube-rs got {} body bytes, want {}",
+        response.len() - end,
+        blob.len()
+    );
     Ok(())
 }

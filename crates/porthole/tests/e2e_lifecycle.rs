@@ -175,3 +175,45 @@ fn ensure_pod_process(cluster: &Cluster) {
         "the web pod's python process runs under porthole up: {procs:?}"
     );
 }
+
+/// An object the API server refuses: `up` says which file and object, exits 1, removes the
+/// kubeconfig it had written (so nobody waits on a dead cluster) and leaves nothing running.
+#[test]
+fn a_bad_object_stops_up_cleanly() {
+    if !porthole_test::require_root("a_bad_object_stops_up_cleanly") {
+        return;
+    }
+    let work = TempDir::new("badobject").unwrap();
+    let file = porthole_test::write_file(
+        work.path(),
+        "bad.yaml",
+        "apiVersion: example.com/v1\nkind: Frobnicator\nmetadata: {name: x}\n",
+    )
+    .unwrap();
+    let data = work.path().join("data");
+    let mut child = porthole_test::Child::spawn(
+        "porthole-up-bad",
+        {
+            let mut cmd = Command::new(BIN);
+            cmd.args(["up", "--listen", "127.0.0.1:0", "-f"])
+                .arg(&file)
+                .arg("--data-dir")
+                .arg(&data);
+            cmd
+        },
+        work.path(),
+    )
+    .unwrap();
+    let status = child.wait_timeout(porthole_test::READY_TIMEOUT).unwrap();
+    let report = child.report();
+    assert_eq!(status.code(), Some(1), "{report}");
+    assert!(
+        report.contains("bad.yaml#1") && report.contains("Frobnicator"),
+        "{report}"
+    );
+    assert!(
+        !data.join("kubeconfig").exists(),
+        "kubeconfig removed after a failed start"
+    );
+    porthole_test::check_no_leftovers(&data, &Default::default()).unwrap();
+}

@@ -168,9 +168,7 @@ pub(crate) async fn stream_log(
     let mut lines = Vec::new();
     let consumed = format_records(&data, opts.timestamps, &mut lines);
     let mut offset = consumed as u64;
-    let skip = opts
-        .tail_lines
-        .map_or(0, |n| lines.len().saturating_sub(n));
+    let skip = opts.tail_lines.map_or(0, |n| lines.len().saturating_sub(n));
     let initial: Vec<u8> = lines.into_iter().skip(skip).flatten().collect();
     if !initial.is_empty() && tx.send(Ok(Bytes::from(initial))).await.is_err() {
         return;

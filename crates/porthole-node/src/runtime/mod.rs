@@ -387,8 +387,11 @@ async fn run_pod(h: Arc<PodHandle>) {
     let ns = match created {
         Ok(Ok(ns)) => ns,
         Ok(Err(e)) => {
-            fail_sandbox(&h, format!("failed to create pod network namespace: {}", chain(&e)))
-                .await;
+            fail_sandbox(
+                &h,
+                format!("failed to create pod network namespace: {}", chain(&e)),
+            )
+            .await;
             return;
         }
         Err(e) => {
@@ -701,7 +704,12 @@ async fn run_once(
     cmd.args(args)
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k, v)))
-        .current_dir(c.working_dir.as_deref().filter(|d| !d.is_empty()).unwrap_or("/"))
+        .current_dir(
+            c.working_dir
+                .as_deref()
+                .filter(|d| !d.is_empty())
+                .unwrap_or("/"),
+        )
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());

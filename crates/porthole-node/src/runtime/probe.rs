@@ -63,11 +63,7 @@ pub(crate) async fn run_once(
     let timeout = ProbeTiming::of(probe).timeout;
     if let Some(tcp) = &probe.tcp_socket {
         let port = resolve_port(&tcp.port, container)?;
-        return ns
-            .dial(port, timeout)
-            .await
-            .map(drop)
-            .map_err(|e| e.cause);
+        return ns.dial(port, timeout).await.map(drop).map_err(|e| e.cause);
     }
     if let Some(http) = &probe.http_get {
         let port = resolve_port(&http.port, container)?;
@@ -80,7 +76,13 @@ pub(crate) async fn run_once(
         };
     }
     if let Some(exec) = &probe.exec {
-        return exec_probe(exec.command.as_deref().unwrap_or_default(), ns, env, timeout).await;
+        return exec_probe(
+            exec.command.as_deref().unwrap_or_default(),
+            ns,
+            env,
+            timeout,
+        )
+        .await;
     }
     Err("probe has no tcpSocket, httpGet or exec handler (grpc probes are not supported)".into())
 }
@@ -99,7 +101,11 @@ async fn http_get(
         return Err("HTTPS readiness probes are not supported by porthole; use HTTP".into());
     }
     let mut stream = ns.dial(port, timeout).await.map_err(|e| e.cause)?;
-    let path = http.path.as_deref().filter(|p| !p.is_empty()).unwrap_or("/");
+    let path = http
+        .path
+        .as_deref()
+        .filter(|p| !p.is_empty())
+        .unwrap_or("/");
     let mut req = format!(
         "GET {path} HTTP/1.1\r\nHost: localhost:{port}\r\nUser-Agent: kube-probe/1.37\r\nAccept: */*\r\nConnection: close\r\n"
     );

@@ -67,7 +67,11 @@ fn kill_groups(groups: &[Group]) -> usize {
     };
     let mut killed = 0;
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
             continue;
         };
         let Some((pgrp, start)) = proc_stat(pid) else {

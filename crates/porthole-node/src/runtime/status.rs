@@ -181,9 +181,8 @@ pub(crate) fn pod_status(facts: &mut PodFacts, containers: &[ContainerRecord]) -
         if entry.0 != ok {
             *entry = (ok, now);
         }
-        let message = (!ok && (type_ == "Ready" || type_ == "ContainersReady")).then(|| {
-            format!("containers with unready status: [{}]", not_ready.join(" "))
-        });
+        let message = (!ok && (type_ == "Ready" || type_ == "ContainersReady"))
+            .then(|| format!("containers with unready status: [{}]", not_ready.join(" ")));
         conditions.push(PodCondition {
             type_: type_.to_owned(),
             status: if ok { "True" } else { "False" }.to_owned(),
@@ -200,10 +199,20 @@ pub(crate) fn pod_status(facts: &mut PodFacts, containers: &[ContainerRecord]) -
     } else {
         Some("ContainersNotReady")
     };
-    cond(facts, "PodReadyToStartContainers", facts.sandbox_error.is_none(), None);
+    cond(
+        facts,
+        "PodReadyToStartContainers",
+        facts.sandbox_error.is_none(),
+        None,
+    );
     cond(facts, "Initialized", true, None);
     cond(facts, "Ready", all_ready && !terminal, ready_reason);
-    cond(facts, "ContainersReady", all_ready && !terminal, ready_reason);
+    cond(
+        facts,
+        "ContainersReady",
+        all_ready && !terminal,
+        ready_reason,
+    );
     cond(facts, "PodScheduled", true, None);
     PodStatus {
         phase: Some(phase.to_owned()),
@@ -268,7 +277,10 @@ mod tests {
             reason: "ContainerCreating".into(),
             message: None,
         };
-        assert_eq!(phase(&facts, &[rec(waiting.clone(), false, false)]), "Pending");
+        assert_eq!(
+            phase(&facts, &[rec(waiting.clone(), false, false)]),
+            "Pending"
+        );
         assert_eq!(phase(&facts, &[rec(waiting, false, true)]), "Running");
         assert_eq!(
             phase(
@@ -289,7 +301,10 @@ mod tests {
         };
         assert_eq!(phase(&never, &[rec(term(0), true, false)]), "Succeeded");
         assert_eq!(
-            phase(&never, &[rec(term(0), true, false), rec(term(2), true, false)]),
+            phase(
+                &never,
+                &[rec(term(0), true, false), rec(term(2), true, false)]
+            ),
             "Failed"
         );
     }

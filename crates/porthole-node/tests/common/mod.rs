@@ -209,8 +209,8 @@ impl Pki {
         let ca_key = KeyPair::generate().expect("key");
         let ca = rcgen::CertifiedIssuer::self_signed(ca_params("porthole-ca"), ca_key).expect("ca");
         let foreign_key = KeyPair::generate().expect("key");
-        let foreign =
-            rcgen::CertifiedIssuer::self_signed(ca_params("someone-else"), foreign_key).expect("ca");
+        let foreign = rcgen::CertifiedIssuer::self_signed(ca_params("someone-else"), foreign_key)
+            .expect("ca");
         let leaf = |cn: &str, sans: Vec<String>, issuer: &rcgen::Issuer<'_, KeyPair>| {
             let key = KeyPair::generate().expect("key");
             let mut p = CertificateParams::new(sans).expect("params");
@@ -268,13 +268,17 @@ impl Pki {
             .with_root_certificates(roots);
         let cfg = match identity {
             Some((cert, key)) => {
-                let certs = rustls_pemfile::certs(&mut std::fs::read(cert).expect("cert").as_slice())
-                    .collect::<Result<Vec<_>, _>>()
-                    .expect("cert pem");
-                let key = rustls_pemfile::private_key(&mut std::fs::read(key).expect("key").as_slice())
-                    .expect("key pem")
-                    .expect("a key");
-                builder.with_client_auth_cert(certs, key).expect("client auth")
+                let certs =
+                    rustls_pemfile::certs(&mut std::fs::read(cert).expect("cert").as_slice())
+                        .collect::<Result<Vec<_>, _>>()
+                        .expect("cert pem");
+                let key =
+                    rustls_pemfile::private_key(&mut std::fs::read(key).expect("key").as_slice())
+                        .expect("key pem")
+                        .expect("a key");
+                builder
+                    .with_client_auth_cert(certs, key)
+                    .expect("client auth")
             }
             None => builder.with_no_client_auth(),
         };
@@ -316,7 +320,9 @@ impl Node {
         let state = dir.join("state");
         let cfg = pki.node_config(&state);
         let rt = Runtime::new(&state, "test", "127.0.0.1").expect("runtime (needs root)");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let stop = CancellationToken::new();
         let server = tokio::spawn({
@@ -347,7 +353,9 @@ impl Node {
 
     pub async fn connect_apiserver(&self) -> TlsStream<TcpStream> {
         let id = self.pki.apiserver.clone();
-        self.connect(Some(&id)).await.expect("TLS connect as the API server")
+        self.connect(Some(&id))
+            .await
+            .expect("TLS connect as the API server")
     }
 
     /// Stops pods and server; checks nothing is left behind.
@@ -355,7 +363,10 @@ impl Node {
         let pids: Vec<i32> = leftover_candidates(&self.rt);
         self.rt.shutdown().await;
         self.stop.cancel();
-        (&mut self.server).await.expect("server task").expect("server");
+        (&mut self.server)
+            .await
+            .expect("server task")
+            .expect("server");
         self.stopped = true;
         assert_clean(&self.state, &pids);
     }
@@ -407,7 +418,11 @@ pub fn assert_clean(state: &Path, pids: &[i32]) {
         assert!(!alive(pid), "process {pid} still alive");
         // Nothing else in its process group either.
         for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-            let Some(p) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            let Some(p) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i32>().ok())
+            else {
                 continue;
             };
             if let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) {
@@ -428,7 +443,8 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     io.write_all(
-        format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
     )
     .await?;
     let mut buf = Vec::new();

@@ -398,6 +398,25 @@ impl Session {
         self.input_blocked
     }
 
+    /// Whether a paused input could make progress now that readers made room: true once the
+    /// blocking stream's buffer is at most half full (hysteresis, so a driver is not woken for
+    /// every small read).
+    pub fn input_resumable(&self) -> bool {
+        if !self.input_blocked {
+            return false;
+        }
+        let Some(p) = self.partial else { return true };
+        match self.streams.get(&p.stream_id) {
+            Some(s) => {
+                s.reset.is_some()
+                    || s.discard
+                    || (s.recv_len * 2 <= self.cfg.stream_buffer
+                        && self.buffered * 2 <= self.cfg.connection_buffer)
+            }
+            None => true,
+        }
+    }
+
     /// Whether the driver should keep reading the socket.
     pub fn wants_input(&self) -> bool {
         self.closed.is_none() && !self.input_blocked

@@ -44,6 +44,8 @@ pub use porthole_proto::spdy::session::Role;
 const READ_CHUNK: usize = 64 * 1024;
 /// The driver stops reading the socket while this much input is unprocessed.
 const RX_HIGH_WATER: usize = 256 * 1024;
+/// Writers woken per drained transmit buffer.
+const TX_WAKE_BATCH: usize = 8;
 /// How long a closing session may take to flush before the socket is dropped.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -103,6 +105,15 @@ impl Config {
         }
     }
 
+    /// client-go's settings inside the WebSocket tunnel (`SPDY/3.1+portforward.k8s.io`):
+    /// PING every 10 s.
+    pub fn client_ws_tunnel() -> Self {
+        Config {
+            ping_interval: Some(Duration::from_secs(10)),
+            ..Config::default()
+        }
+    }
+
     fn session_config(&self, role: Role) -> proto::Config {
         proto::Config {
             role,
@@ -119,6 +130,15 @@ impl Config {
             ..proto::Config::default()
         }
     }
+}
+
+/// A snapshot from [`Connection::stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Streams the session still tracks (finished streams are forgotten once released).
+    pub streams: usize,
+    /// Received bytes waiting for stream readers.
+    pub buffered: usize,
 }
 
 /// Why [`Connection::open_stream`] failed. The texts are client-go's.
@@ -148,7 +168,7 @@ struct StreamWakers {
 struct Inner {
     session: proto::Session,
     wakers: HashMap<StreamId, StreamWakers>,
-    tx_waiters: Vec<Waker>,
+    tx_waiters: VecDeque<Waker>,
     driver: Option<Waker>,
     incoming: VecDeque<(StreamId, Vec<(String, String)>)>,
     incoming_waker: Option<Waker>,
@@ -157,12 +177,13 @@ struct Inner {
 }
 
 impl Inner {
-    /// Wakes the driver if it has something to do (bytes to send, input to resume).
-    fn kick(&mut self) {
-        if self.session.pending_transmit() > 0
-            || self.session.is_input_blocked()
-            || self.session.is_closed()
-        {
+    /// Wakes the driver if an operation gave it something new to do: the transmit buffer went
+    /// from empty to non-empty (when it was already non-empty the driver is busy writing and
+    /// takes it next), paused input can resume, or the session closed. Edge-triggered, so a
+    /// busy stream does not wake the driver once per read or write.
+    fn kick(&mut self, tx_before: usize) {
+        let s = &self.session;
+        if (tx_before == 0 && s.pending_transmit() > 0) || s.input_resumable() || s.is_closed() {
             if let Some(w) = self.driver.take() {
                 w.wake();
             }
@@ -198,8 +219,9 @@ struct Handle {
 impl Drop for Handle {
     fn drop(&mut self) {
         let mut inner = self.shared.lock();
+        let tx_before = inner.session.pending_transmit();
         inner.session.close(now());
-        inner.kick();
+        inner.kick(tx_before);
     }
 }
 
@@ -226,7 +248,7 @@ impl Connection {
             inner: Mutex::new(Inner {
                 session,
                 wakers: HashMap::new(),
-                tx_waiters: Vec::new(),
+                tx_waiters: VecDeque::new(),
                 driver: None,
                 incoming: VecDeque::new(),
                 incoming_waker: None,
@@ -271,6 +293,7 @@ impl Connection {
         let shared = self.shared().clone();
         let (id, open_timeout) = {
             let mut inner = shared.lock();
+            let tx_before = inner.session.pending_transmit();
             let id = match inner.session.open_stream(now(), &headers) {
                 Ok(id) => id,
                 Err(proto::OpenError::IdsExhausted) => return Err(OpenError::IdsExhausted),
@@ -283,7 +306,7 @@ impl Connection {
                 }
             };
             inner.wakers.insert(id, StreamWakers::default());
-            inner.kick();
+            inner.kick(tx_before);
             (id, shared.open_timeout)
         };
         // From here on, dropping `stream` (timeout, cancellation) resets it.
@@ -322,8 +345,9 @@ impl Connection {
     pub async fn shutdown(&self) {
         {
             let mut inner = self.shared().lock();
+            let tx_before = inner.session.pending_transmit();
             inner.session.close(now());
-            inner.kick();
+            inner.kick(tx_before);
         }
         self.closed().await;
     }
@@ -336,6 +360,15 @@ impl Connection {
             .reason
             .clone()
             .unwrap_or(CloseReason::Local)
+    }
+
+    /// Current bookkeeping, for tests and metrics: open streams and buffered receive bytes.
+    pub fn stats(&self) -> Stats {
+        let inner = self.shared().lock();
+        Stats {
+            streams: inner.session.stream_count(),
+            buffered: inner.session.buffered(),
+        }
     }
 
     /// Whether the connection has ended (or is ending).
@@ -388,12 +421,13 @@ impl Incoming {
 impl Drop for Incoming {
     fn drop(&mut self) {
         let mut inner = self.handle.shared.lock();
+        let tx_before = inner.session.pending_transmit();
         inner.incoming_alive = false;
         let t = now();
         while let Some((id, _)) = inner.incoming.pop_front() {
             inner.session.reject(t, id);
         }
-        inner.kick();
+        inner.kick(tx_before);
     }
 }
 
@@ -432,9 +466,10 @@ impl IncomingStream {
             .expect("accept/reject consume the stream");
         {
             let mut inner = shared.lock();
+            let tx_before = inner.session.pending_transmit();
             inner.session.accept(now(), self.id);
             inner.wakers.insert(self.id, StreamWakers::default());
-            inner.kick();
+            inner.kick(tx_before);
         }
         Stream {
             id: self.id,
@@ -452,8 +487,9 @@ impl IncomingStream {
 
 fn reject(shared: &Shared, id: StreamId) {
     let mut inner = shared.lock();
+    let tx_before = inner.session.pending_transmit();
     inner.session.reject(now(), id);
-    inner.kick();
+    inner.kick(tx_before);
 }
 
 impl Drop for IncomingStream {
@@ -485,16 +521,18 @@ impl Stream {
     /// Sends RST_STREAM(CANCEL) unless already reset or finished both ways (Go's `Reset()`).
     pub fn reset(&mut self) {
         let mut inner = self.shared.lock();
+        let tx_before = inner.session.pending_transmit();
         inner.session.reset(now(), self.id);
-        inner.kick();
+        inner.kick(tx_before);
     }
 
     /// Drops all data received on this stream from now on (a stream nobody reads must never
     /// hold up the connection). Reads then see only FIN/RST.
     pub fn discard_input(&mut self) {
         let mut inner = self.shared.lock();
+        let tx_before = inner.session.pending_transmit();
         inner.session.discard_input(self.id);
-        inner.kick();
+        inner.kick(tx_before);
     }
 
     /// Queues `data` at once, ignoring the send-buffer bound (for short texts such as
@@ -502,8 +540,9 @@ impl Stream {
     /// negotiated flow-control window is closed).
     pub fn send_now(&mut self, data: &[u8]) -> io::Result<usize> {
         let mut inner = self.shared.lock();
+        let tx_before = inner.session.pending_transmit();
         let r = inner.session.write_unbounded(now(), self.id, data);
-        inner.kick();
+        inner.kick(tx_before);
         r.map_err(write_error)
     }
 }
@@ -526,11 +565,12 @@ impl AsyncRead for Stream {
     ) -> Poll<io::Result<()>> {
         let id = self.id;
         let mut inner = self.shared.lock();
+        let tx_before = inner.session.pending_transmit();
         let dst = buf.initialize_unfilled();
         match inner.session.read(now(), id, dst) {
             ReadOutcome::Data(n) => {
                 buf.advance(n);
-                inner.kick();
+                inner.kick(tx_before);
                 Poll::Ready(Ok(()))
             }
             ReadOutcome::Pending => {
@@ -566,6 +606,7 @@ impl AsyncWrite for Stream {
     ) -> Poll<io::Result<usize>> {
         let id = self.id;
         let mut inner = self.shared.lock();
+        let tx_before = inner.session.pending_transmit();
         match inner.session.write(now(), id, data) {
             Ok(0) if !data.is_empty() => {
                 if inner.session.can_send() {
@@ -574,13 +615,13 @@ impl AsyncWrite for Stream {
                         w.write = Some(cx.waker().clone());
                     }
                 } else {
-                    inner.tx_waiters.push(cx.waker().clone());
+                    inner.tx_waiters.push_back(cx.waker().clone());
                 }
-                inner.kick();
+                inner.kick(tx_before);
                 Poll::Pending
             }
             Ok(n) => {
-                inner.kick();
+                inner.kick(tx_before);
                 Poll::Ready(Ok(n))
             }
             Err(e) => Poll::Ready(Err(write_error(e))),
@@ -593,8 +634,9 @@ impl AsyncWrite for Stream {
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut inner = self.shared.lock();
+        let tx_before = inner.session.pending_transmit();
         inner.session.finish(now(), self.id);
-        inner.kick();
+        inner.kick(tx_before);
         Poll::Ready(Ok(()))
     }
 }
@@ -602,9 +644,10 @@ impl AsyncWrite for Stream {
 impl Drop for Stream {
     fn drop(&mut self) {
         let mut inner = self.shared.lock();
+        let tx_before = inner.session.pending_transmit();
         inner.session.release(now(), self.id);
         inner.wakers.remove(&self.id);
-        inner.kick();
+        inner.kick(tx_before);
     }
 }
 
@@ -681,8 +724,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
         }
         if self.out.is_empty() {
             inner.session.poll_transmit(&mut self.out);
-            if inner.session.can_send() {
-                self.wake_list.append(&mut inner.tx_waiters);
+            if self.out.is_empty() {
+                // Nothing in flight: everyone may write.
+                self.wake_list.extend(inner.tx_waiters.drain(..));
+            } else if inner.session.can_send() {
+                // Room for a few writes: wake writers in FIFO order rather than all of them
+                // (a blocked writer re-queues at the back), so 64 busy streams do not stampede.
+                let n = inner.tx_waiters.len().min(TX_WAKE_BATCH);
+                self.wake_list.extend(inner.tx_waiters.drain(..n));
             }
         }
         self.want_read = inner.session.wants_input();
@@ -697,7 +746,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                     self.wake_list.extend(w.write.take());
                     self.wake_list.extend(w.open.take());
                 }
-                self.wake_list.append(&mut inner.tx_waiters);
+                self.wake_list.extend(inner.tx_waiters.drain(..));
                 self.flush_deadline = Some(t + CLOSE_FLUSH_TIMEOUT);
             }
             return (true, self.flush_deadline);
@@ -726,6 +775,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
             // Read (outside the lock).
             let mut eof = false;
             let mut io_err = None;
+            let mut read_registered = false;
             if this.want_read && !this.read_done && this.rx.len() < RX_HIGH_WATER {
                 this.rx.reserve(READ_CHUNK);
                 // `read_buf` fills the spare capacity without zeroing it; the future is
@@ -741,10 +791,20 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
                         this.read_done = true;
                         io_err = Some(e);
                     }
-                    Poll::Pending => {}
+                    Poll::Pending => read_registered = true,
                 }
             }
             let (closed, deadline) = this.step(cx, eof, io_err, std::mem::take(&mut timer));
+            // `step` may have unblocked input (a reader made room) or drained `rx`: if the
+            // socket should be read but was not polled this round, go round again, or nothing
+            // would wake us when the peer's bytes arrive.
+            if !read_registered
+                && this.want_read
+                && !this.read_done
+                && this.rx.len() < RX_HIGH_WATER
+            {
+                progress = true;
+            }
             for w in this.wake_list.drain(..) {
                 w.wake();
             }
