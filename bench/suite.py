@@ -27,6 +27,9 @@ import time
 ECHO_PORT = 7001  # inside the pod's network namespace
 IPERF_PORT = 5201
 POD = "pbench"
+# A stalled test (a forwarder that stops moving bytes) ends after 10 s instead of 120 s and
+# leaves the server free for the next test.
+IPERF_SERVER_OPTS = ["--rcv-timeout", "10000"]
 NPROC = os.cpu_count() or 1
 ALL_CPUS = f"0-{NPROC - 1}"
 
@@ -284,7 +287,7 @@ spec:
     ports: [{{containerPort: {ECHO_PORT}, name: echo}}]
   - name: iperf
     image: host
-    command: ["{shutil.which('iperf3')}", "-s", "-B", "127.0.0.1", "-p", "{IPERF_PORT}"]
+    command: ["{shutil.which('iperf3')}", "-s", "-B", "127.0.0.1", "-p", "{IPERF_PORT}", "--rcv-timeout", "10000"]
     env: [{{name: PBENCH_TAG, value: "{tag}"}}]
     ports: [{{containerPort: {IPERF_PORT}, name: iperf}}]
 """
@@ -360,7 +363,7 @@ spec:
                                     f"127.0.0.1:{ECHO_PORT}"])
         e.wait_lines([r"listening on"], 10)
         i = Proc(self, "pod-iperf3", ["nsenter", f"--net={nsfile}", "iperf3", "-s", "-B",
-                                      "127.0.0.1", "-p", str(IPERF_PORT)])
+                                      "127.0.0.1", "-p", str(IPERF_PORT)] + IPERF_SERVER_OPTS)
         for _ in range(100):
             if listening(i.pid, IPERF_PORT):
                 break
@@ -464,7 +467,7 @@ spec:
             self.host_echo = m.group(1)
             hp = free_port()
             host_iperf = Proc(self, "host-iperf3", ["iperf3", "-s", "-B", "127.0.0.1", "-p",
-                                                    str(hp)])
+                                                    str(hp)] + IPERF_SERVER_OPTS)
             wait_port(hp)
             self.host_iperf = f"127.0.0.1:{hp}"
             self.host_pids = [host_echo.pid, host_iperf.pid]
@@ -566,14 +569,16 @@ MaxStartups 200:30:400
     def role_cpu(self, path):
         return {role: sum(cpu_ticks(p) for p in f()) for role, f in path.roles.items()}
 
-    def iperf(self, path, streams, secs, omit):
+    def iperf(self, path, streams, secs, omit, reverse=False):
         host, port = path.iperf.rsplit(":", 1)
         argv = path.prefix + ["iperf3", "-c", host, "-p", port, "-t", str(secs), "-O", str(omit),
                               "-J", "--connect-timeout", "10000"]
         if streams > 1:
             argv += ["-P", str(streams)]
+        if reverse:
+            argv += ["-R"]
         cpu0 = self.role_cpu(path)
-        r = subprocess.run(argv, capture_output=True, timeout=secs + omit + 60)
+        r = subprocess.run(argv, capture_output=True, timeout=secs + omit + 30)
         cpu1 = self.role_cpu(path)
         j = json.loads(r.stdout or b"{}")
         if "error" in j or "end" not in j:
@@ -596,14 +601,17 @@ MaxStartups 200:30:400
             except Exception as e:
                 self.fail(f"rep {rep} {pn} {what}", e)
 
-        def thr(streams):
-            mbps, cpu = self.iperf(path, streams, a.iperf_secs, a.iperf_omit)
-            self.record(rep, pn, f"thr{streams}_MBps", mbps)
+        def thr(streams, reverse=False):
+            mbps, cpu = self.iperf(path, streams, a.iperf_secs, a.iperf_omit, reverse)
+            d = "r" if reverse else ""
+            self.record(rep, pn, f"thr{streams}{d}_MBps", mbps)
             if streams == 1:
                 for role, v in cpu.items():
-                    self.record(rep, pn, f"cpu_s_per_GB:{role}", v)
+                    self.record(rep, pn, f"cpu{d}_s_per_GB:{role}", v)
         step("throughput 1", lambda: thr(1))
         step("throughput 8", lambda: thr(8))
+        # Downloads (pod → client, iperf3 -R): the other direction through every hop.
+        step("throughput 1 reverse", lambda: thr(1, reverse=True))
 
         rtt = [self.bench, "rtt", "--connect", addr, "--size", "64", "--count", str(a.rtt_count),
                "--warmup", str(a.rtt_warmup), "--secs", str(a.rtt_secs)]

@@ -126,12 +126,15 @@ def main():
     p(f"Command: `{meta.get('command') or 'bash bench/run.sh'}` (as root, from the repository root).\n")
 
     p("## Throughput (iperf3, receiver side, after warm-up)\n")
-    p("| path | 1 conn MB/s | × 1 | × 2 | 8 conns MB/s | × 1 | × 2 |")
-    p("|---|---:|---:|---:|---:|---:|---:|")
+    p("Upload = client → pod (iperf3 default); download = pod → client (`iperf3 -R`).\n")
+    p("| path | 1 conn MB/s | × 1 | × 2 | 8 conns MB/s | × 1 | × 2 | 1 conn download MB/s | × 1 | × 2 |")
+    p("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for q in paths:
         p(f"| {LABELS[q]} | {t.cell(q, 'thr1_MBps')} | {t.ratio(q, 'thr1_MBps', 'phys')} | "
           f"{t.ratio(q, 'thr1_MBps', 'tls-relay')} | {t.cell(q, 'thr8_MBps')} | "
-          f"{t.ratio(q, 'thr8_MBps', 'phys')} | {t.ratio(q, 'thr8_MBps', 'tls-relay')} |")
+          f"{t.ratio(q, 'thr8_MBps', 'phys')} | {t.ratio(q, 'thr8_MBps', 'tls-relay')} | "
+          f"{t.cell(q, 'thr1r_MBps')} | {t.ratio(q, 'thr1r_MBps', 'phys')} | "
+          f"{t.ratio(q, 'thr1r_MBps', 'tls-relay')} |")
     p("")
 
     p("## Round trip, 64 B over one persistent connection (µs)\n")
@@ -214,14 +217,16 @@ def main():
                   f"{t.cell(q, 'ttfb_first_byte_ms')} |")
         p("")
 
-    cpu_rows = [(q, r) for q in paths for r in t.roles(q, "cpu_s_per_GB")]
+    cpu_rows = [(q, r) for q in paths
+                for r in dict.fromkeys(t.roles(q, "cpu_s_per_GB") + t.roles(q, "cpur_s_per_GB"))]
     if cpu_rows:
-        p("## CPU time per GB moved (single-connection throughput run; utime+stime from "
-          "/proc/PID/stat, CPU seconds per 10^9 bytes)\n")
-        p("| path | process(es) | CPU s/GB |")
-        p("|---|---|---:|")
+        p("## CPU time per GB moved (single-connection throughput runs; utime+stime, children "
+          "included, from /proc/PID/stat; CPU seconds per 10^9 bytes)\n")
+        p("| path | process(es) | upload CPU s/GB | download CPU s/GB |")
+        p("|---|---|---:|---:|")
         for q, r in cpu_rows:
-            p(f"| {LABELS[q]} | {r} | {t.cell(q, f'cpu_s_per_GB:{r}')} |")
+            p(f"| {LABELS[q]} | {r} | {t.cell(q, f'cpu_s_per_GB:{r}')} | "
+              f"{t.cell(q, f'cpur_s_per_GB:{r}')} |")
         p("")
 
     p("## Goals (issue 7, and issue 5's comparison with kubectl)\n")
@@ -238,6 +243,13 @@ def main():
                  thr >= 0.8 * thr2 and thr >= thr4,
                  f"{fmt(thr)} MB/s = {thr / thr2:.2f} × path 2 ({fmt(thr2)}), "
                  f"{thr / thr4:.2f} × ssh -L ({fmt(thr4)})")
+        d, d2, d4 = t.med(q, "thr1r_MBps"), t.med("tls-relay", "thr1r_MBps"), \
+            t.med("ssh-default", "thr1r_MBps")
+        if d is not None and d2 is not None and d4 is not None:
+            goal(f"{q}: 1-conn download throughput ≥ 80 % of path 2 and ≥ path 4 (ssh default)",
+                 d >= 0.8 * d2 and d >= d4,
+                 f"{fmt(d)} MB/s = {d / d2:.2f} × path 2 ({fmt(d2)}), "
+                 f"{d / d4:.2f} × ssh -L ({fmt(d4)})")
         r, r2 = t.med(q, "rtt_pin_p50_us"), t.med("tls-relay", "rtt_pin_p50_us")
         if r is not None and r2 is not None:
             u, u2 = t.med(q, "rtt_p50_us"), t.med("tls-relay", "rtt_p50_us")
@@ -268,10 +280,16 @@ def main():
         if r is not None and kr is not None:
             goal(f"{q}: pinned p50 round trip ≤ {k}'s (issue 5)", r <= kr,
                  f"{fmt(r)} vs {fmt(kr)} µs ({r / kr:.2f} ×)")
-        pc, kc = t.med(q, "cpu_s_per_GB:porthole port-forward"), t.med(k, "cpu_s_per_GB:kubectl")
-        if pc is not None and kc is not None:
-            goal(f"{q}: client CPU per GB < {k}'s (issue 5)", pc < kc,
-                 f"{fmt(pc)} vs {fmt(kc)} CPU s/GB ({pc / kc:.2f} ×)")
+        ktr, ptr = t.med(k, "thr1r_MBps"), t.med(q, "thr1r_MBps")
+        if ptr is not None and ktr is not None:
+            goal(f"{q}: 1-conn download throughput ≥ {k}'s (issue 5)", ptr >= ktr,
+                 f"{fmt(ptr)} vs {fmt(ktr)} MB/s ({ptr / ktr:.2f} ×)")
+        for d, word in (("", "upload"), ("r", "download")):
+            pc = t.med(q, f"cpu{d}_s_per_GB:porthole port-forward")
+            kc = t.med(k, f"cpu{d}_s_per_GB:kubectl")
+            if pc is not None and kc is not None:
+                goal(f"{q}: client CPU per GB < {k}'s, {word} (issue 5)", pc < kc,
+                     f"{fmt(pc)} vs {fmt(kc)} CPU s/GB ({pc / kc:.2f} ×)")
     if goals:
         p("| goal | met? | figures |")
         p("|---|---|---|")

@@ -102,18 +102,16 @@ pub fn route(path: &str) -> Result<Route, ApiError> {
         .iter()
         .map(|s| decode_segment(s))
         .collect::<Result<_, _>>()?;
-    let (namespace, rest) = match rest.as_slice() {
-        [ns, plural, ..]
-            if rest[0] == "namespaces"
-                && rest.len() >= 3
-                && resources::find(group, version, &rest[2]).is_some_and(|r| r.namespaced) =>
-        {
-            let _ = (ns, plural);
-            (rest[1].clone(), &rest[2..])
-        }
-        _ => (String::new(), &rest[..]),
+    let namespaced_path = rest.len() >= 3
+        && rest[0] == "namespaces"
+        && resources::find(group, version, &rest[2]).is_some_and(|r| r.namespaced);
+    let (namespace, rest) = if namespaced_path {
+        (rest[1].clone(), &rest[2..])
+    } else {
+        (String::new(), &rest[..])
     };
-    let info = resources::find(group, version, &rest[0]).ok_or(ApiError::NoRoute)?;
+    let plural = rest.first().ok_or(ApiError::NoRoute)?;
+    let info = resources::find(group, version, plural).ok_or(ApiError::NoRoute)?;
     let name = rest.get(1).cloned().unwrap_or_default();
     let subresource = rest.get(2).cloned().unwrap_or_default();
     if !subresource.is_empty() && !info.subresources.iter().any(|(s, _, _)| *s == subresource) {
@@ -229,6 +227,15 @@ fn parse_body_as(headers: &HeaderMap, body: &[u8], kind: &str) -> Result<Value, 
         ));
     }
     Ok(v)
+}
+
+/// `metadata.name` of a request body, if it decodes (for checks before the handler).
+pub fn body_name(headers: &HeaderMap, body: &[u8], kind: &str) -> Option<String> {
+    parse_body_as(headers, body, kind)
+        .ok()?
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .map(str::to_string)
 }
 
 /// A body that must be one object (create, update, options), not a patch list.
@@ -382,8 +389,9 @@ fn with_kind(info: &ResourceInfo, mut obj: Value) -> Value {
     obj
 }
 
-/// Dispatch a resource request whose caller is already authorized.
-pub async fn handle(
+/// Dispatch a resource request whose caller is already authorized. Synchronous: store
+/// writes wait for the disk (fsync), so callers run it through [`run_blocking`].
+pub fn handle(
     state: &Arc<State>,
     req: &ResourceRequest,
     method: &Method,
@@ -459,6 +467,17 @@ pub async fn handle(
         ("scale", m) => scale(store, req, &m, headers, &body),
         ("binding", Method::POST) => binding(store, req, headers, &body),
         _ => Err(ApiError::MethodNotAllowed),
+    }
+}
+
+/// Run store-bound work without stalling the async workers: on a multi-threaded runtime the
+/// worker hands its other tasks off first (`block_in_place`); elsewhere it runs inline.
+pub fn run_blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
 }
 
@@ -901,11 +920,7 @@ where
             return Ok(obj);
         }
         match store.update(&req.key(), obj, Some(rv)) {
-            Ok(o) => {
-                // A pod marked for deletion whose grace period is over and that the node
-                // has finished with is removed by the delete path, not here.
-                return Ok(with_kind(info, o));
-            }
+            Ok(o) => return Ok(with_kind(info, o)),
             Err(crate::store::StoreError::Conflict) if expected.is_none() => continue,
             Err(e) => return Err(ApiError::from_store(e, req.target())),
         }
@@ -1281,4 +1296,62 @@ pub fn bind_pod(
     store
         .update(&req.key(), c, Some(resource_version(current)))
         .map_err(|e| ApiError::from_store(e, req.target()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn res(path: &str) -> ResourceRequest {
+        match route(path) {
+            Ok(Route::Resource(r)) => r,
+            other => panic!("{path}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn routes() {
+        let r = res("/api/v1/namespaces/default/pods/web/portforward");
+        assert_eq!(
+            (
+                r.info.plural,
+                r.namespace.as_str(),
+                r.name.as_str(),
+                r.subresource.as_str()
+            ),
+            ("pods", "default", "web", "portforward")
+        );
+        let r = res("/api/v1/namespaces/kube-system");
+        assert_eq!(
+            (r.info.plural, r.namespace.as_str(), r.name.as_str()),
+            ("namespaces", "", "kube-system")
+        );
+        let r = res("/api/v1/namespaces/x/status");
+        assert_eq!(
+            (r.info.plural, r.name.as_str(), r.subresource.as_str()),
+            ("namespaces", "x", "status")
+        );
+        let r = res("/api/v1/pods");
+        assert_eq!((r.info.plural, r.namespace.as_str()), ("pods", ""));
+        let r = res("/apis/apps/v1/namespaces/d/deployments/x/scale");
+        assert_eq!((r.info.group, r.subresource.as_str()), ("apps", "scale"));
+        let r = res("/api/v1/nodes/n1/proxy/portForward/default/web");
+        assert_eq!(
+            (r.name.as_str(), r.subresource.as_str(), r.rest.as_str()),
+            ("n1", "proxy", "portForward/default/web")
+        );
+        let r = res("/proxy/nodes/n1/portForward/default/web");
+        assert_eq!(
+            (r.info.plural, r.rest.as_str()),
+            ("nodes", "portForward/default/web")
+        );
+        assert!(matches!(route("/api/v1"), Ok(Route::NonResource)));
+        assert!(matches!(route("/version"), Ok(Route::NonResource)));
+        assert!(matches!(route("/api/v1/widgets"), Err(ApiError::NoRoute)));
+        assert!(matches!(
+            route("/api/v1/namespaces/d/pods/x/exec"),
+            Err(ApiError::NoRoute)
+        ));
+        assert_eq!(res("/api/v1/namespaces/d/pods/a%2Eb").name, "a.b");
+    }
 }

@@ -269,10 +269,7 @@ pub fn node_restriction(
     match req.info.plural {
         "nodes" => {
             if req.name.is_empty() && verb == "create" {
-                // The name is in the body; the handler stores what the body says, so a node
-                // could create another node's object. Kubernetes' NodeRestriction checks the
-                // body; we only allow creating when no name is involved in the URL and rely on
-                // the node's identity being used for its own name.
+                // The name is in the body: checked by `node_create_restriction`.
                 return Ok(());
             }
             if req.name != node_name {
@@ -303,6 +300,38 @@ pub fn node_restriction(
         }
         _ => Ok(()),
     }
+}
+
+/// The body half of NodeRestriction: a node identity may create only the Node object named
+/// after itself.
+pub fn node_create_restriction(
+    user: &UserInfo,
+    verb: &str,
+    req: &crate::api::ResourceRequest,
+    body_name: Option<&str>,
+) -> Result<(), ApiError> {
+    let is_node = user.groups.iter().any(|g| g == "system:nodes")
+        && !user.groups.iter().any(|g| g == "system:masters");
+    let Some(node_name) = user.name.strip_prefix("system:node:").filter(|_| is_node) else {
+        return Ok(());
+    };
+    if verb != "create" || req.info.plural != "nodes" || body_name == Some(node_name) {
+        return Ok(());
+    }
+    let target = body_name.unwrap_or("");
+    let ApiError::Forbidden { message, target: t } =
+        forbidden(user, &crate::api::attributes(verb, req))
+    else {
+        return Err(ApiError::Internal(
+            "forbidden() returned another error".into(),
+        ));
+    };
+    Err(ApiError::Forbidden {
+        message: format!(
+            "{message}: node \"{node_name}\" is not allowed to create node \"{target}\""
+        ),
+        target: t,
+    })
 }
 
 /// Kubernetes' exact denial message and Status details.

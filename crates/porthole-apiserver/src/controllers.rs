@@ -62,7 +62,7 @@ pub async fn run(state: Arc<State>, node_grace: Duration) {
     };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
-        pass(&state, node_grace);
+        api::run_blocking(|| pass(&state, node_grace));
         tokio::select! {
             _ = state.shutdown.cancelled() => return,
             _ = state.kick_signal.notified() => {}

@@ -171,7 +171,8 @@ fn openapi_v2(accept: &str) -> http::Response<Body> {
         let mut r = http::Response::new(crate::http_util::full(bytes::Bytes::new()));
         r.headers_mut().insert(
             http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/com.github.proto-openapi.spec.v2@v1.0+protobuf"),
+            // What kube-apiserver sends: Go cannot parse the `@` of the requested media type.
+            http::HeaderValue::from_static("application/octet-stream"),
         );
         return r;
     }

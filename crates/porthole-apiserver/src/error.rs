@@ -272,3 +272,55 @@ impl ApiError {
         resp
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubernetes_message_forms() {
+        let t = |g: &str, r: &str, n: &str| Target {
+            group: g.into(),
+            resource: r.into(),
+            name: n.into(),
+        };
+        let (code, s) = ApiError::NotFound(t("", "pods", "x")).status();
+        assert_eq!(
+            (code.as_u16(), s["message"].as_str()),
+            (404, Some("pods \"x\" not found"))
+        );
+        assert_eq!(s["reason"], "NotFound");
+        assert_eq!(s["details"]["kind"], "pods");
+        let (code, s) = ApiError::AlreadyExists(t("apps", "deployments", "d")).status();
+        assert_eq!(
+            (code.as_u16(), s["message"].as_str()),
+            (409, Some("deployments.apps \"d\" already exists"))
+        );
+        let (code, s) = ApiError::Invalid {
+            kind: "Pod".into(),
+            name: "Bad".into(),
+            causes: vec![Cause {
+                reason: "FieldValueInvalid",
+                message: "Invalid value: \"Bad\": nope".into(),
+                field: "metadata.name".into(),
+            }],
+        }
+        .status();
+        assert_eq!(code.as_u16(), 422);
+        assert_eq!(
+            s["message"],
+            "Pod \"Bad\" is invalid: metadata.name: Invalid value: \"Bad\": nope"
+        );
+        assert_eq!(s["details"]["causes"][0]["field"], "metadata.name");
+        let (code, s) = ApiError::Gone("too old resource version: 1 (5)".into()).status();
+        assert_eq!(
+            (code.as_u16(), s["reason"].as_str()),
+            (410, Some("Expired"))
+        );
+        let (code, s) = ApiError::Unauthorized.status();
+        assert_eq!(
+            (code.as_u16(), s["message"].as_str()),
+            (401, Some("Unauthorized"))
+        );
+    }
+}

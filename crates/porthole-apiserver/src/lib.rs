@@ -465,9 +465,13 @@ async fn dispatch(
         _ => {
             let (parts, body) = req.into_parts();
             let body = api::read_body(body).await.map_err(fail)?;
-            let resp = api::handle(state, &r, &method, &parts.headers, &query, body)
-                .await
-                .map_err(fail)?;
+            if verb == "create" && r.info.plural == "nodes" {
+                let name = api::body_name(&parts.headers, &body, r.info.kind);
+                authz::node_create_restriction(user, verb, &r, name.as_deref()).map_err(fail)?;
+            }
+            let resp =
+                api::run_blocking(|| api::handle(state, &r, &method, &parts.headers, &query, body))
+                    .map_err(fail)?;
             if matches!(verb, "create" | "update" | "patch" | "delete") {
                 state.kick();
             }

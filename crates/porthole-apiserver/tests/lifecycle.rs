@@ -122,7 +122,9 @@ async fn node_lifecycle_watch_table_and_apply() {
 
     // A bound pod whose node is gone is not left Terminating forever (PodGC).
     assert!(s.kubectl("admin", &["delete", "node", "n1"]).await.0);
-    let r = s.kubectl("admin", &["delete", "pod", "web", "--timeout=20s"]).await;
+    let r = s
+        .kubectl("admin", &["delete", "pod", "web", "--timeout=20s"])
+        .await;
     assert!(r.0, "{r:?}");
 
     // Anonymous access (enabled here) gets health but not resources.

@@ -161,6 +161,26 @@ async fn watches_resume_and_state_survives_restart() {
     );
     let c = s.kubectl("admin", &["get", "pod", "c", "-o", "json"]).await;
     assert!(rv_of(&c.1) > rv_b);
+    // pods/binding assigns a node once; a second binding conflicts.
+    let bind = "POST /api/v1/namespaces/default/pods/c/binding HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 67\r\n\r\n{\"apiVersion\":\"v1\",\"kind\":\"Binding\",\"target\":{\"name\":\"n9\"}}\n\n";
+    let bind = bind.replace(
+        "Content-Length: 67",
+        &format!(
+            "Content-Length: {}",
+            bind.split("\r\n\r\n").nth(1).map_or(0, str::len)
+        ),
+    );
+    let (st, _, body) = http_once(&pki, s.addr, Some("admin"), bind.as_bytes()).await;
+    assert_eq!(st, 201, "{body}");
+    let r = s
+        .kubectl(
+            "admin",
+            &["get", "pod", "c", "-o", "jsonpath={.spec.nodeName}"],
+        )
+        .await;
+    assert_eq!(r.1, "n9");
+    let (st, _, _) = http_once(&pki, s.addr, Some("admin"), bind.as_bytes()).await;
+    assert_eq!(st, 409);
     // Update with a stale resourceVersion is a 409 Conflict.
     let stale = b2.1.replace("\"app\": \"web\"", "\"app\": \"changed\"");
     let r = s

@@ -68,6 +68,9 @@ pub struct IdleArgs {
     /// ...or after this many failed connections.
     #[arg(long, default_value_t = 100)]
     max_errors: u64,
+    /// Connections opened at a time (threads).
+    #[arg(long, default_value_t = 8)]
+    conc: usize,
 }
 
 /// Percentile (0..=100) of sorted samples, nearest rank.
@@ -193,28 +196,57 @@ pub fn connrate(a: ConnrateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `idle`: open N connections one after another, each checked by one 64 B echo; print a JSON
-/// line; hold until a line (or EOF) on stdin or HOLD seconds; check every connection again.
+/// `idle`: open N connections (CONC threads at a time), each checked by one 64 B echo; print a
+/// JSON line; hold until a line (or EOF) on stdin or HOLD seconds; check every connection again.
 pub fn idle(a: IdleArgs) -> anyhow::Result<()> {
     let out = [0x5au8; 64];
     let mut back = [0u8; 64];
     let t0 = Instant::now();
-    let mut conns = Vec::with_capacity(a.n);
-    let mut errors = 0u64;
-    let mut first_error = None;
     let open_deadline = t0 + Duration::from_secs_f64(a.open_secs);
-    for _ in 0..a.n {
-        if errors >= a.max_errors || Instant::now() >= open_deadline {
-            break;
-        }
-        match connect(a.connect).and_then(|mut s| exchange(&mut s, &out, &mut back).map(|()| s)) {
-            Ok(s) => conns.push(s),
-            Err(e) => {
-                errors += 1;
-                first_error.get_or_insert_with(|| e.to_string());
+    let started = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let first_error = Arc::new(Mutex::new(None::<String>));
+    let opened = Arc::new(Mutex::new(Vec::with_capacity(a.n)));
+    let mut threads = Vec::new();
+    for _ in 0..a.conc.max(1) {
+        let (started, errors, first_error, opened) = (
+            started.clone(),
+            errors.clone(),
+            first_error.clone(),
+            opened.clone(),
+        );
+        let (addr, n, max_errors) = (a.connect, a.n as u64, a.max_errors);
+        threads.push(std::thread::spawn(move || {
+            let mut back = [0u8; 64];
+            while errors.load(Ordering::Relaxed) < max_errors
+                && Instant::now() < open_deadline
+                && started.fetch_add(1, Ordering::Relaxed) < n
+            {
+                let r =
+                    connect(addr).and_then(|mut s| exchange(&mut s, &out, &mut back).map(|()| s));
+                match r {
+                    Ok(s) => opened
+                        .lock()
+                        .expect("no thread panics while holding it")
+                        .push(s),
+                    Err(e) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        first_error
+                            .lock()
+                            .expect("no thread panics while holding it")
+                            .get_or_insert_with(|| e.to_string());
+                    }
+                }
             }
-        }
+        }));
     }
+    for t in threads {
+        t.join()
+            .map_err(|_| anyhow::anyhow!("an opening thread panicked"))?;
+    }
+    let mut conns = std::mem::take(&mut *opened.lock().expect("threads joined"));
+    let errors = errors.load(Ordering::Relaxed);
+    let first_error = first_error.lock().expect("threads joined").clone();
     println!(
         "{}",
         json!({"open": conns.len(), "errors": errors, "first_error": first_error,

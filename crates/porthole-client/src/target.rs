@@ -38,20 +38,6 @@ pub enum Kind {
 }
 
 impl Kind {
-    /// The plural resource name used in API error texts (`pods "x" not found`).
-    pub fn plural(self) -> &'static str {
-        match self {
-            Kind::Pod => "pods",
-            Kind::Deployment => "deployments.apps",
-            Kind::Service => "services",
-            Kind::StatefulSet => "statefulsets.apps",
-            Kind::ReplicaSet => "replicasets.apps",
-            Kind::ReplicationController => "replicationcontrollers",
-            Kind::DaemonSet => "daemonsets.apps",
-            Kind::Job => "jobs.batch",
-        }
-    }
-
     /// Lower-case singular name for messages.
     pub fn singular(self) -> &'static str {
         match self {

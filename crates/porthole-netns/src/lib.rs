@@ -13,6 +13,12 @@
 //! - [`NetNs::remove`] unmounts and unlinks the file; [`cleanup_dir`] does the same for files
 //!   left behind by a previous run.
 //!
+//! - Without CAP_SYS_ADMIN, [`NetNs::create`] falls back to [`NetNs::create_rootless`]: a
+//!   forked helper process unshares a user namespace (the agent's uid/gid mapped to 0) and a
+//!   network namespace and hands out sockets over SCM_RIGHTS; children join both namespaces.
+//!   Nothing is mounted and the helper dies with the agent. If user namespaces are disabled
+//!   too, the error says which sysctl is missing.
+//!
 //! Linux only. This is the only crate in porthole allowed `unsafe`, confined to `sys.rs`.
 
 use std::fs::File;

@@ -131,7 +131,10 @@ async fn connection(
             async move { Ok::<_, Infallible>(route(req, &ep, &caller, peer).await) }
         })
     };
+    // A client that never finishes its request head is dropped instead of holding a task.
     let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(TLS_HANDSHAKE_TIMEOUT * 3)
         .serve_connection(TokioIo::new(tls), service)
         .with_upgrades();
     tokio::pin!(conn);

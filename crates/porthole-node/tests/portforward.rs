@@ -150,7 +150,9 @@ async fn open_echo(
     pf: &Arc<PortForwarder>,
 ) -> (
     tokio::io::DuplexStream,
-    tokio::task::JoinHandle<Result<porthole_relay::portforward::spdy_client::ForwardReport, ForwardError>>,
+    tokio::task::JoinHandle<
+        Result<porthole_relay::portforward::spdy_client::ForwardReport, ForwardError>,
+    >,
 ) {
     let (mut mine, local) = tokio::io::duplex(64 << 10);
     let pf = pf.clone();
@@ -284,7 +286,10 @@ async fn refused_port_fails_only_its_pair_while_a_transfer_continues() {
     // A transfer in progress on the same session...
     let (mut busy, busy_fwd) = open_echo(&pf).await;
     let (_mine, local) = tokio::io::duplex(1024);
-    let err = pf.forward(local, 9999).await.expect_err("nothing listens on 9999");
+    let err = pf
+        .forward(local, 9999)
+        .await
+        .expect_err("nothing listens on 9999");
     let ForwardError::Remote(text) = err else {
         panic!("expected an error text, got {err:?}");
     };
@@ -379,7 +384,10 @@ async fn deleting_a_pod_ends_only_its_streams() {
     fwd_b.await.expect("task").expect("pod b's forward");
     // And a new connection to pod a fails with the node's error text.
     let (_m, local) = tokio::io::duplex(1024);
-    let err = pf_a.forward(local, ECHO_PORT).await.expect_err("pod a is gone");
+    let err = pf_a
+        .forward(local, ECHO_PORT)
+        .await
+        .expect_err("pod a is gone");
     assert!(err.to_string().contains(&a), "{err}");
     pf_a.shutdown().await;
     pf_b.shutdown().await;

@@ -227,8 +227,15 @@ async fn stop_escalates_to_sigkill_after_grace_and_cleans_up() {
         s.phase.as_deref() == Some("Running")
     })
     .await;
-    let ns_path = h.netns().expect("netns").path().to_path_buf();
-    assert!(porthole_netns::is_mounted(&ns_path).expect("mountinfo"));
+    let ns = h.netns().expect("netns");
+    let ns_path = ns.path().to_path_buf();
+    // Rootless namespaces (agent not root) are held by a helper process, not a mount.
+    let mounted = !ns.is_rootless();
+    drop(ns);
+    assert_eq!(
+        porthole_netns::is_mounted(&ns_path).expect("mountinfo"),
+        mounted
+    );
     let groups = leftover_candidates(&node.rt);
     assert_eq!(groups.len(), 1);
     let gone = h.pod_gone();
@@ -242,6 +249,7 @@ async fn stop_escalates_to_sigkill_after_grace_and_cleans_up() {
     assert!(took < Duration::from_secs(10), "stop took {took:?}");
     assert!(gone.is_cancelled());
     assert!(!porthole_netns::is_mounted(&ns_path).expect("mountinfo"));
+    assert!(!ns_path.exists(), "namespace still held");
     assert!(node.rt.get(h.uid()).is_none());
     assert_clean(&node.state, &groups);
     node.stop().await;
@@ -419,17 +427,27 @@ async fn follow_streams_lines_until_the_container_ends() {
             "talker",
             "Never",
             1,
-            &[("t", "for i in 1 2 3; do echo line$i; sleep 0.3; done; printf tail")],
+            &[(
+                "t",
+                "for i in 1 2 3; do echo line$i; sleep 0.3; done; printf tail",
+            )],
         ))
         .expect("apply");
     wait_status(&node.rt, h.uid(), LIMIT, "started", |s| {
-        s.container_statuses.iter().flatten().any(|c| c.container_id.is_some())
+        s.container_statuses
+            .iter()
+            .flatten()
+            .any(|c| c.container_id.is_some())
     })
     .await;
     let mut tls = node.connect_apiserver().await;
     let (code, body) = tokio::time::timeout(
         LIMIT,
-        http_request(&mut tls, "GET", "/containerLogs/default/talker/t?follow=true"),
+        http_request(
+            &mut tls,
+            "GET",
+            "/containerLogs/default/talker/t?follow=true",
+        ),
     )
     .await
     .expect("follow should end when the container ends")
@@ -465,12 +483,75 @@ async fn exec_and_tcp_readiness_probes_follow_the_pod() {
             .any(|c| c.name == name && c.ready)
     };
     // tcp becomes ready (the port listens inside the pod), exec does not (no flag yet).
-    let st = wait_status(&node.rt, "uid-probed", LIMIT, "tcp ready", |s| ready_of(s, "tcp")).await;
+    let st = wait_status(&node.rt, "uid-probed", LIMIT, "tcp ready", |s| {
+        ready_of(s, "tcp")
+    })
+    .await;
     assert!(!ready_of(&st, "exec"));
     assert_eq!(condition(&st, "Ready").as_deref(), Some("False"));
     std::fs::write(&flag, b"").expect("flag");
     wait_status(&node.rt, "uid-probed", LIMIT, "pod Ready", is_ready).await;
     std::fs::remove_file(&flag).expect("unflag");
-    wait_status(&node.rt, "uid-probed", LIMIT, "exec unready", |s| !ready_of(s, "exec")).await;
+    wait_status(&node.rt, "uid-probed", LIMIT, "exec unready", |s| {
+        !ready_of(s, "exec")
+    })
+    .await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_containers_run_first_in_order() {
+    let dir = TempDir::new("init");
+    let node = Node::start(dir.path()).await;
+    let marker = dir.path().join("marker");
+    let m = marker.to_string_lossy().into_owned();
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "inits", "namespace": "default", "uid": "uid-inits" },
+        "spec": {
+            "restartPolicy": "Never",
+            "initContainers": [
+                { "name": "one", "command": ["/bin/sh", "-c", format!("echo one > {m}")] },
+                { "name": "two", "command": ["/bin/sh", "-c", format!("echo two >> {m}")] }
+            ],
+            "containers": [{ "name": "app", "command": ["/bin/sh", "-c", format!("grep -qx two {m}")] }]
+        }
+    }))
+    .expect("pod");
+    node.rt.apply(&pod).expect("apply");
+    let st = wait_status(&node.rt, "uid-inits", LIMIT, "Succeeded", |s| {
+        s.phase.as_deref() == Some("Succeeded")
+    })
+    .await;
+    assert_eq!(condition(&st, "Initialized").as_deref(), Some("True"));
+    assert_eq!(
+        std::fs::read_to_string(&marker).expect("marker"),
+        "one\ntwo\n"
+    );
+    assert_eq!(st.init_container_statuses.as_ref().map(Vec::len), Some(2));
+
+    // A failing init container with restartPolicy Never fails the pod; the app never starts.
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "badinit", "namespace": "default", "uid": "uid-badinit" },
+        "spec": {
+            "restartPolicy": "Never",
+            "initContainers": [{ "name": "fail", "command": ["/bin/sh", "-c", "exit 4"] }],
+            "containers": [{ "name": "app", "command": ["sleep", "1000"] }]
+        }
+    }))
+    .expect("pod");
+    node.rt.apply(&pod).expect("apply");
+    let st = wait_status(&node.rt, "uid-badinit", LIMIT, "Failed", |s| {
+        s.phase.as_deref() == Some("Failed")
+    })
+    .await;
+    assert_eq!(condition(&st, "Initialized").as_deref(), Some("False"));
+    let app = &st.container_statuses.as_ref().expect("cs")[0];
+    assert_eq!(
+        app.state
+            .as_ref()
+            .and_then(|s| s.waiting.as_ref())
+            .and_then(|w| w.reason.as_deref()),
+        Some("PodInitializing")
+    );
     node.stop().await;
 }

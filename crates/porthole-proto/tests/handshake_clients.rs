@@ -606,34 +606,24 @@ fn client_side_validation_texts() {
 }
 
 proptest::proptest! {
-    /// Same body as fuzz/fuzz_targets/ws_handshake.rs, so it runs in every `cargo test`.
+    /// The fuzz target's entry point (fuzz/fuzz_targets/ws_handshake.rs) on random input,
+    /// so every `cargo test` runs it too.
     #[test]
     fn negotiation_never_panics(
-        query in "[a-z0-9=&%,+.]{0,40}",
-        protocols in proptest::collection::vec(any_header_value(), 0..3),
+        data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
     ) {
-        let mut b = http::Request::builder()
-            .method("GET")
-            .uri(format!("/portForward/ns/pod?{query}"))
-            .header("connection", "Upgrade")
-            .header("upgrade", "websocket")
-            .header("sec-websocket-version", "13")
-            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
-        for (name, v) in ["sec-websocket-protocol", "x-stream-protocol-version", "x-porthole-flow-control"]
-            .into_iter()
-            .zip(&protocols)
-        {
-            b = b.header(name, v.as_str());
-        }
-        if let Ok(req) = b.body(()) {
-            let (parts, ()) = req.into_parts();
-            let _ = negotiate_server(&parts);
-            let _ = classify(&parts);
-            let _ = parse_api_ports(parts.uri.query());
-        }
+        porthole_proto::ws::fuzz_logic::negotiate(&data);
     }
 }
 
-fn any_header_value() -> impl proptest::strategy::Strategy<Value = String> {
-    "[ -~]{0,60}"
+#[test]
+fn fuzz_seed_corpus_runs() {
+    let dir = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../fuzz/corpus/ws_handshake"
+    );
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let data = std::fs::read(entry.path()).unwrap();
+        porthole_proto::ws::fuzz_logic::negotiate(&data);
+    }
 }

@@ -174,13 +174,19 @@ fn zlib_built_frames_byte_for_byte() {
 #[test]
 fn go_produced_frames_reencoded_by_us_decode_the_same() {
     let v = vectors();
-    let frames = v["session_1"]["frames_by_direction"]["server->client"].as_array().unwrap();
+    let frames = v["session_1"]["frames_by_direction"]["server->client"]
+        .as_array()
+        .unwrap();
     let mut c = HeaderCompressor::new(header_block::DEFAULT_LEVEL);
     let mut d = HeaderDecompressor::new(header_block::DEFAULT_MAX_HEADER_BLOCK);
     for (i, id) in [(0usize, 1u32), (1, 3)] {
         let mut blk = BytesMut::new();
         c.compress::<&str, &str>(&[], &mut blk);
-        let f = frame::SynReply { stream_id: id, flags: 0, header_block: blk.freeze() };
+        let f = frame::SynReply {
+            stream_id: id,
+            flags: 0,
+            header_block: blk.freeze(),
+        };
         let mut out = BytesMut::new();
         f.encode(&mut out);
         let go = hex::decode(frames[i]["hex"].as_str().unwrap()).unwrap();

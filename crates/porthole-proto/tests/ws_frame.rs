@@ -313,3 +313,12 @@ proptest! {
         porthole_proto::ws::fuzz_logic::decode_and_demux(&data);
     }
 }
+
+#[test]
+fn fuzz_seed_corpus_runs() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/corpus/ws_decode");
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let data = std::fs::read(entry.path()).unwrap();
+        porthole_proto::ws::fuzz_logic::decode_and_demux(&data);
+    }
+}

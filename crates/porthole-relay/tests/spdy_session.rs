@@ -429,3 +429,35 @@ fn head_parse_is_total() {
         let _ = Head::parse(&[b; 8]).check(1 << 16);
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn peer_closing_right_after_its_data_loses_nothing() {
+    let (a, b) = tokio::io::duplex(8 << 20);
+    let cfg = Config {
+        stream_buffer: 64 * 1024,
+        ..Config::default()
+    };
+    let (_s, mut si) = Connection::new(b, Role::Server, cfg);
+    let mut peer = GoPeer::new(a);
+    peer.syn_stream(1, &[("a", "b")]).await;
+    let mut st = si.next().await.unwrap().accept();
+    for _ in 0..64 {
+        peer.send(Frame::Data(frame::Data {
+            stream_id: 1,
+            flags: 0,
+            payload: vec![1u8; 32 * 1024].into(),
+        }))
+        .await;
+    }
+    peer.send(Frame::Data(frame::Data {
+        stream_id: 1,
+        flags: frame::FLAG_FIN,
+        payload: Default::default(),
+    }))
+    .await;
+    drop(peer); // socket closed while the server is still 2 MiB behind
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut out = Vec::new();
+    st.read_to_end(&mut out).await.unwrap();
+    assert_eq!(out.len(), 2 << 20);
+}

@@ -182,8 +182,20 @@ current-context: admin\n",
         args: &[&str],
         stdin: Option<&str>,
     ) -> (bool, String, String) {
+        self.kubectl_with("/usr/bin/kubectl", context, args, stdin)
+            .await
+    }
+
+    /// Run a given kubectl binary.
+    pub async fn kubectl_with(
+        &self,
+        bin: &str,
+        context: &str,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> (bool, String, String) {
         use tokio::io::AsyncWriteExt as _;
-        let mut cmd = tokio::process::Command::new("/usr/bin/kubectl");
+        let mut cmd = tokio::process::Command::new(bin);
         cmd.env("KUBECONFIG", &self.kubeconfig)
             .env("HOME", self.cache.parent().expect("root"))
             .arg("--cache-dir")

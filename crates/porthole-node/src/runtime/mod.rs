@@ -11,7 +11,7 @@
 //! - Stopping sends SIGTERM to each container's process group, SIGKILL after the grace
 //!   period, and reaps every child (tokio's `Child::wait`).
 //! - `<root>/pods/<uid>/state.json` records the process groups, so that a crashed agent's
-//!   processes are killed at the next start ([`recovery`]), along with leftover namespaces.
+//!   processes are killed at the next start (`recovery`), along with leftover namespaces.
 
 pub(crate) mod logs;
 mod probe;
@@ -71,6 +71,8 @@ impl RtInner {
 
 struct PodShared {
     facts: PodFacts,
+    /// Init containers, run one after the other before `containers`.
+    init: Vec<ContainerRecord>,
     containers: Vec<ContainerRecord>,
     /// Log runs per container name, one per restart.
     logs: HashMap<String, Vec<LogRun>>,
@@ -139,9 +141,12 @@ impl PodHandle {
     pub fn status(&self) -> PodStatus {
         let mut shared = lock(&self.shared);
         let PodShared {
-            facts, containers, ..
+            facts,
+            init,
+            containers,
+            ..
         } = &mut *shared;
-        status::pod_status(facts, containers)
+        status::pod_status(facts, init, containers)
     }
     /// Log of `container`'s current run, or the previous one.
     pub(crate) fn log_run(&self, container: &str, previous: bool) -> Option<LogRun> {
@@ -155,7 +160,10 @@ impl PodHandle {
     }
     /// Whether the pod spec has a container with this name.
     pub fn has_container(&self, name: &str) -> bool {
-        containers_of(&self.pod).iter().any(|c| c.name == name)
+        containers_of(&self.pod)
+            .iter()
+            .chain(init_containers_of(&self.pod))
+            .any(|c| c.name == name)
     }
 
     fn update(&self, f: impl FnOnce(&mut PodShared)) {
@@ -188,6 +196,29 @@ impl PodHandle {
 
 fn containers_of(pod: &Pod) -> &[Container] {
     pod.spec.as_ref().map_or(&[], |s| s.containers.as_slice())
+}
+
+fn init_containers_of(pod: &Pod) -> &[Container] {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.init_containers.as_deref())
+        .unwrap_or_default()
+}
+
+fn new_record(c: &Container, reason: &str) -> ContainerRecord {
+    ContainerRecord {
+        name: c.name.clone(),
+        image: c.image.clone().unwrap_or_default(),
+        state: RunState::Waiting {
+            reason: reason.into(),
+            message: None,
+        },
+        last_terminated: None,
+        ready: false,
+        restart_count: 0,
+        container_id: None,
+        done: false,
+    }
 }
 
 impl Runtime {
@@ -253,22 +284,20 @@ impl Runtime {
         }
         let mut pod = pod.clone();
         pod.metadata.uid = Some(uid.clone());
+        let has_init = !init_containers_of(&pod).is_empty();
+        let app_reason = if has_init {
+            "PodInitializing"
+        } else {
+            "ContainerCreating"
+        };
         let containers = spec
             .containers
             .iter()
-            .map(|c| ContainerRecord {
-                name: c.name.clone(),
-                image: c.image.clone().unwrap_or_default(),
-                state: RunState::Waiting {
-                    reason: "ContainerCreating".into(),
-                    message: None,
-                },
-                last_terminated: None,
-                ready: false,
-                restart_count: 0,
-                container_id: None,
-                done: false,
-            })
+            .map(|c| new_record(c, app_reason))
+            .collect();
+        let init = init_containers_of(&pod)
+            .iter()
+            .map(|c| new_record(c, "PodInitializing"))
             .collect();
         let handle = Arc::new(PodHandle {
             dir: self.inner.pods_dir.join(&uid),
@@ -286,6 +315,7 @@ impl Runtime {
                     host_ip: self.inner.host_ip.clone(),
                     ..Default::default()
                 },
+                init,
                 containers,
                 logs: HashMap::new(),
                 groups: Vec::new(),
@@ -362,6 +392,26 @@ impl Runtime {
         self.inner.tasks.wait().await;
     }
 
+    /// Emergency stop that does not wait (for panic and drop paths, where nothing async can
+    /// run any more): marks every pod stopping with no grace, so nothing restarts, SIGKILLs
+    /// every container process group and removes every namespace. Prefer [`Runtime::shutdown`].
+    pub fn abort(&self) {
+        for pod in self.pods() {
+            *lock(&pod.grace) = Duration::ZERO;
+            pod.stop.cancel();
+            pod.pod_gone.cancel();
+            let groups = lock(&pod.shared).groups.clone();
+            for g in groups {
+                let _ = killpg(Pid::from_raw(g.pgid), Signal::SIGKILL);
+            }
+            if let Some(ns) = lock(&pod.netns).take() {
+                if let Err(e) = ns.remove() {
+                    tracing::error!(error = %chain(&e), "removing a namespace during abort");
+                }
+            }
+        }
+    }
+
     /// Where pod network namespaces are mounted (for cleanup checks).
     pub fn netns_dir(&self) -> &Path {
         &self.inner.netns_dir
@@ -403,9 +453,20 @@ async fn run_pod(h: Arc<PodHandle>) {
     h.update(|s| s.facts.sandbox_error = None);
     h.write_state();
 
+    // Init containers, one at a time, each to success; a failure that will not be retried
+    // (restartPolicy Never) fails the pod and no app container starts.
+    let mut initialized = true;
+    for c in init_containers_of(&h.pod).iter().cloned() {
+        if !run_container(h.clone(), c, ns.clone(), true).await {
+            initialized = false;
+            break;
+        }
+    }
     let mut containers = tokio::task::JoinSet::new();
-    for c in containers_of(&h.pod).iter().cloned() {
-        containers.spawn(run_container(h.clone(), c, ns.clone()));
+    if initialized {
+        for c in containers_of(&h.pod).iter().cloned() {
+            containers.spawn(run_container(h.clone(), c, ns.clone(), false));
+        }
     }
     while containers.join_next().await.is_some() {}
     // Containers that will never restart leave the pod (and its namespace) in place until it
@@ -536,7 +597,12 @@ fn container_env(h: &PodHandle, c: &Container) -> Vec<(String, String)> {
 
 fn set_container(h: &PodHandle, name: &str, f: impl FnOnce(&mut ContainerRecord)) {
     h.update(|s| {
-        if let Some(c) = s.containers.iter_mut().find(|c| c.name == name) {
+        if let Some(c) = s
+            .containers
+            .iter_mut()
+            .chain(s.init.iter_mut())
+            .find(|c| c.name == name)
+        {
             f(c);
         }
     });
@@ -552,8 +618,9 @@ fn exit_of(status: &std::process::ExitStatus) -> (i32, Option<i32>) {
     }
 }
 
-/// The restart loop of one container.
-async fn run_container(h: Arc<PodHandle>, c: Container, ns: NetNs) {
+/// The restart loop of one container. Returns whether it ended with success (what an init
+/// container must do before the next one starts).
+async fn run_container(h: Arc<PodHandle>, c: Container, ns: NetNs, init: bool) -> bool {
     let env = container_env(&h, &c);
     let argv: Vec<String> = c
         .command
@@ -575,20 +642,27 @@ async fn run_container(h: Arc<PodHandle>, c: Container, ns: NetNs) {
                 message: Some(message),
             }
         });
-        return;
+        // Nothing will ever run; wait here so an init container blocks the pod, like the
+        // kubelet, until the pod is deleted.
+        h.stop.cancelled().await;
+        return false;
     }
-    let restart_policy = h
+    let mut restart_policy = h
         .pod
         .spec
         .as_ref()
         .and_then(|s| s.restart_policy.clone())
         .unwrap_or_else(|| "Always".into());
+    if init && restart_policy == "Always" {
+        // An init container that succeeded is done; only failures are retried.
+        restart_policy = "OnFailure".into();
+    }
     let mut backoff: Option<Duration> = None;
     let mut run_index: i32 = 0;
     loop {
         if h.stop.is_cancelled() {
             set_container(&h, &c.name, |r| r.done = true);
-            return;
+            return false;
         }
         let container_id = format!("porthole://{}/{}/{}", h.uid, c.name, run_index);
         let log_run = LogRun::new(
@@ -635,12 +709,13 @@ async fn run_container(h: Arc<PodHandle>, c: Container, ns: NetNs) {
                 _ => true,
             };
         if !restart {
+            let succeeded = exit_code == 0 && !h.stop.is_cancelled();
             set_container(&h, &c.name, |r| {
                 r.state = RunState::Terminated(term);
                 r.ready = false;
                 r.done = true;
             });
-            return;
+            return succeeded;
         }
         if ran_for >= BACKOFF_RESET_AFTER {
             backoff = None;
@@ -677,7 +752,7 @@ async fn run_container(h: Arc<PodHandle>, c: Container, ns: NetNs) {
                         r.state = RunState::Terminated(term);
                         r.done = true;
                     });
-                    return;
+                    return false;
                 }
             }
         }

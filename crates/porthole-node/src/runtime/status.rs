@@ -161,10 +161,32 @@ pub(crate) fn phase(facts: &PodFacts, containers: &[ContainerRecord]) -> &'stati
     }
 }
 
-/// Builds the full `v1.PodStatus` and records condition transitions in `facts`.
-pub(crate) fn pod_status(facts: &mut PodFacts, containers: &[ContainerRecord]) -> PodStatus {
+/// Whether every init container has run to success.
+fn initialized(init: &[ContainerRecord]) -> bool {
+    init.iter()
+        .all(|c| c.done && matches!(&c.state, RunState::Terminated(t) if t.exit_code == 0))
+}
+
+/// Builds the full `v1.PodStatus` and records condition transitions in `facts`. Init
+/// containers run first, one by one: until all succeeded the pod is Pending (Failed if one
+/// failed for good) and not Initialized.
+pub(crate) fn pod_status(
+    facts: &mut PodFacts,
+    init: &[ContainerRecord],
+    containers: &[ContainerRecord],
+) -> PodStatus {
     let now = Timestamp::now();
-    let phase = phase(facts, containers);
+    let init_done = initialized(init);
+    let init_failed = init
+        .iter()
+        .any(|c| c.done && matches!(&c.state, RunState::Terminated(t) if t.exit_code != 0));
+    let phase = if init_failed {
+        "Failed"
+    } else if !init_done {
+        "Pending"
+    } else {
+        phase(facts, containers)
+    };
     let all_ready = !containers.is_empty() && containers.iter().all(|c| c.ready);
     let not_ready: Vec<&str> = containers
         .iter()
@@ -205,7 +227,12 @@ pub(crate) fn pod_status(facts: &mut PodFacts, containers: &[ContainerRecord]) -
         facts.sandbox_error.is_none(),
         None,
     );
-    cond(facts, "Initialized", true, None);
+    cond(
+        facts,
+        "Initialized",
+        init_done,
+        (!init_done).then_some("ContainersNotInitialized"),
+    );
     cond(facts, "Ready", all_ready && !terminal, ready_reason);
     cond(
         facts,
@@ -218,6 +245,8 @@ pub(crate) fn pod_status(facts: &mut PodFacts, containers: &[ContainerRecord]) -
         phase: Some(phase.to_owned()),
         conditions: Some(conditions),
         container_statuses: Some(containers.iter().map(ContainerRecord::to_k8s).collect()),
+        init_container_statuses: (!init.is_empty())
+            .then(|| init.iter().map(ContainerRecord::to_k8s).collect()),
         host_ip: Some(facts.host_ip.clone()),
         host_ips: Some(vec![HostIP {
             ip: facts.host_ip.clone(),

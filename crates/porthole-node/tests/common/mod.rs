@@ -237,6 +237,20 @@ impl Pki {
         }
     }
 
+    /// The files [`Pki::generate`] wrote into `dir` (for a process that did not generate them).
+    pub fn load(dir: &Path) -> Pki {
+        let f = |n: &str| dir.join(n);
+        Pki {
+            dir: dir.to_path_buf(),
+            ca: f("ca.crt"),
+            server_cert: f("node.crt"),
+            server_key: f("node.key"),
+            apiserver: (f("apiserver.crt"), f("apiserver.key")),
+            other_user: (f("mallory.crt"), f("mallory.key")),
+            foreign: (f("foreign.crt"), f("foreign.key")),
+        }
+    }
+
     /// A node config using these certificates and `state_dir`.
     pub fn node_config(&self, state_dir: &Path) -> Config {
         Config {
@@ -303,12 +317,7 @@ impl Drop for Node {
         if self.stopped {
             return;
         }
-        for pgid in leftover_candidates(&self.rt) {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pgid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
+        self.rt.abort();
         self.stop.cancel();
         let _ = porthole_netns::cleanup_dir(&self.state.join("netns"));
     }

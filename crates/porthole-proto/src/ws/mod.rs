@@ -23,6 +23,40 @@ pub mod fuzz_logic {
     use super::channel::{ChannelProtocol, ClientDemux, ServerDemux};
     use super::frame::{FrameDecoder, Message, MessageDecoder, Role};
 
+    /// Runs the node's upgrade negotiation ([`crate::handshake`]) on a request built from
+    /// `data`: the text before the first NUL is the query string, the next up to three
+    /// NUL-separated pieces are `Sec-WebSocket-Protocol`, `X-Stream-Protocol-Version` and
+    /// `X-Porthole-Flow-Control` values. Unbuildable requests are skipped.
+    pub fn negotiate(data: &[u8]) {
+        let mut parts = data.split(|b| *b == 0);
+        let query = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+        let mut builder = http::Request::builder()
+            .method("GET")
+            .uri(format!("/portForward/ns/pod?{query}"))
+            .header("connection", "Upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+        for name in [
+            "sec-websocket-protocol",
+            "x-stream-protocol-version",
+            "x-porthole-flow-control",
+        ] {
+            if let Some(v) = parts
+                .next()
+                .and_then(|v| http::HeaderValue::from_bytes(v).ok())
+            {
+                builder = builder.header(name, v);
+            }
+        }
+        if let Ok(req) = builder.body(()) {
+            let (req, ()) = req.into_parts();
+            let _ = crate::handshake::negotiate_server(&req);
+            let _ = crate::handshake::classify(&req);
+            let _ = crate::handshake::parse_api_ports(req.uri.query());
+        }
+    }
+
     /// Feeds `data` to the frame and message decoders of both roles, in chunks whose sizes are
     /// taken from the first byte, and every decoded data message to the channel demultiplexers
     /// of all four channel protocols.

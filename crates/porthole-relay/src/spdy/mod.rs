@@ -268,6 +268,9 @@ impl Connection {
             )),
             sleep_at: None,
             read_done: false,
+            eof_pending: false,
+            io_err_pending: None,
+            write_broken: false,
             want_read: true,
             flush_needed: false,
             flush_deadline: None,
@@ -660,6 +663,9 @@ struct Driver<T> {
     sleep: Pin<Box<Sleep>>,
     sleep_at: Option<Instant>,
     read_done: bool,
+    eof_pending: bool,
+    io_err_pending: Option<String>,
+    write_broken: bool,
     want_read: bool,
     flush_needed: bool,
     flush_deadline: Option<Instant>,
@@ -689,12 +695,23 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                 tracing::warn!(error = %e, "spdy protocol error from peer");
             }
         }
-        if eof {
+        // A peer may send its last frames and close at once; while input is paused behind a
+        // slow reader those frames are still in `rx`, so EOF counts only once they are in.
+        self.eof_pending |= eof;
+        if self.eof_pending && self.rx.is_empty() {
+            self.eof_pending = false;
             inner.session.handle_eof();
         }
         if let Some(e) = io_err {
             tracing::debug!(error = %e, "spdy transport error");
-            inner.session.handle_io_error(e.to_string());
+            self.io_err_pending.get_or_insert(e.to_string());
+        }
+        // Likewise a transport error ends the session only once everything already received
+        // has been processed (a peer that sent its data and vanished loses nothing).
+        if self.io_err_pending.is_some() && self.read_done && self.rx.is_empty() {
+            if let Some(e) = self.io_err_pending.take() {
+                inner.session.handle_io_error(e);
+            }
         }
         if timer {
             inner.session.handle_timeout(now);
@@ -810,6 +827,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
             }
             // Write (outside the lock): everything queued goes out in as few writes as possible.
             let mut write_failed = None;
+            if this.write_broken {
+                // Nothing can be sent any more; keep reading what the peer already sent.
+                this.out.clear();
+            }
             while !this.out.is_empty() {
                 match Pin::new(&mut this.io).poll_write(cx, &this.out) {
                     Poll::Ready(Ok(0)) => {
@@ -838,15 +859,16 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
             if let Some(e) = write_failed {
                 this.out.clear();
                 this.flush_needed = false;
-                if !closed {
-                    let _ = this.step(cx, false, Some(e), false);
-                    for w in this.wake_list.drain(..) {
-                        w.wake();
-                    }
-                    continue;
+                if closed {
+                    this.finish();
+                    return Poll::Ready(());
                 }
-                this.finish();
-                return Poll::Ready(());
+                this.write_broken = true;
+                let _ = this.step(cx, false, Some(e), false);
+                for w in this.wake_list.drain(..) {
+                    w.wake();
+                }
+                continue;
             }
             if closed && this.out.is_empty() && !this.flush_needed {
                 // Everything queued has been handed to the socket: close our side.
