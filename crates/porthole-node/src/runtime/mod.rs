@@ -712,7 +712,8 @@ async fn run_container(h: Arc<PodHandle>, c: Container, ns: NetNs, init: bool) -
             let succeeded = exit_code == 0 && !h.stop.is_cancelled();
             set_container(&h, &c.name, |r| {
                 r.state = RunState::Terminated(term);
-                r.ready = false;
+                // Kubernetes reports a completed init container as ready.
+                r.ready = init && succeeded;
                 r.done = true;
             });
             return succeeded;
