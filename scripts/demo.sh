@@ -82,7 +82,9 @@ cat "$WORK/pf.log"
 
 # 5. The page, through the forward.
 say "\$ curl localhost:$port"
-page=$(curl -sS --max-time 30 "http://localhost:$port/") || die "curl through the forward failed"
+# Retries cover a pod whose server is still starting (without kubectl there was no wait above).
+page=$(curl -sS --max-time 30 --retry 20 --retry-delay 1 --retry-all-errors "http://localhost:$port/") \
+  || die "curl through the forward failed"
 echo "$page" | head -5
 echo "$page" | grep -q "Directory listing" || die "unexpected page from the web pod"
 say "ok: fetched the web pod's page through porthole port-forward"

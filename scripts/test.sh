@@ -43,7 +43,7 @@ set -e
 smoke_rc=0
 if [ -f ../shared/acceptance/smoke.sh ]; then
   step "acceptance smoke (../shared/acceptance/smoke.sh)"
-  BIN=$ROOT/target/release/porthole bash ../shared/acceptance/smoke.sh || smoke_rc=$?
+  BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/porthole bash ../shared/acceptance/smoke.sh || smoke_rc=$?
 else
   step "no ../shared/acceptance/smoke.sh beside the clone: smoke check not run"
 fi

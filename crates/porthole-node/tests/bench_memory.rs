@@ -16,7 +16,7 @@ use porthole_relay::spdy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const CONNECTIONS: usize = 10_000;
-const SESSIONS: usize = 10;
+const SESSIONS: usize = 1;
 
 /// One SPDY port-forward session to the child's pod, as the API server would open it.
 async fn session(pki: &Pki, addr: std::net::SocketAddr) -> PortForwarder {

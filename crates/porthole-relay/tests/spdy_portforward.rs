@@ -242,7 +242,7 @@ async fn pod_gone_ends_active_pairs_and_fails_new_ones() {
     assert!(!pf.connection().is_closed());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_parallel_forwards() {
     let port = echo_pod().await;
     let (pf, _server) = start(ServerConfig::default());

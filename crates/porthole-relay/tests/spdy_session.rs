@@ -60,7 +60,7 @@ async fn open_echo_half_close() {
     assert_eq!(out, b"hello");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_concurrent_streams() {
     let (c, _ci, _s, si) = pair(Config::client(), Config::default());
     spawn_echo(si);
@@ -211,7 +211,7 @@ async fn dead_peer_detected() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_reader_does_not_block_others_with_flow_control() {
     let cfg = Config {
         flow_control: true,

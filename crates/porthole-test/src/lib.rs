@@ -62,13 +62,18 @@ pub struct TempDir {
 impl TempDir {
     /// Creates `$TMPDIR/porthole-test-PREFIX-PID-N-NANOS`.
     pub fn new(prefix: &str) -> Result<TempDir> {
+        TempDir::new_in(&std::env::temp_dir(), prefix)
+    }
+
+    /// Creates `BASE/porthole-test-PREFIX-PID-N-NANOS`.
+    pub fn new_in(base: &Path, prefix: &str) -> Result<TempDir> {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!(
+        let path = base.join(format!(
             "porthole-test-{prefix}-{}-{n}-{nanos}",
             std::process::id()
         ));
@@ -227,10 +232,14 @@ impl Child {
 }
 
 impl Drop for Child {
+    /// A test that fails half-way still stops what it started: SIGINT first, so `porthole up`
+    /// stops its pods (SIGKILL would orphan them), and SIGKILL only if that takes too long.
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            if self.interrupt(STOP_TIMEOUT).is_err() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
         }
     }
 }

@@ -110,8 +110,10 @@ async fn run(command: Command, shutdown: CancellationToken) -> anyhow::Result<Ex
         Command::Apiserver(args) => {
             // The API server's flags include --listen; the binary binds it so that run() gets
             // a listener, as Contract 2 has it.
-            let cfg = porthole_apiserver::Config::from_args(&args)
-                .context("invalid API server configuration")?;
+            let cfg = match porthole_apiserver::Config::from_args(&args) {
+                Ok(cfg) => cfg,
+                Err(err) => return Ok(usage_error("invalid API server configuration", err)),
+            };
             let listener = bind(args.listen).await?;
             porthole_apiserver::run(cfg, listener, shutdown).await?;
             Ok(ExitCode::SUCCESS)
@@ -120,8 +122,10 @@ async fn run(command: Command, shutdown: CancellationToken) -> anyhow::Result<Ex
             // The node's flags include --listen; the binary binds it so that run() gets a
             // listener, as Contract 2 has it.
             let listen = args.listen;
-            let cfg =
-                porthole_node::Config::from_args(args).context("invalid node configuration")?;
+            let cfg = match porthole_node::Config::from_args(args) {
+                Ok(cfg) => cfg,
+                Err(err) => return Ok(usage_error("invalid node configuration", err)),
+            };
             let listener = bind(listen).await?;
             porthole_node::run(cfg, listener, shutdown).await?;
             Ok(ExitCode::SUCCESS)
@@ -135,6 +139,13 @@ async fn run(command: Command, shutdown: CancellationToken) -> anyhow::Result<Ex
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Flags that parse but do not make a valid configuration (a missing certificate file, a bad
+/// node name) are bad input too: EX_USAGE, like a parse error.
+fn usage_error(what: &str, err: anyhow::Error) -> ExitCode {
+    eprintln!("error: {what}: {err:#}");
+    ExitCode::from(EXIT_USAGE)
 }
 
 async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {

@@ -143,6 +143,7 @@ pub async fn create(client: &Client, m: &Manifest) -> Result<Outcome> {
         None => {
             let (resource, caps) = kube::discovery::pinned_kind(client, &gvk)
                 .await
+                .map_err(concise)
                 .with_context(|| {
                     format!(
                         "{}: the API server does not serve {api_version} {kind}",
@@ -170,14 +171,21 @@ pub async fn create(client: &Client, m: &Manifest) -> Result<Outcome> {
 }
 
 /// The API server's own words for a refusal (kube's Display of a Status repeats it three times
-/// with every empty field); other errors as they are.
+/// with every empty field), found wherever it sits in the error's chain; other errors as they
+/// are.
 fn concise(err: kube::Error) -> anyhow::Error {
-    match err {
-        kube::Error::Api(status) => {
-            anyhow::anyhow!("{} ({} {})", status.message, status.code, status.reason)
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+    while let Some(e) = cause {
+        let status = e.downcast_ref::<kube::core::Status>().or_else(|| {
+            e.downcast_ref::<Box<kube::core::Status>>()
+                .map(|b| b.as_ref())
+        });
+        if let Some(status) = status {
+            return anyhow::anyhow!("{} ({} {})", status.message, status.code, status.reason);
         }
-        other => other.into(),
+        cause = e.source();
     }
+    err.into()
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ fn every_client_forwards_to_the_example_pods() {
     let clients = Clients::from_env().expect("test clients");
     // The web pod serves /tmp (its workingDir), so a blob under /tmp is reachable at a known
     // path; its bytes prove the data path end to end.
-    let www = TempDir::new("clients-www").unwrap();
+    let www = TempDir::new_in(Path::new("/tmp"), "clients-www").unwrap();
     let blob = pattern(BLOB_LEN, 0x5eed);
     fs::write(www.path().join("blob"), &blob).unwrap();
     let blob_path = format!(

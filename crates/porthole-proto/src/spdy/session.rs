@@ -104,7 +104,7 @@ impl Default for Config {
             flow_control: false,
             max_data_frame: 32 * 1024,
             send_buffer: 256 * 1024,
-            max_incoming_streams: 4096,
+            max_incoming_streams: 65_536,
             compression_level: header_block::DEFAULT_LEVEL,
         }
     }

@@ -7,3 +7,5 @@ pub mod spdy_client;
 pub mod spdy_server;
 pub mod ws_client;
 pub mod ws_server;
+
+pub use spdy_server::{ServeError, ServerConfig};

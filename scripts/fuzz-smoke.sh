@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Short run of every cargo-fuzz target (issue 2): keeps the fuzz targets building and catches
+# regressions on the committed corpus. Long runs: FUZZ_SECONDS=600 bash scripts/fuzz-smoke.sh
+# cargo-fuzz needs nightly-only rustc flags; RUSTC_BOOTSTRAP=1 lets the stable toolchain
+# (the only one CI has) accept them.
+set -euo pipefail
+cd "$(dirname "$0")/../fuzz"
+seconds=${FUZZ_SECONDS:-10}
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+  echo "fuzz-smoke: installing cargo-fuzz from crates.io"
+  cargo install --locked cargo-fuzz
+fi
+targets=$(sed -n 's/^name = "\(spdy_[a-z_]*\|ws_[a-z_]*\)"$/\1/p' Cargo.toml)
+[ -n "$targets" ] || { echo "fuzz-smoke: no targets found in fuzz/Cargo.toml"; exit 1; }
+passed=0; failed=0
+for t in $targets; do
+  scratch=$(mktemp -d)
+  if RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" "$scratch" "corpus/$t" -- \
+       -max_total_time="$seconds" -rss_limit_mb=1024 -timeout=10 >"$scratch.log" 2>&1; then
+    echo "fuzz-smoke: $t ok ($(grep -o 'Done [0-9]* runs' "$scratch.log" | tail -1))"
+    passed=$((passed + 1))
+  else
+    echo "fuzz-smoke: $t FAILED"; tail -40 "$scratch.log"
+    failed=$((failed + 1))
+  fi
+  rm -rf "$scratch" "$scratch.log"
+done
+echo "fuzz: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
