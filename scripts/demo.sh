@@ -48,8 +48,9 @@ trap cleanup EXIT
 
 # 3. The cluster, in the background.
 say "\$ porthole up -f examples/web.yaml --data-dir $WORK/data"
+: > "$WORK/up.log"
 "$BIN" up -f examples/web.yaml --data-dir "$WORK/data" --listen "${PORTHOLE_LISTEN:-127.0.0.1:0}" \
-  > "$WORK/up.log" 2>&1 &
+  >> "$WORK/up.log" 2>&1 &
 UP=$!
 export KUBECONFIG=$WORK/data/kubeconfig
 for _ in $(seq 1 480); do
@@ -68,11 +69,13 @@ if command -v kubectl >/dev/null; then
 fi
 LOCAL=${DEMO_LOCAL_PORT:-8080}
 say "\$ porthole port-forward web $LOCAL:8000"
-"$BIN" port-forward web "$LOCAL:8000" > "$WORK/pf.log" 2>&1 &
+# Created before the background job opens it, so the poll below never reads a missing file.
+: > "$WORK/pf.log"
+"$BIN" port-forward web "$LOCAL:8000" >> "$WORK/pf.log" 2>&1 &
 FWD=$!
 port=""
 for _ in $(seq 1 240); do
-  port=$(sed -n 's/^Forwarding from 127\.0\.0\.1:\([0-9]*\) -> 8000$/\1/p' "$WORK/pf.log" | head -1)
+  port=$(sed -n 's/^Forwarding from 127\.0\.0\.1:\([0-9]*\) -> 8000$/\1/p;T;q' "$WORK/pf.log")
   [ -n "$port" ] && break
   kill -0 "$FWD" 2>/dev/null || { cat "$WORK/pf.log" >&2; die "porthole port-forward exited"; }
   sleep 0.25
@@ -85,6 +88,8 @@ say "\$ curl localhost:$port"
 # Retries cover a pod whose server is still starting (without kubectl there was no wait above).
 page=$(curl -sS --max-time 30 --retry 20 --retry-delay 1 --retry-all-errors "http://localhost:$port/") \
   || die "curl through the forward failed"
-echo "$page" | head -5
-echo "$page" | grep -q "Directory listing" || die "unexpected page from the web pod"
+# No pipes here: `grep -q` or `head` closing early would kill the writer with SIGPIPE, which
+# pipefail turns into a failure.
+sed -n 1,5p <<< "$page"
+[[ $page == *"Directory listing"* ]] || die "unexpected page from the web pod"
 say "ok: fetched the web pod's page through porthole port-forward"

