@@ -144,7 +144,7 @@ async fn idle_connection_memory() {
     let before = rss_kib(pid);
     let started = tokio::time::Instant::now();
     for i in 0..CONNECTIONS {
-        let (m, t) = open(sessions[i % SESSIONS].clone());
+        let (m, t) = open(sessions[i % sessions.len()].clone());
         ends.push(m);
         tasks.push(t);
     }
