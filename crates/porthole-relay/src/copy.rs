@@ -142,13 +142,54 @@ where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
+    relay_inner(a, b, None::<&mut tokio::io::Sink>).await
+}
+
+/// Like [`relay`], and also finishes (`shutdown`) `companion` as soon as `b → a` has ended.
+///
+/// The port-forward server passes the pair's error stream here: once the pod has closed its
+/// side there is nothing left to report, and clients such as kubectl 1.20 wait for the error
+/// stream to end before they close the local connection, so holding it open until the
+/// client→pod direction also ends would deadlock them. The client→pod direction itself stays
+/// open (half-close).
+pub async fn relay_finishing<A, B, C>(
+    a: &mut A,
+    b: &mut B,
+    companion: &mut C,
+) -> io::Result<Transferred>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    C: AsyncWrite + Unpin + ?Sized,
+{
+    relay_inner(a, b, Some(companion)).await
+}
+
+async fn relay_inner<A, B, C>(
+    a: &mut A,
+    b: &mut B,
+    mut companion: Option<&mut C>,
+) -> io::Result<Transferred>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    C: AsyncWrite + Unpin + ?Sized,
+{
     let mut a_to_b = Direction::default();
     let mut b_to_a = Direction::default();
     poll_fn(|cx| {
         let forward = a_to_b.poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b))?;
         let backward = b_to_a.poll_copy(cx, Pin::new(&mut *b), Pin::new(&mut *a))?;
+        if backward.is_ready() {
+            if let Some(c) = companion.as_deref_mut() {
+                // A failure to finish the companion does not concern the data relay.
+                if Pin::new(c).poll_shutdown(cx).is_ready() {
+                    companion = None;
+                }
+            }
+        }
         match (forward, backward) {
-            (Poll::Ready(a_to_b), Poll::Ready(b_to_a)) => {
+            (Poll::Ready(a_to_b), Poll::Ready(b_to_a)) if companion.is_none() => {
                 Poll::Ready(Ok(Transferred { a_to_b, b_to_a }))
             }
             _ => Poll::Pending,

@@ -197,7 +197,7 @@ async fn forward_pair(pair: Pair<Stream>, dialer: Arc<dyn PodDialer>, pod_gone: 
                 Ok(mut sock) => {
                     let _ = sock.set_nodelay(true);
                     tokio::select! {
-                        r = copy::relay(&mut data, &mut sock) => {
+                        r = copy::relay_finishing(&mut data, &mut sock, &mut error) => {
                             match r {
                                 Ok(t) => tracing::debug!(to_pod = t.a_to_b, from_pod = t.b_to_a, "forward finished"),
                                 // Not sent as error text: kubectl would end the whole session.
