@@ -849,11 +849,19 @@ async fn run_once(
         s = child.wait() => s,
         _ = h.stop.cancelled() => {
             let grace = *lock(&h.grace);
+            // A forced stop cuts connections instead of letting the app drain them: end the
+            // pod's forwarded streams with an error text first, so clients learn why, rather
+            // than seeing what looks like a clean close by the app. (With a grace period the
+            // app closes its connections itself and clients see a normal end.)
+            if grace.is_zero() {
+                h.pod_gone.cancel();
+            }
             let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
             match tokio::time::timeout(grace, child.wait()).await {
                 Ok(s) => s,
                 Err(_) => {
                     tracing::info!(pod = %h.key(), container = %c.name, grace_s = grace.as_secs(), "grace period over; killing");
+                    h.pod_gone.cancel();
                     let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
                     child.wait().await
                 }

@@ -191,12 +191,19 @@ async fn forward_pair(pair: Pair<Stream>, dialer: Arc<dyn PodDialer>, pod_gone: 
     let outcome: Result<(), String> = if pod_gone.is_cancelled() {
         Err(gone())
     } else {
+        // `biased`, pod first: the node cancels `pod_gone` before it kills the pod's
+        // processes, so when both are ready the deletion, not the socket close it caused, is
+        // what the client is told.
         tokio::select! {
+            biased;
+            _ = pod_gone.cancelled() => Err(gone()),
             r = dialer.dial(port) => match r {
                 Err(e) => Err(e.cause),
                 Ok(mut sock) => {
                     let _ = sock.set_nodelay(true);
                     tokio::select! {
+                        biased;
+                        _ = pod_gone.cancelled() => Err(gone()),
                         r = copy::relay_finishing(&mut data, &mut sock, &mut error) => {
                             match r {
                                 Ok(t) => tracing::debug!(to_pod = t.a_to_b, from_pod = t.b_to_a, "forward finished"),
@@ -205,11 +212,9 @@ async fn forward_pair(pair: Pair<Stream>, dialer: Arc<dyn PodDialer>, pod_gone: 
                             }
                             Ok(())
                         }
-                        _ = pod_gone.cancelled() => Err(gone()),
                     }
                 }
             },
-            _ = pod_gone.cancelled() => Err(gone()),
         }
     };
     match outcome {
