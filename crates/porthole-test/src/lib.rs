@@ -763,3 +763,191 @@ pub fn write_file(dir: &Path, name: impl AsRef<OsStr>, contents: &str) -> Result
     fs::write(&path, contents).with_context(|| format!("write {}", path.display()))?;
     Ok(path)
 }
+
+/// `porthole apiserver` and `porthole node` as separate processes (Contract 2), sharing the PKI
+/// and kubeconfig that one `porthole up` run wrote into `data_dir`. Each role can be killed and
+/// started again on its own, which is what the resilience tests need.
+pub struct Roles {
+    /// The API server process, when running.
+    pub apiserver: Option<Child>,
+    /// The node agent process, when running.
+    pub node: Option<Child>,
+    /// `https://127.0.0.1:PORT` of the API server (kept across restarts on the same port).
+    pub server: String,
+    /// The node's `https://...` endpoint, from its ready line.
+    pub node_url: String,
+    /// The data dir (PKI, kubeconfig, stores, pod state).
+    pub data_dir: PathBuf,
+    /// Logs and kubectl's cache.
+    pub work: PathBuf,
+    /// The `porthole` binary.
+    pub bin: PathBuf,
+    /// kubectl to use.
+    pub kubectl: PathBuf,
+    starts: u32,
+}
+
+impl Roles {
+    /// Writes the PKI with one `porthole up` run, then starts the API server on 127.0.0.1:0 and
+    /// the node agent, each waited for by its ready line.
+    pub fn start(bin: &Path, work: &Path) -> Result<Roles> {
+        Cluster::up(bin, work, &[])?.stop()?;
+        let mut roles = Roles {
+            apiserver: None,
+            node: None,
+            server: String::new(),
+            node_url: String::new(),
+            data_dir: work.join("data"),
+            work: work.to_path_buf(),
+            bin: bin.to_path_buf(),
+            kubectl: Clients::from_env()?.kubectl,
+            starts: 0,
+        };
+        roles.start_apiserver("127.0.0.1:0")?;
+        roles.start_node()?;
+        Ok(roles)
+    }
+
+    fn pki(&self, name: &str) -> String {
+        self.data_dir.join("pki").join(name).display().to_string()
+    }
+
+    /// Starts `porthole apiserver --listen LISTEN` and waits for its ready line.
+    pub fn start_apiserver(&mut self, listen: &str) -> Result<()> {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args([
+            "apiserver",
+            &format!("--listen={listen}"),
+            &format!("--data-dir={}", self.data_dir.join("apiserver").display()),
+            &format!("--tls-cert-file={}", self.pki("apiserver.crt")),
+            &format!("--tls-private-key-file={}", self.pki("apiserver.key")),
+            &format!("--client-ca-file={}", self.pki("ca.crt")),
+            &format!(
+                "--token-auth-file={}",
+                self.data_dir.join("tokens.csv").display()
+            ),
+            &format!(
+                "--kubelet-client-certificate={}",
+                self.pki("apiserver-kubelet-client.crt")
+            ),
+            &format!(
+                "--kubelet-client-key={}",
+                self.pki("apiserver-kubelet-client.key")
+            ),
+            &format!("--kubelet-certificate-authority={}", self.pki("ca.crt")),
+        ]);
+        self.starts += 1;
+        let mut child = Child::spawn(&format!("apiserver-{}", self.starts), cmd, &self.work)?;
+        self.server = child.wait_for_line(READY_TIMEOUT, |l| {
+            l.strip_prefix("porthole apiserver listening on ")
+                .map(str::to_string)
+        })?;
+        self.apiserver = Some(child);
+        Ok(())
+    }
+
+    /// Starts `porthole node` against the API server and waits for its ready line.
+    pub fn start_node(&mut self) -> Result<()> {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args([
+            "node",
+            "--listen=127.0.0.1:0",
+            "--node-name=porthole-node",
+            &format!("--data-dir={}", self.data_dir.display()),
+            &format!("--api-server={}", self.server),
+            &format!("--api-ca-file={}", self.pki("ca.crt")),
+            &format!(
+                "--client-cert-file={}",
+                self.pki("node-porthole-node-client.crt")
+            ),
+            &format!(
+                "--client-key-file={}",
+                self.pki("node-porthole-node-client.key")
+            ),
+            &format!("--tls-cert-file={}", self.pki("node-porthole-node.crt")),
+            &format!(
+                "--tls-private-key-file={}",
+                self.pki("node-porthole-node.key")
+            ),
+            &format!("--client-ca-file={}", self.pki("ca.crt")),
+        ]);
+        self.starts += 1;
+        let mut child = Child::spawn(&format!("node-{}", self.starts), cmd, &self.work)?;
+        self.node_url = child.wait_for_line(READY_TIMEOUT, |l| {
+            l.strip_prefix("porthole node porthole-node listening on ")
+                .map(str::to_string)
+        })?;
+        self.node = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILLs the API server (no clean shutdown) and reaps it.
+    pub fn kill_apiserver(&mut self) -> Result<()> {
+        kill_child(self.apiserver.take())
+    }
+
+    /// SIGKILLs the node agent (its pods' processes are left behind, as after a crash) and
+    /// reaps it.
+    pub fn kill_node(&mut self) -> Result<()> {
+        kill_child(self.node.take())
+    }
+
+    /// Runs kubectl as admin against the current API server.
+    pub fn kubectl(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(&self.kubectl)
+            .arg("--kubeconfig")
+            .arg(self.data_dir.join("kubeconfig"))
+            .arg("--server")
+            .arg(&self.server)
+            .arg("--cache-dir")
+            .arg(self.work.join("kube-cache"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .context("run kubectl")?;
+        expect_success(&format!("kubectl {}", args.join(" ")), &out)
+    }
+
+    /// Everything both processes printed, for failure messages.
+    pub fn report(&self) -> String {
+        [&self.apiserver, &self.node]
+            .into_iter()
+            .flatten()
+            .map(Child::report)
+            .collect::<Vec<_>>()
+            .join("\n\n")
+    }
+
+    /// SIGTERM the node (it stops its pods), then the API server; both must exit 0, and
+    /// nothing may be left behind.
+    pub fn stop(mut self) -> Result<()> {
+        let before = self
+            .node
+            .as_ref()
+            .map(|n| descendants(n.pid()))
+            .unwrap_or_default();
+        for (what, child) in [
+            ("node", self.node.take()),
+            ("apiserver", self.apiserver.take()),
+        ] {
+            if let Some(mut child) = child {
+                child.signal(Signal::SIGTERM)?;
+                let status = child.wait_timeout(STOP_TIMEOUT)?;
+                if !status.success() {
+                    bail!(
+                        "{what} exited with {status} after SIGTERM\n{}",
+                        child.report()
+                    );
+                }
+            }
+        }
+        check_no_leftovers(&self.data_dir, &before)
+    }
+}
+
+fn kill_child(child: Option<Child>) -> Result<()> {
+    let mut child = child.ok_or_else(|| anyhow!("that role is not running"))?;
+    child.signal(Signal::SIGKILL)?;
+    child.wait_timeout(STOP_TIMEOUT)?;
+    Ok(())
+}
