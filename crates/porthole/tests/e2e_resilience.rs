@@ -6,6 +6,9 @@
 //! reconnecting with back-off and there is no line to wait for that would say "the pod is
 //! listening again" — the request succeeding is that signal.
 
+// Blocking test code (threads, child processes), not tokio: std time is the right clock here.
+#![allow(clippy::disallowed_types)]
+
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
