@@ -35,9 +35,10 @@ apt_install() {
   say "apt-get install ${missing[*]}"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null || die "apt-get install ${missing[*]}"
 }
-apt_install build-essential pkg-config ca-certificates curl socat procps python3 python3-venv git
+# iperf3, openssh-server and socat are the benchmark suite's peers (bench/run.sh --smoke runs in CI).
+apt_install build-essential pkg-config ca-certificates curl socat procps python3 python3-venv git iperf3 openssh-server openssh-client iproute2 util-linux
 
-command -v cargo >/dev/null || die "cargo not found: install Rust (stable, see rust-toolchain.toml) first"
+command -v cargo >/dev/null || die "cargo not found: install a stable Rust toolchain (rustup) first"
 
 # --- kubectl used by default: /usr/bin/kubectl (WebSocket tunnel, SPDY fallback) ------------
 if [ -x /usr/bin/kubectl ]; then
