@@ -36,23 +36,28 @@ fn last_error_line(out: &Output) -> String {
 
 /// Runs `cmd` (which must fail before forwarding anything) with a bound on its run time.
 fn run_failing(mut cmd: Command) -> Result<Output> {
-    let mut child = cmd
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .context("spawn")?;
-    // Each case fails at once in kubectl; a client that hangs instead is a failure too.
+    // Each case fails at once in kubectl; a client that hangs instead is a failure too. The
+    // watchdog stands down as soon as the child has been reaped (so it never signals a pid
+    // that was reused).
     let pid = child.id();
+    let (done, finished) = std::sync::mpsc::channel::<()>();
     let watchdog = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(60));
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+        if finished.recv_timeout(Duration::from_secs(60)).is_err() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     });
     let out = child.wait_with_output().context("wait")?;
-    drop(watchdog);
+    let _ = done.send(());
+    let _ = watchdog.join();
     Ok(out)
 }
 
