@@ -61,12 +61,16 @@ class Proc:
         self.p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.logf,
                                   stdin=subprocess.DEVNULL, start_new_session=True, env=env)
         self.pid = self.p.pid
-        threading.Thread(target=self._drain, daemon=True).start()
+        self.drain = threading.Thread(target=self._drain, daemon=True)
+        self.drain.start()
         suite.procs.append(self)
 
     def _drain(self):
         for raw in self.p.stdout:
-            self.logf.write(raw)
+            try:
+                self.logf.write(raw)
+            except ValueError:  # the log was closed by stop()
+                pass
             self.lines.put(raw.decode(errors="replace").rstrip("\n"))
         self.lines.put(None)
 
@@ -114,6 +118,7 @@ class Proc:
             except ProcessLookupError:
                 pass
             self.p.wait()
+        self.drain.join(timeout=2)
         self.logf.close()
 
 
@@ -229,6 +234,7 @@ class Path:
         self.pin = list(pin)
         self.client = client  # role whose CPU per GB the issue compares (kubectl vs porthole)
         self.mem_max = None  # cap on idle connections (socat: a process pair per connection)
+        self.iperf_server = None  # (pid, port) of the iperf3 server behind this path
 
 
 class Suite:
@@ -394,13 +400,17 @@ spec:
         ns = self.nsfile
         pod_echo, pod_iperf = f"127.0.0.1:{ECHO_PORT}", f"127.0.0.1:{IPERF_PORT}"
         pod_pids = self.pod_pids
+        self.pod_iperf_server = (pod_pids[1], IPERF_PORT)
         want = set(a.paths)
 
         def try_path(name, fn):
             if name not in want:
                 return
             try:
-                self.paths.append(fn())
+                path = fn()
+                path.iperf_server = (self.host_iperf_server if name.startswith("ssh")
+                                     else self.pod_iperf_server)
+                self.paths.append(path)
                 log(f"path {name} ready")
             except Exception as e:
                 self.fail(f"set up {name}", e)
@@ -471,6 +481,7 @@ spec:
             wait_port(hp)
             self.host_iperf = f"127.0.0.1:{hp}"
             self.host_pids = [host_echo.pid, host_iperf.pid]
+            self.host_iperf_server = (host_iperf.pid, hp)
             self.ssh_keys()
         for name, cipher in (("ssh-default", None), ("ssh-aes128", "aes128-gcm@openssh.com")):
             try_path(name, lambda name=name, cipher=cipher: self.ssh_path(name, cipher))
@@ -577,6 +588,14 @@ MaxStartups 200:30:400
             argv += ["-P", str(streams)]
         if reverse:
             argv += ["-R"]
+        # iperf3 closes its listener while it runs a test and reopens it afterwards: a test that
+        # starts right after the previous one would be refused by the server.
+        pid, sport = path.iperf_server
+        for _ in range(100):
+            if listening(pid, sport):
+                break
+            time.sleep(0.05)
+        time.sleep(0.2)
         cpu0 = self.role_cpu(path)
         r = subprocess.run(argv, capture_output=True, timeout=secs + omit + 30)
         cpu1 = self.role_cpu(path)
@@ -711,6 +730,8 @@ MaxStartups 200:30:400
         ok = opened["open"]
         self.record(rep, pn, f"mem_open@{n}", ok)
         self.record(rep, pn, f"mem_still_ok@{n}", after.get("still_ok", 0))
+        if "checked" in after:
+            self.record(rep, pn, f"mem_checked@{n}", after["checked"])
         self.record(rep, pn, f"mem_open_secs@{n}", opened["open_secs"])
         if opened["errors"]:
             self.notes.append(f"rep {rep} {pn} idle {n}: {opened['errors']} failed to open, "

@@ -203,7 +203,9 @@ def main():
                 continue
             p(f"| {LABELS[q]} | " + " | ".join(
                 f"{t.cell(q, f'mem_kernel_kib_per_conn@{n}')} | {t.cell(q, f'mem_open@{n}')} | "
-                f"{t.cell(q, f'mem_still_ok@{n}')} | {t.cell(q, f'mem_open_secs@{n}')}"
+                f"{t.cell(q, f'mem_still_ok@{n}')}"
+                f"{' of ' + t.cell(q, f'mem_checked@{n}') if (q, f'mem_checked@{n}') in data else ''}"
+                f" | {t.cell(q, f'mem_open_secs@{n}')}"
                 for n in ns) + " |")
         p("")
 

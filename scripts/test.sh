@@ -16,6 +16,10 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 step() { echo; echo "=== test.sh: $* ($(( $(date +%s) - start ))s)"; }
 die() { echo "test.sh: FAILED: $*" >&2; exit 1; }
 
+# CI builds from scratch once: incremental caches would only cost disk.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
+echo "test.sh: disk free where the build goes: $(df -h --output=avail . | tail -1 | tr -d ' ')"
+
 step "installing test dependencies"
 # The JavaScript client is tested too unless PORTHOLE_WITH_JS=0.
 PORTHOLE_WITH_JS=${PORTHOLE_WITH_JS:-1} bash scripts/install-test-deps.sh

@@ -68,6 +68,10 @@ pub struct IdleArgs {
     /// ...or after this many failed connections.
     #[arg(long, default_value_t = 100)]
     max_errors: u64,
+    /// Stop the final check after this many seconds (a forwarder whose per-event cost grows
+    /// with the number of connections can take minutes to answer 10,000 echoes).
+    #[arg(long, default_value_t = 120.0)]
+    check_secs: f64,
     /// Connections opened at a time (threads).
     #[arg(long, default_value_t = 8)]
     conc: usize,
@@ -263,12 +267,21 @@ pub fn idle(a: IdleArgs) -> anyhow::Result<()> {
     let _ = rx.recv_timeout(Duration::from_secs_f64(a.hold));
 
     let mut still_ok = 0usize;
+    let mut checked = 0usize;
+    let check_deadline = Instant::now() + Duration::from_secs_f64(a.check_secs);
     for s in &mut conns {
+        if Instant::now() >= check_deadline {
+            break;
+        }
+        checked += 1;
         if exchange(s, &out, &mut back).is_ok() {
             still_ok += 1;
         }
     }
-    println!("{}", json!({"still_ok": still_ok, "held": conns.len()}));
+    println!(
+        "{}",
+        json!({"still_ok": still_ok, "checked": checked, "held": conns.len()})
+    );
     Ok(())
 }
 
