@@ -377,7 +377,7 @@ async fn run_inner(
         .authority()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    let client = kube::Client::try_from(config).map_err(|e| {
+    let client = transport::api_client(config).map_err(|e| {
         format!(
             "error: cannot create the API client: {}",
             transport::describe_error(&e)

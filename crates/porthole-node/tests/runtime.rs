@@ -216,17 +216,27 @@ async fn stop_escalates_to_sigkill_after_grace_and_cleans_up() {
     let dir = TempDir::new("grace");
     let node = Node::start(dir.path()).await;
     // Ignores SIGTERM (and so does its child `sleep`, which inherits the ignored disposition).
-    let pod = shell_pod(
-        "stubborn",
-        "Always",
-        30,
-        &[("s", "trap '' TERM; echo started; sleep 1000 & wait")],
+    // The marker file says the trap is set: "Running" alone can come before the shell has
+    // run `trap`, and a SIGTERM then kills it at once.
+    let marker = dir.path().join("trap-set");
+    let script = format!(
+        "trap '' TERM; touch {}; sleep 1000 & wait",
+        marker.display()
     );
+    let pod = shell_pod("stubborn", "Always", 30, &[("s", script.as_str())]);
     let h = node.rt.apply(&pod).expect("apply");
     wait_status(&node.rt, h.uid(), LIMIT, "running", |s| {
         s.phase.as_deref() == Some("Running")
     })
     .await;
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while !marker.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the pod never set its trap"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let ns = h.netns().expect("netns");
     let ns_path = ns.path().to_path_buf();
     // Rootless namespaces (agent not root) are held by a helper process, not a mount.

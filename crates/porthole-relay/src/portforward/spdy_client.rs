@@ -89,21 +89,27 @@ impl PortForwarder {
                 .map(|(k, v)| (k.to_string(), v))
                 .collect()
         };
+        // Both SYN_STREAMs go out back to back and the replies are awaited together: one round
+        // trip before data can flow instead of kubectl's two (it waits for each reply in turn).
         let mut error = self
             .conn
-            .open_stream(headers(StreamType::Error))
+            .start_stream(headers(StreamType::Error))
+            .map_err(ForwardError::CreateErrorStream)?;
+        let mut data = self
+            .conn
+            .start_stream(headers(StreamType::Data))
+            .map_err(ForwardError::CreateDataStream)?;
+        error
+            .opened()
             .await
             .map_err(ForwardError::CreateErrorStream)?;
         // The client never writes to the error stream.
         let _ = error.shutdown().await;
         let error_reader = tokio::spawn(read_error_text(error));
-        let mut data = match self.conn.open_stream(headers(StreamType::Data)).await {
-            Ok(d) => d,
-            Err(e) => {
-                error_reader.abort();
-                return Err(ForwardError::CreateDataStream(e));
-            }
-        };
+        if let Err(e) = data.opened().await {
+            error_reader.abort();
+            return Err(ForwardError::CreateDataStream(e));
+        }
         let copied = copy::relay(&mut local, &mut data).await;
         // client-go ≥ 1.32: reset so unread data cannot wedge the connection (no RST if done).
         data.reset();

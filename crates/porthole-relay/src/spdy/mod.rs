@@ -44,8 +44,6 @@ pub use porthole_proto::spdy::session::Role;
 const READ_CHUNK: usize = 64 * 1024;
 /// The driver stops reading the socket while this much input is unprocessed.
 const RX_HIGH_WATER: usize = 256 * 1024;
-/// Writers woken per drained transmit buffer.
-const TX_WAKE_BATCH: usize = 8;
 /// How long a closing session may take to flush before the socket is dropped.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -67,6 +65,9 @@ pub struct Config {
     pub connection_buffer: usize,
     /// Real SPDY/3.1 flow control; only when both ends agreed (`X-Porthole-Flow-Control: 1`).
     pub flow_control: bool,
+    /// Session receive window under flow control: bounds the bytes queued between the peers,
+    /// which every stream waits behind (see [`proto::Config::session_window`]).
+    pub session_window: usize,
     /// Largest DATA frame written (Go writes ≤ 32 KiB).
     pub max_data_frame: usize,
     /// Bytes queued for the socket before stream writes wait.
@@ -88,6 +89,7 @@ impl Default for Config {
             stream_buffer: p.stream_buffer,
             connection_buffer: p.connection_buffer,
             flow_control: false,
+            session_window: p.session_window,
             max_data_frame: p.max_data_frame,
             send_buffer: p.send_buffer,
             max_incoming_streams: p.max_incoming_streams,
@@ -124,6 +126,7 @@ impl Config {
             stream_buffer: self.stream_buffer,
             connection_buffer: self.connection_buffer,
             flow_control: self.flow_control,
+            session_window: self.session_window,
             max_data_frame: self.max_data_frame,
             send_buffer: self.send_buffer,
             max_incoming_streams: self.max_incoming_streams,
@@ -168,7 +171,6 @@ struct StreamWakers {
 struct Inner {
     session: proto::Session,
     wakers: HashMap<StreamId, StreamWakers>,
-    tx_waiters: VecDeque<Waker>,
     driver: Option<Waker>,
     incoming: VecDeque<(StreamId, Vec<(String, String)>)>,
     incoming_waker: Option<Waker>,
@@ -248,7 +250,6 @@ impl Connection {
             inner: Mutex::new(Inner {
                 session,
                 wakers: HashMap::new(),
-                tx_waiters: VecDeque::new(),
                 driver: None,
                 incoming: VecDeque::new(),
                 incoming_waker: None,
@@ -293,54 +294,33 @@ impl Connection {
     /// Opens a stream (SYN_STREAM with `headers`) and waits for its SYN_REPLY, at most
     /// `open_timeout` (client-go's 30 s, `Timeout occurred`).
     pub async fn open_stream(&self, headers: Vec<(String, String)>) -> Result<Stream, OpenError> {
+        let stream = self.start_stream(headers)?;
+        stream.opened().await?;
+        Ok(stream)
+    }
+
+    /// Sends SYN_STREAM with `headers` and returns the stream at once; [`Stream::opened`]
+    /// waits for the SYN_REPLY. Starting several streams before waiting costs one round trip
+    /// for all of them instead of one each. Dropping the stream before the reply resets it.
+    pub fn start_stream(&self, headers: Vec<(String, String)>) -> Result<Stream, OpenError> {
         let shared = self.shared().clone();
-        let (id, open_timeout) = {
-            let mut inner = shared.lock();
-            let tx_before = inner.session.pending_transmit();
-            let id = match inner.session.open_stream(now(), &headers) {
-                Ok(id) => id,
-                Err(proto::OpenError::IdsExhausted) => return Err(OpenError::IdsExhausted),
-                Err(proto::OpenError::Closed) => {
-                    let reason = inner
-                        .session
-                        .close_reason()
-                        .map_or("closing".to_string(), |r| r.to_string());
-                    return Err(OpenError::Closed(reason));
-                }
-            };
-            inner.wakers.insert(id, StreamWakers::default());
-            inner.kick(tx_before);
-            (id, shared.open_timeout)
-        };
-        // From here on, dropping `stream` (timeout, cancellation) resets it.
-        let stream = Stream {
-            id,
-            shared: shared.clone(),
-        };
-        let wait = poll_fn(|cx| {
-            let mut inner = shared.lock();
-            match inner.session.open_state(id) {
-                OpenState::Pending => {
-                    if let Some(w) = inner.wakers.get_mut(&id) {
-                        w.open = Some(cx.waker().clone());
-                    }
-                    Poll::Pending
-                }
-                OpenState::Replied => Poll::Ready(Ok(())),
-                OpenState::Reset => Poll::Ready(Err(OpenError::Reset)),
-                OpenState::Closed => Poll::Ready(Err(OpenError::Closed(
-                    inner
-                        .session
-                        .close_reason()
-                        .map_or("closed".to_string(), |r| r.to_string()),
-                ))),
+        let mut inner = shared.lock();
+        let tx_before = inner.session.pending_transmit();
+        let id = match inner.session.open_stream(now(), &headers) {
+            Ok(id) => id,
+            Err(proto::OpenError::IdsExhausted) => return Err(OpenError::IdsExhausted),
+            Err(proto::OpenError::Closed) => {
+                let reason = inner
+                    .session
+                    .close_reason()
+                    .map_or("closing".to_string(), |r| r.to_string());
+                return Err(OpenError::Closed(reason));
             }
-        });
-        match tokio::time::timeout(open_timeout, wait).await {
-            Ok(Ok(())) => Ok(stream),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(OpenError::Timeout),
-        }
+        };
+        inner.wakers.insert(id, StreamWakers::default());
+        inner.kick(tx_before);
+        drop(inner);
+        Ok(Stream { id, shared })
     }
 
     /// Resets every open stream, sends GOAWAY, flushes and closes the socket; returns once the
@@ -521,6 +501,36 @@ impl Stream {
         self.id
     }
 
+    /// Waits for the peer's SYN_REPLY to a stream we opened (at once if it already came), at
+    /// most the connection's `open_timeout` (client-go's 30 s, `Timeout occurred`).
+    pub async fn opened(&self) -> Result<(), OpenError> {
+        let (id, shared) = (self.id, &self.shared);
+        let wait = poll_fn(|cx| {
+            let mut inner = shared.lock();
+            match inner.session.open_state(id) {
+                OpenState::Pending => {
+                    if let Some(w) = inner.wakers.get_mut(&id) {
+                        w.open = Some(cx.waker().clone());
+                    }
+                    Poll::Pending
+                }
+                OpenState::Replied => Poll::Ready(Ok(())),
+                OpenState::Reset => Poll::Ready(Err(OpenError::Reset)),
+                OpenState::Closed => Poll::Ready(Err(OpenError::Closed(
+                    inner
+                        .session
+                        .close_reason()
+                        .map_or("closed".to_string(), |r| r.to_string()),
+                ))),
+            }
+        });
+        match tokio::time::timeout(shared.open_timeout, wait).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(OpenError::Timeout),
+        }
+    }
+
     /// Sends RST_STREAM(CANCEL) unless already reset or finished both ways (Go's `Reset()`).
     pub fn reset(&mut self) {
         let mut inner = self.shared.lock();
@@ -612,13 +622,9 @@ impl AsyncWrite for Stream {
         let tx_before = inner.session.pending_transmit();
         match inner.session.write(now(), id, data) {
             Ok(0) if !data.is_empty() => {
-                if inner.session.can_send() {
-                    // Blocked on a flow-control window: woken by StreamChanged.
-                    if let Some(w) = inner.wakers.get_mut(&id) {
-                        w.write = Some(cx.waker().clone());
-                    }
-                } else {
-                    inner.tx_waiters.push_back(cx.waker().clone());
+                // This stream's send queue is full: woken by StreamChanged once it drains.
+                if let Some(w) = inner.wakers.get_mut(&id) {
+                    w.write = Some(cx.waker().clone());
                 }
                 inner.kick(tx_before);
                 Poll::Pending
@@ -717,6 +723,34 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
             inner.session.handle_timeout(now);
         }
         let inner = &mut *inner;
+        self.dispatch_events(inner, now);
+        if self.out.is_empty() {
+            // Frames queued stream data fairly; writers whose queues drained get StreamChanged.
+            inner.session.poll_transmit(&mut self.out);
+            self.dispatch_events(inner, now);
+        }
+        self.want_read = inner.session.wants_input();
+        let closed = inner.session.is_closed();
+        if closed {
+            if inner.reason.is_none() {
+                inner.reason = inner.session.close_reason().cloned();
+                tracing::debug!(reason = ?inner.reason, "spdy connection closing");
+                self.wake_list.extend(inner.incoming_waker.take());
+                for w in inner.wakers.values_mut() {
+                    self.wake_list.extend(w.read.take());
+                    self.wake_list.extend(w.write.take());
+                    self.wake_list.extend(w.open.take());
+                }
+                self.flush_deadline = Some(t + CLOSE_FLUSH_TIMEOUT);
+            }
+            return (true, self.flush_deadline);
+        }
+        (false, inner.session.poll_timeout().map(Instant::from_std))
+    }
+
+    /// Hands the session's events to the tasks waiting for them.
+    #[allow(clippy::disallowed_types)] // the proto's clock type, passed in
+    fn dispatch_events(&mut self, inner: &mut Inner, now: std::time::Instant) {
         while let Some(ev) = inner.session.poll_event() {
             match ev {
                 Event::StreamChanged(id) => {
@@ -739,36 +773,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                 }
             }
         }
-        if self.out.is_empty() {
-            inner.session.poll_transmit(&mut self.out);
-            if self.out.is_empty() {
-                // Nothing in flight: everyone may write.
-                self.wake_list.extend(inner.tx_waiters.drain(..));
-            } else if inner.session.can_send() {
-                // Room for a few writes: wake writers in FIFO order rather than all of them
-                // (a blocked writer re-queues at the back), so 64 busy streams do not stampede.
-                let n = inner.tx_waiters.len().min(TX_WAKE_BATCH);
-                self.wake_list.extend(inner.tx_waiters.drain(..n));
-            }
-        }
-        self.want_read = inner.session.wants_input();
-        let closed = inner.session.is_closed();
-        if closed {
-            if inner.reason.is_none() {
-                inner.reason = inner.session.close_reason().cloned();
-                tracing::debug!(reason = ?inner.reason, "spdy connection closing");
-                self.wake_list.extend(inner.incoming_waker.take());
-                for w in inner.wakers.values_mut() {
-                    self.wake_list.extend(w.read.take());
-                    self.wake_list.extend(w.write.take());
-                    self.wake_list.extend(w.open.take());
-                }
-                self.wake_list.extend(inner.tx_waiters.drain(..));
-                self.flush_deadline = Some(t + CLOSE_FLUSH_TIMEOUT);
-            }
-            return (true, self.flush_deadline);
-        }
-        (false, inner.session.poll_timeout().map(Instant::from_std))
     }
 
     fn finish(&mut self) {
