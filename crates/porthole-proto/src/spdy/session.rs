@@ -270,8 +270,9 @@ struct StreamState {
     /// The application's last write found the send queue full: notify when it drains.
     write_blocked: bool,
     /// Data accepted by `write` but not yet framed into `tx` (see `fill_tx`).
-    send_q: VecDeque<Bytes>,
-    send_q_len: usize,
+    /// Unallocated while empty; the buffer goes back to `Session::spare_queues` once drained,
+    /// so a busy stream costs no allocation per write and an idle one holds no memory.
+    send_q: BytesMut,
     /// In `Session::ready` (has queued data the windows allow).
     in_ready: bool,
     /// Has queued data but a flow-control window is closed: back in `ready` on WINDOW_UPDATE.
@@ -299,8 +300,7 @@ impl StreamState {
             recv_unacked: 0,
             notify_queued: false,
             write_blocked: false,
-            send_q: VecDeque::new(),
-            send_q_len: 0,
+            send_q: BytesMut::new(),
             in_ready: false,
             window_blocked: false,
             fin_queued: false,
@@ -325,6 +325,8 @@ const MAX_WINDOW: i64 = 0x7fff_ffff;
 /// Bytes one stream may have queued for sending (two Go-sized DATA frames). What a writer
 /// cannot queue waits in its own task: per-stream back-pressure.
 const STREAM_SEND_QUEUE: usize = 64 * 1024;
+/// Drained send-queue buffers kept for reuse (at most 512 KiB per connection).
+const SPARE_QUEUES: usize = 8;
 
 /// One SPDY/3.1 connection, without I/O.
 #[derive(Debug)]
@@ -335,6 +337,7 @@ pub struct Session {
     tx: BytesMut,
     /// Streams with queued data, served one DATA frame each in turn (see `fill_tx`).
     ready: VecDeque<StreamId>,
+    spare_queues: Vec<BytesMut>,
     events: VecDeque<Event>,
     streams: HashMap<StreamId, StreamState>,
     next_local_id: StreamId,
@@ -372,6 +375,7 @@ impl Session {
             decompressor: HeaderDecompressor::new(cfg.max_header_block),
             tx: BytesMut::with_capacity(64 * 1024),
             ready: VecDeque::new(),
+            spare_queues: Vec::new(),
             events: VecDeque::new(),
             streams: HashMap::new(),
             next_local_id,
@@ -739,7 +743,6 @@ impl Session {
                 if let Some(s) = self.streams.get_mut(&f.stream_id) {
                     if s.reset.is_none() {
                         s.send_q.clear();
-                        s.send_q_len = 0;
                         s.fin_queued = false;
                         s.reset = Some(ResetBy::Remote(f.status));
                         self.notify(f.stream_id);
@@ -873,7 +876,7 @@ impl Session {
         if let Some(s) = self.streams.get_mut(&id) {
             if s.window_blocked {
                 s.window_blocked = false;
-                if (s.send_q_len > 0 || s.fin_queued) && !s.in_ready {
+                if (!s.send_q.is_empty() || s.fin_queued) && !s.in_ready {
                     s.in_ready = true;
                     self.ready.push_back(id);
                 }
@@ -1154,15 +1157,19 @@ impl Session {
         self.check_writable(id)?;
         let s = self.streams.get(&id).expect("checked");
         let mut n = 0;
-        if s.send_q_len == 0 && self.ready.is_empty() {
+        if s.send_q.is_empty() && self.ready.is_empty() {
             n = self.frame_direct(id, data, self.cfg.send_buffer);
         }
         let s = self.streams.get_mut(&id).expect("checked");
-        let room = STREAM_SEND_QUEUE.saturating_sub(s.send_q_len);
+        let room = STREAM_SEND_QUEUE.saturating_sub(s.send_q.len());
         let k = (data.len() - n).min(room);
         if k > 0 {
-            s.send_q.push_back(Bytes::copy_from_slice(&data[n..n + k]));
-            s.send_q_len += k;
+            if s.send_q.capacity() == 0 {
+                s.send_q = self.spare_queues.pop().unwrap_or_default();
+                // Empty and unshared: reclaims the space `advance` left at the front.
+                s.send_q.reserve(STREAM_SEND_QUEUE);
+            }
+            s.send_q.extend_from_slice(&data[n..n + k]);
             n += k;
             if !s.in_ready && !s.window_blocked {
                 s.in_ready = true;
@@ -1268,7 +1275,7 @@ impl Session {
     /// FIN if it was waiting for the queue. Returns false when a window stopped it.
     fn frame_queued(&mut self, id: StreamId) -> bool {
         let max_frame = self.cfg.max_data_frame.clamp(1, frame::MAX_PAYLOAD_LEN);
-        let queued = self.streams[&id].send_q_len;
+        let queued = self.streams[&id].send_q.len();
         if queued > 0 {
             let k = self.send_allowance(id, queued.min(max_frame));
             if k == 0 {
@@ -1277,25 +1284,18 @@ impl Session {
             self.charge_windows(id, k);
             Head::encode_data(id, 0, k, &mut self.tx);
             let s = self.streams.get_mut(&id).expect("caller checked");
-            let mut left = k;
-            while left > 0 {
-                let front = s.send_q.front_mut().expect("queue holds send_q_len bytes");
-                let take = front.len().min(left);
-                self.tx.put_slice(&front[..take]);
-                front.advance(take);
-                if front.is_empty() {
-                    s.send_q.pop_front();
-                }
-                left -= take;
+            self.tx.put_slice(&s.send_q[..k]);
+            s.send_q.advance(k);
+            if s.send_q.is_empty() && self.spare_queues.len() < SPARE_QUEUES {
+                self.spare_queues.push(std::mem::take(&mut s.send_q));
             }
-            s.send_q_len -= k;
-            if s.write_blocked && s.send_q_len <= STREAM_SEND_QUEUE / 2 {
+            if s.write_blocked && s.send_q.len() <= STREAM_SEND_QUEUE / 2 {
                 s.write_blocked = false;
                 self.notify(id);
             }
         }
         let s = self.streams.get_mut(&id).expect("caller checked");
-        if s.send_q_len == 0 && s.fin_queued {
+        if s.send_q.is_empty() && s.fin_queued {
             s.fin_queued = false;
             Head::encode_data(id, FLAG_FIN, 0, &mut self.tx);
             if s.released {
@@ -1313,7 +1313,7 @@ impl Session {
             let Some(s) = self.streams.get(&id) else {
                 return true;
             };
-            if s.send_q_len == 0 && !s.fin_queued {
+            if s.send_q.is_empty() && !s.fin_queued {
                 return true;
             }
             if !self.frame_queued(id) {
@@ -1336,7 +1336,7 @@ impl Session {
                 continue;
             };
             s.in_ready = false;
-            if s.reset.is_some() || (s.send_q_len == 0 && !s.fin_queued) {
+            if s.reset.is_some() || (s.send_q.is_empty() && !s.fin_queued) {
                 continue;
             }
             if !self.frame_queued(id) {
@@ -1346,7 +1346,7 @@ impl Session {
                 continue;
             }
             if let Some(s) = self.streams.get_mut(&id) {
-                if s.send_q_len > 0 || s.fin_queued {
+                if !s.send_q.is_empty() || s.fin_queued {
                     s.in_ready = true;
                     self.ready.push_back(id);
                 }
@@ -1367,7 +1367,7 @@ impl Session {
             return;
         }
         s.send_fin = true;
-        if s.send_q_len > 0 {
+        if !s.send_q.is_empty() {
             // After the queued data (fill_tx sends it).
             s.fin_queued = true;
         } else {
@@ -1398,8 +1398,7 @@ impl Session {
             return;
         };
         let fin_out = s.send_fin && !s.fin_queued;
-        s.send_q.clear();
-        s.send_q_len = 0;
+        s.send_q = BytesMut::new();
         s.fin_queued = false;
         s.reset = Some(ResetBy::Local);
         self.buffered -= s.recv_len;
