@@ -50,7 +50,9 @@ pub mod fuzz_logic {
     }
 
     /// Feeds `data` to a server session in chunks whose sizes come from the data itself, and
-    /// drives it like an application that accepts every stream and reads everything.
+    /// drives it like an application that accepts streams, reads everything, writes, finishes
+    /// and resets. A small transmit bound makes writes go through the per-stream send queues;
+    /// everything the session transmits must decode as whole, valid frames.
     pub fn server_session(data: &[u8]) {
         let now = Instant::now();
         let flow = data.first().is_some_and(|b| b & 1 == 1);
@@ -61,9 +63,11 @@ pub mod fuzz_logic {
             connection_buffer: 16384,
             idle_timeout: Some(Duration::from_secs(60)),
             ping_interval: Some(Duration::from_secs(5)),
+            send_buffer: 2048,
             ..Config::default()
         };
         let mut s = Session::new(cfg, now);
+        let payload = [b'x'; 1500];
         let mut rx = BytesMut::new();
         let mut tx = BytesMut::new();
         let mut scratch = [0u8; 1024];
@@ -82,15 +86,21 @@ pub mod fuzz_logic {
                     Event::Incoming { id, .. } => {
                         if id % 4 == 1 {
                             s.accept(t, id);
-                            let _ = s.write(t, id, b"x");
+                            let _ = s.write(t, id, &payload);
                         } else {
                             s.reject(t, id);
                         }
                     }
                     Event::StreamChanged(id) => {
                         let _ = s.read(t, id, &mut scratch);
+                        let _ = s.write(t, id, &payload[..(id as usize * 7) % 1500]);
                         if id % 3 == 0 {
                             s.finish(t, id);
+                        } else if id % 5 == 0 {
+                            let _ = s.write_unbounded(t, id, b"error text");
+                            s.reset(t, id);
+                        } else if id % 7 == 0 {
+                            s.release(t, id);
                         }
                     }
                     Event::GoAway { .. } => {}
@@ -98,9 +108,20 @@ pub mod fuzz_logic {
             }
             s.handle_timeout(t);
             s.poll_transmit(&mut tx);
-            tx.clear();
+            assert_whole_frames(&mut tx);
         }
         s.close(t);
         s.poll_transmit(&mut tx);
+        assert_whole_frames(&mut tx);
+    }
+
+    /// Our own output must always be whole frames a peer can decode.
+    fn assert_whole_frames(tx: &mut BytesMut) {
+        while !tx.is_empty() {
+            match frame::Frame::decode(tx, frame::MAX_PAYLOAD_LEN) {
+                Ok(Some(_)) => {}
+                other => panic!("session transmitted a bad or partial frame: {other:?}"),
+            }
+        }
     }
 }
