@@ -174,17 +174,29 @@ users:
   user: {token: tok-b}
 "#;
 
-    fn write_config() -> PathBuf {
+    /// The test kubeconfig in its own directory, removed when dropped (even on a failed
+    /// assertion), so test runs leave nothing in /tmp.
+    struct TestConfig {
+        dir: PathBuf,
+    }
+
+    impl Drop for TestConfig {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn write_config() -> (TestConfig, PathBuf) {
         let dir = std::env::temp_dir().join(format!("porthole-client-kc-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("config");
         std::fs::write(&path, KUBECONFIG).unwrap();
-        path
+        (TestConfig { dir }, path)
     }
 
     #[tokio::test]
     async fn context_and_overrides() {
-        let path = write_config();
+        let (_cleanup, path) = write_config();
         let args = KubeconfigArgs {
             kubeconfig: Some(path.clone()),
             ..Default::default()

@@ -308,6 +308,16 @@ struct Cli {
     args: Args,
 }
 
+/// Removes the test's kubeconfig directory when the run is dropped, so tests leave nothing
+/// in /tmp.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn kubeconfig(api_port: u16) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "porthole-client-run-{}-{api_port}",
@@ -327,6 +337,7 @@ fn kubeconfig(api_port: u16) -> std::path::PathBuf {
 }
 
 struct Run {
+    _kubeconfig_dir: RemoveOnDrop,
     events: mpsc::UnboundedReceiver<Event>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<std::process::ExitCode>,
@@ -356,6 +367,7 @@ fn run(api_port: u16, argv: &[&str]) -> Run {
         shutdown.clone(),
     ));
     Run {
+        _kubeconfig_dir: RemoveOnDrop(kc.parent().expect("kubeconfig has a directory").into()),
         events,
         shutdown,
         task,
