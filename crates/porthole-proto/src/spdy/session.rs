@@ -90,7 +90,8 @@ pub struct Config {
     pub session_window: usize,
     /// Largest DATA frame written.
     pub max_data_frame: usize,
-    /// `write` refuses more data once this much is waiting to be transmitted.
+    /// `write` frames straight into the transmit buffer only below this; beyond it, data
+    /// waits in per-stream send queues framed in turn (see [`Session::write`]).
     pub send_buffer: usize,
     /// Most streams the peer may have open at once; more are refused (REFUSED_STREAM).
     pub max_incoming_streams: usize,
@@ -1155,9 +1156,8 @@ impl Session {
     /// window holds only its own queue.
     pub fn write(&mut self, now: Instant, id: StreamId, data: &[u8]) -> Result<usize, WriteError> {
         self.check_writable(id)?;
-        let s = self.streams.get(&id).expect("checked");
         let mut n = 0;
-        if s.send_q.is_empty() && self.ready.is_empty() {
+        if self.streams[&id].send_q.is_empty() && self.ready.is_empty() {
             n = self.frame_direct(id, data, self.cfg.send_buffer);
         }
         let s = self.streams.get_mut(&id).expect("checked");
@@ -1176,7 +1176,6 @@ impl Session {
                 self.ready.push_back(id);
             }
         }
-        let s = self.streams.get_mut(&id).expect("checked");
         if n < data.len() {
             s.write_blocked = true;
         }
@@ -1272,13 +1271,17 @@ impl Session {
     }
 
     /// Frames up to one DATA frame from the front of `id`'s send queue into `tx`; then the
-    /// FIN if it was waiting for the queue. Returns false when a window stopped it.
+    /// FIN if it was waiting for the queue. Returns false, marking the stream window-blocked,
+    /// when a window stopped it.
     fn frame_queued(&mut self, id: StreamId) -> bool {
         let max_frame = self.cfg.max_data_frame.clamp(1, frame::MAX_PAYLOAD_LEN);
         let queued = self.streams[&id].send_q.len();
         if queued > 0 {
             let k = self.send_allowance(id, queued.min(max_frame));
             if k == 0 {
+                if let Some(s) = self.streams.get_mut(&id) {
+                    s.window_blocked = true;
+                }
                 return false;
             }
             self.charge_windows(id, k);
@@ -1317,9 +1320,6 @@ impl Session {
                 return true;
             }
             if !self.frame_queued(id) {
-                if let Some(s) = self.streams.get_mut(&id) {
-                    s.window_blocked = true;
-                }
                 return false;
             }
         }
@@ -1340,9 +1340,6 @@ impl Session {
                 continue;
             }
             if !self.frame_queued(id) {
-                if let Some(s) = self.streams.get_mut(&id) {
-                    s.window_blocked = true;
-                }
                 continue;
             }
             if let Some(s) = self.streams.get_mut(&id) {
@@ -1505,6 +1502,21 @@ mod tests {
         (c, s, now)
     }
 
+    /// A flow-controlled pair whose stream windows are 1000 bytes, SETTINGS already exchanged.
+    fn pair_with_1000_byte_windows() -> (Session, Session, Instant) {
+        let now = Instant::now();
+        let cfg = |role| Config {
+            role,
+            flow_control: true,
+            stream_buffer: 1000,
+            ..Config::default()
+        };
+        let mut c = Session::new(cfg(Role::Client), now);
+        let mut s = Session::new(cfg(Role::Server), now);
+        pump(&mut s, &mut c, now); // SETTINGS
+        (c, s, now)
+    }
+
     fn pump(from: &mut Session, to: &mut Session, now: Instant) {
         let mut buf = BytesMut::new();
         from.poll_transmit(&mut buf);
@@ -1597,16 +1609,7 @@ mod tests {
 
     #[test]
     fn flow_control_blocks_sender_and_window_update_reopens() {
-        let now = Instant::now();
-        let cfg = |role| Config {
-            role,
-            flow_control: true,
-            stream_buffer: 1000,
-            ..Config::default()
-        };
-        let mut c = Session::new(cfg(Role::Client), now);
-        let mut s = Session::new(cfg(Role::Server), now);
-        pump(&mut s, &mut c, now); // SETTINGS
+        let (mut c, mut s, now) = pair_with_1000_byte_windows();
         let id = c.open_stream(now, &[("x", "y")]).unwrap();
         pump(&mut c, &mut s, now);
         assert!(matches!(s.poll_event(), Some(Event::Incoming { .. })));
@@ -1678,16 +1681,7 @@ mod tests {
 
     #[test]
     fn a_closed_window_holds_only_its_own_stream() {
-        let now = Instant::now();
-        let cfg = |role| Config {
-            role,
-            flow_control: true,
-            stream_buffer: 1000,
-            ..Config::default()
-        };
-        let mut c = Session::new(cfg(Role::Client), now);
-        let mut s = Session::new(cfg(Role::Server), now);
-        pump(&mut s, &mut c, now); // SETTINGS
+        let (mut c, mut s, now) = pair_with_1000_byte_windows();
         let ids = open_streams(&mut c, &mut s, now, 2);
         assert_eq!(c.write(now, ids[0], &[5u8; 5000]).unwrap(), 5000);
         assert_eq!(c.write(now, ids[1], b"hello").unwrap(), 5);

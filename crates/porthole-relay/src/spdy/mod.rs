@@ -70,7 +70,7 @@ pub struct Config {
     pub session_window: usize,
     /// Largest DATA frame written (Go writes ≤ 32 KiB).
     pub max_data_frame: usize,
-    /// Bytes queued for the socket before stream writes wait.
+    /// Transmit-buffer bound; beyond it, stream writes wait in per-stream send queues.
     pub send_buffer: usize,
     /// Streams the peer may have open at once; more get RST_STREAM(REFUSED_STREAM).
     pub max_incoming_streams: usize,
