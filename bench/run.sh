@@ -2,6 +2,7 @@
 # porthole's benchmark suite, one command (issue 7; see bench/README.md):
 #
 #   bash bench/run.sh [--smoke] [--reps N] [--paths a,b,...] [--mem 1000,10000] [--no-build]
+#                     [--up-arg ARG]...   (e.g. --up-arg --node-over-tls)
 #
 # Builds porthole and porthole-bench (release), starts `porthole up` with a pod running an echo
 # server and iperf3, sets up every path (physical limit, TLS relay chain, socat+nsenter, ssh -L,
@@ -19,6 +20,7 @@ while [ $# -gt 0 ]; do
     --smoke) SMOKE=1; ARGS+=("$1") ;;
     --no-build) BUILD=0 ;;
     --reps|--paths|--mem|--mem-reps) ARGS+=("$1" "$2"); shift ;;
+    --up-arg) ARGS+=("--up-arg=$2"); shift ;;
     -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument $1" >&2; exit 64 ;;
   esac

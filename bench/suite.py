@@ -327,7 +327,7 @@ spec:
         with open(pod, "w") as f:
             f.write(self.pod_yaml(tag))
         self.up = Proc(self, "porthole-up", [self.porthole, "up", "-f", pod, "--data-dir", data,
-                                             "--listen", "127.0.0.1:0"],
+                                             "--listen", "127.0.0.1:0"] + self.a.up_arg,
                        env=self.env, stop_signal=signal.SIGINT, stop_wait=30)
         (m,) = self.up.wait_lines([r"cluster ready, kubeconfig at (\S+)"], timeout=180)
         self.kubeconfig = m.group(1)
@@ -843,6 +843,8 @@ def main():
     ap.add_argument("--mem", default=None, help="idle connection counts, e.g. 1000,10000")
     ap.add_argument("--mem-reps", type=int, default=1)
     ap.add_argument("--command", default="", help="the command line, for the report")
+    ap.add_argument("--up-arg", action="append", default=[],
+                    help="extra argument for `porthole up` (repeatable), e.g. --node-over-tls")
     a = ap.parse_args()
     a.paths = a.paths.split(",")
     a.modes = {"porthole" if p.startswith("porthole") else "kubectl" if p.startswith("kubectl")
@@ -885,6 +887,7 @@ def main():
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
     meta = {"facts": machine_facts(), "command": a.command, "smoke": a.smoke, "reps": a.reps,
+            "up_args": a.up_arg,
             "params": {k: getattr(a, k) for k in ("iperf_secs", "iperf_omit", "rtt_count",
                                                   "rtt_warmup", "rtt_secs", "load_secs",
                                                   "conn_secs", "conn_max", "mem_n",

@@ -122,6 +122,8 @@ def main():
     p(f"| finished | {meta.get('finished', '?')} |")
     p(f"| reps | {meta.get('reps', '?')} |")
     p(f"| parameters | `{json.dumps(meta.get('params', {}))}` |")
+    up_args = " ".join(meta.get("up_args") or []) or "(none: the API server reaches the node agent in process)"
+    p(f"| `porthole up` flags | {up_args} |")
     p("")
     p(f"Command: `{meta.get('command') or 'bash bench/run.sh'}` (as root, from the repository root).\n")
 

@@ -74,15 +74,47 @@ fn endpoint_of(node: &Value, name: &str) -> Result<NodeEndpoint, ApiError> {
     })
 }
 
-/// The TLS stream to a node agent.
-pub type NodeStream = tokio_rustls::client::TlsStream<TcpStream>;
+/// A node agent running in the API server's own process (`porthole up`).
+#[derive(Debug, Clone)]
+pub struct InProcessNode {
+    /// Its node name.
+    pub name: String,
+    /// Takes one end of each new connection (the node serves the other).
+    pub connect: tokio::sync::mpsc::Sender<tokio::io::DuplexStream>,
+}
 
-/// Dial the node: TCP then TLS, both within [`DIAL_TIMEOUT`]; failures are 503
-/// `error dialing backend: ...` so clients get an answer, never a hang.
-pub async fn dial(
+/// Bytes buffered per direction of an in-process connection: enough for a burst of full
+/// SPDY frames, so neither side waits on the other at every frame.
+const IN_PROCESS_BUFFER: usize = 256 * 1024;
+
+/// A connection to a node agent.
+pub trait NodeIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> NodeIo for T {}
+
+/// The stream to a node agent: TLS over TCP, or an in-memory pipe to the node agent in this
+/// process.
+pub type NodeStream = Box<dyn NodeIo>;
+
+/// Dial the node: the in-process node through a pipe; any other over TCP then TLS, both
+/// within [`DIAL_TIMEOUT`]. Failures are 503 `error dialing backend: ...` so clients get an
+/// answer, never a hang.
+pub async fn dial(state: &crate::State, ep: &NodeEndpoint) -> Result<NodeStream, ApiError> {
+    if let Some(local) = state.in_process_node.as_ref().filter(|n| n.name == ep.node) {
+        let (ours, theirs) = tokio::io::duplex(IN_PROCESS_BUFFER);
+        if local.connect.send(theirs).await.is_ok() {
+            return Ok(Box::new(ours));
+        }
+        // The embedded node agent has stopped: fall through to its TLS address, which fails
+        // with the usual dial error.
+    }
+    Ok(Box::new(dial_tls(&state.kubelet_tls, ep).await?))
+}
+
+/// Dial the node over TCP then TLS.
+async fn dial_tls(
     tls: &Arc<rustls::ClientConfig>,
     ep: &NodeEndpoint,
-) -> Result<NodeStream, ApiError> {
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ApiError> {
     let fail =
         |what: String| ApiError::ServiceUnavailable(format!("error dialing backend: {what}"));
     let host_for_dial = if ep.host.contains(':') && !ep.host.starts_with('[') {

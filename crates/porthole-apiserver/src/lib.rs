@@ -144,6 +144,9 @@ pub struct Config {
     pub audit_log_path: Option<PathBuf>,
     /// Heartbeat grace period.
     pub node_monitor_grace_period: Duration,
+    /// A node agent in this same process (`porthole up`), reached through in-memory pipes
+    /// instead of TCP and TLS: its name and where to hand each connection.
+    pub in_process_node: Option<kubelet::InProcessNode>,
 }
 
 impl Config {
@@ -172,6 +175,7 @@ impl Config {
             kubelet_tls: Arc::new(kubelet_tls),
             audit_log_path: args.audit_log_path.clone(),
             node_monitor_grace_period: args.node_monitor_grace_period,
+            in_process_node: None,
         })
     }
 }
@@ -186,6 +190,8 @@ pub struct State {
     pub anonymous: bool,
     /// TLS client config for node agents.
     pub kubelet_tls: Arc<rustls::ClientConfig>,
+    /// The node agent in this process, if any.
+    pub in_process_node: Option<kubelet::InProcessNode>,
     /// Audit log.
     pub audit: audit::AuditLog,
     /// Cancelled when the server stops; watches and sessions end with it.
@@ -237,6 +243,7 @@ pub async fn run(
         tokens: cfg.tokens,
         anonymous: cfg.anonymous_auth,
         kubelet_tls: cfg.kubelet_tls,
+        in_process_node: cfg.in_process_node,
         audit: audit::AuditLog::open(cfg.audit_log_path.as_deref())?,
         shutdown: shutdown.child_token(),
         kick_signal: tokio::sync::Notify::new(),

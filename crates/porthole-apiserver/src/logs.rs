@@ -85,7 +85,7 @@ pub async fn serve(
         enc(&container),
         q
     );
-    let stream = kubelet::dial(&state.kubelet_tls, &ep).await?;
+    let stream = kubelet::dial(state, &ep).await?;
     let mut sender = kubelet::http1_client(stream).await?;
     let node_req = Request::get(path)
         .header(header::HOST, format!("{}:{}", ep.host, ep.port))

@@ -355,7 +355,7 @@ async fn forward(
     started: tokio::time::Instant,
 ) -> Result<Response<Body>, ApiError> {
     let upgrade_requested = is_upgrade(req.headers());
-    let stream = kubelet::dial(&state.kubelet_tls, ep).await?;
+    let stream = kubelet::dial(state, ep).await?;
     let mut sender = kubelet::http1_client(stream).await?;
     let host = format!("{}:{}", ep.host, ep.port);
     let mut node_req = Request::builder()

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use porthole_relay::portforward::spdy_client::{ForwardError, PortForwarder};
+use porthole_relay::portforward::spdy_client::{take_ready_bytes, ForwardError, PortForwarder};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -519,6 +519,8 @@ async fn handle_connection(
     let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let mut announced = false;
     let mut attempts = 0;
+    // Read at most once, kept across retries (see `forward_with_prefix`).
+    let mut prefix: Option<Vec<u8>> = None;
     let (live, remote, result) = loop {
         attempts += 1;
         let Some(live) = pick_session(&shared, deadline).await else {
@@ -539,8 +541,14 @@ async fn handle_connection(
             announced = true;
         }
         // Borrowed, so the socket survives a failure to open streams and can be retried on the
-        // next session (nothing has been read from it yet then).
-        let result = live.forwarder.forward(&mut stream, port.remote).await;
+        // next session, with the same prefix.
+        if prefix.is_none() && live.forwarder.sends_early_data() {
+            prefix = Some(take_ready_bytes(&stream));
+        }
+        let result = live
+            .forwarder
+            .forward_with_prefix(&mut stream, port.remote, prefix.as_deref().unwrap_or(&[]))
+            .await;
         let session_died = matches!(
             result,
             Err(ForwardError::CreateErrorStream(_) | ForwardError::CreateDataStream(_))

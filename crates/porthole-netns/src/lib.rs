@@ -122,10 +122,35 @@ impl std::fmt::Display for DialError {
 
 impl std::error::Error for DialError {}
 
-/// A request to the namespace thread: make one nonblocking TCP socket of this family.
+/// A request to the namespace thread: make `count` nonblocking TCP sockets of this family
+/// (fewer if it fails part way; an error only if none could be made).
 struct SocketRequest {
     family: AddressFamily,
-    reply: tokio::sync::oneshot::Sender<io::Result<OwnedFd>>,
+    count: usize,
+    reply: tokio::sync::oneshot::Sender<io::Result<Vec<OwnedFd>>>,
+}
+
+/// Sockets made per trip to the namespace thread. The trip (two thread wake-ups and a
+/// channel round) cost more than the socket itself; spare sockets wait in [`Inner::spare`]
+/// for the next connections, so a busy pod pays one trip per this many connections.
+const SOCKET_BATCH: usize = 8;
+
+/// Unconnected sockets made in the namespace ahead of need, per address family. Filled only
+/// by a dial that needed a trip, so idle namespaces hold none; emptied on removal.
+#[derive(Default)]
+struct Spare {
+    v4: Vec<OwnedFd>,
+    v6: Vec<OwnedFd>,
+}
+
+impl Spare {
+    fn of(&mut self, family: AddressFamily) -> &mut Vec<OwnedFd> {
+        if family == AddressFamily::Inet6 {
+            &mut self.v6
+        } else {
+            &mut self.v4
+        }
+    }
 }
 
 struct Inner {
@@ -135,6 +160,7 @@ struct Inner {
     file: File,
     /// Channel to the namespace thread; `None` once removed (the thread then exits).
     requests: Mutex<Option<mpsc::Sender<SocketRequest>>>,
+    spare: Mutex<Spare>,
     removed: Mutex<bool>,
     kind: Kind,
 }
@@ -232,6 +258,7 @@ impl NetNs {
                 path: PathBuf::from(format!("/proc/{pid}/ns/net")),
                 file,
                 requests: Mutex::new(Some(req_tx)),
+                spare: Mutex::new(Spare::default()),
                 removed: Mutex::new(false),
                 kind: Kind::Rootless { user_file },
             }),
@@ -280,6 +307,7 @@ impl NetNs {
                 path: path.to_path_buf(),
                 file,
                 requests: Mutex::new(Some(req_tx)),
+                spare: Mutex::new(Spare::default()),
                 removed: Mutex::new(false),
                 kind: Kind::Mounted,
             }),
@@ -306,7 +334,8 @@ impl NetNs {
         *self.inner.removed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Creates an unconnected nonblocking TCP socket of `family` inside the namespace.
+    /// Creates an unconnected nonblocking TCP socket of `family` inside the namespace: a spare
+    /// one if there is, else a batch from the namespace thread.
     async fn socket(&self, family: AddressFamily) -> io::Result<OwnedFd> {
         let closed = || {
             io::Error::new(
@@ -317,6 +346,17 @@ impl NetNs {
                 ),
             )
         };
+        let spare = |inner: &Inner| {
+            inner
+                .spare
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .of(family)
+                .pop()
+        };
+        if let Some(fd) = spare(&self.inner) {
+            return Ok(fd);
+        }
         let (reply, rx) = tokio::sync::oneshot::channel();
         {
             let guard = self
@@ -325,10 +365,28 @@ impl NetNs {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
             let tx = guard.as_ref().ok_or_else(closed)?;
-            tx.send(SocketRequest { family, reply })
-                .map_err(|_| closed())?;
+            tx.send(SocketRequest {
+                family,
+                count: SOCKET_BATCH,
+                reply,
+            })
+            .map_err(|_| closed())?;
         }
-        rx.await.map_err(|_| closed())?
+        let mut fds = rx.await.map_err(|_| closed())??;
+        let fd = fds.pop().ok_or_else(closed)?;
+        // Removed meanwhile: drop the rest rather than keep the namespace alive with them
+        // (checked under the lock `remove` holds while it empties the spares).
+        let removed = self.inner.removed.lock().unwrap_or_else(|p| p.into_inner());
+        if !*removed {
+            self.inner
+                .spare
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .of(family)
+                .extend(fds);
+        }
+        drop(removed);
+        Ok(fd)
     }
 
     /// Connects to `addr` from inside the namespace, giving up after `timeout`.
@@ -415,6 +473,8 @@ impl Inner {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
+        // Spare sockets would keep the namespace alive in the kernel.
+        *self.spare.lock().unwrap_or_else(|p| p.into_inner()) = Spare::default();
         if matches!(self.kind, Kind::Mounted) {
             unmount_and_unlink(&self.path)?;
         }
@@ -481,15 +541,34 @@ fn namespace_thread(
         return;
     }
     while let Ok(req) = requests.recv() {
-        let fd = socket(
-            req.family,
-            SockType::Stream,
-            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .map_err(io::Error::from);
-        let _ = req.reply.send(fd);
+        let fds = make_sockets(req.count, || {
+            socket(
+                req.family,
+                SockType::Stream,
+                SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+                None,
+            )
+            .map_err(io::Error::from)
+        });
+        let _ = req.reply.send(fds);
     }
+}
+
+/// Up to `count` sockets from `make`; the first error ends the batch, and is returned only if
+/// no socket was made (EMFILE then reaches the dial that needed one).
+fn make_sockets(
+    count: usize,
+    mut make: impl FnMut() -> io::Result<OwnedFd>,
+) -> io::Result<Vec<OwnedFd>> {
+    let mut fds = Vec::with_capacity(count);
+    for _ in 0..count.max(1) {
+        match make() {
+            Ok(fd) => fds.push(fd),
+            Err(e) if fds.is_empty() => return Err(e),
+            Err(_) => break,
+        }
+    }
+    Ok(fds)
 }
 
 /// Body of the rootless namespace thread: fork the helper (so its parent-death signal is tied
@@ -513,7 +592,8 @@ fn rootless_thread(
         } else {
             4
         };
-        let _ = req.reply.send(sys::helper_socket(&helper.sock, family));
+        let fds = make_sockets(req.count, || sys::helper_socket(&helper.sock, family));
+        let _ = req.reply.send(fds);
     }
     drop(helper.sock);
     // The helper exits on EOF; reap it so no zombie stays behind.
@@ -747,6 +827,50 @@ mod tests {
             .await
             .expect_err("closed");
         assert!(err.cause.contains("is closed"), "{err}");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    /// More dials than one batch of sockets: every one (spare or fresh) reaches a listener
+    /// that exists only inside the namespace, and removal drops the spares.
+    #[tokio::test]
+    async fn spare_sockets_are_made_inside_the_namespace() {
+        if skip_unless_root("spare_sockets_are_made_inside_the_namespace") {
+            return;
+        }
+        let dir = tempdir("spare");
+        let ns = NetNs::create(&dir.join("ns1"), "pod-uid-2").expect("create namespace");
+        const N: usize = SOCKET_BATCH * 2 + 3;
+        let mut cmd = std::process::Command::new("python3");
+        cmd.args([
+            "-c",
+            &format!(
+                "import socket\ns=socket.socket();s.bind(('127.0.0.1',0));s.listen(64)\n\
+                 print(s.getsockname()[1],flush=True)\nfor _ in range({N}):\n c,_=s.accept();c.sendall(b'k');c.close()"
+            ),
+        ])
+        .stdout(std::process::Stdio::piped());
+        ns.enter_on_spawn(&mut cmd);
+        let mut child = cmd.spawn().expect("spawn python3");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+            &mut line,
+        )
+        .expect("read port");
+        let port: u16 = line.trim().parse().expect("port");
+        for i in 0..N {
+            let mut s = ns
+                .dial(port, DEFAULT_CONNECT_TIMEOUT)
+                .await
+                .unwrap_or_else(|e| panic!("dial {i}: {e}"));
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await.expect("read");
+        }
+        child.wait().expect("wait python");
+        let spare = |ns: &NetNs| ns.inner.spare.lock().unwrap().v4.len();
+        assert_eq!(spare(&ns), SOCKET_BATCH * 3 - N);
+        ns.remove().expect("remove");
+        assert_eq!(spare(&ns), 0);
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 

@@ -102,6 +102,9 @@ pub struct Config {
     pub stream_creation_timeout: Duration,
     /// Node heartbeat period.
     pub heartbeat_interval: Duration,
+    /// Connections handed over inside this process by an embedded API server (`porthole up`),
+    /// served next to the TLS listener.
+    pub in_process: Option<crate::InProcessListener>,
 }
 
 impl Config {
@@ -159,6 +162,7 @@ impl Config {
             idle_timeout: args.idle_timeout,
             stream_creation_timeout: args.stream_creation_timeout,
             heartbeat_interval: Duration::from_secs(10),
+            in_process: None,
         })
     }
 }

@@ -54,6 +54,8 @@ pub(crate) struct Endpoint {
 enum Caller {
     Anonymous,
     Named(String),
+    /// The API server of this same process (see [`crate::InProcessListener`]).
+    InProcess,
 }
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
@@ -123,6 +125,37 @@ async fn connection(
         Some(cert) => Caller::Named(crate::tls::common_name(cert).unwrap_or_default()),
         None => Caller::Anonymous,
     };
+    serve_http(tls, caller, peer, ep).await;
+}
+
+/// Serves connections handed over by the API server in this process until `ep.shutdown`.
+pub(crate) async fn serve_in_process(
+    mut rx: tokio::sync::mpsc::Receiver<tokio::io::DuplexStream>,
+    ep: Arc<Endpoint>,
+) {
+    // What the audit and logs show as the peer of an in-process connection.
+    let peer = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0));
+    loop {
+        let io = tokio::select! {
+            io = rx.recv() => match io {
+                Some(io) => io,
+                None => return,
+            },
+            _ = ep.shutdown.cancelled() => return,
+        };
+        let ep2 = ep.clone();
+        ep.tasks.spawn(
+            async move { serve_http(io, Caller::InProcess, peer, ep2).await }
+                .instrument(tracing::debug_span!("conn", peer = "in-process")),
+        );
+    }
+}
+
+/// HTTP/1.1 with upgrades on one connection, until it ends or `ep.shutdown`.
+async fn serve_http<IO>(io: IO, caller: Caller, peer: SocketAddr, ep: Arc<Endpoint>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let service = {
         let ep = ep.clone();
         hyper::service::service_fn(move |req| {
@@ -135,7 +168,7 @@ async fn connection(
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(TLS_HANDSHAKE_TIMEOUT * 3)
-        .serve_connection(TokioIo::new(tls), service)
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
@@ -198,7 +231,7 @@ async fn route(
                 ),
             );
         }
-        Caller::Named(_) => {}
+        Caller::Named(_) | Caller::InProcess => {}
     }
     match (first, segs.len()) {
         (Some("portForward"), 3 | 4) => port_forward(req, ep, &segs[1], &segs[2], segs.get(3)),

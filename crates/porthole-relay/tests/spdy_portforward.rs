@@ -282,3 +282,111 @@ async fn many_parallel_forwards() {
     );
     pf.shutdown().await;
 }
+
+/// Towards a porthole node (flow control negotiated) the error stream's FIN and the prefix
+/// leave right behind the SYN_STREAMs, before any reply: the peer here never replies and still
+/// gets them all.
+#[tokio::test]
+async fn early_data_rides_with_the_syn_streams() {
+    use bytes::BytesMut;
+    use porthole_proto::spdy::frame::{self, Frame, FLAG_FIN};
+    use porthole_proto::spdy::header_block::HeaderDecompressor;
+
+    let (a, mut node) = tokio::io::duplex(1 << 20);
+    let cfg = Config {
+        flow_control: true,
+        ..Config::client()
+    };
+    let pf = PortForwarder::new(a, cfg);
+    assert!(pf.sends_early_data());
+    let (_app, local) = tokio::io::duplex(1 << 16);
+    let fwd = tokio::spawn(async move {
+        pf.forward_with_prefix(local, 8080, b"GET / HTTP/1.1\r\n\r\n")
+            .await
+    });
+    let mut zd = HeaderDecompressor::new(1 << 16);
+    let mut rx = BytesMut::new();
+    let mut seen = Vec::new();
+    let read_all = async {
+        loop {
+            while let Some(f) = Frame::decode(&mut rx, frame::MAX_PAYLOAD_LEN).unwrap() {
+                match f {
+                    Frame::SynStream(s) => {
+                        let h = zd.decompress(&s.header_block).unwrap();
+                        let t = h.iter().find(|(k, _)| k == "streamtype").unwrap().1.clone();
+                        seen.push(format!("SYN_STREAM {} {t}", s.stream_id));
+                    }
+                    Frame::Data(d) => seen.push(format!(
+                        "DATA {} fin={} {:?}",
+                        d.stream_id,
+                        d.flags & FLAG_FIN != 0,
+                        String::from_utf8_lossy(&d.payload)
+                    )),
+                    // SETTINGS / WINDOW_UPDATE of the negotiated flow control.
+                    _ => {}
+                }
+            }
+            if seen.len() == 4 {
+                return;
+            }
+            rx.reserve(1 << 16);
+            assert!(
+                node.read_buf(&mut rx).await.unwrap() > 0,
+                "client closed: {seen:?}"
+            );
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read_all)
+        .await
+        .unwrap_or_else(|_| panic!("no early data without a reply"));
+    assert_eq!(
+        seen,
+        [
+            "SYN_STREAM 1 error",
+            "DATA 1 fin=true \"\"",
+            "SYN_STREAM 3 data",
+            "DATA 3 fin=false \"GET / HTTP/1.1\\r\\n\\r\\n\"",
+        ]
+    );
+    drop(node);
+    assert!(matches!(
+        fwd.await.unwrap(),
+        Err(ForwardError::CreateErrorStream(_))
+    ));
+}
+
+/// A prefix is delivered first and counted, with and without early data (Go servers get it
+/// after the replies).
+#[tokio::test]
+async fn prefix_then_the_rest_in_order() {
+    let port = echo_pod().await;
+    for flow_control in [true, false] {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let server_cfg = ServerConfig {
+            flow_control,
+            ..ServerConfig::default()
+        };
+        let _server = tokio::spawn(spdy_server::serve(b, Arc::new(Loopback), server_cfg));
+        let pf = PortForwarder::new(
+            a,
+            Config {
+                flow_control,
+                ..Config::client()
+            },
+        );
+        assert_eq!(pf.sends_early_data(), flow_control);
+        let (mut app, local) = tokio::io::duplex(1 << 16);
+        let fwd = tokio::spawn(async move { pf.forward_with_prefix(local, port, b"first,").await });
+        app.write_all(b"then the rest").await.unwrap();
+        app.shutdown().await.unwrap();
+        let mut echoed = Vec::new();
+        app.read_to_end(&mut echoed).await.unwrap();
+        assert_eq!(
+            echoed, b"first,then the rest",
+            "flow control {flow_control}"
+        );
+        let report = fwd.await.unwrap().unwrap();
+        assert_eq!(report.bytes_out, 19);
+        assert_eq!(report.bytes_in, 19);
+    }
+}

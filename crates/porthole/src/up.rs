@@ -82,6 +82,12 @@ pub struct Args {
     /// How long to wait for the API server to answer and the node to become Ready.
     #[arg(long, default_value = "60", value_name = "SECONDS")]
     pub ready_timeout: u64,
+
+    /// Reach the embedded node agent over TCP and TLS, as the API server reaches a node agent
+    /// in another process, instead of through in-memory pipes (for comparison and debugging;
+    /// slower: one more encrypted hop on every byte).
+    #[arg(long, env = "PORTHOLE_NODE_OVER_TLS", value_parser = clap::builder::BoolishValueParser::new())]
+    pub node_over_tls: bool,
 }
 
 /// Runs the cluster until `shutdown` is cancelled.
@@ -125,8 +131,18 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> Result<()> {
         .await
         .context("bind the node agent to 127.0.0.1:0")?;
 
-    let api_cfg = apiserver_config(&dir, &pki, &token_file)?;
-    let node_cfg = node_config(&dir, &pki, &args.node_name, &server)?;
+    let mut api_cfg = apiserver_config(&dir, &pki, &token_file)?;
+    let mut node_cfg = node_config(&dir, &pki, &args.node_name, &server)?;
+    if !args.node_over_tls {
+        // Both roles live in this process: the API server hands its node connections over in
+        // memory. The node's TLS listener stays up (its address is in the Node object).
+        let (connect, listener) = porthole_node::in_process_link();
+        api_cfg.in_process_node = Some(porthole_apiserver::kubelet::InProcessNode {
+            name: args.node_name.clone(),
+            connect,
+        });
+        node_cfg.in_process = Some(listener);
+    }
 
     let mut api = Role::spawn("API server", |token| {
         porthole_apiserver::run(api_cfg, api_listener, token)

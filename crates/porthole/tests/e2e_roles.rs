@@ -9,7 +9,7 @@ use std::process::Command;
 
 use anyhow::{ensure, Result};
 use nix::sys::signal::Signal;
-use porthole_test::{example, http_get, Child, Cluster, Forward, TempDir};
+use porthole_test::{echo_roundtrip, example, http_get, pattern, Child, Cluster, Forward, TempDir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_porthole");
 
@@ -139,4 +139,46 @@ fn stop_both(node: &mut Child, apiserver: &mut Child) -> Result<()> {
         "apiserver exited with {api_status} after SIGTERM"
     );
     Ok(())
+}
+
+/// `porthole up` hands its node connections to the embedded node agent in memory by default;
+/// with `--node-over-tls` it dials the node's TLS endpoint like a separate API server would.
+/// Both carry porthole's and kubectl's forwards, byte for byte.
+#[test]
+fn up_with_and_without_the_in_process_node_link() {
+    if !porthole_test::require_root("up_with_and_without_the_in_process_node_link") {
+        return;
+    }
+    let work = TempDir::new("node-link").unwrap();
+    for (i, extra) in [&[][..], &["--node-over-tls"][..]].into_iter().enumerate() {
+        let dir = work.path().join(format!("run{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cluster = Cluster::up_with(
+            Path::new(BIN),
+            &dir,
+            &dir.join("data"),
+            &[example("echo.yaml")],
+            extra,
+        )
+        .unwrap();
+        cluster.wait_pod_ready("default", "echo").unwrap();
+        let payload = pattern(1 << 20, 11 + i as u64);
+        let mut porthole = cluster.porthole_cmd();
+        porthole.args(["port-forward", "pod/echo", ":7000"]);
+        let mut kubectl = cluster.kubectl_cmd(Path::new("/usr/bin/kubectl"));
+        kubectl.args(["port-forward", "pod/echo", ":7000"]);
+        for (name, cmd) in [("porthole", porthole), ("kubectl", kubectl)] {
+            let fwd = Forward::start(&format!("{name}-{i}"), cmd, &dir, 7000).unwrap();
+            // Several connections, so the early-data path and the pairing both get exercised.
+            for _ in 0..3 {
+                let back = echo_roundtrip(fwd.local_port, &payload).unwrap();
+                assert!(back == payload, "{extra:?} {name}: echo differs");
+            }
+            assert!(
+                fwd.stop().unwrap().success(),
+                "{extra:?} {name}: exit status"
+            );
+        }
+        cluster.stop().unwrap();
+    }
 }

@@ -265,6 +265,7 @@ impl Pki {
             idle_timeout: Duration::from_secs(4 * 3600),
             stream_creation_timeout: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(10),
+            in_process: None,
         }
     }
 

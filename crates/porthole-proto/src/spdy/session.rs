@@ -117,7 +117,7 @@ impl Default for Config {
             max_data_frame: 32 * 1024,
             send_buffer: 256 * 1024,
             max_incoming_streams: 65_536,
-            compression_level: header_block::DEFAULT_LEVEL,
+            compression_level: header_block::SESSION_LEVEL,
         }
     }
 }

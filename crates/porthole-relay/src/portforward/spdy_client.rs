@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::copy;
-use crate::spdy::{self, CloseReason, Connection, OpenError, Role, Stream};
+use crate::spdy::{self, CloseReason, Connection, OpenError, Role, Stream, StreamStart};
 
 /// Longest error text kept (the rest is read and dropped).
 const MAX_ERROR_TEXT: usize = 64 * 1024;
@@ -51,20 +51,30 @@ pub enum ForwardError {
 pub struct PortForwarder {
     conn: Connection,
     ids: RequestIds,
+    /// Send before the SYN_REPLYs arrive (see [`PortForwarder::forward`]).
+    early_data: bool,
 }
 
 impl PortForwarder {
     /// Starts the SPDY session (client role) over an upgraded connection. Use
     /// `spdy::Config::client()` (PING every 5 s) for raw SPDY, 10 s inside the WebSocket tunnel.
+    ///
+    /// With `cfg.flow_control` (negotiated, so the far end is a porthole node, which buffers
+    /// every accepted stream within its window) each forward sends its data right behind the
+    /// SYN_STREAMs instead of waiting a round trip for the replies. Go servers (spdystream)
+    /// park a frame worker on data nobody reads yet, so towards them the client waits, as
+    /// client-go does.
     pub fn new<T>(io: T, cfg: spdy::Config) -> PortForwarder
     where
         T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
+        let early_data = cfg.flow_control;
         // Servers never open streams in port-forward; dropping `Incoming` rejects any.
         let (conn, _incoming) = Connection::new(io, Role::Client, cfg);
         PortForwarder {
             conn,
             ids: RequestIds::new(),
+            early_data,
         }
     }
 
@@ -73,11 +83,36 @@ impl PortForwarder {
         &self.conn
     }
 
-    /// Forwards one accepted local connection to `remote_port` in the pod.
+    /// Whether [`PortForwarder::forward_with_prefix`] sends its prefix in the same flight as
+    /// the SYN_STREAMs (porthole nodes); otherwise it follows the replies, as with client-go.
+    pub fn sends_early_data(&self) -> bool {
+        self.early_data
+    }
+
+    /// Forwards one accepted local connection to `remote_port` in the pod. Nothing is read
+    /// from `local` before the streams are replied to, so after a `Create*Stream` error the
+    /// caller can retry `local` on another connection.
     pub async fn forward<L>(
+        &self,
+        local: L,
+        remote_port: u16,
+    ) -> Result<ForwardReport, ForwardError>
+    where
+        L: AsyncRead + AsyncWrite + Unpin,
+    {
+        self.forward_with_prefix(local, remote_port, &[]).await
+    }
+
+    /// [`PortForwarder::forward`], where `prefix` was already read from `local` (see
+    /// [`take_ready_bytes`]) and is sent first: towards porthole nodes in the same flight as
+    /// the SYN_STREAMs. After a `Create*Stream` error the caller can retry `local` with the
+    /// same prefix (the node may have seen it: as with any client retry, the pod then sees
+    /// the first connection die and the request again on a new one).
+    pub async fn forward_with_prefix<L>(
         &self,
         mut local: L,
         remote_port: u16,
+        prefix: &[u8],
     ) -> Result<ForwardReport, ForwardError>
     where
         L: AsyncRead + AsyncWrite + Unpin,
@@ -91,26 +126,54 @@ impl PortForwarder {
         };
         // Both SYN_STREAMs go out back to back and the replies are awaited together: one round
         // trip before data can flow instead of kubectl's two (it waits for each reply in turn).
-        let mut error = self
-            .conn
-            .start_stream(headers(StreamType::Error))
-            .map_err(ForwardError::CreateErrorStream)?;
-        let mut data = self
-            .conn
-            .start_stream(headers(StreamType::Data))
-            .map_err(ForwardError::CreateDataStream)?;
-        error
-            .opened()
-            .await
-            .map_err(ForwardError::CreateErrorStream)?;
-        // The client never writes to the error stream.
+        // With early data, the error stream's FIN and the prefix share that first flight.
+        let (mut error, mut data, unsent) = if self.early_data {
+            let mut opened = self
+                .conn
+                .start_streams(vec![
+                    StreamStart {
+                        headers: headers(StreamType::Error),
+                        data: &[],
+                        fin: true,
+                    },
+                    StreamStart {
+                        headers: headers(StreamType::Data),
+                        data: prefix,
+                        fin: false,
+                    },
+                ])
+                .map_err(ForwardError::CreateErrorStream)?;
+            let (data, taken) = opened.pop().expect("two streams");
+            let (error, _) = opened.pop().expect("two streams");
+            (error, data, &prefix[taken..])
+        } else {
+            let error = self
+                .conn
+                .start_stream(headers(StreamType::Error))
+                .map_err(ForwardError::CreateErrorStream)?;
+            let data = self
+                .conn
+                .start_stream(headers(StreamType::Data))
+                .map_err(ForwardError::CreateDataStream)?;
+            (error, data, prefix)
+        };
+        if let Err(e) = error.opened().await {
+            return Err(ForwardError::CreateErrorStream(e));
+        }
+        // The client never writes to the error stream (a second FIN is a no-op).
         let _ = error.shutdown().await;
         let error_reader = tokio::spawn(read_error_text(error));
         if let Err(e) = data.opened().await {
             error_reader.abort();
             return Err(ForwardError::CreateDataStream(e));
         }
-        let copied = copy::relay(&mut local, &mut data).await;
+        let copied = match data.write_all(unsent).await {
+            Ok(()) => copy::relay(&mut local, &mut data).await.map(|mut t| {
+                t.a_to_b += prefix.len() as u64;
+                t
+            }),
+            Err(e) => Err(e),
+        };
         // client-go ≥ 1.32: reset so unread data cannot wedge the connection (no RST if done).
         data.reset();
         drop(data);
@@ -138,7 +201,12 @@ impl PortForwarder {
         remote_port: u16,
     ) -> Result<ForwardReport, ForwardError> {
         let _ = local.set_nodelay(true);
-        self.forward(local, remote_port).await
+        let prefix = if self.early_data {
+            take_ready_bytes(&local)
+        } else {
+            Vec::new()
+        };
+        self.forward_with_prefix(local, remote_port, &prefix).await
     }
 
     /// Resolves when the connection has ended.
@@ -150,6 +218,24 @@ impl PortForwarder {
     pub async fn shutdown(&self) {
         self.conn.shutdown().await
     }
+}
+
+/// Most bytes [`take_ready_bytes`] reads (a first request of almost any protocol).
+pub const READY_PREFIX_MAX: usize = 16 * 1024;
+
+/// What `sock` has already received, read without waiting (empty if nothing yet, or on
+/// error: the relay will see the error). A client that speaks first (HTTP, most protocols)
+/// has usually sent its request by the time the connection is accepted; sending it with the
+/// SYN_STREAMs saves a round trip and a write on every hop.
+pub fn take_ready_bytes(sock: &TcpStream) -> Vec<u8> {
+    use std::io::Read;
+    let mut buf = vec![0u8; READY_PREFIX_MAX];
+    // A direct nonblocking recv: tokio's `try_read` would report WouldBlock until its
+    // reactor has seen the socket's first readiness event.
+    let n = (&*socket2::SockRef::from(sock)).read(&mut buf).unwrap_or(0);
+    buf.truncate(n);
+    buf.shrink_to_fit();
+    buf
 }
 
 /// Reads the error stream to its end: FIN or RST both end the message (§4.5).

@@ -323,6 +323,75 @@ impl Connection {
         Ok(Stream { id, shared })
     }
 
+    /// Opens several streams in one go: each SYN_STREAM, its first data and its FIN are queued
+    /// under one lock, so they leave in one socket write (SPDY lets the opener send before the
+    /// reply). Returns each stream with how many bytes of its data were taken (all unless the
+    /// send buffer or a window is full; FIN is sent only if all were). On error the streams
+    /// already opened are reset.
+    pub fn start_streams(
+        &self,
+        starts: Vec<StreamStart<'_>>,
+    ) -> Result<Vec<(Stream, usize)>, OpenError> {
+        let shared = self.shared().clone();
+        let mut inner = shared.lock();
+        let tx_before = inner.session.pending_transmit();
+        let mut opened = Vec::with_capacity(starts.len());
+        let mut failure = None;
+        for start in starts {
+            let id = match inner.session.open_stream(now(), &start.headers) {
+                Ok(id) => id,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            };
+            inner.wakers.insert(id, StreamWakers::default());
+            let taken = if start.data.is_empty() {
+                0
+            } else {
+                inner.session.write(now(), id, start.data).unwrap_or(0)
+            };
+            if start.fin && taken == start.data.len() {
+                inner.session.finish(now(), id);
+            }
+            opened.push((id, taken));
+        }
+        let reason = || {
+            inner
+                .session
+                .close_reason()
+                .map_or("closing".to_string(), |r| r.to_string())
+        };
+        let error = match failure {
+            None => None,
+            Some(proto::OpenError::IdsExhausted) => Some(OpenError::IdsExhausted),
+            Some(proto::OpenError::Closed) => Some(OpenError::Closed(reason())),
+        };
+        inner.kick(tx_before);
+        drop(inner);
+        let streams = opened
+            .into_iter()
+            .map(|(id, taken)| {
+                (
+                    Stream {
+                        id,
+                        shared: shared.clone(),
+                    },
+                    taken,
+                )
+            })
+            .collect::<Vec<_>>();
+        match error {
+            None => Ok(streams),
+            Some(e) => {
+                for (mut s, _) in streams {
+                    s.reset();
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// Resets every open stream, sends GOAWAY, flushes and closes the socket; returns once the
     /// connection has ended.
     pub async fn shutdown(&self) {
@@ -481,6 +550,17 @@ impl Drop for IncomingStream {
             reject(&shared, self.id);
         }
     }
+}
+
+/// One stream for [`Connection::start_streams`].
+#[derive(Debug)]
+pub struct StreamStart<'a> {
+    /// SYN_STREAM headers.
+    pub headers: Vec<(String, String)>,
+    /// Data sent right behind the SYN_STREAM.
+    pub data: &'a [u8],
+    /// Half-close (FIN) after `data`.
+    pub fin: bool,
 }
 
 /// One SPDY stream as a byte stream with half-close.
