@@ -312,7 +312,10 @@ def main():
       "sshd on loopback in a private mount namespace; its targets are echo/iperf3 servers on "
       "host loopback (sshd cannot enter a netns; netns loopback ≈ host loopback, PERF_BASELINES "
       "§3.1). 5 and 6 go through `porthole up` (API server and node in one process; the "
-      "memory rows sum the porthole processes, the pod's processes excluded).")
+      "memory rows sum the porthole processes, the pod's processes excluded). Unless the "
+      "`porthole up` flags row says `--node-over-tls`, its API server hands connections to its "
+      "node agent in memory: one TLS hop where path 2 has two (bench/README.md has the "
+      "comparison run over TLS).")
     p("- Memory of path 2 is dominated by its 64 KiB copy buffers and rustls buffers; it is a "
       "throughput/latency reference, not a memory target. socat is measured at ≤ 1,000 "
       "connections (2 processes and ~0.85 MB per connection).")

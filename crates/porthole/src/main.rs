@@ -66,6 +66,23 @@ enum Command {
     Version,
 }
 
+/// Worker threads where tokio's one-per-core default is wrong (TOKIO_WORKER_THREADS overrides).
+/// Measured on 2 cores (BENCHMARKS.md, bench/README.md): threads that only hand work to each
+/// other cost wake-ups, which were a fifth of `porthole up`'s CPU per new connection.
+fn default_worker_threads(command: &Command) -> Option<usize> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    match command {
+        // Every forwarded connection goes through one session, whose framing and encryption
+        // are serial anyway: one worker gave less CPU per connection and a loaded 64-byte
+        // round trip of ~0.13 ms instead of 4-7 ms, at the same throughput.
+        Command::PortForward(_) => Some(1),
+        // A one-machine cluster shares the machine with its pods and their clients: leave them
+        // half the cores (on 2 cores: 8% more connections/s, 24% less CPU per connection).
+        Command::Up(_) => Some((cores / 2).max(1)),
+        _ => None,
+    }
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -80,14 +97,10 @@ fn main() -> ExitCode {
 
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
-    if matches!(cli.command, Command::PortForward(_))
-        && std::env::var_os("TOKIO_WORKER_THREADS").is_none()
-    {
-        // Every forwarded connection goes through one session, whose framing and encryption
-        // are serial anyway; a second worker only adds cross-thread wake-ups. Measured on 2
-        // cores (BENCHMARKS.md): less CPU per connection and a loaded 64-byte round trip of
-        // ~0.13 ms instead of 4-7 ms, at the same throughput. TOKIO_WORKER_THREADS overrides.
-        builder.worker_threads(1);
+    if let Some(n) = default_worker_threads(&cli.command) {
+        if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+            builder.worker_threads(n);
+        }
     }
     let runtime = match builder.build() {
         Ok(rt) => rt,

@@ -177,7 +177,10 @@ impl PortForwarder {
         // client-go ≥ 1.32: reset so unread data cannot wedge the connection (no RST if done).
         data.reset();
         drop(data);
-        let _ = local.shutdown().await;
+        if copied.is_err() {
+            // A finished relay has already half-closed `local` (pod → local reached EOF).
+            let _ = local.shutdown().await;
+        }
         let text = match error_reader.await {
             Ok(r) => r.map_err(ForwardError::ReadErrorStream)?,
             Err(e) => return Err(ForwardError::ReadErrorStream(io::Error::other(e))),
