@@ -26,6 +26,7 @@ use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
@@ -135,6 +136,16 @@ struct SocketRequest {
 /// for the next connections, so a busy pod pays one trip per this many connections.
 const SOCKET_BATCH: usize = 8;
 
+/// Clears [`Inner::refilling`] when the batch request ends, however it ends (even if the
+/// dialing future is dropped mid-way).
+struct RefillDone<'a>(&'a AtomicBool);
+
+impl Drop for RefillDone<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 /// Unconnected sockets made in the namespace ahead of need, per address family. Filled only
 /// by a dial that needed a trip, so idle namespaces hold none; emptied on removal.
 #[derive(Default)]
@@ -161,6 +172,8 @@ struct Inner {
     /// Channel to the namespace thread; `None` once removed (the thread then exits).
     requests: Mutex<Option<mpsc::Sender<SocketRequest>>>,
     spare: Mutex<Spare>,
+    /// A batch request is on its way to the namespace thread.
+    refilling: AtomicBool,
     removed: Mutex<bool>,
     kind: Kind,
 }
@@ -259,6 +272,7 @@ impl NetNs {
                 file,
                 requests: Mutex::new(Some(req_tx)),
                 spare: Mutex::new(Spare::default()),
+                refilling: AtomicBool::new(false),
                 removed: Mutex::new(false),
                 kind: Kind::Rootless { user_file },
             }),
@@ -308,6 +322,7 @@ impl NetNs {
                 file,
                 requests: Mutex::new(Some(req_tx)),
                 spare: Mutex::new(Spare::default()),
+                refilling: AtomicBool::new(false),
                 removed: Mutex::new(false),
                 kind: Kind::Mounted,
             }),
@@ -357,6 +372,11 @@ impl NetNs {
         if let Some(fd) = spare(&self.inner) {
             return Ok(fd);
         }
+        // One batch in flight at a time: a burst of dials finding no spare would otherwise
+        // each make a batch, and leave thousands of spare descriptors behind.
+        let batch = !self.inner.refilling.swap(true, Ordering::AcqRel);
+        let count = if batch { SOCKET_BATCH } else { 1 };
+        let _refill_done = batch.then(|| RefillDone(&self.inner.refilling));
         let (reply, rx) = tokio::sync::oneshot::channel();
         {
             let guard = self
@@ -367,7 +387,7 @@ impl NetNs {
             let tx = guard.as_ref().ok_or_else(closed)?;
             tx.send(SocketRequest {
                 family,
-                count: SOCKET_BATCH,
+                count,
                 reply,
             })
             .map_err(|_| closed())?;
@@ -378,12 +398,10 @@ impl NetNs {
         // (checked under the lock `remove` holds while it empties the spares).
         let removed = self.inner.removed.lock().unwrap_or_else(|p| p.into_inner());
         if !*removed {
-            self.inner
-                .spare
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .of(family)
-                .extend(fds);
+            let mut spare = self.inner.spare.lock().unwrap_or_else(|p| p.into_inner());
+            let pool = spare.of(family);
+            let room = SOCKET_BATCH.saturating_sub(pool.len());
+            pool.extend(fds.into_iter().take(room));
         }
         drop(removed);
         Ok(fd)
@@ -840,12 +858,13 @@ mod tests {
         let dir = tempdir("spare");
         let ns = NetNs::create(&dir.join("ns1"), "pod-uid-2").expect("create namespace");
         const N: usize = SOCKET_BATCH * 2 + 3;
+        const BURST: usize = 40;
         let mut cmd = std::process::Command::new("python3");
         cmd.args([
             "-c",
             &format!(
                 "import socket\ns=socket.socket();s.bind(('127.0.0.1',0));s.listen(64)\n\
-                 print(s.getsockname()[1],flush=True)\nfor _ in range({N}):\n c,_=s.accept();c.sendall(b'k');c.close()"
+                 print(s.getsockname()[1],flush=True)\nfor _ in range({N}+{BURST}):\n c,_=s.accept();c.sendall(b'k');c.close()"
             ),
         ])
         .stdout(std::process::Stdio::piped());
@@ -866,9 +885,26 @@ mod tests {
             let mut b = [0u8; 1];
             s.read_exact(&mut b).await.expect("read");
         }
-        child.wait().expect("wait python");
         let spare = |ns: &NetNs| ns.inner.spare.lock().unwrap().v4.len();
         assert_eq!(spare(&ns), SOCKET_BATCH * 3 - N);
+        // A burst of concurrent dials: one batch in flight at a time, the pool stays bounded.
+        let mut burst = tokio::task::JoinSet::new();
+        for _ in 0..BURST {
+            let ns = ns.clone();
+            burst.spawn(async move {
+                let mut s = ns
+                    .dial(port, DEFAULT_CONNECT_TIMEOUT)
+                    .await
+                    .expect("burst dial");
+                let mut b = [0u8; 1];
+                s.read_exact(&mut b).await.expect("read");
+            });
+        }
+        while let Some(r) = burst.join_next().await {
+            r.expect("burst task");
+        }
+        assert!(spare(&ns) <= SOCKET_BATCH, "{} spare sockets", spare(&ns));
+        child.wait().expect("wait python");
         ns.remove().expect("remove");
         assert_eq!(spare(&ns), 0);
         std::fs::remove_dir_all(&dir).expect("cleanup");
