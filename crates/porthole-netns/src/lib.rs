@@ -785,22 +785,16 @@ mod tests {
         true
     }
 
-    #[tokio::test]
-    async fn listener_in_namespace_is_reachable_only_through_dial() {
-        if skip_unless_root("listener_in_namespace_is_reachable_only_through_dial") {
-            return;
-        }
-        let dir = tempdir("dial");
-        let path = dir.join("ns1");
-        let ns = NetNs::create(&path, "pod-uid-1").expect("create namespace (needs root)");
-        assert!(is_mounted(&path).expect("mountinfo"));
-
-        // A server inside the namespace: python binds 127.0.0.1:0 and prints its port.
+    /// Starts python3 inside `ns` with a socket `s` listening on 127.0.0.1:0, then runs
+    /// `serve`; returns the child and the port it listens on.
+    fn python_server_in(ns: &NetNs, serve: &str) -> (std::process::Child, u16) {
         let mut cmd = std::process::Command::new("python3");
         cmd.args([
             "-c",
-            "import socket,sys\ns=socket.socket();s.bind(('127.0.0.1',0));s.listen()\n\
-             print(s.getsockname()[1],flush=True)\nc,_=s.accept();c.sendall(c.recv(100).upper());c.close()",
+            &format!(
+                "import socket\ns=socket.socket();s.bind(('127.0.0.1',0));s.listen(64)\n\
+                 print(s.getsockname()[1],flush=True)\n{serve}"
+            ),
         ])
         .stdout(std::process::Stdio::piped());
         ns.enter_on_spawn(&mut cmd);
@@ -811,7 +805,24 @@ mod tests {
             &mut line,
         )
         .expect("read port");
-        let port: u16 = line.trim().parse().expect("port");
+        (child, line.trim().parse().expect("port"))
+    }
+
+    #[tokio::test]
+    async fn listener_in_namespace_is_reachable_only_through_dial() {
+        if skip_unless_root("listener_in_namespace_is_reachable_only_through_dial") {
+            return;
+        }
+        let dir = tempdir("dial");
+        let path = dir.join("ns1");
+        let ns = NetNs::create(&path, "pod-uid-1").expect("create namespace (needs root)");
+        assert!(is_mounted(&path).expect("mountinfo"));
+
+        // A server inside the namespace that upper-cases one message.
+        let (mut child, port) = python_server_in(
+            &ns,
+            "c,_=s.accept();c.sendall(c.recv(100).upper());c.close()",
+        );
 
         // Not reachable from the host namespace: the port is free there.
         assert!(tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -859,24 +870,10 @@ mod tests {
         let ns = NetNs::create(&dir.join("ns1"), "pod-uid-2").expect("create namespace");
         const N: usize = SOCKET_BATCH * 2 + 3;
         const BURST: usize = 40;
-        let mut cmd = std::process::Command::new("python3");
-        cmd.args([
-            "-c",
-            &format!(
-                "import socket\ns=socket.socket();s.bind(('127.0.0.1',0));s.listen(64)\n\
-                 print(s.getsockname()[1],flush=True)\nfor _ in range({N}+{BURST}):\n c,_=s.accept();c.sendall(b'k');c.close()"
-            ),
-        ])
-        .stdout(std::process::Stdio::piped());
-        ns.enter_on_spawn(&mut cmd);
-        let mut child = cmd.spawn().expect("spawn python3");
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
-            &mut line,
-        )
-        .expect("read port");
-        let port: u16 = line.trim().parse().expect("port");
+        let (mut child, port) = python_server_in(
+            &ns,
+            &format!("for _ in range({N}+{BURST}):\n c,_=s.accept();c.sendall(b'k');c.close()"),
+        );
         for i in 0..N {
             let mut s = ns
                 .dial(port, DEFAULT_CONNECT_TIMEOUT)

@@ -232,13 +232,13 @@ pub const READY_PREFIX_MAX: usize = 16 * 1024;
 /// SYN_STREAMs saves a round trip and a write on every hop.
 pub fn take_ready_bytes(sock: &TcpStream) -> Vec<u8> {
     use std::io::Read;
-    let mut buf = vec![0u8; READY_PREFIX_MAX];
+    // On the thread's stack (this is not an async fn), so each connection allocates only
+    // what it actually received, and nothing when that is nothing.
+    let mut buf = [0u8; READY_PREFIX_MAX];
     // A direct nonblocking recv: tokio's `try_read` would report WouldBlock until its
     // reactor has seen the socket's first readiness event.
     let n = (&*socket2::SockRef::from(sock)).read(&mut buf).unwrap_or(0);
-    buf.truncate(n);
-    buf.shrink_to_fit();
-    buf
+    buf[..n].to_vec()
 }
 
 /// Reads the error stream to its end: FIN or RST both end the message (§4.5).
