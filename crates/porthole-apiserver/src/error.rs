@@ -120,6 +120,7 @@ impl ApiError {
             StoreError::Gone { requested, oldest } => {
                 ApiError::Gone(format!("too old resource version: {requested} ({oldest})"))
             }
+            e @ StoreError::Unavailable { .. } => ApiError::ServiceUnavailable(e.to_string()),
             e @ StoreError::Backend { .. } => ApiError::Internal(e.to_string()),
         }
     }

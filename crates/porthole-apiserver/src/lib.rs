@@ -56,7 +56,7 @@ use crate::api::Route;
 use crate::authn::{Outcome, TokenFile, UserInfo};
 use crate::error::ApiError;
 use crate::http_util::{Body, Query};
-use crate::store::{RedbStore, Store};
+use crate::store::{EtcdStore, RedbStore, Store, StoreError};
 
 /// Command-line flags of `porthole apiserver` (names follow kube-apiserver where one exists).
 #[derive(Debug, Clone, clap::Args)]
@@ -68,9 +68,17 @@ pub struct Args {
         default_value = "127.0.0.1:6443"
     )]
     pub listen: SocketAddr,
-    /// Directory for the embedded store (one process per directory).
-    #[arg(long, env = "PORTHOLE_APISERVER_DATA_DIR")]
-    pub data_dir: PathBuf,
+    /// Directory for the embedded store (one process per directory). Not used with
+    /// `--etcd-servers`.
+    #[arg(
+        long,
+        env = "PORTHOLE_APISERVER_DATA_DIR",
+        required_unless_present = "etcd_servers"
+    )]
+    pub data_dir: Option<PathBuf>,
+    /// Where the cluster state lives when it is not the embedded store: etcd.
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
     /// Serving certificate (PEM).
     #[arg(long, env = "PORTHOLE_APISERVER_TLS_CERT_FILE")]
     pub tls_cert_file: PathBuf,
@@ -107,6 +115,100 @@ pub struct Args {
     pub node_monitor_grace_period: Duration,
 }
 
+/// kube-apiserver's etcd flags. With `--etcd-servers` the API server keeps its state in etcd,
+/// and several API servers can share it; without, it uses the embedded store in `--data-dir`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct EtcdArgs {
+    /// etcd client URLs, comma separated (`http://10.0.0.5:2379,https://...`).
+    #[arg(long, env = "PORTHOLE_ETCD_SERVERS", value_delimiter = ',')]
+    pub etcd_servers: Option<Vec<String>>,
+    /// The prefix every key lives under in etcd.
+    #[arg(long, env = "PORTHOLE_ETCD_PREFIX", default_value = "/registry")]
+    pub etcd_prefix: String,
+    /// CA bundle (PEM) that signed etcd's serving certificate (https:// endpoints).
+    #[arg(long, env = "PORTHOLE_ETCD_CAFILE")]
+    pub etcd_cafile: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd.
+    #[arg(long, env = "PORTHOLE_ETCD_CERTFILE")]
+    pub etcd_certfile: Option<PathBuf>,
+    /// Key of `--etcd-certfile`.
+    #[arg(long, env = "PORTHOLE_ETCD_KEYFILE")]
+    pub etcd_keyfile: Option<PathBuf>,
+    /// How long one etcd request may take before the API request fails with 503.
+    #[arg(long, env = "PORTHOLE_ETCD_REQUEST_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub etcd_request_timeout: Duration,
+}
+
+/// Which backend holds the cluster state.
+#[derive(Debug, Clone)]
+pub enum StorageConfig {
+    /// The embedded redb file in this directory.
+    Embedded(PathBuf),
+    /// etcd.
+    Etcd(store::EtcdConfig),
+}
+
+impl StorageConfig {
+    fn from_args(args: &Args) -> anyhow::Result<Self> {
+        let e = &args.etcd;
+        match (&e.etcd_servers, &args.data_dir) {
+            (Some(servers), _) => {
+                let endpoints: Vec<String> = servers
+                    .iter()
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect();
+                for url in &endpoints {
+                    if !(url.starts_with("http://") || url.starts_with("https://")) {
+                        anyhow::bail!(
+                            "--etcd-servers: {url:?} is not a URL; write it as http://HOST:PORT or https://HOST:PORT"
+                        );
+                    }
+                }
+                if !e.etcd_prefix.starts_with('/') {
+                    anyhow::bail!(
+                        "--etcd-prefix {:?} must start with '/' (the default is /registry)",
+                        e.etcd_prefix
+                    );
+                }
+                let mut cfg = store::EtcdConfig::new(endpoints);
+                cfg.prefix = e.etcd_prefix.clone();
+                cfg.ca_file = e.etcd_cafile.clone();
+                cfg.cert_file = e.etcd_certfile.clone();
+                cfg.key_file = e.etcd_keyfile.clone();
+                cfg.request_timeout = e.etcd_request_timeout;
+                Ok(StorageConfig::Etcd(cfg))
+            }
+            (None, Some(dir)) => Ok(StorageConfig::Embedded(dir.clone())),
+            (None, None) => anyhow::bail!(
+                "no store: give --data-dir DIR for the embedded store or --etcd-servers URL for etcd"
+            ),
+        }
+    }
+
+    /// Open the store this names.
+    pub fn open(&self) -> anyhow::Result<Arc<dyn Store>> {
+        Ok(match self {
+            StorageConfig::Embedded(dir) => Arc::new(RedbStore::open(dir)?),
+            StorageConfig::Etcd(cfg) => Arc::new(EtcdStore::connect(cfg)?),
+        })
+    }
+}
+
+impl std::fmt::Display for StorageConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StorageConfig::Embedded(dir) => write!(f, "embedded store in {}", dir.display()),
+            StorageConfig::Etcd(cfg) => write!(
+                f,
+                "etcd at {} (prefix {})",
+                cfg.endpoints.join(","),
+                cfg.prefix
+            ),
+        }
+    }
+}
+
 /// Parse `500ms`, `40s`, `2m`, `1h` or plain seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -130,8 +232,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 pub struct Config {
     /// Address the binary should bind (tests pass their own listener).
     pub listen: SocketAddr,
-    /// Store directory.
-    pub data_dir: PathBuf,
+    /// Where the cluster state lives.
+    pub storage: StorageConfig,
     /// Serving TLS (certificate, optional client CA).
     pub tls: Arc<rustls::ServerConfig>,
     /// Static tokens.
@@ -168,7 +270,7 @@ impl Config {
         )?;
         Ok(Self {
             listen: args.listen,
-            data_dir: args.data_dir.clone(),
+            storage: StorageConfig::from_args(args)?,
             tls: Arc::new(tls),
             tokens,
             anonymous_auth: args.anonymous_auth,
@@ -221,9 +323,11 @@ fn bootstrap(store: &dyn Store) -> anyhow::Result<()> {
         {
             let obj = api::prepare_new(info, "", json!({"metadata": {"name": ns}}))
                 .map_err(|e| anyhow::anyhow!("bootstrap namespace {ns}: {e}"))?;
-            store
-                .create(&info.key("", ns), obj)
-                .map_err(|e| anyhow::anyhow!("bootstrap namespace {ns}: {e}"))?;
+            match store.create(&info.key("", ns), obj) {
+                // Another API server on the same etcd made it first.
+                Ok(_) | Err(StoreError::AlreadyExists) => {}
+                Err(e) => anyhow::bail!("bootstrap namespace {ns}: {e}"),
+            }
         }
     }
     Ok(())
@@ -236,7 +340,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let store: Arc<dyn Store> = Arc::new(RedbStore::open(&cfg.data_dir)?);
+    let store = cfg.storage.open()?;
     bootstrap(store.as_ref())?;
     let state = Arc::new(State {
         store,
@@ -262,7 +366,7 @@ pub async fn run(
             .context("write ready line")?;
         out.flush().context("flush ready line")?;
     }
-    tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "serving");
+    tracing::info!(%addr, storage = %cfg.storage, "serving");
     loop {
         let (tcp, remote) = tokio::select! {
             _ = shutdown.cancelled() => break,

@@ -14,6 +14,8 @@
 //! - [`Forward`]: a port-forward client (kubectl, porthole) and the local port it printed.
 //! - [`Clients`]: where the test clients are (set by `scripts/install-test-deps.sh`).
 
+pub mod etcd;
+
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::fs;

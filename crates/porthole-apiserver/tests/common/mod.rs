@@ -109,7 +109,8 @@ pub struct Server {
 pub fn args(pki: &Pki, data: &Path, audit: &Path) -> porthole_apiserver::Args {
     porthole_apiserver::Args {
         listen: "127.0.0.1:0".parse().expect("addr"),
-        data_dir: data.to_path_buf(),
+        data_dir: Some(data.to_path_buf()),
+        etcd: Default::default(),
         tls_cert_file: pki.path("apiserver.crt"),
         tls_private_key_file: pki.path("apiserver.key"),
         client_ca_file: Some(pki.path("ca.crt")),

@@ -1,158 +1,32 @@
-//! Object storage: a narrow trait ([`Store`]) and its embedded implementation on redb.
+//! [`Store`] on one embedded redb file (`DATA_DIR/store.redb`).
 //!
-//! Every write gets the next value of one global, monotonically increasing revision that is
-//! written into `metadata.resourceVersion`, exactly like etcd's `mod_revision` backs Kubernetes'
-//! resourceVersion. The trait is small on purpose (get, list, create, update, delete, watch from
-//! a revision) so a distributed store such as etcd could back several API servers later.
-//!
-//! Watch history lives in memory (a bounded ring of recent events). A watch from a revision the
-//! ring no longer covers — including any revision older than the server's start — is refused with
-//! [`StoreError::Gone`], which the API maps to `410 Gone` "too old resource version" so clients
-//! re-list, as they do against a compacted etcd.
+//! Every write runs in one redb transaction that also bumps the stored global revision, so
+//! revisions survive restarts. Watch history lives in memory ([`History`]): a watch from a
+//! revision older than this process's start is [`StoreError::Gone`], and clients re-list, as
+//! they do against a compacted etcd.
 
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde_json::Value;
-use tokio::sync::broadcast;
+
+use super::history::History;
+use super::{resource_version, set_resource_version, Event, EventKind, Store, StoreError, Watch};
 
 /// Objects by key `resource/namespace/name` (namespace empty for cluster-scoped), JSON bytes.
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 /// Single-row table holding the current revision under key `"revision"`.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
-/// How many recent events are kept for resuming watches.
-const HISTORY_EVENTS: usize = 10_000;
-
-/// What kind of change an [`Event`] reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventKind {
-    /// The key was created.
-    Added,
-    /// The key was updated.
-    Modified,
-    /// The key was removed.
-    Deleted,
-}
-
-/// One change to one key, in revision order.
-#[derive(Debug, Clone)]
-pub struct Event {
-    /// What happened.
-    pub kind: EventKind,
-    /// Revision of this change.
-    pub revision: u64,
-    /// Key of the object.
-    pub key: String,
-    /// Object after the change (for `Deleted`: the last state, with the deletion's revision).
-    pub object: Value,
-    /// Object before the change (absent for `Added`), so selector watches can see transitions.
-    pub prev: Option<Value>,
-}
-
-/// Storage failures, mapped to HTTP statuses by `error::ApiError::from`.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// Create of a key that exists.
-    #[error("object already exists")]
-    AlreadyExists,
-    /// Get/update/delete of a key that does not exist.
-    #[error("object not found")]
-    NotFound,
-    /// Update or delete with a stale expected revision.
-    #[error("the object has been modified; please apply your changes to the latest version and try again")]
-    Conflict,
-    /// Watch from a revision outside the kept history.
-    #[error("too old resource version: {requested} ({oldest})")]
-    Gone {
-        /// Revision asked for.
-        requested: u64,
-        /// Oldest revision still resumable.
-        oldest: u64,
-    },
-    /// The database failed; the message names the step.
-    #[error("storage failure while {step}: {message}")]
-    Backend {
-        /// What the store was doing.
-        step: &'static str,
-        /// The underlying error's text.
-        message: String,
-    },
-}
-
 fn backend(step: &'static str) -> impl FnOnce(String) -> StoreError {
     move |message| StoreError::Backend { step, message }
-}
-
-/// A started watch: events already in history after the requested revision, then the live feed.
-pub struct Watch {
-    /// Events after the requested revision that happened before the watch started.
-    pub backlog: Vec<Arc<Event>>,
-    /// Live events from now on.
-    pub live: broadcast::Receiver<Arc<Event>>,
-}
-
-/// The narrow storage interface the API handlers and controllers use.
-pub trait Store: Send + Sync + 'static {
-    /// Current object at `key`.
-    fn get(&self, key: &str) -> Result<Option<Value>, StoreError>;
-    /// All objects whose key starts with `prefix`, with the revision the list is consistent at.
-    fn list(&self, prefix: &str) -> Result<(Vec<Value>, u64), StoreError>;
-    /// Store a new object; fails with `AlreadyExists`. Returns it with its resourceVersion set.
-    fn create(&self, key: &str, object: Value) -> Result<Value, StoreError>;
-    /// Replace an existing object. With `expected_revision`, fails with `Conflict` when stale.
-    fn update(
-        &self,
-        key: &str,
-        object: Value,
-        expected_revision: Option<u64>,
-    ) -> Result<Value, StoreError>;
-    /// Remove an object, returning its last state.
-    fn delete(&self, key: &str, expected_revision: Option<u64>) -> Result<Value, StoreError>;
-    /// Events after `revision` (0 = from now) and the live feed.
-    fn watch(&self, revision: u64) -> Result<Watch, StoreError>;
-    /// Current global revision.
-    fn revision(&self) -> u64;
-}
-
-struct History {
-    events: VecDeque<Arc<Event>>,
-    /// Revisions ≤ this are not resumable (server start or dropped from the ring).
-    compacted: u64,
-    revision: u64,
 }
 
 /// [`Store`] on one redb file (`DATA_DIR/store.redb`): crash-safe, single writer process.
 pub struct RedbStore {
     db: Database,
     history: Mutex<History>,
-    tx: broadcast::Sender<Arc<Event>>,
-}
-
-/// Set `metadata.resourceVersion` on a JSON object.
-pub fn set_resource_version(object: &mut Value, revision: u64) {
-    if let Some(obj) = object.as_object_mut() {
-        let meta = obj
-            .entry("metadata")
-            .or_insert_with(|| Value::Object(Default::default()));
-        if let Some(meta) = meta.as_object_mut() {
-            meta.insert(
-                "resourceVersion".into(),
-                Value::String(revision.to_string()),
-            );
-        }
-    }
-}
-
-/// `metadata.resourceVersion` as a number (0 when absent or unparsable).
-pub fn resource_version(object: &Value) -> u64 {
-    object
-        .pointer("/metadata/resourceVersion")
-        .and_then(Value::as_str)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
 }
 
 impl RedbStore {
@@ -190,15 +64,9 @@ impl RedbStore {
         };
         txn.commit()
             .map_err(|e| anyhow::anyhow!("store {}: commit: {e}", path.display()))?;
-        let (tx, _) = broadcast::channel(4096);
         Ok(Self {
             db,
-            history: Mutex::new(History {
-                events: VecDeque::new(),
-                compacted: revision,
-                revision,
-            }),
-            tx,
+            history: Mutex::new(History::new(revision)),
         })
     }
 
@@ -214,7 +82,7 @@ impl RedbStore {
             .db
             .begin_write()
             .map_err(|e| backend("beginning a write")(e.to_string()))?;
-        let revision = history.revision + 1;
+        let revision = history.revision() + 1;
         let (result, event) = {
             let mut objects = txn
                 .open_table(OBJECTS)
@@ -265,15 +133,7 @@ impl RedbStore {
         };
         txn.commit()
             .map_err(|e| backend("committing")(e.to_string()))?;
-        history.revision = revision;
-        history.events.push_back(event.clone());
-        while history.events.len() > HISTORY_EVENTS {
-            if let Some(old) = history.events.pop_front() {
-                history.compacted = old.revision;
-            }
-        }
-        // No receivers is normal (nobody watching).
-        let _ = self.tx.send(event);
+        history.publish(event);
         Ok(result)
     }
 }
@@ -312,7 +172,7 @@ impl Store for RedbStore {
             .db
             .begin_read()
             .map_err(|e| backend("beginning a read")(e.to_string()))?;
-        let revision = history.revision;
+        let revision = history.revision();
         drop(history);
         let table = txn
             .open_table(OBJECTS)
@@ -364,33 +224,17 @@ impl Store for RedbStore {
 
     fn watch(&self, revision: u64) -> Result<Watch, StoreError> {
         let history = self.history.lock().unwrap_or_else(|p| p.into_inner());
-        let live = self.tx.subscribe();
-        if revision == 0 || revision >= history.revision {
-            return Ok(Watch {
-                backlog: Vec::new(),
-                live,
-            });
-        }
-        if revision < history.compacted {
-            return Err(StoreError::Gone {
-                requested: revision,
-                oldest: history.compacted,
-            });
-        }
-        let backlog = history
-            .events
-            .iter()
-            .filter(|e| e.revision > revision)
-            .cloned()
-            .collect();
-        Ok(Watch { backlog, live })
+        history.start_watch(revision).ok_or(StoreError::Gone {
+            requested: revision,
+            oldest: history.compacted(),
+        })
     }
 
     fn revision(&self) -> u64 {
         self.history
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .revision
+            .revision()
     }
 }
 

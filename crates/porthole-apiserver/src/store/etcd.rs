@@ -1,0 +1,803 @@
+//! [`Store`] on etcd v3, so several API servers share one cluster state (kube-apiserver's
+//! model).
+//!
+//! - **Keys and values.** Store key `pods/default/web` is etcd key `PREFIX/pods/default/web`
+//!   (`--etcd-prefix`, default `/registry`). Values are the JSON objects without
+//!   `metadata.resourceVersion`: the resourceVersion is the key's `mod_revision`, set on every
+//!   read, so it can never disagree with etcd.
+//! - **Writes** are single transactions that compare the key's revision (`create_revision == 0`
+//!   for create, `mod_revision == expected` for a conditional update or delete, `version > 0`
+//!   otherwise), so two API servers racing on one object get one success and one `Conflict`.
+//! - **Lists** page through one range at a pinned revision, so a list is consistent at one
+//!   revision however many pages it takes.
+//! - **Watches.** One prefix watch per server feeds the shared [`History`] ring, which serves
+//!   every watch from a recent revision (including writes made through other servers). A watch
+//!   from a revision older than the ring gets an etcd watch of its own from that revision, or
+//!   [`StoreError::Gone`] when etcd has compacted it.
+//!
+//! The [`Store`] trait is synchronous (handlers call it inside `block_in_place`, authorization
+//! calls it inline), while the etcd client is async. The client therefore lives on a small
+//! runtime of its own, and each call hands its future over and waits on a channel. That works
+//! from any thread, inside or outside another runtime, and a call never waits longer than the
+//! request timeout: a dead or partitioned etcd gives [`StoreError::Unavailable`] (503) quickly.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KeyValue, Txn, TxnOp,
+    TxnOpResponse, WatchOptions, WatchStream,
+};
+use serde_json::Value;
+use tokio::runtime::Handle;
+use tokio::sync::broadcast;
+
+use super::history::History;
+use super::{set_resource_version, Event, EventKind, Store, StoreError, Watch};
+
+/// Objects fetched per range request of a list.
+const LIST_PAGE: i64 = 500;
+/// Capacity of the feed of a watch from an old revision.
+const OLD_WATCH_CAPACITY: usize = 4096;
+/// How often a watch from an old revision checks that its consumer is still there.
+const OLD_WATCH_IDLE_CHECK: Duration = Duration::from_secs(5);
+/// The longest pause between two attempts to re-establish the server's prefix watch.
+const MAX_REWATCH_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Where etcd is and how to reach it (kube-apiserver's flags).
+#[derive(Debug, Clone)]
+pub struct EtcdConfig {
+    /// `--etcd-servers`: `http://HOST:PORT` or `https://HOST:PORT`, one or more.
+    pub endpoints: Vec<String>,
+    /// `--etcd-prefix`: every key lives under it.
+    pub prefix: String,
+    /// `--etcd-cafile`: CA bundle that signed etcd's serving certificate.
+    pub ca_file: Option<PathBuf>,
+    /// `--etcd-certfile`: client certificate for etcd.
+    pub cert_file: Option<PathBuf>,
+    /// `--etcd-keyfile`: key of the client certificate.
+    pub key_file: Option<PathBuf>,
+    /// How long one store call may take before it fails as unavailable.
+    pub request_timeout: Duration,
+}
+
+impl EtcdConfig {
+    /// Defaults for everything but the endpoints.
+    pub fn new(endpoints: Vec<String>) -> Self {
+        Self {
+            endpoints,
+            prefix: "/registry".into(),
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// State shared by the store handle and its background tasks.
+struct Shared {
+    client: Client,
+    /// `PREFIX/` with exactly one trailing slash.
+    prefix: String,
+    /// The endpoints as given, for messages.
+    endpoints: String,
+    timeout: Duration,
+    history: Mutex<History>,
+    /// The newest revision any response has shown.
+    latest: AtomicU64,
+}
+
+/// [`Store`] on etcd v3. See the module docs.
+pub struct EtcdStore {
+    shared: Arc<Shared>,
+    handle: Handle,
+    /// Owned so that dropping the store stops its tasks; `None` only while dropping.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for EtcdStore {
+    fn drop(&mut self) {
+        // Shutting down in the background is the one way that is allowed from async code,
+        // where the API server drops its state.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Run `fut` on `handle`'s runtime and wait for it from this thread, whatever runtime (if
+/// any) this thread belongs to. `None` when that runtime has shut down.
+fn wait_on<T: Send + 'static>(
+    handle: &Handle,
+    fut: impl Future<Output = T> + Send + 'static,
+) -> Option<T> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    handle.spawn(async move {
+        let _ = tx.send(fut.await);
+    });
+    rx.recv().ok()
+}
+
+impl EtcdStore {
+    /// Connect, check that etcd answers, and start following it. Fails with a message naming
+    /// the endpoints when etcd cannot be reached or the TLS files cannot be read.
+    pub fn connect(cfg: &EtcdConfig) -> anyhow::Result<EtcdStore> {
+        if cfg.endpoints.is_empty() {
+            anyhow::bail!(
+                "--etcd-servers is empty: give at least one URL such as http://127.0.0.1:2379"
+            );
+        }
+        let endpoints = cfg.endpoints.join(",");
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(cfg.request_timeout)
+            .with_timeout(cfg.request_timeout)
+            // A partition leaves the TCP connection open and silent: HTTP/2 pings find out.
+            .with_keep_alive(Duration::from_secs(5), cfg.request_timeout)
+            .with_keep_alive_while_idle(true);
+        if let Some(tls) = tls_options(cfg)? {
+            options = options.with_tls(tls);
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("porthole-etcd")
+            .enable_all()
+            .build()
+            .context("start the etcd client's runtime")?;
+        let handle = runtime.handle().clone();
+        let prefix = format!("{}/", cfg.prefix.trim_end_matches('/'));
+        let list_key = prefix.clone();
+        let urls = cfg.endpoints.clone();
+        let timeout = cfg.request_timeout;
+        let connected = wait_on(&handle, async move {
+            tokio::time::timeout(timeout * 2, async move {
+                let client = Client::connect(&urls, Some(options)).await?;
+                let mut kv = client.kv_client();
+                let resp = kv
+                    .get(
+                        list_key,
+                        Some(GetOptions::new().with_prefix().with_count_only()),
+                    )
+                    .await?;
+                let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+                Ok::<_, etcd_client::Error>((client, revision))
+            })
+            .await
+        })
+        .context("the etcd client's runtime stopped while connecting")?;
+        let (client, revision) = match connected {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) => anyhow::bail!(
+                "cannot reach etcd at {endpoints}: {e}; check that etcd is running there and \
+                 that --etcd-servers (and --etcd-cafile/--etcd-certfile/--etcd-keyfile for TLS) \
+                 are right"
+            ),
+            Err(_) => anyhow::bail!(
+                "etcd at {endpoints} did not answer within {:?}; check that etcd is running \
+                 there and reachable from this host (--etcd-servers)",
+                timeout * 2
+            ),
+        };
+        let revision = u64::try_from(revision).unwrap_or(0);
+        let shared = Arc::new(Shared {
+            client,
+            prefix,
+            endpoints,
+            timeout,
+            history: Mutex::new(History::new(revision)),
+            latest: AtomicU64::new(revision),
+        });
+        handle.spawn(follow(
+            shared.clone(),
+            i64::try_from(revision).unwrap_or(0) + 1,
+        ));
+        tracing::info!(endpoints = %shared.endpoints, prefix = %shared.prefix, revision, "store: etcd");
+        Ok(EtcdStore {
+            shared,
+            handle,
+            runtime: Some(runtime),
+        })
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}{key}", self.shared.prefix)
+    }
+
+    /// Run one etcd operation on the client's runtime, bounded by the request timeout.
+    fn call<T, Fut>(
+        &self,
+        step: &'static str,
+        f: impl FnOnce(Arc<Shared>) -> Fut,
+    ) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let timeout = self.shared.timeout;
+        let endpoints = self.shared.endpoints.clone();
+        let fut = f(self.shared.clone());
+        wait_on(&self.handle, async move {
+            match tokio::time::timeout(timeout, fut).await {
+                Ok(r) => r,
+                Err(_) => Err(StoreError::Unavailable {
+                    step,
+                    message: format!(
+                        "etcd at {endpoints} did not answer within {timeout:?}; check that etcd \
+                         is running and reachable from this host"
+                    ),
+                }),
+            }
+        })
+        .unwrap_or(Err(StoreError::Unavailable {
+            step,
+            message: "the etcd client has shut down (the API server is stopping)".into(),
+        }))
+    }
+}
+
+fn tls_options(cfg: &EtcdConfig) -> anyhow::Result<Option<etcd_client::TlsOptions>> {
+    let read = |flag: &str, p: &PathBuf| {
+        std::fs::read(p).with_context(|| format!("cannot read {flag} {}", p.display()))
+    };
+    let mut tls = etcd_client::TlsOptions::new();
+    let mut any = false;
+    if let Some(ca) = &cfg.ca_file {
+        tls = tls.ca_certificate(etcd_client::Certificate::from_pem(read(
+            "--etcd-cafile",
+            ca,
+        )?));
+        any = true;
+    }
+    match (&cfg.cert_file, &cfg.key_file) {
+        (Some(c), Some(k)) => {
+            tls = tls.identity(etcd_client::Identity::from_pem(
+                read("--etcd-certfile", c)?,
+                read("--etcd-keyfile", k)?,
+            ));
+            any = true;
+        }
+        (None, None) => {}
+        _ => anyhow::bail!("--etcd-certfile and --etcd-keyfile go together: give both or neither"),
+    }
+    if any && cfg.endpoints.iter().any(|e| e.starts_with("http://")) {
+        anyhow::bail!(
+            "--etcd-cafile/--etcd-certfile are set but --etcd-servers has an http:// URL; use https:// URLs for TLS"
+        );
+    }
+    Ok(any.then_some(tls))
+}
+
+impl Shared {
+    fn seen(&self, revision: i64) {
+        if let Ok(r) = u64::try_from(revision) {
+            self.latest.fetch_max(r, Ordering::Relaxed);
+        }
+    }
+
+    /// Map a client error: transport trouble is `Unavailable` (503, retry later), anything
+    /// else is a backend failure.
+    fn error(&self, step: &'static str, e: etcd_client::Error) -> StoreError {
+        use etcd_client::Error as E;
+        let transient = match &e {
+            E::TransportError(_) | E::IoError(_) => true,
+            E::GRpcStatus(s) => matches!(
+                s.code(),
+                tonic::Code::Unavailable
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Cancelled
+                    | tonic::Code::Unknown
+            ),
+            _ => false,
+        };
+        let message = format!("etcd at {}: {e}", self.endpoints);
+        if transient {
+            StoreError::Unavailable {
+                step,
+                message: format!("{message}; check that etcd is running and reachable"),
+            }
+        } else {
+            StoreError::Backend { step, message }
+        }
+    }
+
+    fn store_key(&self, etcd_key: &[u8]) -> Option<String> {
+        std::str::from_utf8(etcd_key)
+            .ok()?
+            .strip_prefix(&self.prefix)
+            .map(str::to_string)
+    }
+}
+
+fn decode(step: &'static str, kv: &KeyValue) -> Result<Value, StoreError> {
+    let mut v: Value = serde_json::from_slice(kv.value()).map_err(|e| StoreError::Backend {
+        step,
+        message: format!(
+            "the value of etcd key {} is not a JSON object: {e}",
+            String::from_utf8_lossy(kv.key())
+        ),
+    })?;
+    set_resource_version(&mut v, u64::try_from(kv.mod_revision()).unwrap_or(0));
+    Ok(v)
+}
+
+/// The stored form: the object without its resourceVersion, which etcd's revision replaces.
+fn encode(object: &Value) -> Result<Vec<u8>, StoreError> {
+    let mut stored = object.clone();
+    if let Some(meta) = stored.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("resourceVersion");
+    }
+    serde_json::to_vec(&stored).map_err(|e| StoreError::Backend {
+        step: "encoding an object",
+        message: e.to_string(),
+    })
+}
+
+/// The first key after every key that starts with `prefix` (etcd's range end for a prefix).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // All 0xff: to the end of the keyspace.
+    vec![0]
+}
+
+fn header_revision(h: Option<&etcd_client::ResponseHeader>) -> u64 {
+    h.map(|h| u64::try_from(h.revision()).unwrap_or(0))
+        .unwrap_or(0)
+}
+
+/// Was the conditional part of a failed transaction missing the key (`NotFound`) or holding
+/// another revision (`Conflict`)? The `or_else` branch of every write reads the key.
+fn failed_write(resp: &etcd_client::TxnResponse) -> StoreError {
+    match resp.op_responses().first() {
+        Some(TxnOpResponse::Get(g)) if !g.kvs().is_empty() => StoreError::Conflict,
+        _ => StoreError::NotFound,
+    }
+}
+
+/// The condition an update or delete needs: the expected revision, or just that the key exists.
+fn write_condition(key: &str, expected: Option<u64>) -> Compare {
+    match expected {
+        Some(rv) => {
+            Compare::mod_revision(key, CompareOp::Equal, i64::try_from(rv).unwrap_or(i64::MAX))
+        }
+        None => Compare::version(key, CompareOp::Greater, 0),
+    }
+}
+
+impl Store for EtcdStore {
+    fn get(&self, key: &str) -> Result<Option<Value>, StoreError> {
+        let k = self.key(key);
+        self.call("reading an object", move |s| async move {
+            let resp = s
+                .client
+                .kv_client()
+                .get(k, None)
+                .await
+                .map_err(|e| s.error("reading an object", e))?;
+            s.seen(resp.header().map(|h| h.revision()).unwrap_or(0));
+            resp.kvs()
+                .first()
+                .map(|kv| decode("reading an object", kv))
+                .transpose()
+        })
+    }
+
+    fn list(&self, prefix: &str) -> Result<(Vec<Value>, u64), StoreError> {
+        let start = self.key(prefix);
+        self.call("listing objects", move |s| async move {
+            let end = prefix_end(start.as_bytes());
+            let mut kv = s.client.kv_client();
+            let mut out = Vec::new();
+            let mut from = start.into_bytes();
+            let mut revision = 0i64;
+            loop {
+                let mut opts = GetOptions::new()
+                    .with_range(end.clone())
+                    .with_limit(LIST_PAGE);
+                if revision > 0 {
+                    // Later pages read at the first page's revision: one consistent list.
+                    opts = opts.with_revision(revision);
+                }
+                let resp = kv
+                    .get(from.clone(), Some(opts))
+                    .await
+                    .map_err(|e| s.error("listing objects", e))?;
+                if revision == 0 {
+                    revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+                    s.seen(revision);
+                }
+                for item in resp.kvs() {
+                    out.push(decode("listing objects", item)?);
+                }
+                match resp.kvs().last() {
+                    Some(last) if resp.more() => {
+                        from = last.key().to_vec();
+                        from.push(0);
+                    }
+                    _ => break,
+                }
+            }
+            Ok((out, u64::try_from(revision).unwrap_or(0)))
+        })
+    }
+
+    fn create(&self, key: &str, object: Value) -> Result<Value, StoreError> {
+        let k = self.key(key);
+        let bytes = encode(&object)?;
+        let revision = self.call("creating an object", move |s| async move {
+            let txn = Txn::new()
+                .when([Compare::create_revision(k.clone(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(k, bytes, None)]);
+            let resp = s
+                .client
+                .kv_client()
+                .txn(txn)
+                .await
+                .map_err(|e| s.error("creating an object", e))?;
+            if !resp.succeeded() {
+                return Err(StoreError::AlreadyExists);
+            }
+            let rev = header_revision(resp.header());
+            s.seen(rev as i64);
+            Ok(rev)
+        })?;
+        let mut object = object;
+        set_resource_version(&mut object, revision);
+        Ok(object)
+    }
+
+    fn update(
+        &self,
+        key: &str,
+        object: Value,
+        expected_revision: Option<u64>,
+    ) -> Result<Value, StoreError> {
+        let k = self.key(key);
+        let bytes = encode(&object)?;
+        let revision = self.call("updating an object", move |s| async move {
+            let txn = Txn::new()
+                .when([write_condition(&k, expected_revision)])
+                .and_then([TxnOp::put(k.clone(), bytes, None)])
+                .or_else([TxnOp::get(k, None)]);
+            let resp = s
+                .client
+                .kv_client()
+                .txn(txn)
+                .await
+                .map_err(|e| s.error("updating an object", e))?;
+            if !resp.succeeded() {
+                return Err(failed_write(&resp));
+            }
+            let rev = header_revision(resp.header());
+            s.seen(rev as i64);
+            Ok(rev)
+        })?;
+        let mut object = object;
+        set_resource_version(&mut object, revision);
+        Ok(object)
+    }
+
+    fn delete(&self, key: &str, expected_revision: Option<u64>) -> Result<Value, StoreError> {
+        let k = self.key(key);
+        self.call("deleting an object", move |s| async move {
+            let txn = Txn::new()
+                .when([write_condition(&k, expected_revision)])
+                .and_then([TxnOp::delete(
+                    k.clone(),
+                    Some(DeleteOptions::new().with_prev_key()),
+                )])
+                .or_else([TxnOp::get(k, None)]);
+            let resp = s
+                .client
+                .kv_client()
+                .txn(txn)
+                .await
+                .map_err(|e| s.error("deleting an object", e))?;
+            if !resp.succeeded() {
+                return Err(failed_write(&resp));
+            }
+            let rev = header_revision(resp.header());
+            s.seen(rev as i64);
+            let last = match resp.op_responses().first() {
+                Some(TxnOpResponse::Delete(d)) => d.prev_kvs().first().cloned(),
+                _ => None,
+            };
+            let last = last.ok_or(StoreError::NotFound)?;
+            let mut object = decode("deleting an object", &last)?;
+            set_resource_version(&mut object, rev);
+            Ok(object)
+        })
+    }
+
+    fn watch(&self, revision: u64) -> Result<Watch, StoreError> {
+        {
+            let history = self
+                .shared
+                .history
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(w) = history.start_watch(revision) {
+                return Ok(w);
+            }
+        }
+        // Older than this server's ring: etcd's own history has it unless compacted.
+        self.call("watching from an old revision", move |s| async move {
+            watch_from(s, revision).await
+        })
+    }
+
+    fn revision(&self) -> u64 {
+        let ring = self
+            .shared
+            .history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .revision();
+        ring.max(self.shared.latest.load(Ordering::Relaxed))
+    }
+}
+
+/// Turn one etcd watch event into a store event (`None` for keys outside the prefix and for a
+/// deletion whose previous value etcd no longer has).
+fn convert(s: &Shared, ev: &etcd_client::Event) -> Option<Event> {
+    let kv = ev.kv()?;
+    let key = s.store_key(kv.key())?;
+    let revision = u64::try_from(kv.mod_revision()).ok()?;
+    let prev = match ev.prev_kv() {
+        Some(p) => match decode("watching", p) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::warn!(error = %e, "skipping an undecodable previous value in a watch event");
+                None
+            }
+        },
+        None => None,
+    };
+    // The raw type, not `event_type()`, which panics on a value it does not know.
+    match ev.0.r#type {
+        0 => {
+            let object = match decode("watching", kv) {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(error = %e, "skipping an undecodable object in a watch event");
+                    return None;
+                }
+            };
+            let kind = if kv.version() == 1 {
+                EventKind::Added
+            } else {
+                EventKind::Modified
+            };
+            Some(Event {
+                kind,
+                revision,
+                key,
+                object,
+                prev,
+            })
+        }
+        1 => {
+            let Some(mut object) = prev.clone() else {
+                tracing::warn!(%key, revision, "a deletion without its previous value (compacted); not reported to watches");
+                return None;
+            };
+            set_resource_version(&mut object, revision);
+            Some(Event {
+                kind: EventKind::Deleted,
+                revision,
+                key,
+                object,
+                prev,
+            })
+        }
+        other => {
+            tracing::warn!(
+                event_type = other,
+                "skipping a watch event of an unknown type"
+            );
+            None
+        }
+    }
+}
+
+/// Follow every change under the prefix from `next` on and publish it into the ring, for
+/// the server's lifetime. Reconnects with backoff when etcd goes away; if etcd compacted
+/// past what was missed, the ring is reset, which closes every live watch so clients
+/// re-list instead of silently missing events.
+async fn follow(s: Arc<Shared>, mut next: i64) {
+    let mut backoff = Duration::from_millis(100);
+    let mut outage = false;
+    loop {
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_prev_key()
+            .with_progress_notify()
+            .with_start_revision(next);
+        match s
+            .client
+            .watch_client()
+            .watch(s.prefix.clone(), Some(opts))
+            .await
+        {
+            Ok(mut stream) => loop {
+                match stream.message().await {
+                    Ok(Some(resp)) => {
+                        if outage {
+                            tracing::info!(endpoints = %s.endpoints, "etcd watch re-established");
+                            outage = false;
+                        }
+                        backoff = Duration::from_millis(100);
+                        if resp.canceled() {
+                            if resp.compact_revision() > 0 {
+                                let c = resp.compact_revision();
+                                tracing::warn!(
+                                    from = next,
+                                    compacted = c,
+                                    "etcd compacted events this server had not seen yet; open watches are closed and clients re-list"
+                                );
+                                let mut h = s.history.lock().unwrap_or_else(|p| p.into_inner());
+                                h.reset(u64::try_from(c - 1).unwrap_or(0));
+                                next = c;
+                            }
+                            break;
+                        }
+                        s.seen(resp.header().map(|h| h.revision()).unwrap_or(0));
+                        let mut h = s.history.lock().unwrap_or_else(|p| p.into_inner());
+                        for ev in resp.events() {
+                            if let Some(kv) = ev.kv() {
+                                next = next.max(kv.mod_revision() + 1);
+                            }
+                            if let Some(e) = convert(&s, ev) {
+                                if e.revision > h.revision() {
+                                    h.publish(Arc::new(e));
+                                }
+                            }
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        if !outage {
+                            tracing::warn!(error = %e, endpoints = %s.endpoints, "etcd watch broke; retrying");
+                            outage = true;
+                        }
+                        break;
+                    }
+                }
+            },
+            Err(e) => {
+                if !outage {
+                    tracing::warn!(error = %e, endpoints = %s.endpoints, "cannot watch etcd; retrying");
+                    outage = true;
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_REWATCH_BACKOFF);
+    }
+}
+
+/// A watch of its own for a revision older than the ring: etcd replays its history from
+/// there. Compaction is checked first with a read at that revision, because etcd reports a
+/// compacted watch only after it has been created.
+async fn watch_from(s: Arc<Shared>, revision: u64) -> Result<Watch, StoreError> {
+    let start = i64::try_from(revision).unwrap_or(i64::MAX - 1) + 1;
+    let probe = s
+        .client
+        .kv_client()
+        .get(
+            s.prefix.clone(),
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_count_only()
+                    .with_revision(start),
+            ),
+        )
+        .await;
+    if let Err(e) = probe {
+        if e.to_string().contains("compacted") {
+            let oldest = s
+                .client
+                .kv_client()
+                .get(
+                    s.prefix.clone(),
+                    Some(GetOptions::new().with_prefix().with_count_only()),
+                )
+                .await
+                .ok()
+                .map(|r| header_revision(r.header()))
+                .unwrap_or(0);
+            return Err(StoreError::Gone {
+                requested: revision,
+                oldest,
+            });
+        }
+        return Err(s.error("watching from an old revision", e));
+    }
+    let opts = WatchOptions::new()
+        .with_prefix()
+        .with_prev_key()
+        .with_start_revision(start);
+    let stream = s
+        .client
+        .watch_client()
+        .watch(s.prefix.clone(), Some(opts))
+        .await
+        .map_err(|e| s.error("watching from an old revision", e))?;
+    let (tx, live) = broadcast::channel(OLD_WATCH_CAPACITY);
+    tokio::spawn(forward_old(s, stream, tx));
+    Ok(Watch {
+        backlog: Vec::new(),
+        live,
+    })
+}
+
+/// Feed one old-revision watch until its consumer is gone or etcd ends it (compaction, a
+/// broken connection): dropping `tx` closes the consumer's feed, and its client re-watches.
+async fn forward_old(s: Arc<Shared>, mut stream: WatchStream, tx: broadcast::Sender<Arc<Event>>) {
+    let mut idle = tokio::time::interval(OLD_WATCH_IDLE_CHECK);
+    loop {
+        tokio::select! {
+            msg = stream.message() => match msg {
+                Ok(Some(resp)) if !resp.canceled() => {
+                    for ev in resp.events() {
+                        if let Some(e) = convert(&s, ev) {
+                            if tx.send(Arc::new(e)).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                _ => return,
+            },
+            _ = idle.tick() => if tx.receiver_count() == 0 { return },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_is_the_next_key_after_the_prefix() {
+        assert_eq!(prefix_end(b"/registry/pods/"), b"/registry/pods0".to_vec());
+        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
+    }
+
+    #[test]
+    fn stored_values_carry_no_resource_version() {
+        let v = serde_json::json!({"metadata": {"name": "a", "resourceVersion": "7"}});
+        let bytes = encode(&v).expect("encode");
+        let back: Value = serde_json::from_slice(&bytes).expect("json");
+        assert_eq!(back, serde_json::json!({"metadata": {"name": "a"}}));
+    }
+
+    #[test]
+    fn unreachable_etcd_is_a_clear_error_naming_the_endpoint() {
+        // A port nobody listens on: bind, note it, close.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let url = format!("http://127.0.0.1:{port}");
+        let mut cfg = EtcdConfig::new(vec![url.clone()]);
+        cfg.request_timeout = Duration::from_millis(500);
+        let err = EtcdStore::connect(&cfg)
+            .err()
+            .expect("must fail")
+            .to_string();
+        assert!(err.contains(&url), "names the endpoint: {err}");
+        assert!(err.contains("etcd"), "says what failed: {err}");
+    }
+}

@@ -1,0 +1,185 @@
+//! A real etcd (Debian's `etcd-server`) for tests: started on a free loopback port, waited for
+//! when it serves, stopped, killed (a store that went
+//! away) and started again on the same data dir and address. Readiness is its own log line
+//! (with `--logger zap`: "serving client traffic").
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use nix::sys::signal::Signal;
+
+use crate::Child;
+
+/// How long etcd may take to start serving.
+const ETCD_READY: Duration = Duration::from_secs(30);
+
+/// One etcd member; dropping it kills it and removes its data dir.
+pub struct Etcd {
+    child: Option<Child>,
+    /// Address clients use (`IP:PORT`).
+    client_addr: String,
+    /// Address the member talks to peers on (only itself here).
+    peer_addr: String,
+    data_dir: PathBuf,
+    log_dir: PathBuf,
+    starts: u32,
+}
+
+fn free_loopback_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .context("find a free loopback port for etcd")?
+        .port())
+}
+
+impl Etcd {
+    /// etcd on 127.0.0.1 in the current network namespace, on free ports (found by binding
+    /// port 0; if etcd then finds one taken after all, it is started again on new ones).
+    pub fn start_local(work_dir: &Path) -> Result<Etcd> {
+        let mut last = None;
+        for _ in 0..5 {
+            let client_addr = format!("127.0.0.1:{}", free_loopback_port()?);
+            let peer_addr = format!("127.0.0.1:{}", free_loopback_port()?);
+            let mut etcd = Etcd::new(work_dir, client_addr, peer_addr)?;
+            match etcd.start() {
+                Ok(()) => return Ok(etcd),
+                Err(e) if format!("{e:#}").contains("address already in use") => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("etcd did not start")))
+    }
+
+    fn new(work_dir: &Path, client_addr: String, peer_addr: String) -> Result<Etcd> {
+        let log_dir = work_dir.join("etcd-logs");
+        std::fs::create_dir_all(&log_dir)
+            .with_context(|| format!("create {}", log_dir.display()))?;
+        Ok(Etcd {
+            child: None,
+            client_addr,
+            peer_addr,
+            data_dir: work_dir.join("etcd-data"),
+            log_dir,
+            starts: 0,
+        })
+    }
+
+    /// The URL to give `--etcd-servers`.
+    pub fn client_url(&self) -> String {
+        format!("http://{}", self.client_addr)
+    }
+
+    /// Start (again): same data dir, same addresses; returns once etcd serves clients.
+    pub fn start(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            bail!("etcd at {} is already running", self.client_addr);
+        }
+        self.starts += 1;
+        let mut cmd = Command::new("etcd");
+        cmd.args([
+            "--name",
+            "default",
+            "--data-dir",
+            &self.data_dir.display().to_string(),
+            "--listen-client-urls",
+            &format!("http://{}", self.client_addr),
+            "--advertise-client-urls",
+            &format!("http://{}", self.client_addr),
+            "--listen-peer-urls",
+            &format!("http://{}", self.peer_addr),
+            "--initial-advertise-peer-urls",
+            &format!("http://{}", self.peer_addr),
+            "--initial-cluster",
+            &format!("default=http://{}", self.peer_addr),
+            // JSON log lines on stdout, so the harness can wait for the ready line.
+            "--logger",
+            "zap",
+            "--log-outputs",
+            "stdout",
+        ]);
+        let name = format!("etcd-{}", self.starts);
+        let mut child = Child::spawn(&name, cmd, &self.log_dir)
+            .context("start etcd (is Debian's etcd-server installed?)")?;
+        child
+            .wait_for_line(ETCD_READY, |l| {
+                l.contains("serving client traffic").then_some(())
+            })
+            .with_context(|| format!("etcd on {} did not become ready", self.client_addr))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGTERM and wait; the data dir is kept for [`Etcd::start`].
+    pub fn stop(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.signal(Signal::SIGTERM)?;
+            child.wait_timeout(Duration::from_secs(20))?;
+        }
+        Ok(())
+    }
+
+    /// SIGKILL: the store goes away without a goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.signal(Signal::SIGKILL);
+            let _ = child.wait_timeout(Duration::from_secs(20));
+        }
+    }
+
+    /// Compact etcd's history at its current revision (as kube-apiserver does periodically);
+    /// returns that revision.
+    pub fn compact(&self) -> Result<u64> {
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args([
+                "--endpoints",
+                &self.client_url(),
+                "endpoint",
+                "status",
+                "-w",
+                "json",
+            ])
+            .output()
+            .context("run etcdctl (Debian's etcd-client)")?;
+        if !out.status.success() {
+            bail!(
+                "etcdctl endpoint status: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let revision: u64 = text
+            .split("\"revision\":")
+            .nth(1)
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|r| r.parse().ok())
+            .with_context(|| format!("no revision in etcdctl's status: {text}"))?;
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args([
+                "--endpoints",
+                &self.client_url(),
+                "compact",
+                &revision.to_string(),
+            ])
+            .output()
+            .context("run etcdctl compact")?;
+        if !out.status.success() {
+            bail!(
+                "etcdctl compact {revision}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(revision)
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
