@@ -12,9 +12,11 @@ cd "$(dirname "$0")/.."
 say() { echo "demo: $*"; }
 die() { echo "demo: FAILED: $*" >&2; [ -n "${WORK:-}" ] && [ -f "$WORK/up.log" ] && tail -30 "$WORK/up.log" >&2; exit 1; }
 
-# 1. What is needed: a C toolchain for the build, python3 for the example pod, curl.
+# 1. What is needed: a C toolchain and protoc for the build (the etcd client's gRPC code is
+#    generated at build time), python3 for the example pod, curl.
 missing=()
 command -v cc >/dev/null || missing+=(build-essential)
+command -v protoc >/dev/null || missing+=(protobuf-compiler)
 command -v python3 >/dev/null || missing+=(python3)
 command -v curl >/dev/null || missing+=(curl)
 if [ ${#missing[@]} -gt 0 ]; then

@@ -167,20 +167,31 @@ impl EtcdStore {
                 Ok::<_, etcd_client::Error>((client, revision))
             })
             .await
-        })
-        .context("the etcd client's runtime stopped while connecting")?;
-        let (client, revision) = match connected {
-            Ok(Ok(x)) => x,
-            Ok(Err(e)) => anyhow::bail!(
-                "cannot reach etcd at {endpoints}: {e}; check that etcd is running there and \
+        });
+        let failure = match connected {
+            Some(Ok(Ok(x))) => Ok(x),
+            Some(Ok(Err(e))) => Err(anyhow::anyhow!(
+                "cannot reach etcd at {endpoints}: {}; check that etcd is running there and \
                  that --etcd-servers (and --etcd-cafile/--etcd-certfile/--etcd-keyfile for TLS) \
-                 are right"
-            ),
-            Err(_) => anyhow::bail!(
+                 are right",
+                describe(&e)
+            )),
+            Some(Err(_)) => Err(anyhow::anyhow!(
                 "etcd at {endpoints} did not answer within {:?}; check that etcd is running \
                  there and reachable from this host (--etcd-servers)",
                 timeout * 2
-            ),
+            )),
+            None => Err(anyhow::anyhow!(
+                "the etcd client's runtime stopped while connecting to {endpoints}"
+            )),
+        };
+        let (client, revision) = match failure {
+            Ok(x) => x,
+            Err(e) => {
+                // Dropping a runtime is not allowed in async code, where `run` calls this.
+                runtime.shutdown_background();
+                return Err(e);
+            }
         };
         let revision = u64::try_from(revision).unwrap_or(0);
         let shared = Arc::new(Shared {
@@ -293,7 +304,7 @@ impl Shared {
             ),
             _ => false,
         };
-        let message = format!("etcd at {}: {e}", self.endpoints);
+        let message = format!("etcd at {}: {}", self.endpoints, describe(&e));
         if transient {
             StoreError::Unavailable {
                 step,
@@ -309,6 +320,22 @@ impl Shared {
             .ok()?
             .strip_prefix(&self.prefix)
             .map(str::to_string)
+    }
+}
+
+/// What went wrong, in few words: gRPC's status message and the innermost cause (such as
+/// "Connection refused"), without the wrapper types tonic prints.
+fn describe(e: &etcd_client::Error) -> String {
+    let etcd_client::Error::GRpcStatus(status) = e else {
+        return e.to_string();
+    };
+    let mut root: Option<&dyn std::error::Error> = std::error::Error::source(status);
+    while let Some(next) = root.and_then(|r| r.source()) {
+        root = Some(next);
+    }
+    match root {
+        Some(r) => format!("{}: {r}", status.message()),
+        None => status.message().to_string(),
     }
 }
 
