@@ -72,6 +72,10 @@ if [ -f bench/run.sh ]; then
   step "bench smoke (bench/run.sh --smoke)"
   bash bench/run.sh --smoke || hooks_rc=$?
 fi
+if [ -f bench/store.sh ]; then
+  step "store bench smoke (bench/store.sh --smoke)"
+  bash bench/store.sh --smoke || hooks_rc=$?
+fi
 
 # One closing line over every cargo test binary, so the total is not hidden among the
 # per-binary "test result:" lines.

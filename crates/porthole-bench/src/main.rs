@@ -12,7 +12,8 @@
 //!   path (client relay → "apiserver" relay → "node" relay → pod), with throwaway certificates;
 //! - `ttfb`: start a port-forward command, connect as soon as it prints its
 //!   `Forwarding from 127.0.0.1:N -> M` line, time the first echoed byte;
-//! - `freeport`: a free loopback port chosen by the kernel (for tools that need a number).
+//! - `freeport`: a free loopback port chosen by the kernel (for tools that need a number);
+//! - `store`: the API server's store backends, redb and a real etcd, side by side.
 //!
 //! Bulk throughput is iperf3's job (the baselines used it too). Every measuring subcommand
 //! prints exactly one JSON object on stdout; servers print one `listening on ADDR` line.
@@ -25,6 +26,7 @@
 
 mod load;
 mod relay;
+mod store;
 mod ttfb;
 
 use std::io::{Read, Write};
@@ -67,6 +69,8 @@ enum Cmd {
     Ttfb(ttfb::TtfbArgs),
     /// Print a free TCP port on 127.0.0.1 chosen by the kernel.
     Freeport,
+    /// The API server's store backends side by side: redb and a real etcd on loopback.
+    Store(store::StoreArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -78,6 +82,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Idle(a) => load::idle(a),
         Cmd::Relay(a) => relay::run(a),
         Cmd::Gencerts { dir } => relay::gencerts(&dir),
+        Cmd::Store(a) => store::run(a),
         Cmd::Ttfb(a) => ttfb::run(a),
         Cmd::Freeport => {
             let l = TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0")?;
