@@ -137,6 +137,10 @@ pub struct EtcdArgs {
     /// How long one etcd request may take before the API request fails with 503.
     #[arg(long, env = "PORTHOLE_ETCD_REQUEST_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub etcd_request_timeout: Duration,
+    /// How often etcd's history older than this interval is compacted (kube-apiserver's
+    /// default); `0` never compacts (leave it to etcd's `--auto-compaction-retention`).
+    #[arg(long, env = "PORTHOLE_ETCD_COMPACTION_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    pub etcd_compaction_interval: Duration,
 }
 
 /// Which backend holds the cluster state.
@@ -177,6 +181,8 @@ impl StorageConfig {
                 cfg.cert_file = e.etcd_certfile.clone();
                 cfg.key_file = e.etcd_keyfile.clone();
                 cfg.request_timeout = e.etcd_request_timeout;
+                cfg.compaction_interval =
+                    (!e.etcd_compaction_interval.is_zero()).then_some(e.etcd_compaction_interval);
                 Ok(StorageConfig::Etcd(cfg))
             }
             (None, Some(dir)) => Ok(StorageConfig::Embedded(dir.clone())),

@@ -466,3 +466,38 @@ fn etcd_outage_is_unavailable_then_recovers() {
         "the watch feed resumed"
     );
 }
+
+/// The API server compacts etcd's history itself (kube-apiserver's --etcd-compaction-interval),
+/// keeping one interval of it: soon after, a watch from the first revisions is Gone, while a
+/// watch from a recent revision still resumes.
+#[test]
+fn etcd_history_is_compacted_by_the_servers() {
+    let dir = TempDir::new("porthole-store-etcd4").unwrap();
+    let b = etcd_backend(&dir);
+    let mut cfg = b.config();
+    cfg.compaction_interval = Some(Duration::from_millis(300));
+    // Two servers compacting: their rounds share one key, so they never fight.
+    let s: Arc<dyn Store> = Arc::new(EtcdStore::connect(&cfg).unwrap());
+    let _other = EtcdStore::connect(&cfg).unwrap();
+    let first = resource_version(&s.create("pods/compact/a", pod("a", 0)).unwrap());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        // Keep writing so there is history to compact, and ask a fresh server (empty ring)
+        // whether the first revision is still there.
+        let last = resource_version(&s.update("pods/compact/a", pod("a", 1), None).unwrap());
+        match b.open().watch(first) {
+            Err(StoreError::Gone { .. }) => {
+                assert!(b.open().watch(last).is_ok(), "recent history is kept");
+                return;
+            }
+            Err(e) => panic!("unexpected error: {e}"),
+            Ok(_) => {}
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "history from revision {first} was not compacted within 20s"
+        );
+        // Pacing the writes between compaction rounds; the deadline bounds the loop.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

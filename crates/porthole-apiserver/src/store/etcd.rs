@@ -63,6 +63,9 @@ pub struct EtcdConfig {
     pub key_file: Option<PathBuf>,
     /// How long one store call may take before it fails as unavailable.
     pub request_timeout: Duration,
+    /// `--etcd-compaction-interval`: how often history older than one interval is compacted
+    /// (`None`: never, e.g. when etcd's own `--auto-compaction-retention` does it).
+    pub compaction_interval: Option<Duration>,
 }
 
 impl EtcdConfig {
@@ -75,6 +78,7 @@ impl EtcdConfig {
             cert_file: None,
             key_file: None,
             request_timeout: Duration::from_secs(5),
+            compaction_interval: Some(Duration::from_secs(300)),
         }
     }
 }
@@ -206,6 +210,9 @@ impl EtcdStore {
             shared.clone(),
             i64::try_from(revision).unwrap_or(0) + 1,
         ));
+        if let Some(every) = cfg.compaction_interval {
+            handle.spawn(compact_periodically(shared.clone(), every));
+        }
         tracing::info!(endpoints = %shared.endpoints, prefix = %shared.prefix, revision, "store: etcd");
         Ok(EtcdStore {
             shared,
@@ -709,6 +716,52 @@ async fn follow(s: Arc<Shared>, mut next: i64) {
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_REWATCH_BACKOFF);
+    }
+}
+
+/// Compact etcd's history every `every`, keeping at least one interval of it, as
+/// kube-apiserver does: each round, one server wins a compare-and-swap on a key of its own
+/// (outside the prefix, so no watch sees it) and compacts at the revision the previous round
+/// recorded. However many API servers run, history is compacted once per interval.
+async fn compact_periodically(s: Arc<Shared>, every: Duration) {
+    let key = format!("{}-compact_rev_key", s.prefix.trim_end_matches('/'));
+    let mut version = 0i64;
+    let mut previous: Option<i64> = None;
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let txn = Txn::new()
+            .when([Compare::version(key.clone(), CompareOp::Equal, version)])
+            .and_then([TxnOp::put(key.clone(), Vec::new(), None)])
+            .or_else([TxnOp::get(key.clone(), None)]);
+        let resp = match s.client.kv_client().txn(txn).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %describe(&e), "etcd compaction round skipped");
+                continue;
+            }
+        };
+        if !resp.succeeded() {
+            // Another server took this round; follow its count and its revision next time.
+            if let Some(TxnOpResponse::Get(g)) = resp.op_responses().first() {
+                version = g.kvs().first().map(|kv| kv.version()).unwrap_or(0);
+            }
+            previous = None;
+            continue;
+        }
+        version += 1;
+        let now = resp.header().map(|h| h.revision()).unwrap_or(0);
+        if let Some(rev) = previous {
+            match s.client.kv_client().compact(rev, None).await {
+                Ok(_) => tracing::info!(revision = rev, "compacted etcd history"),
+                Err(e) if e.to_string().contains("compacted") => {}
+                Err(e) => {
+                    tracing::warn!(error = %describe(&e), revision = rev, "etcd compaction failed")
+                }
+            }
+        }
+        previous = Some(now);
     }
 }
 
