@@ -24,6 +24,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::WatchEvent;
 use tokio_util::sync::CancellationToken;
 
 pub mod forward;
@@ -240,47 +242,106 @@ struct KubeConnector {
     keepalive: Keepalive,
 }
 
-/// How often a connected pod is checked for deletion or replacement.
+/// How often a connected pod is re-read when the API server will not watch it.
 const POD_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+/// How long one watch of the pod lasts before it is re-established (kube-rs and client-go
+/// reflectors use about five minutes), so a server that forgot the watch is noticed.
+const POD_WATCH_SECONDS: u32 = 290;
+
+/// Why a connected pod no longer serves this session, if it does not.
+fn pod_unusable(
+    p: &Pod,
+    pod: &str,
+    uid: &mut Option<String>,
+    require_ready: bool,
+) -> Option<String> {
+    let this_uid = p.metadata.uid.clone();
+    if uid.is_none() {
+        *uid = this_uid.clone();
+    }
+    if this_uid != *uid {
+        return Some(format!("pod {pod} was replaced"));
+    }
+    if p.metadata.deletion_timestamp.is_some() {
+        return Some(format!("pod {pod} is being deleted"));
+    }
+    let phase = p
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.clone())
+        .unwrap_or_default();
+    if phase != "Running" {
+        return Some(format!("pod {pod} is no longer running (phase {phase})"));
+    }
+    if require_ready && !target::is_usable(p) {
+        return Some(format!("pod {pod} is no longer Ready"));
+    }
+    None
+}
 
 impl KubeConnector {
-    /// Polls the pod (a GET every [`POD_CHECK_INTERVAL`]) until it is deleted, replaced,
-    /// terminating, no longer Running, or — behind a selector — no longer Ready. API errors are
-    /// ignored here: the session's own keepalive judges connectivity.
+    /// Follows the pod until it is deleted, replaced, terminating, no longer Running, or —
+    /// behind a selector — no longer Ready.
+    ///
+    /// One GET, then a watch of that one pod (`fieldSelector=metadata.name=POD`) from the
+    /// GET's resourceVersion, as Kubernetes clients do: an idle session costs the API server
+    /// one request every few minutes instead of one every two seconds. A server that refuses
+    /// the watch is polled instead. API errors are not judged here: the session's own
+    /// keepalive judges connectivity.
     async fn watch_pod(&self, pod: String) -> String {
-        let api: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        let api: kube::Api<Pod> =
             kube::Api::namespaced(self.client.clone(), self.resolver.namespace());
         let require_ready = self.resolver.target().kind != Kind::Pod;
         let mut uid: Option<String> = None;
+        let params = kube::api::WatchParams::default()
+            .fields(&format!("metadata.name={pod}"))
+            .timeout(POD_WATCH_SECONDS);
         loop {
-            match api.get_opt(&pod).await {
+            let version = match api.get_opt(&pod).await {
                 Ok(None) => return format!("pod {pod} was deleted"),
                 Ok(Some(p)) => {
-                    let this_uid = p.metadata.uid.clone();
-                    if uid.is_none() {
-                        uid = this_uid.clone();
+                    if let Some(why) = pod_unusable(&p, &pod, &mut uid, require_ready) {
+                        return why;
                     }
-                    let phase = p
-                        .status
-                        .as_ref()
-                        .and_then(|s| s.phase.clone())
-                        .unwrap_or_default();
-                    if this_uid != uid {
-                        return format!("pod {pod} was replaced");
+                    p.metadata.resource_version.unwrap_or_default()
+                }
+                Err(e) => {
+                    tracing::debug!(pod, error = %e, "pod check failed");
+                    tokio::time::sleep(POD_CHECK_INTERVAL).await;
+                    continue;
+                }
+            };
+            let events = match api.watch(&params, &version).await {
+                Ok(events) => events,
+                Err(e) => {
+                    tracing::debug!(pod, error = %e, "cannot watch the pod; polling it");
+                    tokio::time::sleep(POD_CHECK_INTERVAL).await;
+                    continue;
+                }
+            };
+            let mut events = std::pin::pin!(events);
+            // Until the watch ends (its timeout, a 410, a broken connection); then GET again.
+            while let Some(ev) = futures_util::StreamExt::next(&mut events).await {
+                match ev {
+                    Ok(WatchEvent::Added(p)) | Ok(WatchEvent::Modified(p)) => {
+                        if let Some(why) = pod_unusable(&p, &pod, &mut uid, require_ready) {
+                            return why;
+                        }
                     }
-                    if p.metadata.deletion_timestamp.is_some() {
-                        return format!("pod {pod} is being deleted");
+                    Ok(WatchEvent::Deleted(p)) if p.metadata.uid == uid => {
+                        return format!("pod {pod} was deleted")
                     }
-                    if phase != "Running" {
-                        return format!("pod {pod} is no longer running (phase {phase})");
+                    Ok(WatchEvent::Error(status)) => {
+                        tracing::debug!(pod, code = status.code, message = %status.message, "pod watch ended");
+                        break;
                     }
-                    if require_ready && !target::is_usable(&p) {
-                        return format!("pod {pod} is no longer Ready");
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(pod, error = %e, "pod watch broke");
+                        break;
                     }
                 }
-                Err(e) => tracing::debug!(pod, error = %e, "pod check failed"),
             }
-            tokio::time::sleep(POD_CHECK_INTERVAL).await;
         }
     }
 

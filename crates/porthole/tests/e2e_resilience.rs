@@ -151,6 +151,16 @@ fn forward_survives_node_and_apiserver_restarts() {
     stopped.unwrap();
 }
 
+/// Watches of pods in `default` recorded in the audit log so far.
+fn pod_watches(cluster: &Cluster) -> Result<usize> {
+    let audit = std::fs::read_to_string(cluster.data_dir.join("audit.log"))?;
+    Ok(audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| r["verb"] == "watch" && r["path"] == "/api/v1/namespaces/default/pods")
+        .count())
+}
+
 #[test]
 fn forward_moves_to_the_replacement_pod() {
     if !porthole_test::require_root("forward_moves_to_the_replacement_pod") {
@@ -166,6 +176,9 @@ fn forward_moves_to_the_replacement_pod() {
             "deployment/web-app",
             "--timeout=90s",
         ])?;
+        // Nothing between here and the check below watches pods but the forward's client
+        // (the delete does not wait).
+        let before = pod_watches(&cluster)?;
         let mut cmd = cluster.porthole_cmd();
         cmd.args(["port-forward", "deployment/web-app", ":8000"]);
         Forward::with("porthole-deploy", cmd, work.path(), 8000, |port| {
@@ -180,6 +193,13 @@ fn forward_moves_to_the_replacement_pod() {
             // The deployment controller makes a replacement; the forward follows it.
             let second = get_until(port, "/", |b| !b.contains(&pod))?;
             ensure!(second.starts_with("hello from web-app-"), "{second}");
+            // The client learnt of the deletion from a watch of that one pod, not by
+            // re-reading it every two seconds.
+            let after = pod_watches(&cluster)?;
+            ensure!(
+                after > before,
+                "the client watches its pod ({before} pod watches before it started, {after} after)"
+            );
             Ok(())
         })
     })();
