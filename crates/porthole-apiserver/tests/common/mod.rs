@@ -120,6 +120,10 @@ pub fn args(pki: &Pki, data: &Path, audit: &Path) -> porthole_apiserver::Args {
         kubelet_certificate_authority: Some(pki.path("ca.crt")),
         audit_log_path: Some(audit.to_path_buf()),
         node_monitor_grace_period: std::time::Duration::from_secs(40),
+        leader_elect: true,
+        leader_elect_lease_duration: std::time::Duration::from_secs(15),
+        leader_elect_renew_deadline: std::time::Duration::from_secs(10),
+        leader_elect_retry_period: std::time::Duration::from_secs(2),
     }
 }
 
