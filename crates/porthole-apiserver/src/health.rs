@@ -13,7 +13,7 @@
 //! without credentials (kube-apiserver grants them to `system:unauthenticated`); for such
 //! callers the reasons are withheld, as kube-apiserver withholds them from everyone.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,6 +23,7 @@ use tokio::time::Instant;
 
 use crate::error::ApiError;
 use crate::http_util::{full, Body, Query};
+use crate::store::Store;
 use crate::State;
 
 /// How long the store may take to answer the readiness read (kube-apiserver's
@@ -78,13 +79,28 @@ struct InFlight {
 /// The readiness read of the store. A read that outlived its timeout is awaited again by the
 /// next check instead of starting another, so a hung store holds one blocking thread however
 /// often the load balancer asks.
-#[derive(Default)]
 pub struct StoreProbe {
+    timeout: Duration,
     in_flight: Mutex<Option<InFlight>>,
 }
 
+impl Default for StoreProbe {
+    fn default() -> Self {
+        Self::new(STORE_CHECK_TIMEOUT)
+    }
+}
+
 impl StoreProbe {
-    async fn check(&self, state: &State) -> Result<(), String> {
+    /// A probe whose reads may take up to `timeout`.
+    pub fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            in_flight: Mutex::new(None),
+        }
+    }
+
+    /// Read namespace `default` from `store`; `Err` says why the store is not usable.
+    pub async fn check(&self, store: &Arc<dyn Store>) -> Result<(), String> {
         let taken = self
             .in_flight
             .lock()
@@ -93,7 +109,7 @@ impl StoreProbe {
         let mut flight = match taken {
             Some(f) => f,
             None => {
-                let store = state.store.clone();
+                let store = store.clone();
                 let key = crate::resources::core("namespaces").key("", "default");
                 InFlight {
                     started: Instant::now(),
@@ -103,14 +119,15 @@ impl StoreProbe {
                 }
             }
         };
-        match tokio::time::timeout(STORE_CHECK_TIMEOUT, &mut flight.handle).await {
+        match tokio::time::timeout(self.timeout, &mut flight.handle).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => Err(format!("the store read did not finish: {e}")),
             Err(_) => {
                 let waited = flight.started.elapsed();
                 *self.in_flight.lock().unwrap_or_else(|p| p.into_inner()) = Some(flight);
                 Err(format!(
-                    "the store did not answer a read within {STORE_CHECK_TIMEOUT:?} (waiting for {:.1}s)",
+                    "the store did not answer a read within {:?} (waiting for {:.1}s)",
+                    self.timeout,
                     waited.as_secs_f64()
                 ))
             }
@@ -121,7 +138,7 @@ impl StoreProbe {
 async fn run_check(check: Check, state: &State) -> Result<(), String> {
     match check {
         Check::Ping => Ok(()),
-        Check::Store => state.store_probe.check(state).await,
+        Check::Store => state.store_probe.check(&state.store).await,
         Check::Shutdown if state.is_ready() => Ok(()),
         Check::Shutdown => Err("the server is shutting down".into()),
     }
@@ -181,57 +198,202 @@ pub async fn handle(
         });
     }
     let mut excluded: Vec<&str> = query.all("exclude").iter().map(String::as_str).collect();
-    let mut lines = String::new();
-    let mut failed = Vec::new();
+    let mut results = Vec::new();
     for check in all {
         if let Some(i) = excluded.iter().position(|e| *e == check.name()) {
             excluded.remove(i);
-            lines += &format!("[+]{} excluded: ok\n", check.name());
+            results.push((check.name(), Verdict::Excluded));
             continue;
         }
-        match run_check(*check, state).await {
-            Ok(()) => lines += &format!("[+]{} ok\n", check.name()),
+        let verdict = match run_check(*check, state).await {
+            Ok(()) => Verdict::Passed,
             Err(e) => {
                 tracing::debug!(check = check.name(), error = %e, "{endpoint} check failed");
-                let reason = if reveal_reasons {
-                    e.as_str()
+                Verdict::Failed(e)
+            }
+        };
+        results.push((check.name(), verdict));
+    }
+    // `?verbose` parses as `verbose=""`: present is enough, as in kube-apiserver.
+    let verbose = query.get("verbose").is_some();
+    let (status, body) = report(endpoint, &results, &excluded, verbose, reveal_reasons);
+    Ok(text(status, body))
+}
+
+/// What one check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Verdict {
+    Passed,
+    Excluded,
+    Failed(String),
+}
+
+/// kube-apiserver's health answer: `ok`, or the check list (always on failure).
+fn report(
+    endpoint: &str,
+    results: &[(&str, Verdict)],
+    unmatched_excludes: &[&str],
+    verbose: bool,
+    reveal_reasons: bool,
+) -> (StatusCode, String) {
+    let mut lines = String::new();
+    for (name, verdict) in results {
+        match verdict {
+            Verdict::Passed => lines += &format!("[+]{name} ok\n"),
+            Verdict::Excluded => lines += &format!("[+]{name} excluded: ok\n"),
+            Verdict::Failed(why) => {
+                let why = if reveal_reasons {
+                    why.as_str()
                 } else {
                     "reason withheld"
                 };
-                lines += &format!("[-]{} failed: {reason}\n", check.name());
-                failed.push(check.name());
+                lines += &format!("[-]{name} failed: {why}\n");
             }
         }
     }
-    if !excluded.is_empty() {
+    if !unmatched_excludes.is_empty() {
+        let names: Vec<String> = unmatched_excludes
+            .iter()
+            .map(|e| format!("{e:?}"))
+            .collect();
         lines += &format!(
             "warn: some health checks cannot be excluded: no matches for {}\n",
-            excluded
-                .iter()
-                .map(|e| format!("\"{e}\""))
-                .collect::<Vec<_>>()
-                .join(",")
+            names.join(",")
         );
     }
-    if !failed.is_empty() {
-        return Ok(text(
+    if results.iter().any(|(_, v)| matches!(v, Verdict::Failed(_))) {
+        (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("{lines}{endpoint} check failed\n"),
-        ));
+        )
+    } else if verbose {
+        (StatusCode::OK, format!("{lines}{endpoint} check passed\n"))
+    } else {
+        (StatusCode::OK, "ok".into())
     }
-    // `?verbose` parses as `verbose=""`: present is enough, as in kube-apiserver.
-    if query.get("verbose").is_some() {
-        return Ok(text(
-            StatusCode::OK,
-            format!("{lines}{endpoint} check passed\n"),
-        ));
-    }
-    Ok(text(StatusCode::OK, "ok".into()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use serde_json::Value;
+
+    use crate::store::{RedbStore, StoreError, Watch};
+
+    /// A real store whose reads block until released, like an etcd that stopped answering.
+    struct Hanging {
+        inner: RedbStore,
+        gate: Mutex<bool>,
+        opened: std::sync::Condvar,
+        reads: AtomicUsize,
+    }
+
+    impl Hanging {
+        fn release(&self) {
+            *self.gate.lock().expect("gate") = true;
+            self.opened.notify_all();
+        }
+    }
+
+    impl Store for Hanging {
+        fn get(&self, key: &str) -> Result<Option<Value>, StoreError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            let mut open = self.gate.lock().expect("gate");
+            while !*open {
+                open = self.opened.wait(open).expect("gate");
+            }
+            self.inner.get(key)
+        }
+        fn list(&self, prefix: &str) -> Result<(Vec<Value>, u64), StoreError> {
+            self.inner.list(prefix)
+        }
+        fn create(&self, key: &str, object: Value) -> Result<Value, StoreError> {
+            self.inner.create(key, object)
+        }
+        fn update(&self, key: &str, object: Value, rv: Option<u64>) -> Result<Value, StoreError> {
+            self.inner.update(key, object, rv)
+        }
+        fn delete(&self, key: &str, rv: Option<u64>) -> Result<Value, StoreError> {
+            self.inner.delete(key, rv)
+        }
+        fn watch(&self, revision: u64) -> Result<Watch, StoreError> {
+            self.inner.watch(revision)
+        }
+        fn revision(&self) -> u64 {
+            self.inner.revision()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hung_store_fails_the_check_in_time_and_holds_one_thread() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let hanging = Arc::new(Hanging {
+            inner: RedbStore::open(dir.path()).expect("open"),
+            gate: Mutex::new(false),
+            opened: std::sync::Condvar::new(),
+            reads: AtomicUsize::new(0),
+        });
+        let store: Arc<dyn Store> = hanging.clone();
+        let probe = StoreProbe::new(Duration::from_millis(200));
+        for _ in 0..3 {
+            let started = Instant::now();
+            let e = probe.check(&store).await.expect_err("hung store");
+            assert!(e.contains("did not answer a read within 200ms"), "{e}");
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "the check itself hung"
+            );
+        }
+        assert_eq!(
+            hanging.reads.load(Ordering::SeqCst),
+            1,
+            "one read in flight, not three"
+        );
+        hanging.release();
+        // The read in flight completes, then fresh reads answer at once.
+        assert_eq!(probe.check(&store).await, Ok(()));
+        assert_eq!(probe.check(&store).await, Ok(()));
+        assert_eq!(hanging.reads.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn reports_read_like_kube_apiservers() {
+        let ok = [("ping", Verdict::Passed), ("store", Verdict::Passed)];
+        assert_eq!(
+            report("readyz", &ok, &[], false, true),
+            (StatusCode::OK, "ok".into())
+        );
+        assert_eq!(
+            report("readyz", &ok, &[], true, true),
+            (
+                StatusCode::OK,
+                "[+]ping ok\n[+]store ok\nreadyz check passed\n".into()
+            )
+        );
+        let failing = [
+            ("ping", Verdict::Passed),
+            ("store", Verdict::Failed("the store did not answer".into())),
+            ("shutdown", Verdict::Excluded),
+        ];
+        // A failure lists the checks even without ?verbose, and is a 503 for load balancers.
+        assert_eq!(
+            report("readyz", &failing, &["nosuch"], false, true),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "[+]ping ok\n[-]store failed: the store did not answer\n[+]shutdown excluded: ok\n\
+                 warn: some health checks cannot be excluded: no matches for \"nosuch\"\n\
+                 readyz check failed\n"
+                    .into()
+            )
+        );
+        let (_, anonymous) = report("readyz", &failing, &[], false, false);
+        assert!(
+            anonymous.contains("[-]store failed: reason withheld\n"),
+            "{anonymous}"
+        );
+    }
 
     #[test]
     fn paths() {

@@ -128,6 +128,10 @@ impl ApiMetrics {
             portforward_sessions.clone(),
         );
         let relayed_bytes = Family::<DirectionLabels, Counter>::default();
+        // Both series exist from the start, so a scrape shows 0 rather than nothing.
+        for direction in ["up", "down"] {
+            drop(relayed_bytes.get_or_create(&DirectionLabels { direction }));
+        }
         registry.register(
             "porthole_relayed_bytes",
             "Bytes relayed through upgraded connections, counted when each connection ends \
