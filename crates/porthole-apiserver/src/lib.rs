@@ -173,6 +173,9 @@ pub struct Config {
     pub in_process_node: Option<kubelet::InProcessNode>,
     /// Leader election for the controllers (`None`: `--leader-elect=false`, they always run).
     pub leader_election: Option<leader::ElectionConfig>,
+    /// A store to serve instead of opening `DATA_DIR/store.redb` (embedders, and tests that
+    /// run several API servers on one store).
+    pub store: Option<Arc<dyn Store>>,
 }
 
 impl Config {
@@ -211,6 +214,7 @@ impl Config {
             node_monitor_grace_period: args.node_monitor_grace_period,
             in_process_node: None,
             leader_election: args.leader_elect.then_some(election),
+            store: None,
         })
     }
 }
@@ -265,9 +269,11 @@ fn bootstrap(store: &dyn Store) -> anyhow::Result<()> {
         {
             let obj = api::prepare_new(info, "", json!({"metadata": {"name": ns}}))
                 .map_err(|e| anyhow::anyhow!("bootstrap namespace {ns}: {e}"))?;
-            store
-                .create(&info.key("", ns), obj)
-                .map_err(|e| anyhow::anyhow!("bootstrap namespace {ns}: {e}"))?;
+            match store.create(&info.key("", ns), obj) {
+                // Another API server on the same store got there first.
+                Ok(_) | Err(store::StoreError::AlreadyExists) => {}
+                Err(e) => anyhow::bail!("bootstrap namespace {ns}: {e}"),
+            }
         }
     }
     Ok(())
@@ -281,7 +287,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(metrics::ApiMetrics::new());
-    let backend: Arc<dyn Store> = Arc::new(RedbStore::open(&cfg.data_dir)?);
+    let backend: Arc<dyn Store> = match cfg.store {
+        Some(store) => store,
+        None => Arc::new(RedbStore::open(&cfg.data_dir)?),
+    };
     let store: Arc<dyn Store> = Arc::new(metrics::TimedStore::new(backend, metrics.clone()));
     bootstrap(store.as_ref())?;
     let state = Arc::new(State {

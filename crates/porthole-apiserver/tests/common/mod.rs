@@ -137,10 +137,22 @@ impl Server {
         root: &Path,
         tweak: impl FnOnce(&mut porthole_apiserver::Args),
     ) -> Self {
+        Self::start_with_config(pki, root, tweak, |_| {}).await
+    }
+
+    /// Like [`Server::start_with`], with a last change to the loaded `Config` (a shared store).
+    pub async fn start_with_config(
+        pki: &Pki,
+        root: &Path,
+        tweak: impl FnOnce(&mut porthole_apiserver::Args),
+        tweak_config: impl FnOnce(&mut porthole_apiserver::Config),
+    ) -> Self {
+        std::fs::create_dir_all(root).expect("server dir");
         let audit = root.join("audit.log");
         let mut a = args(pki, &root.join("data"), &audit);
         tweak(&mut a);
-        let cfg = porthole_apiserver::Config::from_args(&a).expect("config");
+        let mut cfg = porthole_apiserver::Config::from_args(&a).expect("config");
+        tweak_config(&mut cfg);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let shutdown = CancellationToken::new();
