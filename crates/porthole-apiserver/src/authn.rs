@@ -32,6 +32,15 @@ impl UserInfo {
         UserInfo { name, uid, groups }
     }
 
+    /// The user of a request without credentials.
+    pub fn anonymous() -> Self {
+        UserInfo {
+            name: "system:anonymous".into(),
+            uid: String::new(),
+            groups: vec!["system:unauthenticated".into()],
+        }
+    }
+
     /// The identity of a TLS client certificate: CN = user, O = groups.
     pub fn from_certificate(der: &[u8]) -> Option<Self> {
         let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
@@ -187,13 +196,17 @@ pub fn authenticate(
         return Outcome::User(u.clone());
     }
     if anonymous {
-        return Outcome::User(UserInfo {
-            name: "system:anonymous".into(),
-            uid: String::new(),
-            groups: vec!["system:unauthenticated".into()],
-        });
+        return Outcome::User(UserInfo::anonymous());
     }
     Outcome::Unauthorized
+}
+
+/// Did the request bring any credentials (a client certificate, an `Authorization` header, a
+/// bearer subprotocol)? Requests without any may read the public health paths.
+pub fn presents_credentials(headers: &HeaderMap, cert_user: Option<&UserInfo>) -> bool {
+    cert_user.is_some()
+        || headers.contains_key(http::header::AUTHORIZATION)
+        || bearer_token(headers).is_some()
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Controllers inside the server: scheduler, Deployment controller (with garbage collection
 //! of orphaned pods), namespace finalization and node lifecycle.
 //!
+//! They run in one API server at a time, the holder of the controllers' lease (`leader`).
 //! All of them are level-triggered: one pass reads the current objects and writes only what
 //! differs, so running a pass too often is harmless. A pass runs after any store change
 //! (debounced), when a handler kicks it, and every second for time-based rules.
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, DeleteOptions, ResourceRequest};
 use crate::resources::{self, RESOURCES};
@@ -51,8 +53,10 @@ pub fn node_ready(node: &Value) -> bool {
         && node.pointer("/spec/unschedulable").and_then(Value::as_bool) != Some(true)
 }
 
-/// Run the controllers until `shutdown`.
-pub async fn run(state: Arc<State>, node_grace: Duration) {
+/// Run the controllers until `stop` is cancelled (server shutdown, or this server lost the
+/// controllers' lease: `leader`). A pass in flight always finishes first: `stop` is looked at
+/// only between passes, so whoever awaits this future knows no write of ours is still coming.
+pub async fn run(state: Arc<State>, node_grace: Duration, stop: CancellationToken) {
     let mut w = match state.store.watch(0) {
         Ok(w) => w,
         Err(e) => {
@@ -64,7 +68,7 @@ pub async fn run(state: Arc<State>, node_grace: Duration) {
     loop {
         api::run_blocking(|| pass(&state, node_grace));
         tokio::select! {
-            _ = state.shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
             _ = state.kick_signal.notified() => {}
             _ = tick.tick() => {}
             r = w.live.recv() => {

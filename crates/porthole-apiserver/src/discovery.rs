@@ -1,4 +1,4 @@
-//! Non-resource endpoints: `/version`, health, legacy discovery (`/api`, `/api/v1`, `/apis`,
+//! Non-resource endpoints: `/version`, legacy discovery (`/api`, `/api/v1`, `/apis`,
 //! `/apis/{group}[/{version}]`) and the OpenAPI endpoints.
 //!
 //! `gitVersion` is `v1.34.0+porthole` on purpose: the Google Cloud SDK kubectl dispatcher
@@ -10,7 +10,7 @@ use http::StatusCode;
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
-use crate::http_util::{json_response, text_response, Body};
+use crate::http_util::{json_response, Body};
 use crate::resources::RESOURCES;
 
 /// The version reported at `/version`.
@@ -182,15 +182,13 @@ fn openapi_v2(accept: &str) -> http::Response<Body> {
     )
 }
 
-/// Answer a non-resource path (GET only; the caller has authorized it).
-pub fn handle(path: &str, accept: &str, ready: bool) -> Result<http::Response<Body>, ApiError> {
+/// Answer a non-resource path (GET only; the caller has authorized it). Health and
+/// `/metrics` are answered by `health` and `metrics`.
+pub fn handle(path: &str, accept: &str) -> Result<http::Response<Body>, ApiError> {
     let p = path.trim_end_matches('/');
     let resp = match p {
         "/openapi/v2" => openapi_v2(accept),
         "/version" => json_response(StatusCode::OK, &version_json()),
-        "/healthz" | "/livez" => text_response(StatusCode::OK, "ok"),
-        "/readyz" if ready => text_response(StatusCode::OK, "ok"),
-        "/readyz" => text_response(StatusCode::SERVICE_UNAVAILABLE, "not ready: shutting down"),
         "/api" => json_response(
             StatusCode::OK,
             &json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [

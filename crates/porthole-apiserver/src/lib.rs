@@ -7,10 +7,12 @@
 //!   resourceVersion, watch history);
 //! - [`api`]: routing and resource handlers; [`resources`]: registry, defaulting, validation;
 //!   [`select`], [`patch`], [`table`]: selectors, patch types, server-side printing;
-//! - [`discovery`]: `/version`, health, discovery;
+//! - [`discovery`]: `/version`, discovery, OpenAPI; [`health`]: `/livez`, `/readyz`,
+//!   `/healthz`; [`metrics`]: `/metrics` and the timing store decorator;
 //! - [`authn`], [`authz`]: authentication and RBAC; [`audit`]: the audit log;
 //! - [`portforward`], [`logs`], [`kubelet`]: everything that talks to node agents;
-//! - [`controllers`]: scheduler, Deployment controller, GC, namespace and node lifecycle;
+//! - [`controllers`]: scheduler, Deployment controller, GC, namespace and node lifecycle, run
+//!   by the holder of the controllers' lease ([`leader`]);
 //! - [`error`]: every error and its one mapping to `metav1.Status`.
 //!
 //! Specs: `PROTOCOL.md` §2.1, §2.5, §2.6, §6; `CLIENTS.md`; `docs/ARCHITECTURE.md` Contracts
@@ -23,9 +25,12 @@ pub mod authz;
 pub mod controllers;
 pub mod discovery;
 pub mod error;
+pub mod health;
 pub mod http_util;
 pub mod kubelet;
+pub mod leader;
 pub mod logs;
+pub mod metrics;
 pub mod patch;
 pub mod portforward;
 pub mod protobuf;
@@ -113,6 +118,25 @@ pub struct Args {
     /// How long a node may go without a heartbeat before it is marked NotReady (`40s`, `2m`).
     #[arg(long, env = "PORTHOLE_APISERVER_NODE_MONITOR_GRACE_PERIOD", default_value = "40s", value_parser = parse_duration)]
     pub node_monitor_grace_period: Duration,
+    /// Run the controllers (scheduler, Deployments, GC, namespaces, node lifecycle) only while
+    /// this server holds the Lease kube-system/porthole-controllers, so that several API
+    /// servers can share one store. --leader-elect=false runs them unconditionally: only for a
+    /// server that is alone on its store.
+    #[arg(long, env = "PORTHOLE_APISERVER_LEADER_ELECT", default_value = "true",
+          num_args = 0..=1, default_missing_value = "true", require_equals = true,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub leader_elect: bool,
+    /// How long the controllers' lease stays valid after its last renewal; another server
+    /// waits this long before it takes over from a leader that stopped renewing.
+    #[arg(long, env = "PORTHOLE_APISERVER_LEADER_ELECT_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub leader_elect_lease_duration: Duration,
+    /// How long the leader keeps trying to renew before it stops its controllers; shorter than
+    /// the lease duration.
+    #[arg(long, env = "PORTHOLE_APISERVER_LEADER_ELECT_RENEW_DEADLINE", default_value = "10s", value_parser = parse_duration)]
+    pub leader_elect_renew_deadline: Duration,
+    /// Pause between attempts to acquire or renew the lease; shorter than the renew deadline.
+    #[arg(long, env = "PORTHOLE_APISERVER_LEADER_ELECT_RETRY_PERIOD", default_value = "2s", value_parser = parse_duration)]
+    pub leader_elect_retry_period: Duration,
 }
 
 /// kube-apiserver's etcd flags. With `--etcd-servers` the API server keeps its state in etcd,
@@ -255,6 +279,11 @@ pub struct Config {
     /// A node agent in this same process (`porthole up`), reached through in-memory pipes
     /// instead of TCP and TLS: its name and where to hand each connection.
     pub in_process_node: Option<kubelet::InProcessNode>,
+    /// Leader election for the controllers (`None`: `--leader-elect=false`, they always run).
+    pub leader_election: Option<leader::ElectionConfig>,
+    /// A store to serve instead of opening `DATA_DIR/store.redb` (embedders, and tests that
+    /// run several API servers on one store).
+    pub store: Option<Arc<dyn Store>>,
 }
 
 impl Config {
@@ -274,6 +303,14 @@ impl Config {
             args.kubelet_client_key.as_deref(),
             args.kubelet_certificate_authority.as_deref(),
         )?;
+        let election = leader::ElectionConfig {
+            lease_duration: args.leader_elect_lease_duration,
+            renew_deadline: args.leader_elect_renew_deadline,
+            retry_period: args.leader_elect_retry_period,
+        };
+        election.validate().map_err(|e| {
+            anyhow::anyhow!("invalid leader election durations: {e} (defaults: 15s, 10s, 2s)")
+        })?;
         Ok(Self {
             listen: args.listen,
             storage: StorageConfig::from_args(args)?,
@@ -284,6 +321,8 @@ impl Config {
             audit_log_path: args.audit_log_path.clone(),
             node_monitor_grace_period: args.node_monitor_grace_period,
             in_process_node: None,
+            leader_election: args.leader_elect.then_some(election),
+            store: None,
         })
     }
 }
@@ -309,6 +348,10 @@ pub struct State {
     /// Every task holding server state (connections, watches, sessions), so `run` returns
     /// only after all of them are gone and the store file is unlocked.
     pub tasks: tokio_util::task::TaskTracker,
+    /// What `/metrics` shows.
+    pub metrics: Arc<metrics::ApiMetrics>,
+    /// The readiness check's store read.
+    pub store_probe: health::StoreProbe,
     ready: AtomicBool,
 }
 
@@ -316,6 +359,11 @@ impl State {
     /// Ask the controllers for a pass now.
     pub fn kick(&self) {
         self.kick_signal.notify_one();
+    }
+
+    /// False once the server has begun to shut down.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
     }
 }
 
@@ -330,7 +378,7 @@ fn bootstrap(store: &dyn Store) -> anyhow::Result<()> {
             let obj = api::prepare_new(info, "", json!({"metadata": {"name": ns}}))
                 .map_err(|e| anyhow::anyhow!("bootstrap namespace {ns}: {e}"))?;
             match store.create(&info.key("", ns), obj) {
-                // Another API server on the same etcd made it first.
+                // Another API server on the same store got there first.
                 Ok(_) | Err(StoreError::AlreadyExists) => {}
                 Err(e) => anyhow::bail!("bootstrap namespace {ns}: {e}"),
             }
@@ -346,7 +394,12 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let store = cfg.storage.open()?;
+    let metrics = Arc::new(metrics::ApiMetrics::new());
+    let backend: Arc<dyn Store> = match cfg.store {
+        Some(store) => store,
+        None => cfg.storage.open()?,
+    };
+    let store: Arc<dyn Store> = Arc::new(metrics::TimedStore::new(backend, metrics.clone()));
     bootstrap(store.as_ref())?;
     let state = Arc::new(State {
         store,
@@ -358,12 +411,31 @@ pub async fn run(
         shutdown: shutdown.child_token(),
         kick_signal: tokio::sync::Notify::new(),
         tasks: tokio_util::task::TaskTracker::new(),
+        metrics: metrics.clone(),
+        store_probe: health::StoreProbe::default(),
         ready: AtomicBool::new(true),
     });
-    let controllers = tokio::spawn(controllers::run(
-        state.clone(),
-        cfg.node_monitor_grace_period,
-    ));
+    let node_grace = cfg.node_monitor_grace_period;
+    let controllers = match cfg.leader_election {
+        Some(election) => {
+            let elector =
+                leader::Elector::new(state.store.clone(), leader::default_identity(), election)
+                    .with_metrics(metrics.leader.clone());
+            tracing::info!(identity = %elector.identity(), lease = %format!("{}/{}", leader::LEASE_NAMESPACE, leader::LEASE_NAME), "leader election on: the controllers run while this server holds the lease");
+            let st = state.clone();
+            tokio::spawn(elector.run(state.shutdown.clone(), move |stop| {
+                controllers::run(st.clone(), node_grace, stop)
+            }))
+        }
+        None => {
+            metrics.leader.is_leader.set(1);
+            tokio::spawn(controllers::run(
+                state.clone(),
+                node_grace,
+                state.shutdown.clone(),
+            ))
+        }
+    };
     let acceptor = tokio_rustls::TlsAcceptor::from(cfg.tls);
     let addr = listener.local_addr().context("listener address")?;
     {
@@ -451,13 +523,40 @@ async fn handle(
     cert_user: Option<&UserInfo>,
     req: Request<Incoming>,
 ) -> Response<Body> {
+    let started = tokio::time::Instant::now();
+    let (metric_verb, metric_resource) = metric_labels(&req);
+    let resp = authenticated(&state, remote, cert_user, req).await;
+    state.metrics.observe_request(
+        metric_verb,
+        metric_resource,
+        resp.status().as_u16(),
+        started,
+    );
+    resp
+}
+
+async fn authenticated(
+    state: &Arc<State>,
+    remote: SocketAddr,
+    cert_user: Option<&UserInfo>,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let path = req.uri().path().to_string();
     let user = match authn::authenticate(req.headers(), cert_user, &state.tokens, state.anonymous) {
         Outcome::User(u) => u,
+        // Health checks (haproxy's, a kubelet's probe) carry no credentials: like
+        // kube-apiserver, let them in as system:anonymous for these paths only, whatever
+        // --anonymous-auth says. Wrong credentials still get 401.
+        Outcome::Unauthorized
+            if health::is_public(&path)
+                && !authn::presents_credentials(req.headers(), cert_user) =>
+        {
+            UserInfo::anonymous()
+        }
         Outcome::Unauthorized => {
             let resp = ApiError::Unauthorized.into_response();
             audit_request(
-                &state,
+                state,
                 "",
                 req.method().as_str(),
                 &path,
@@ -467,13 +566,15 @@ async fn handle(
             return resp;
         }
     };
-    let (verb, resp) = match dispatch(&state, &user, remote, req).await {
+    let (verb, resp) = match dispatch(state, &user, remote, req).await {
         Ok((verb, resp)) => (verb, resp),
         Err((verb, e)) => (verb, e.into_response()),
     };
-    if !verb.is_empty() {
+    // A load balancer asks for /readyz every few seconds: recording each would bury the
+    // requests the audit log is for.
+    if !verb.is_empty() && !health::is_health_path(&path) {
         audit_request(
-            &state,
+            state,
             &user.name,
             &verb,
             &path,
@@ -482,6 +583,28 @@ async fn handle(
         );
     }
     resp
+}
+
+/// The `verb` and `resource` labels of `apiserver_request_total` for a request.
+fn metric_labels<B>(req: &Request<B>) -> (&'static str, &'static str) {
+    let method = req.method();
+    match api::route(req.uri().path()) {
+        Ok(Route::Resource(r)) => {
+            let query = Query::parse(req.uri().query());
+            let k8s_verb = api::verb(method, &r, &query).unwrap_or("");
+            let connect = matches!(r.subresource.as_str(), "portforward" | "proxy");
+            let apply = req
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|ct| ct.starts_with("application/apply-patch"));
+            (
+                metrics::reported_verb(method, k8s_verb, connect, apply),
+                r.info.plural,
+            )
+        }
+        _ => (metrics::reported_verb(method, "", false, false), ""),
+    }
 }
 
 fn audit_request(state: &State, user: &str, verb: &str, path: &str, code: u16, remote: SocketAddr) {
@@ -520,14 +643,28 @@ async fn dispatch(
             if method != Method::GET && method != Method::HEAD {
                 return Err((verb, ApiError::MethodNotAllowed));
             }
+            if health::is_health_path(&path) {
+                let authenticated = user.groups.iter().any(|g| g == "system:authenticated");
+                let resp = health::handle(state, &path, &query, authenticated)
+                    .await
+                    .map_err(|e| (verb.clone(), e))?;
+                return Ok((verb, resp));
+            }
+            if path == "/metrics" {
+                let mut resp = http::Response::new(http_util::full(state.metrics.encode()));
+                resp.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static(metrics::CONTENT_TYPE),
+                );
+                return Ok((verb, resp));
+            }
             let accept = req
                 .headers()
                 .get(http::header::ACCEPT)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("")
                 .to_string();
-            let resp = discovery::handle(&path, &accept, state.ready.load(Ordering::Relaxed))
-                .map_err(|e| (verb.clone(), e))?;
+            let resp = discovery::handle(&path, &accept).map_err(|e| (verb.clone(), e))?;
             return Ok((verb, resp));
         }
         Route::Resource(r) => r,

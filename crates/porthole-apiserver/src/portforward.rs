@@ -6,7 +6,8 @@
 //! Flow: pod checks → dial node (TLS, our kubelet-client cert, timeout) → write the rewritten
 //! request → read the node's head. 101: answer the client with a 101 carrying the node's
 //! headers, then copy bytes both ways with 64 KiB buffers until either side ends. ≥ 400: the
-//! node's status and body go to the client. Every session writes one audit record.
+//! node's status and body go to the client. Every session writes one audit record, and adds
+//! its byte counts to the metrics when it ends.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -188,6 +189,23 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Counts one relayed session in the active gauge for as long as it lives, however the
+/// session's task ends.
+struct ActiveSession<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl<'a> ActiveSession<'a> {
+    fn start(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for ActiveSession<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -408,6 +426,9 @@ async fn forward(
                         return;
                     }
                 };
+                let metrics = audit.metrics.clone();
+                metrics.portforward_sessions.inc();
+                let _active = ActiveSession::start(&metrics.portforward_sessions_active);
                 let up = Arc::new(AtomicU64::new(0));
                 let down = Arc::new(AtomicU64::new(0));
                 let mut c = Counted { inner: TokioIo::new(client_io), read: up.clone() };
@@ -418,6 +439,7 @@ async fn forward(
                 };
                 record.bytes_client_to_node = up.load(Ordering::Relaxed);
                 record.bytes_node_to_client = down.load(Ordering::Relaxed);
+                metrics.add_relayed_bytes(record.bytes_client_to_node, record.bytes_node_to_client);
                 record.duration_ms = started.elapsed().as_millis() as u64;
                 record.outcome = match result {
                     Ok(()) => "ok".into(),

@@ -147,6 +147,16 @@ pub static RESOURCES: &[ResourceInfo] = &[
         ],
     },
     ResourceInfo {
+        group: "coordination.k8s.io",
+        version: "v1",
+        plural: "leases",
+        singular: "lease",
+        kind: "Lease",
+        namespaced: true,
+        short_names: &[],
+        subresources: &[],
+    },
+    ResourceInfo {
         group: "rbac.authorization.k8s.io",
         version: "v1",
         plural: "roles",
@@ -206,7 +216,9 @@ pub fn core(plural: &str) -> &'static ResourceInfo {
 /// Parse into the `k8s-openapi` type of the kind and back, which rejects wrongly typed fields
 /// and drops unknown ones, so stored objects always have the real Kubernetes shape.
 pub fn normalize(info: &ResourceInfo, mut obj: Value) -> Result<Value, ApiError> {
-    use k8s_openapi::api::{apps::v1 as apps, core::v1 as core, rbac::v1 as rbac};
+    use k8s_openapi::api::{
+        apps::v1 as apps, coordination::v1 as coordination, core::v1 as core, rbac::v1 as rbac,
+    };
     fn rt<T: serde::de::DeserializeOwned + serde::Serialize>(v: Value) -> Result<Value, String> {
         let t: T = serde_json::from_value(v).map_err(|e| e.to_string())?;
         serde_json::to_value(t).map_err(|e| e.to_string())
@@ -226,6 +238,7 @@ pub fn normalize(info: &ResourceInfo, mut obj: Value) -> Result<Value, ApiError>
         "Node" => rt::<core::Node>(obj),
         "Event" => rt::<core::Event>(obj),
         "Deployment" => rt::<apps::Deployment>(obj),
+        "Lease" => rt::<coordination::Lease>(obj),
         "Role" => rt::<rbac::Role>(obj),
         "ClusterRole" => rt::<rbac::ClusterRole>(obj),
         "RoleBinding" => rt::<rbac::RoleBinding>(obj),
@@ -514,6 +527,7 @@ pub fn validate(info: &ResourceInfo, obj: &Value) -> Result<(), ApiError> {
                 }
             }
         }
+        "Lease" => lease_spec_errors(obj, &mut causes),
         _ => {}
     }
     if causes.is_empty() {
@@ -524,5 +538,26 @@ pub fn validate(info: &ResourceInfo, obj: &Value) -> Result<(), ApiError> {
             name: name.to_string(),
             causes,
         })
+    }
+}
+
+/// Kubernetes' `ValidateLeaseSpec`: a duration, when given, is positive, and the transition
+/// count is never negative.
+fn lease_spec_errors(obj: &Value, causes: &mut Vec<Cause>) {
+    let spec = obj.get("spec");
+    let int = |field: &str| spec.and_then(|s| s.get(field)).and_then(Value::as_i64);
+    if let Some(d) = int("leaseDurationSeconds").filter(|d| *d <= 0) {
+        causes.push(Cause {
+            reason: "FieldValueInvalid",
+            message: format!("Invalid value: {d}: must be greater than 0"),
+            field: "spec.leaseDurationSeconds".into(),
+        });
+    }
+    if let Some(t) = int("leaseTransitions").filter(|t| *t < 0) {
+        causes.push(Cause {
+            reason: "FieldValueInvalid",
+            message: format!("Invalid value: {t}: must be greater than or equal to 0"),
+            field: "spec.leaseTransitions".into(),
+        });
     }
 }

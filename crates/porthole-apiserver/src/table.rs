@@ -1,6 +1,6 @@
 //! Server-side printing: `meta.k8s.io/v1` Table answers for `kubectl get`, with the columns
-//! Kubernetes' own printers use (pods, services, deployments, nodes, namespaces) and a generic
-//! NAME/AGE table for the rest.
+//! Kubernetes' own printers use (pods, services, deployments, nodes, namespaces, leases) and a
+//! generic NAME/AGE table for the rest.
 
 use serde_json::{json, Value};
 
@@ -325,6 +325,20 @@ fn printer(info: &ResourceInfo) -> (Vec<Value>, RowFn) {
                 col("Container-Runtime", "string", 1, "ContainerRuntime Version reported by the node through runtime remote API (e.g. containerd://1.4.2)."),
             ],
             node_row,
+        ),
+        "Lease" => (
+            vec![
+                name,
+                col("Holder", "string", 0, "The holder of the lease"),
+                age_col,
+            ],
+            |v| {
+                vec![
+                    json!(s(v, "/metadata/name")),
+                    json!(s(v, "/spec/holderIdentity")),
+                    json!(age(v)),
+                ]
+            },
         ),
         "Namespace" => (
             vec![

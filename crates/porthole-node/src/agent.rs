@@ -24,6 +24,7 @@ use kube::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ApiConfig;
+use crate::metrics::Registration;
 use crate::runtime::Runtime;
 
 const RETRY_MIN: Duration = Duration::from_millis(500);
@@ -200,6 +201,7 @@ pub(crate) async fn run(
     runtime: Runtime,
     heartbeat: Duration,
     shutdown: CancellationToken,
+    registration: Arc<Registration>,
     first_attempt: tokio::sync::oneshot::Sender<Result<(), String>>,
 ) {
     let since = Timestamp::now();
@@ -208,6 +210,7 @@ pub(crate) async fn run(
     loop {
         match register(&client, &facts, since).await {
             Ok(()) => {
+                registration.set(true);
                 if let Some(tx) = first_attempt.take() {
                     let _ = tx.send(Ok(()));
                 }
@@ -231,7 +234,8 @@ pub(crate) async fn run(
             facts.clone(),
             since,
             heartbeat,
-            shutdown.clone()
+            shutdown.clone(),
+            registration,
         ),
         pod_loop(
             client.clone(),
@@ -250,6 +254,7 @@ async fn heartbeat_loop(
     since: Timestamp,
     every: Duration,
     shutdown: CancellationToken,
+    registration: Arc<Registration>,
 ) {
     let nodes: Api<Node> = Api::all(client.clone());
     loop {
@@ -267,7 +272,9 @@ async fn heartbeat_loop(
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 404 => {
                 tracing::warn!(node = %facts.name, "node object was deleted; registering again");
-                if let Err(e) = register(&client, &facts, since).await {
+                let again = register(&client, &facts, since).await;
+                registration.set(again.is_ok());
+                if let Err(e) = again {
                     tracing::warn!(error = %e, "re-registering the node failed; will retry");
                 }
             }

@@ -8,7 +8,9 @@
 //! - [`config`]: flags ([`Args`]) and the validated [`Config`].
 //! - [`runtime`]: pods, containers, restart back-off, readiness probes, logs, cleanup of a
 //!   previous run (state files under `<state_dir>/pods`, namespaces under `<state_dir>/netns`).
-//! - `server`: HTTPS (mutual TLS) endpoint: `/portForward`, `/containerLogs`, `/healthz`.
+//! - `server`: HTTPS (mutual TLS) endpoint: `/portForward`, `/containerLogs`, `/metrics`,
+//!   and the unauthenticated `/healthz`, `/livez`, `/readyz`.
+//! - `metrics`: the Prometheus metrics and the readiness (registration) state.
 //! - `agent`: registration, heartbeat, pod list+watch, status write-back, deletion.
 //!
 //! Images are recorded in the pod status but never pulled: a container's `command` is run from
@@ -19,6 +21,7 @@ pub mod config;
 pub mod runtime;
 
 mod agent;
+mod metrics;
 mod server;
 mod session;
 mod tls;
@@ -94,6 +97,17 @@ pub async fn serve_endpoint(
     cfg: &Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let registration = Arc::new(metrics::Registration::new(false));
+    serve(runtime, listener, cfg, shutdown, registration).await
+}
+
+async fn serve(
+    runtime: Runtime,
+    listener: TcpListener,
+    cfg: &Config,
+    shutdown: CancellationToken,
+    registration: Arc<metrics::Registration>,
+) -> anyhow::Result<()> {
     let tls = tls::server_config(
         &cfg.tls_cert_file,
         &cfg.tls_private_key_file,
@@ -112,6 +126,8 @@ pub async fn serve_endpoint(
         node_name: cfg.node_name.clone(),
         shutdown: shutdown.clone(),
         tasks: tasks.clone(),
+        metrics: Arc::new(metrics::NodeMetrics::new()),
+        registration,
     });
     match cfg.in_process.as_ref().and_then(InProcessListener::take) {
         Some(rx) => {
@@ -153,12 +169,14 @@ pub async fn run(
     )?;
     let runtime = Runtime::new(&cfg.state_dir, &cfg.node_name, &cfg.node_ip.to_string())?;
 
+    let registration = Arc::new(metrics::Registration::new(client.is_some()));
     let server_stop = CancellationToken::new();
     let server = {
         let runtime = runtime.clone();
         let cfg = cfg.clone();
         let stop = server_stop.clone();
-        tokio::spawn(async move { serve_endpoint(runtime, listener, &cfg, stop).await })
+        let registration = registration.clone();
+        tokio::spawn(async move { serve(runtime, listener, &cfg, stop, registration).await })
     };
 
     let agent_stop = CancellationToken::new();
@@ -176,6 +194,7 @@ pub async fn run(
                 runtime.clone(),
                 cfg.heartbeat_interval,
                 agent_stop.clone(),
+                registration,
                 tx,
             ));
             tokio::select! {

@@ -1,9 +1,11 @@
 //! The node's HTTPS endpoint (the kubelet's port 10250 equivalent, PROTOCOL.md §6.8):
 //! `GET|POST /portForward/{ns}/{pod}[/{uid}]`, `GET /containerLogs/{ns}/{pod}/{container}`,
-//! `GET /healthz`.
+//! `GET /metrics`, and the health paths `GET /healthz`, `/livez`, `/readyz` (registered with
+//! the API server, when there is one).
 //!
-//! Every caller but `/healthz` must present a client certificate from the cluster CA whose CN
-//! is allowed (`--apiserver-client-names`); anything else gets 401/403 before any upgrade.
+//! Every caller but the health paths must present a client certificate from the cluster CA
+//! whose CN is allowed (`--apiserver-client-names`); anything else gets 401/403 before any
+//! upgrade.
 //! Port-forward requests are negotiated with `porthole_proto::handshake::negotiate_server`
 //! and, after the 101, served by porthole-relay's protocol servers with a dialer that connects
 //! inside the pod's network namespace.
@@ -21,13 +23,14 @@ use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use porthole_netns::NetNs;
 use porthole_proto::handshake::negotiate_server;
-use porthole_relay::dial::{DialError, DialFuture, PodDialer};
+use porthole_relay::dial::{DialError, DialFuture, ForwardBytes, PodDialer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
+use crate::metrics::{NodeMetrics, Registration};
 use crate::runtime::{LogOptions, Runtime};
 
 /// Response body type of every handler.
@@ -47,6 +50,10 @@ pub(crate) struct Endpoint {
     pub(crate) shutdown: CancellationToken,
     /// Tracks connection and session tasks, so shutdown can wait for them.
     pub(crate) tasks: TaskTracker,
+    /// What `/metrics` shows.
+    pub(crate) metrics: Arc<NodeMetrics>,
+    /// What `/readyz` checks.
+    pub(crate) registration: Arc<Registration>,
 }
 
 /// Who is calling, from the TLS handshake.
@@ -205,8 +212,11 @@ async fn route(
     let path = req.uri().path().to_owned();
     let segs = segments(&path);
     let first = segs.first().map(String::as_str);
-    if first == Some("healthz") && segs.len() == 1 {
-        return text(StatusCode::OK, "ok");
+    // Health checks carry no client certificate (a load balancer's, a supervisor's).
+    match (first, segs.len()) {
+        (Some("healthz" | "livez"), 1) => return text(StatusCode::OK, "ok"),
+        (Some("readyz"), 1) => return readyz(ep, req.uri().query()),
+        _ => {}
     }
     // Everything else needs an allowed client certificate.
     let verb = match *req.method() {
@@ -234,6 +244,14 @@ async fn route(
         Caller::Named(_) | Caller::InProcess => {}
     }
     match (first, segs.len()) {
+        (Some("metrics"), 1) => {
+            let mut resp = text(StatusCode::OK, ep.metrics.encode(&ep.runtime));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+            );
+            resp
+        }
         (Some("portForward"), 3 | 4) => port_forward(req, ep, &segs[1], &segs[2], segs.get(3)),
         (Some("containerLogs"), 4) => {
             if req.method() != Method::GET {
@@ -245,24 +263,70 @@ async fn route(
     }
 }
 
-/// Connects inside one pod's namespace for the relay's protocol servers.
+/// `ok`, or 503 naming the failed check, in kube-apiserver's `[+]`/`[-]` form (always on
+/// failure, with `?verbose` on success).
+fn readyz(ep: &Endpoint, query: Option<&str>) -> Response<Body> {
+    let checks = [
+        ("ping", Ok(())),
+        ("registered", ep.registration.check()),
+        (
+            "shutdown",
+            if ep.shutdown.is_cancelled() {
+                Err("the node agent is shutting down")
+            } else {
+                Ok(())
+            },
+        ),
+    ];
+    let mut lines = String::new();
+    for (name, r) in &checks {
+        match r {
+            Ok(()) => lines += &format!("[+]{name} ok\n"),
+            Err(why) => lines += &format!("[-]{name} failed: {why}\n"),
+        }
+    }
+    if checks.iter().any(|(_, r)| r.is_err()) {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{lines}readyz check failed\n"),
+        );
+    }
+    let verbose = url_query(query).iter().any(|(k, _)| k == "verbose");
+    if verbose {
+        text(StatusCode::OK, format!("{lines}readyz check passed\n"))
+    } else {
+        text(StatusCode::OK, "ok")
+    }
+}
+
+/// Connects inside one pod's namespace for the relay's protocol servers, and counts the
+/// forwarded connections it made.
 struct NetnsDialer {
     ns: NetNs,
     uid: String,
+    metrics: Arc<NodeMetrics>,
 }
 
 impl PodDialer for NetnsDialer {
     fn dial(&self, port: u16) -> DialFuture {
         let ns = self.ns.clone();
+        let metrics = self.metrics.clone();
         Box::pin(async move {
-            ns.dial(port, porthole_netns::DEFAULT_CONNECT_TIMEOUT)
+            let conn = ns
+                .dial(port, porthole_netns::DEFAULT_CONNECT_TIMEOUT)
                 .await
-                .map_err(|e| DialError { cause: e.cause })
+                .map_err(|e| DialError { cause: e.cause })?;
+            metrics.stream_opened();
+            Ok(conn)
         })
     }
 
     fn pod_id(&self) -> String {
         self.uid.clone()
+    }
+
+    fn forward_ended(&self, _port: u16, bytes: ForwardBytes) {
+        self.metrics.stream_ended(bytes);
     }
 }
 
@@ -303,6 +367,7 @@ fn port_forward(
     let dialer: Arc<dyn PodDialer> = Arc::new(NetnsDialer {
         ns,
         uid: pod.uid().to_owned(),
+        metrics: ep.metrics.clone(),
     });
     let pod_gone = pod.pod_gone();
     let ep2 = ep.clone();
@@ -318,6 +383,7 @@ fn port_forward(
                 }
             };
             let io = TokioIo::new(upgraded);
+            let _active = ep2.metrics.session();
             let params = crate::session::SessionParams {
                 stream_creation_timeout: ep2.stream_creation_timeout,
                 idle_timeout: ep2.idle_timeout,

@@ -413,3 +413,72 @@ async fn one_gib_through_one_connection_arrives_intact() {
     pf.shutdown().await;
     node.stop().await;
 }
+
+/// One sample of the node's `/metrics`, read with the API server's certificate.
+async fn metric(node: &Node, series: &str) -> f64 {
+    let mut s = node.connect_apiserver().await;
+    let (code, body) = http_request(&mut s, "GET", "/metrics")
+        .await
+        .expect("metrics");
+    assert_eq!(code, 200, "{body}");
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{body}"))
+}
+
+/// Polls `series` until it equals `want` (the session's task ends after the client closes).
+async fn metric_becomes(node: &Node, series: &str, want: f64) {
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        let v = metric(node, series).await;
+        if v == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{series} = {v}, want {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_sessions_streams_and_bytes() {
+    let dir = TempDir::new("metrics");
+    let node = Node::start(dir.path()).await;
+    ready_app(&node, dir.path(), "web").await;
+    assert_eq!(metric(&node, "porthole_pods_running").await, 1.0);
+    let up = r#"porthole_relayed_bytes_total{direction="up"}"#;
+    let down = r#"porthole_relayed_bytes_total{direction="down"}"#;
+
+    let pf = Arc::new(spdy_session(&node, "web", false).await);
+    let (sent, got, r) = echo_transfer(pf.clone(), ECHO_PORT, 1 << 20, 5).await;
+    r.expect("echo forward");
+    assert_eq!(sent, got);
+    // The finished forward is counted once, both ways.
+    metric_becomes(&node, "porthole_portforward_streams_active", 0.0).await;
+    assert_eq!(metric(&node, up).await, (1 << 20) as f64);
+    assert_eq!(metric(&node, down).await, (1 << 20) as f64);
+
+    // While a forwarded connection is open, it and its session are active.
+    let (mine, fwd) = open_echo(&pf).await;
+    assert_eq!(
+        metric(&node, "porthole_portforward_sessions_active").await,
+        1.0
+    );
+    assert_eq!(
+        metric(&node, "porthole_portforward_streams_active").await,
+        1.0
+    );
+    drop(mine);
+    let _ = fwd.await;
+    pf.shutdown().await;
+    metric_becomes(&node, "porthole_portforward_sessions_active", 0.0).await;
+    metric_becomes(&node, "porthole_portforward_streams_active", 0.0).await;
+    assert_eq!(
+        metric(&node, up).await,
+        ((1 << 20) + 4) as f64,
+        "plus the ping"
+    );
+    node.stop().await;
+}

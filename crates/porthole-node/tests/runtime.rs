@@ -278,14 +278,53 @@ async fn endpoint_requires_the_apiserver_certificate_and_knows_its_pods() {
     })
     .await;
 
-    // /healthz is open.
+    // The health paths are open (a standalone node has no API server to register with).
+    for path in ["/healthz", "/livez", "/readyz"] {
+        let mut s = node.connect(None).await.expect("tls");
+        assert_eq!(
+            http_request(&mut s, "GET", path).await.expect(path),
+            (200, "ok".to_string()),
+            "{path}"
+        );
+    }
     let mut s = node.connect(None).await.expect("tls");
-    assert_eq!(
-        http_request(&mut s, "GET", "/healthz")
-            .await
-            .expect("healthz")
-            .0,
-        200
+    let (code, body) = http_request(&mut s, "GET", "/readyz?verbose")
+        .await
+        .expect("readyz");
+    assert_eq!(code, 200);
+    assert!(
+        body.contains("[+]registered ok\n") && body.ends_with("readyz check passed\n"),
+        "{body}"
+    );
+    // /metrics is not: it needs the certificate the node accepts.
+    let mut s = node.connect(None).await.expect("tls");
+    let (code, _) = http_request(&mut s, "GET", "/metrics")
+        .await
+        .expect("metrics");
+    assert_eq!(code, 401);
+    let mut s = node
+        .connect(Some(&node.pki.other_user.clone()))
+        .await
+        .expect("tls");
+    let (code, _) = http_request(&mut s, "GET", "/metrics")
+        .await
+        .expect("metrics");
+    assert_eq!(code, 403);
+    let mut s = node.connect_apiserver().await;
+    let (code, body) = http_request(&mut s, "GET", "/metrics")
+        .await
+        .expect("metrics");
+    assert_eq!(code, 200);
+    for line in [
+        "porthole_pods_running 1",
+        "porthole_portforward_sessions_active 0",
+        "porthole_portforward_streams_active 0",
+    ] {
+        assert!(body.lines().any(|l| l == line), "{line} in\n{body}");
+    }
+    assert!(
+        body.contains("# HELP porthole_relayed_bytes_total "),
+        "{body}"
     );
     // No client certificate: 401, nothing upgraded.
     let mut s = node.connect(None).await.expect("tls");

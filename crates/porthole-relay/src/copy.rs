@@ -142,7 +142,9 @@ where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    relay_inner(a, b, None::<&mut tokio::io::Sink>).await
+    let mut moved = Transferred::default();
+    relay_inner(a, b, None::<&mut tokio::io::Sink>, &mut moved).await?;
+    Ok(moved)
 }
 
 /// Like [`relay`], and also finishes (`shutdown`) `companion` as soon as `b → a` has ended.
@@ -162,14 +164,35 @@ where
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
     C: AsyncWrite + Unpin + ?Sized,
 {
-    relay_inner(a, b, Some(companion)).await
+    let mut moved = Transferred::default();
+    relay_inner(a, b, Some(companion), &mut moved).await?;
+    Ok(moved)
+}
+
+/// Like [`relay_finishing`], but keeps `moved` up to date as bytes are written, so the counts
+/// survive an error and a relay that is dropped half-way (a cancelled `select!` branch, an
+/// aborted task). The port-forward servers report them per forward (`PodDialer::forward_ended`)
+/// without counting anything per read themselves.
+pub async fn relay_finishing_counted<A, B, C>(
+    a: &mut A,
+    b: &mut B,
+    companion: &mut C,
+    moved: &mut Transferred,
+) -> io::Result<()>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    C: AsyncWrite + Unpin + ?Sized,
+{
+    relay_inner(a, b, Some(companion), moved).await
 }
 
 async fn relay_inner<A, B, C>(
     a: &mut A,
     b: &mut B,
     mut companion: Option<&mut C>,
-) -> io::Result<Transferred>
+    moved: &mut Transferred,
+) -> io::Result<()>
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
@@ -178,8 +201,12 @@ where
     let mut a_to_b = Direction::default();
     let mut b_to_a = Direction::default();
     poll_fn(|cx| {
-        let forward = a_to_b.poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b))?;
-        let backward = b_to_a.poll_copy(cx, Pin::new(&mut *b), Pin::new(&mut *a))?;
+        let forward = a_to_b.poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b));
+        moved.a_to_b = a_to_b.amount;
+        let forward = forward?;
+        let backward = b_to_a.poll_copy(cx, Pin::new(&mut *b), Pin::new(&mut *a));
+        moved.b_to_a = b_to_a.amount;
+        let backward = backward?;
         if backward.is_ready() {
             if let Some(c) = companion.as_deref_mut() {
                 // A failure to finish the companion does not concern the data relay.
@@ -189,9 +216,7 @@ where
             }
         }
         match (forward, backward) {
-            (Poll::Ready(a_to_b), Poll::Ready(b_to_a)) if companion.is_none() => {
-                Poll::Ready(Ok(Transferred { a_to_b, b_to_a }))
-            }
+            (Poll::Ready(_), Poll::Ready(_)) if companion.is_none() => Poll::Ready(Ok(())),
             _ => Poll::Pending,
         }
     })

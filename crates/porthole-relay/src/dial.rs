@@ -4,8 +4,11 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use tokio::net::TcpStream;
+
+use crate::copy::Transferred;
 
 /// Why a connection to the pod's port could not be made. `cause` is the text that follows
 /// `error forwarding port P to pod ID, uid : ` on the error stream (PROTOCOL.md §4.5), e.g.
@@ -24,6 +27,15 @@ impl std::fmt::Display for DialError {
 
 impl std::error::Error for DialError {}
 
+/// Bytes one forward relayed, reported by [`PodDialer::forward_ended`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ForwardBytes {
+    /// From the client to the pod.
+    pub to_pod: u64,
+    /// From the pod to the client.
+    pub from_pod: u64,
+}
+
 /// Boxed future returned by [`PodDialer::dial`].
 pub type DialFuture = Pin<Box<dyn Future<Output = Result<TcpStream, DialError>> + Send>>;
 
@@ -34,4 +46,43 @@ pub trait PodDialer: Send + Sync + 'static {
     fn dial(&self, port: u16) -> DialFuture;
     /// The pod identifier used in error texts (`error forwarding port P to pod <this>, uid : …`).
     fn pod_id(&self) -> String;
+    /// Called exactly once for every connection a successful [`dial`](Self::dial) handed to a
+    /// protocol server, when that forward ends, however it ends (either side closed, an
+    /// error, the pod deleted, the session or its task torn down), with the bytes relayed.
+    /// The node agent keeps its stream gauge and byte counters with it. Does nothing by
+    /// default.
+    fn forward_ended(&self, port: u16, bytes: ForwardBytes) {
+        let _ = (port, bytes);
+    }
+}
+
+/// Reports one forward to [`PodDialer::forward_ended`] when dropped; `moved` is filled in by
+/// the relay (`a_to_b` = to the pod) while it runs.
+pub(crate) struct ForwardReport {
+    dialer: Arc<dyn PodDialer>,
+    port: u16,
+    pub(crate) moved: Transferred,
+}
+
+impl ForwardReport {
+    /// Call right after a successful dial, before the first await.
+    pub(crate) fn new(dialer: Arc<dyn PodDialer>, port: u16) -> Self {
+        Self {
+            dialer,
+            port,
+            moved: Transferred::default(),
+        }
+    }
+}
+
+impl Drop for ForwardReport {
+    fn drop(&mut self) {
+        self.dialer.forward_ended(
+            self.port,
+            ForwardBytes {
+                to_pod: self.moved.a_to_b,
+                from_pod: self.moved.b_to_a,
+            },
+        );
+    }
 }

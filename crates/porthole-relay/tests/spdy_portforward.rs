@@ -390,3 +390,94 @@ async fn prefix_then_the_rest_in_order() {
         assert_eq!(report.bytes_in, 19);
     }
 }
+
+/// Records every `forward_ended` report, as the node agent's metrics do.
+#[derive(Default)]
+struct Recording {
+    ended: std::sync::Mutex<Vec<(u16, porthole_relay::dial::ForwardBytes)>>,
+    changed: tokio::sync::Notify,
+}
+
+impl PodDialer for Recording {
+    fn dial(&self, port: u16) -> DialFuture {
+        Loopback.dial(port)
+    }
+    fn pod_id(&self) -> String {
+        "pod-123".into()
+    }
+    fn forward_ended(&self, port: u16, bytes: porthole_relay::dial::ForwardBytes) {
+        self.ended.lock().unwrap().push((port, bytes));
+        self.changed.notify_waiters();
+    }
+}
+
+impl Recording {
+    async fn wait_for(&self, n: usize) -> Vec<(u16, porthole_relay::dial::ForwardBytes)> {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let changed = self.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                let ended = self.ended.lock().unwrap().clone();
+                if ended.len() >= n {
+                    return ended;
+                }
+                changed.await;
+            }
+        })
+        .await
+        .expect("forward_ended reports within 10 s")
+    }
+}
+
+#[tokio::test]
+async fn every_forward_reports_its_bytes_once_however_it_ends() {
+    let port = echo_pod().await;
+    let bad = refused_port().await;
+    let dialer = Arc::new(Recording::default());
+    let cfg = ServerConfig::default();
+    let gone = cfg.pod_gone.clone();
+    let (a, b) = tokio::io::duplex(1 << 20);
+    let _server = tokio::spawn(spdy_server::serve(b, dialer.clone(), cfg));
+    let pf = Arc::new(PortForwarder::new(a, Config::client()));
+
+    // A forward that ends normally: 100 KB each way.
+    let (app, local) = tokio::io::duplex(1 << 16);
+    let pf2 = pf.clone();
+    let fwd = tokio::spawn(async move { pf2.forward(local, port).await });
+    let data = vec![7u8; 100_000];
+    let (mut r, mut w) = tokio::io::split(app);
+    let (_, echoed) = tokio::join!(
+        async {
+            w.write_all(&data).await.unwrap();
+            w.shutdown().await.unwrap();
+        },
+        async {
+            let mut out = Vec::new();
+            r.read_to_end(&mut out).await.unwrap();
+            out
+        }
+    );
+    assert_eq!(echoed, data);
+    fwd.await.unwrap().unwrap();
+    let ended = dialer.wait_for(1).await;
+    assert_eq!(ended[0].0, port);
+    assert_eq!((ended[0].1.to_pod, ended[0].1.from_pod), (100_000, 100_000));
+
+    // A refused dial made no connection: nothing to report.
+    let (_app, local) = tokio::io::duplex(1 << 16);
+    assert!(pf.forward(local, bad).await.is_err());
+
+    // A forward cut short by the pod's deletion still reports what it moved.
+    let (mut app, local) = tokio::io::duplex(1 << 16);
+    let pf2 = pf.clone();
+    let active = tokio::spawn(async move { pf2.forward(local, port).await });
+    app.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    app.read_exact(&mut buf).await.unwrap();
+    gone.cancel();
+    assert!(active.await.unwrap().is_err());
+    let ended = dialer.wait_for(2).await;
+    assert_eq!(ended.len(), 2, "{ended:?}");
+    assert_eq!((ended[1].1.to_pod, ended[1].1.from_pod), (4, 4));
+}

@@ -365,3 +365,64 @@ async fn idle_timeout_closes() {
     let r = client.wait().await;
     assert!(r.is_ok(), "{r:?}");
 }
+
+/// A [`LoopbackDialer`] that records every `forward_ended` report.
+struct Recording {
+    inner: LoopbackDialer,
+    ended: std::sync::Mutex<Vec<(u16, porthole_relay::dial::ForwardBytes)>>,
+}
+
+impl PodDialer for Recording {
+    fn dial(&self, port: u16) -> DialFuture {
+        self.inner.dial(port)
+    }
+    fn pod_id(&self) -> String {
+        self.inner.pod_id()
+    }
+    fn forward_ended(&self, port: u16, bytes: porthole_relay::dial::ForwardBytes) {
+        self.ended.lock().unwrap().push((port, bytes));
+    }
+}
+
+#[tokio::test]
+async fn a_finished_forward_reports_its_bytes_once() {
+    let app = count_app().await;
+    let dialer = Arc::new(Recording {
+        inner: LoopbackDialer {
+            ports: HashMap::from([(5432, app)]),
+        },
+        ended: Default::default(),
+    });
+    let (client_io, server_io) = tokio::io::duplex(1 << 16);
+    let server = tokio::spawn(serve(
+        server_io,
+        ChannelProtocol::V5Binary,
+        vec![5432, 81],
+        dialer.clone(),
+        ServerConfig::default(),
+    ));
+    let (client, mut ports) =
+        ChannelClient::connect(client_io, ChannelProtocol::V5Binary, vec![5432, 81])
+            .await
+            .expect("port prefixes arrive");
+    let refused = ports.remove(1);
+    let mut port = ports.remove(0);
+    port.send(&vec![b'x'; 100_000]).await.unwrap();
+    port.close_write().await.unwrap();
+    let mut got = Vec::new();
+    while let Some(PortEvent::Data(d)) = port.recv().await {
+        got.extend_from_slice(&d);
+    }
+    assert_eq!(got, b"got 100000 bytes");
+    drop(refused);
+    client.wait().await.expect("clean close");
+    server.await.unwrap().unwrap();
+    let ended = dialer.ended.lock().unwrap().clone();
+    // Port 81 has no listener: its dial failed and it has nothing to report.
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    assert_eq!(ended[0].0, 5432);
+    assert_eq!(
+        (ended[0].1.to_pod, ended[0].1.from_pod),
+        (100_000, b"got 100000 bytes".len() as u64)
+    );
+}

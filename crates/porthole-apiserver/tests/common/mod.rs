@@ -121,6 +121,10 @@ pub fn args(pki: &Pki, data: &Path, audit: &Path) -> porthole_apiserver::Args {
         kubelet_certificate_authority: Some(pki.path("ca.crt")),
         audit_log_path: Some(audit.to_path_buf()),
         node_monitor_grace_period: std::time::Duration::from_secs(40),
+        leader_elect: true,
+        leader_elect_lease_duration: std::time::Duration::from_secs(15),
+        leader_elect_renew_deadline: std::time::Duration::from_secs(10),
+        leader_elect_retry_period: std::time::Duration::from_secs(2),
     }
 }
 
@@ -134,10 +138,22 @@ impl Server {
         root: &Path,
         tweak: impl FnOnce(&mut porthole_apiserver::Args),
     ) -> Self {
+        Self::start_with_config(pki, root, tweak, |_| {}).await
+    }
+
+    /// Like [`Server::start_with`], with a last change to the loaded `Config` (a shared store).
+    pub async fn start_with_config(
+        pki: &Pki,
+        root: &Path,
+        tweak: impl FnOnce(&mut porthole_apiserver::Args),
+        tweak_config: impl FnOnce(&mut porthole_apiserver::Config),
+    ) -> Self {
+        std::fs::create_dir_all(root).expect("server dir");
         let audit = root.join("audit.log");
         let mut a = args(pki, &root.join("data"), &audit);
         tweak(&mut a);
-        let cfg = porthole_apiserver::Config::from_args(&a).expect("config");
+        let mut cfg = porthole_apiserver::Config::from_args(&a).expect("config");
+        tweak_config(&mut cfg);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let shutdown = CancellationToken::new();

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::copy;
-use crate::dial::PodDialer;
+use crate::dial::{ForwardReport, PodDialer};
 use crate::spdy::{self, CloseReason, Connection, Role, Stream};
 
 /// Port-forward server settings (SPDY and, for the shared fields, the WebSocket server).
@@ -200,13 +200,14 @@ async fn forward_pair(pair: Pair<Stream>, dialer: Arc<dyn PodDialer>, pod_gone: 
             r = dialer.dial(port) => match r {
                 Err(e) => Err(e.cause),
                 Ok(mut sock) => {
+                    let mut report = ForwardReport::new(dialer.clone(), port);
                     let _ = sock.set_nodelay(true);
                     tokio::select! {
                         biased;
                         _ = pod_gone.cancelled() => Err(gone()),
-                        r = copy::relay_finishing(&mut data, &mut sock, &mut error) => {
+                        r = copy::relay_finishing_counted(&mut data, &mut sock, &mut error, &mut report.moved) => {
                             match r {
-                                Ok(t) => tracing::debug!(to_pod = t.a_to_b, from_pod = t.b_to_a, "forward finished"),
+                                Ok(()) => tracing::debug!(to_pod = report.moved.a_to_b, from_pod = report.moved.b_to_a, "forward finished"),
                                 // Not sent as error text: kubectl would end the whole session.
                                 Err(e) => tracing::debug!(error = %e, "forward ended with an error"),
                             }

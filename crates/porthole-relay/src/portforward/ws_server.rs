@@ -32,7 +32,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, debug_span, trace, warn, Instrument};
 
 use super::spdy_server::{ServeError, ServerConfig};
-use crate::dial::PodDialer;
+use crate::copy::Transferred;
+use crate::dial::{ForwardReport, PodDialer};
 use crate::ws::{Role, WsReader, WsWriter};
 
 /// How long a port's forward keeps accepting client bytes after the pod closed its side.
@@ -323,9 +324,10 @@ impl PortForward {
                         Some(e.cause)
                     }
                     Ok(conn) => {
+                        let mut report = ForwardReport::new(dialer.clone(), self.port);
                         let _ = conn.set_nodelay(true);
                         tokio::select! {
-                            f = self.relay(conn) => f,
+                            f = self.relay(conn, &mut report.moved) => f,
                             () = pod_gone.cancelled() => Some(gone),
                         }
                     }
@@ -339,10 +341,13 @@ impl PortForward {
         }
     }
 
-    /// Relays until the pod connection ends; `Some(cause)` when a copy failed.
-    async fn relay(&mut self, conn: TcpStream) -> Option<String> {
+    /// Relays until the pod connection ends; `Some(cause)` when a copy failed. `moved` counts
+    /// the bytes written each way (`a_to_b` = to the pod) as they go.
+    async fn relay(&mut self, conn: TcpStream, moved: &mut Transferred) -> Option<String> {
         debug!("connected to the pod");
         let (mut pod_rd, mut pod_wr) = conn.into_split();
+        let to_pod = &mut moved.a_to_b;
+        let from_pod = &mut moved.b_to_a;
         let data_ch = data_channel(self.index);
         let out = self.out.clone();
         let from_client = &mut self.from_client;
@@ -358,6 +363,7 @@ impl PortForward {
                 if n == 0 {
                     return Ok::<(), io::Error>(());
                 }
+                *from_pod += n as u64;
                 let bytes = buf.split().freeze();
                 if out
                     .send(Outbound::Data {
@@ -375,7 +381,10 @@ impl PortForward {
         let client_to_pod = async {
             while let Some(msg) = from_client.recv().await {
                 match msg {
-                    ToPod::Data(b) => pod_wr.write_all(&b).await?,
+                    ToPod::Data(b) => {
+                        pod_wr.write_all(&b).await?;
+                        *to_pod += b.len() as u64;
+                    }
                     ToPod::Close => break,
                 }
             }
