@@ -191,7 +191,11 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
 }
 
 /// Decode a request body; `kind` selects the protobuf schema for typed-client bodies.
-fn parse_body_as(headers: &HeaderMap, body: &[u8], kind: &str) -> Result<Value, ApiError> {
+pub(crate) fn parse_body_as(
+    headers: &HeaderMap,
+    body: &[u8],
+    kind: &str,
+) -> Result<Value, ApiError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -300,6 +304,18 @@ pub fn merge_update(info: &ResourceInfo, sub: &str, old: &Value, new: Value) -> 
     let mut out = if sub == "status" {
         let mut o = old.clone();
         o["status"] = new.get("status").cloned().unwrap_or(json!({}));
+        o
+    } else if sub == "approval" {
+        // A CSR's approval subresource changes only the conditions (Kubernetes'
+        // `csrApprovalStrategy`); the certificate stays the signer's to write.
+        let mut o = old.clone();
+        if !o.get("status").is_some_and(Value::is_object) {
+            o["status"] = json!({});
+        }
+        o["status"]["conditions"] = new
+            .pointer("/status/conditions")
+            .cloned()
+            .unwrap_or(json!([]));
         o
     } else {
         let mut o = new;
@@ -412,12 +428,12 @@ pub fn handle(
                 list(store, req, headers, query)
             }
         }
-        ("" | "status", Method::GET) => {
+        ("" | "status" | "approval", Method::GET) => {
             let obj = get(store, req)?;
             Ok(object_response(StatusCode::OK, info, &obj, headers, query))
         }
         ("", Method::POST) if req.name.is_empty() => create(store, req, headers, query, &body),
-        ("" | "status", Method::PUT) => {
+        ("" | "status" | "approval", Method::PUT) => {
             let new = require_object(parse_body_as(headers, &body, info.kind)?)?;
             let body_name = new
                 .pointer("/metadata/name")
@@ -441,7 +457,7 @@ pub fn handle(
             let obj = update_with(store, req, expected, dry, |_| Ok(new.clone()))?;
             Ok(object_response(StatusCode::OK, info, &obj, headers, query))
         }
-        ("" | "status", Method::PATCH) => {
+        ("" | "status" | "approval", Method::PATCH) => {
             let patch = parse_body(headers, &body)?;
             let ct = headers
                 .get(header::CONTENT_TYPE)
@@ -757,7 +773,10 @@ pub fn prepare_new(info: &ResourceInfo, namespace: &str, obj: Value) -> Result<V
             m.remove(f);
         }
     }
-    if matches!(info.kind, "Pod" | "Deployment") {
+    if matches!(
+        info.kind,
+        "Pod" | "Deployment" | "CertificateSigningRequest"
+    ) {
         // Status is the system's to write (Kubernetes' PrepareForCreate resets it).
         if let Some(m) = obj.as_object_mut() {
             m.remove("status");

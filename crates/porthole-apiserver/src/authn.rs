@@ -1,5 +1,7 @@
-//! Authentication: static bearer tokens, X.509 client certificates, the WebSocket bearer
-//! subprotocol, and (only when enabled) anonymous access.
+//! Authentication: static bearer tokens, bootstrap tokens (Secrets in the store, see
+//! [`crate::bootstrap`]), X.509 client certificates, the WebSocket bearer subprotocol, and
+//! anonymous access (when enabled, or for the one public discovery object a joining node
+//! reads before it may send its token).
 //!
 //! The token file is Kubernetes' static token CSV: `token,user,uid,"group1,group2"`. Tokens
 //! are never logged: only the user name a token maps to is.
@@ -25,7 +27,8 @@ pub struct UserInfo {
 }
 
 impl UserInfo {
-    fn authenticated(name: String, uid: String, mut groups: Vec<String>) -> Self {
+    /// An authenticated user: `system:authenticated` is added to `groups`.
+    pub(crate) fn authenticated(name: String, uid: String, mut groups: Vec<String>) -> Self {
         if !groups.iter().any(|g| g == "system:authenticated") {
             groups.push("system:authenticated".into());
         }
@@ -169,16 +172,29 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<String> {
 }
 
 /// Authenticate: a bearer token wins over the client certificate (as in Kubernetes, any
-/// authenticator may succeed; a wrong token is a 401 even with a certificate).
+/// authenticator may succeed; a wrong token is a 401 even with a certificate). Static tokens
+/// are looked up first, then tokens of the bootstrap shape are given to `bootstrap` (which
+/// reads the store: [`crate::bootstrap::authenticate`]). `anonymous` lets a request without
+/// credentials in as `system:anonymous`; the caller sets it for `--anonymous-auth` and for the
+/// public `cluster-info` read (kube-apiserver 1.34 allows the same with its per-endpoint
+/// anonymous configuration, and kubeadm's discovery depends on it).
 pub fn authenticate(
     headers: &HeaderMap,
     cert_user: Option<&UserInfo>,
     tokens: &TokenFile,
     anonymous: bool,
+    bootstrap: impl FnOnce(&str) -> Option<UserInfo>,
 ) -> Outcome {
     if let Some(token) = bearer_token(headers) {
-        return match tokens.lookup(&token) {
-            Some(u) => Outcome::User(u.clone()),
+        if let Some(u) = tokens.lookup(&token) {
+            return Outcome::User(u.clone());
+        }
+        let from_bootstrap = porthole_bootstrap::BootstrapToken::parse(&token)
+            .is_ok()
+            .then(|| bootstrap(&token))
+            .flatten();
+        return match from_bootstrap {
+            Some(u) => Outcome::User(u),
             None => match cert_user {
                 Some(u) => Outcome::User(u.clone()),
                 None => Outcome::Unauthorized,

@@ -3,7 +3,12 @@
 //! Bindings and roles come from the store (`rbac.authorization.k8s.io/v1` objects) and are
 //! combined with built-in rules that match Kubernetes' bootstrap policy in spirit:
 //! `system:masters` may do anything, `system:nodes` gets exactly what the node agent needs,
-//! `system:authenticated` may read discovery, version and health. Matching follows
+//! `system:bootstrappers` (bootstrap tokens) may only ask for node certificates,
+//! `system:authenticated` may read discovery, version and health, and anyone may read
+//! `kube-public/cluster-info`.
+//!
+//! Node identities are further scoped by [`node_restriction`] (Kubernetes' Node authorizer
+//! and NodeRestriction admission): only their own Node and Lease, only pods bound to them. Matching follows
 //! `k8s.io/kubernetes/plugin/pkg/auth/authorizer/rbac`: verbs, apiGroups, resources
 //! (`res`, `res/sub`, `*`, `res/*`, `*/sub`), resourceNames and nonResourceURLs (`*` suffix).
 
@@ -70,13 +75,31 @@ fn builtin_rules(group: &str) -> Vec<PolicyRule> {
                 &["nodes", "nodes/status"],
             ),
             rule(&["get", "list", "watch", "delete"], &[""], &["pods"]),
-            rule(&["update", "patch"], &[""], &["pods/status"]),
+            rule(&["get", "update", "patch"], &[""], &["pods/status"]),
             rule(
                 &["create", "update", "patch"],
                 &["", "events.k8s.io"],
                 &["events"],
             ),
+            rule(
+                &["get", "create", "update", "patch", "delete"],
+                &["coordination.k8s.io"],
+                &["leases"],
+            ),
+            // Renewing its own certificates (checked by `csr::admit` and `read_restriction`).
+            rule(
+                &["create", "get", "list", "watch"],
+                &["certificates.k8s.io"],
+                &["certificatesigningrequests"],
+            ),
         ],
+        // Kubernetes' system:node-bootstrapper, scoped further by `csr::admit` and
+        // `csr::read_restriction` to the requester's own node certificate requests.
+        "system:bootstrappers" => vec![rule(
+            &["create", "get", "list", "watch"],
+            &["certificates.k8s.io"],
+            &["certificatesigningrequests"],
+        )],
         "system:authenticated" => vec![path_rule(
             &["get"],
             &[
@@ -169,6 +192,20 @@ fn typed<T: serde::de::DeserializeOwned>(v: Value) -> Option<T> {
     serde_json::from_value(v).ok()
 }
 
+/// Built-in rules that hold in one namespace only: kubeadm's
+/// `kubeadm:bootstrap-signer-clusterinfo` Role, which lets anyone (the joining node has no
+/// credentials yet) read `kube-public/cluster-info`.
+fn builtin_namespaced_rules(group: &str, namespace: &str) -> Vec<PolicyRule> {
+    match (group, namespace) {
+        ("system:unauthenticated" | "system:authenticated", "kube-public") => {
+            let mut r = rule(&["get"], &[""], &["configmaps"]);
+            r.resource_names = Some(vec![porthole_bootstrap::token::CLUSTER_INFO_NAME.into()]);
+            vec![r]
+        }
+        _ => Vec::new(),
+    }
+}
+
 /// Decide; `Ok(())` when allowed.
 pub fn authorize(store: &dyn Store, user: &UserInfo, a: &Attributes) -> Result<(), ApiError> {
     if user
@@ -176,6 +213,18 @@ pub fn authorize(store: &dyn Store, user: &UserInfo, a: &Attributes) -> Result<(
         .iter()
         .any(|g| builtin_rules(g).iter().any(|r| rule_allows(r, a)))
     {
+        return Ok(());
+    }
+    let namespace = a
+        .resource
+        .as_ref()
+        .map(|r| r.namespace.as_str())
+        .unwrap_or("");
+    if user.groups.iter().any(|g| {
+        builtin_namespaced_rules(g, namespace)
+            .iter()
+            .any(|r| rule_allows(r, a))
+    }) {
         return Ok(());
     }
     if allowed_by_store(store, user, a)? {
@@ -240,22 +289,42 @@ fn allowed_by_store(store: &dyn Store, user: &UserInfo, a: &Attributes) -> Resul
     Ok(false)
 }
 
-/// Kubernetes' NodeRestriction: a node identity (`system:node:NAME` in `system:nodes`, and not
-/// also `system:masters`) may write only its own Node object and only pods bound to it.
+/// The node a node identity (`system:node:NAME` in `system:nodes`, and not also
+/// `system:masters`) belongs to.
+fn node_of(user: &UserInfo) -> Option<&str> {
+    let is_node = user.groups.iter().any(|g| g == "system:nodes")
+        && !user.groups.iter().any(|g| g == "system:masters");
+    user.name
+        .strip_prefix("system:node:")
+        .filter(|n| is_node && !n.is_empty())
+}
+
+/// The `X` of a field selector requiring `spec.nodeName=X` (or `==`); `None` when the
+/// selector does not pin the node.
+fn selected_node(selector: &str) -> Option<&str> {
+    selector.split(',').find_map(|part| {
+        let (field, value) = part
+            .split_once("==")
+            .or_else(|| part.split_once('='))
+            .filter(|(f, _)| !f.ends_with('!'))?;
+        (field.trim() == "spec.nodeName").then(|| value.trim())
+    })
+}
+
+/// Kubernetes' Node authorizer and NodeRestriction for a node identity: it may write only its
+/// own Node object and its own Lease (`kube-node-lease/NAME`), read and write only pods bound
+/// to it (a pod list or watch must select `spec.nodeName=NAME`), and nothing beyond its
+/// built-in rules (no pod creation, port-forward or proxy: RBAC already refuses those).
 pub fn node_restriction(
     store: &dyn Store,
     user: &UserInfo,
     verb: &str,
     req: &crate::api::ResourceRequest,
+    query: &crate::http_util::Query,
 ) -> Result<(), ApiError> {
-    let is_node = user.groups.iter().any(|g| g == "system:nodes")
-        && !user.groups.iter().any(|g| g == "system:masters");
-    let Some(node_name) = user.name.strip_prefix("system:node:").filter(|_| is_node) else {
+    let Some(node_name) = node_of(user) else {
         return Ok(());
     };
-    if matches!(verb, "get" | "list" | "watch") {
-        return Ok(());
-    }
     let attrs = crate::api::attributes(verb, req);
     let deny = |why: &str| {
         let ApiError::Forbidden { message, target } = forbidden(user, &attrs) else {
@@ -266,7 +335,9 @@ pub fn node_restriction(
             target,
         }
     };
+    let reading = matches!(verb, "get" | "list" | "watch");
     match req.info.plural {
+        "nodes" if reading => Ok(()),
         "nodes" => {
             if req.name.is_empty() && verb == "create" {
                 // The name is in the body: checked by `node_create_restriction`.
@@ -280,19 +351,42 @@ pub fn node_restriction(
             }
             Ok(())
         }
+        "leases" => {
+            let own = req.namespace == "kube-node-lease"
+                && (req.name == node_name || (req.name.is_empty() && verb == "create"));
+            if own {
+                Ok(())
+            } else {
+                Err(deny(&format!(
+                    "node \"{node_name}\" may only use its own lease kube-node-lease/{node_name}"
+                )))
+            }
+        }
+        "pods" if req.name.is_empty() && matches!(verb, "list" | "watch") => {
+            match selected_node(query.get("fieldSelector").unwrap_or("")) {
+                Some(n) if n == node_name => Ok(()),
+                _ => Err(deny(&format!(
+                    "node \"{node_name}\" can only {verb} pods with fieldSelector spec.nodeName={node_name}"
+                ))),
+            }
+        }
         "pods" => {
             let key = req.info.key(&req.namespace, &req.name);
             let pod = store.get(&key).map_err(|e| {
                 ApiError::Internal(format!("node restriction could not read the pod: {e}"))
             })?;
             match pod {
-                // A missing pod answers 404 in the handler.
+                // A missing pod answers 404 in the handler (the agent relies on that to stop
+                // writing the status of a pod that is gone).
                 None if !req.name.is_empty() => Ok(()),
                 Some(p)
                     if p.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node_name) =>
                 {
                     Ok(())
                 }
+                _ if reading => Err(deny(&format!(
+                    "node \"{node_name}\" can only read pods bound to it"
+                ))),
                 _ => Err(deny(&format!(
                     "node \"{node_name}\" can only modify pods bound to it"
                 ))),
@@ -310,12 +404,13 @@ pub fn node_create_restriction(
     req: &crate::api::ResourceRequest,
     body_name: Option<&str>,
 ) -> Result<(), ApiError> {
-    let is_node = user.groups.iter().any(|g| g == "system:nodes")
-        && !user.groups.iter().any(|g| g == "system:masters");
-    let Some(node_name) = user.name.strip_prefix("system:node:").filter(|_| is_node) else {
+    let Some(node_name) = node_of(user) else {
         return Ok(());
     };
-    if verb != "create" || req.info.plural != "nodes" || body_name == Some(node_name) {
+    if verb != "create"
+        || !matches!(req.info.plural, "nodes" | "leases")
+        || body_name == Some(node_name)
+    {
         return Ok(());
     }
     let target = body_name.unwrap_or("");
@@ -328,7 +423,8 @@ pub fn node_create_restriction(
     };
     Err(ApiError::Forbidden {
         message: format!(
-            "{message}: node \"{node_name}\" is not allowed to create node \"{target}\""
+            "{message}: node \"{node_name}\" is not allowed to create {} \"{target}\"",
+            req.info.singular
         ),
         target: t,
     })

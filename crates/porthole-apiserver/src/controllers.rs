@@ -1,5 +1,6 @@
 //! Controllers inside the server: scheduler, Deployment controller (with garbage collection
-//! of orphaned pods), namespace finalization and node lifecycle.
+//! of orphaned pods), namespace finalization, node lifecycle, and for joining nodes the
+//! bootstrap token cleaner, the `cluster-info` signer and CSR approval and signing.
 //!
 //! They run in one API server at a time, the holder of the controllers' lease (`leader`).
 //! All of them are level-triggered: one pass reads the current objects and writes only what
@@ -97,6 +98,11 @@ fn pass(state: &State, node_grace: Duration) {
     deployments_pass(state, &deployments, &pods);
     garbage_collect(state, &deployments, &pods);
     namespaces(state, &list("namespaces"));
+    // kube-controller-manager's tokencleaner, bootstrapsigner, csrapproving and csrsigning.
+    let now = jiff::Timestamp::now();
+    crate::bootstrap::remove_expired_tokens(store, now);
+    crate::bootstrap::sign_cluster_info(store, now);
+    crate::csr::approve_and_sign(store, state.signer.as_ref());
 }
 
 fn schedule(store: &dyn Store, nodes: &[Value], pods: &[Value]) {

@@ -10,6 +10,8 @@
 //! - [`discovery`]: `/version`, discovery, OpenAPI; [`health`]: `/livez`, `/readyz`,
 //!   `/healthz`; [`metrics`]: `/metrics` and the timing store decorator;
 //! - [`authn`], [`authz`]: authentication and RBAC; [`audit`]: the audit log;
+//! - [`bootstrap`]: bootstrap tokens (authenticator, cleaner, `cluster-info` signer) and
+//!   [`csr`]: node certificate requests (admission, approval, signing with the cluster CA);
 //! - [`portforward`], [`logs`], [`kubelet`]: everything that talks to node agents;
 //! - [`controllers`]: scheduler, Deployment controller, GC, namespace and node lifecycle, run
 //!   by the holder of the controllers' lease ([`leader`]);
@@ -22,7 +24,9 @@ pub mod api;
 pub mod audit;
 pub mod authn;
 pub mod authz;
+pub mod bootstrap;
 pub mod controllers;
+pub mod csr;
 pub mod discovery;
 pub mod error;
 pub mod health;
@@ -137,6 +141,21 @@ pub struct Args {
     /// Pause between attempts to acquire or renew the lease; shorter than the renew deadline.
     #[arg(long, env = "PORTHOLE_APISERVER_LEADER_ELECT_RETRY_PERIOD", default_value = "2s", value_parser = parse_duration)]
     pub leader_elect_retry_period: Duration,
+    /// CA certificate (PEM) that signs the certificates joining nodes request
+    /// (kube-controller-manager's flag); without it node certificate requests are refused.
+    #[arg(
+        long,
+        env = "PORTHOLE_APISERVER_CLUSTER_SIGNING_CERT_FILE",
+        requires = "cluster_signing_key_file"
+    )]
+    pub cluster_signing_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of `--cluster-signing-cert-file`.
+    #[arg(
+        long,
+        env = "PORTHOLE_APISERVER_CLUSTER_SIGNING_KEY_FILE",
+        requires = "cluster_signing_cert_file"
+    )]
+    pub cluster_signing_key_file: Option<PathBuf>,
 }
 
 /// kube-apiserver's etcd flags. With `--etcd-servers` the API server keeps its state in etcd,
@@ -284,6 +303,8 @@ pub struct Config {
     /// A store to serve instead of opening `DATA_DIR/store.redb` (embedders, and tests that
     /// run several API servers on one store).
     pub store: Option<Arc<dyn Store>>,
+    /// The cluster CA that signs node certificates (`--cluster-signing-*`).
+    pub signer: Option<Arc<csr::Signer>>,
 }
 
 impl Config {
@@ -311,6 +332,16 @@ impl Config {
         election.validate().map_err(|e| {
             anyhow::anyhow!("invalid leader election durations: {e} (defaults: 15s, 10s, 2s)")
         })?;
+        let signer = match (
+            &args.cluster_signing_cert_file,
+            &args.cluster_signing_key_file,
+        ) {
+            (Some(cert), Some(key)) => Some(Arc::new(csr::Signer::load(cert, key)?)),
+            (None, None) => None,
+            _ => anyhow::bail!(
+                "--cluster-signing-cert-file and --cluster-signing-key-file must be given together"
+            ),
+        };
         Ok(Self {
             listen: args.listen,
             storage: StorageConfig::from_args(args)?,
@@ -323,6 +354,7 @@ impl Config {
             in_process_node: None,
             leader_election: args.leader_elect.then_some(election),
             store: None,
+            signer,
         })
     }
 }
@@ -339,6 +371,8 @@ pub struct State {
     pub kubelet_tls: Arc<rustls::ClientConfig>,
     /// The node agent in this process, if any.
     pub in_process_node: Option<kubelet::InProcessNode>,
+    /// The cluster CA that signs node certificates, if configured.
+    pub signer: Option<Arc<csr::Signer>>,
     /// Audit log.
     pub audit: audit::AuditLog,
     /// Cancelled when the server stops; watches and sessions end with it.
@@ -407,6 +441,7 @@ pub async fn run(
         anonymous: cfg.anonymous_auth,
         kubelet_tls: cfg.kubelet_tls,
         in_process_node: cfg.in_process_node,
+        signer: cfg.signer,
         audit: audit::AuditLog::open(cfg.audit_log_path.as_deref())?,
         shutdown: shutdown.child_token(),
         kick_signal: tokio::sync::Notify::new(),
@@ -542,7 +577,13 @@ async fn authenticated(
     req: Request<Incoming>,
 ) -> Response<Body> {
     let path = req.uri().path().to_string();
-    let user = match authn::authenticate(req.headers(), cert_user, &state.tokens, state.anonymous) {
+    // The one object a joining node reads before it has credentials (kubeadm discovery).
+    let anonymous = state.anonymous || is_public_discovery(req.method(), &path);
+    let outcome = authn::authenticate(req.headers(), cert_user, &state.tokens, anonymous, |t| {
+        // Only bootstrap-shaped tokens reach the store.
+        api::run_blocking(|| bootstrap::authenticate(state.store.as_ref(), t))
+    });
+    let user = match outcome {
         Outcome::User(u) => u,
         // Health checks (haproxy's, a kubelet's probe) carry no credentials: like
         // kube-apiserver, let them in as system:anonymous for these paths only, whatever
@@ -605,6 +646,18 @@ fn metric_labels<B>(req: &Request<B>) -> (&'static str, &'static str) {
         }
         _ => (metrics::reported_verb(method, "", false, false), ""),
     }
+}
+
+/// `GET /api/v1/namespaces/kube-public/configmaps/cluster-info`: public like in kubeadm
+/// clusters; it holds the CA certificate, the server URL and the token signatures.
+fn is_public_discovery(method: &Method, path: &str) -> bool {
+    use porthole_bootstrap::token::{CLUSTER_INFO_NAME, CLUSTER_INFO_NAMESPACE};
+    method == Method::GET
+        && path
+            .strip_prefix("/api/v1/namespaces/")
+            .and_then(|p| p.strip_prefix(CLUSTER_INFO_NAMESPACE))
+            .and_then(|p| p.strip_prefix("/configmaps/"))
+            == Some(CLUSTER_INFO_NAME)
 }
 
 fn audit_request(state: &State, user: &str, verb: &str, path: &str, code: u16, remote: SocketAddr) {
@@ -672,7 +725,8 @@ async fn dispatch(
     let verb = api::verb(&method, &r, &query).map_err(|e| (method.as_str().to_lowercase(), e))?;
     let fail = |e: ApiError| (verb.to_string(), e);
     authz::authorize(state.store.as_ref(), user, &api::attributes(verb, &r)).map_err(fail)?;
-    authz::node_restriction(state.store.as_ref(), user, verb, &r).map_err(fail)?;
+    authz::node_restriction(state.store.as_ref(), user, verb, &r, &query).map_err(fail)?;
+    csr::read_restriction(state.store.as_ref(), user, verb, &r, &query).map_err(fail)?;
     match r.subresource.as_str() {
         "portforward" | "proxy" => {
             if method != Method::GET && method != Method::POST && r.subresource == "portforward" {
@@ -717,11 +771,23 @@ async fn dispatch(
                 .map_err(fail)
         }
         _ => {
-            let (parts, body) = req.into_parts();
-            let body = api::read_body(body).await.map_err(fail)?;
-            if verb == "create" && r.info.plural == "nodes" {
+            let (mut parts, body) = req.into_parts();
+            let mut body = api::read_body(body).await.map_err(fail)?;
+            if verb == "create" && matches!(r.info.plural, "nodes" | "leases") {
                 let name = api::body_name(&parts.headers, &body, r.info.kind);
                 authz::node_create_restriction(user, verb, &r, name.as_deref()).map_err(fail)?;
+            }
+            if verb == "create"
+                && r.info.plural == "certificatesigningrequests"
+                && r.subresource.is_empty()
+            {
+                body = csr::admit(state, user, &parts.headers, &body)
+                    .map_err(fail)?
+                    .into();
+                parts.headers.insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
             }
             let resp =
                 api::run_blocking(|| api::handle(state, &r, &method, &parts.headers, &query, body))

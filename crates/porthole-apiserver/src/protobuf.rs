@@ -1,7 +1,8 @@
 //! Decoding of Kubernetes protobuf request bodies (`application/vnd.kubernetes.protobuf`).
 //!
 //! kubectl's typed clients (`kubectl create namespace|deployment|service|role|rolebinding|
-//! clusterrole|clusterrolebinding`, `kubectl run`) send protobuf and do not fall back to JSON
+//! clusterrole|clusterrolebinding|secret|configmap`, `kubectl run`, `kubectl certificate
+//! approve|deny`) send protobuf and do not fall back to JSON
 //! on 415, so the server must read it. The envelope is the 4-byte magic `k8s\0` followed by a
 //! `runtime.Unknown` message whose `raw` field holds the object. Decoding is driven by the
 //! field tables below (numbers from `k8s.io/api/*/generated.proto`); it covers the fields those
@@ -18,6 +19,8 @@ const MAX_DEPTH: usize = 32;
 #[derive(Clone, Copy)]
 enum Ty {
     Str,
+    /// `bytes`: base64 in the JSON form.
+    Bytes,
     Int,
     Bool,
     Time,
@@ -226,6 +229,50 @@ static BINDING: &[Field] = &[
     f(3, "roleRef", Ty::Msg(ROLE_REF)),
 ];
 
+const BYTES_MAP: Ty = Ty::Map(&Ty::Bytes);
+
+static SECRET: &[Field] = &[
+    f(1, "metadata", Ty::Msg(OBJECT_META)),
+    f(2, "data", BYTES_MAP),
+    f(3, "type", Ty::Str),
+    f(4, "stringData", STR_MAP),
+    f(5, "immutable", Ty::Bool),
+];
+static CONFIG_MAP: &[Field] = &[
+    f(1, "metadata", Ty::Msg(OBJECT_META)),
+    f(2, "data", STR_MAP),
+    f(3, "binaryData", BYTES_MAP),
+    f(4, "immutable", Ty::Bool),
+];
+
+// k8s.io/api/certificates/v1/generated.proto. `extra` (6) is skipped: the server replaces it.
+static CSR_SPEC: &[Field] = &[
+    f(1, "request", Ty::Bytes),
+    f(2, "username", Ty::Str),
+    f(3, "uid", Ty::Str),
+    r(4, "groups", Ty::Str),
+    r(5, "usages", Ty::Str),
+    f(7, "signerName", Ty::Str),
+    f(8, "expirationSeconds", Ty::Int),
+];
+static CSR_CONDITION: &[Field] = &[
+    f(1, "type", Ty::Str),
+    f(2, "reason", Ty::Str),
+    f(3, "message", Ty::Str),
+    f(4, "lastUpdateTime", Ty::Time),
+    f(5, "lastTransitionTime", Ty::Time),
+    f(6, "status", Ty::Str),
+];
+static CSR_STATUS: &[Field] = &[
+    r(1, "conditions", Ty::Msg(CSR_CONDITION)),
+    f(2, "certificate", Ty::Bytes),
+];
+static CSR: &[Field] = &[
+    f(1, "metadata", Ty::Msg(OBJECT_META)),
+    f(2, "spec", Ty::Msg(CSR_SPEC)),
+    f(3, "status", Ty::Msg(CSR_STATUS)),
+];
+
 static TYPE_META: &[Field] = &[f(1, "apiVersion", Ty::Str), f(2, "kind", Ty::Str)];
 static UNKNOWN: &[Field] = &[f(1, "typeMeta", Ty::Msg(TYPE_META))];
 
@@ -237,6 +284,9 @@ fn schema_for(kind: &str) -> Option<&'static [Field]> {
         "Deployment" => DEPLOYMENT,
         "Role" | "ClusterRole" => ROLE,
         "RoleBinding" | "ClusterRoleBinding" => BINDING,
+        "Secret" => SECRET,
+        "ConfigMap" => CONFIG_MAP,
+        "CertificateSigningRequest" => CSR,
         _ => return None,
     })
 }
@@ -309,6 +359,10 @@ fn value(ty: Ty, wire: u64, rd: &mut Reader<'_>, depth: usize) -> Result<Value, 
         Ty::Int => Value::from(rd.varint()? as i64),
         Ty::Bool => Value::Bool(rd.varint()? != 0),
         Ty::Str => text(rd.bytes()?)?,
+        Ty::Bytes => {
+            use base64::Engine as _;
+            Value::String(base64::engine::general_purpose::STANDARD.encode(rd.bytes()?))
+        }
         Ty::Msg(fields) => message(fields, rd.bytes()?, depth + 1)?,
         Ty::Quantity => message(&[f(1, "string", Ty::Str)], rd.bytes()?, depth + 1)?
             .get("string")
@@ -485,5 +539,26 @@ mod tests {
         );
         assert!(decode(b"k8s\0\x12\xff", "Namespace").is_err());
         assert!(decode(b"{}", "Namespace").is_err());
+    }
+
+    #[test]
+    fn secret_bytes_become_base64() {
+        // Secret{metadata{name:"s"}, data{k: 00 ff}, type:"Opaque"}, kubectl create secret's shape.
+        let mut entry = ld(1, b"k");
+        entry.extend(ld(2, &[0x00, 0xff]));
+        let mut secret = ld(1, &ld(1, b"s"));
+        secret.extend(ld(2, &entry));
+        secret.extend(ld(3, b"Opaque"));
+        let mut tm = ld(1, b"v1");
+        tm.extend(ld(2, b"Secret"));
+        let mut body = b"k8s\0".to_vec();
+        body.extend(ld(1, &tm));
+        body.extend(ld(2, &secret));
+        let v = decode(&body, "Secret").expect("decode");
+        assert_eq!(
+            v,
+            serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
+                               "data": {"k": "AP8="}, "type": "Opaque"})
+        );
     }
 }

@@ -134,6 +134,39 @@ pub static RESOURCES: &[ResourceInfo] = &[
         subresources: &[],
     },
     ResourceInfo {
+        group: "",
+        version: "v1",
+        plural: "secrets",
+        singular: "secret",
+        kind: "Secret",
+        namespaced: true,
+        short_names: &[],
+        subresources: &[],
+    },
+    ResourceInfo {
+        group: "",
+        version: "v1",
+        plural: "configmaps",
+        singular: "configmap",
+        kind: "ConfigMap",
+        namespaced: true,
+        short_names: &["cm"],
+        subresources: &[],
+    },
+    ResourceInfo {
+        group: "certificates.k8s.io",
+        version: "v1",
+        plural: "certificatesigningrequests",
+        singular: "certificatesigningrequest",
+        kind: "CertificateSigningRequest",
+        namespaced: false,
+        short_names: &["csr"],
+        subresources: &[
+            ("status", "CertificateSigningRequest", STATUS_VERBS),
+            ("approval", "CertificateSigningRequest", STATUS_VERBS),
+        ],
+    },
+    ResourceInfo {
         group: "apps",
         version: "v1",
         plural: "deployments",
@@ -217,7 +250,8 @@ pub fn core(plural: &str) -> &'static ResourceInfo {
 /// and drops unknown ones, so stored objects always have the real Kubernetes shape.
 pub fn normalize(info: &ResourceInfo, mut obj: Value) -> Result<Value, ApiError> {
     use k8s_openapi::api::{
-        apps::v1 as apps, coordination::v1 as coordination, core::v1 as core, rbac::v1 as rbac,
+        apps::v1 as apps, certificates::v1 as certificates, coordination::v1 as coordination,
+        core::v1 as core, rbac::v1 as rbac,
     };
     fn rt<T: serde::de::DeserializeOwned + serde::Serialize>(v: Value) -> Result<Value, String> {
         let t: T = serde_json::from_value(v).map_err(|e| e.to_string())?;
@@ -237,6 +271,9 @@ pub fn normalize(info: &ResourceInfo, mut obj: Value) -> Result<Value, ApiError>
         "Service" => rt::<core::Service>(obj),
         "Node" => rt::<core::Node>(obj),
         "Event" => rt::<core::Event>(obj),
+        "Secret" => rt::<core::Secret>(obj),
+        "ConfigMap" => rt::<core::ConfigMap>(obj),
+        "CertificateSigningRequest" => rt::<certificates::CertificateSigningRequest>(obj),
         "Deployment" => rt::<apps::Deployment>(obj),
         "Lease" => rt::<coordination::Lease>(obj),
         "Role" => rt::<rbac::Role>(obj),
@@ -344,6 +381,7 @@ pub fn apply_defaults(info: &ResourceInfo, obj: &mut Value) {
                 spec.insert("clusterIPs".into(), json!([ip]));
             }
         }
+        "Secret" => fold_string_data(obj),
         "Deployment" => {
             let Some(spec) = obj_mut(obj, "spec") else {
                 return;
@@ -363,6 +401,113 @@ pub fn apply_defaults(info: &ResourceInfo, obj: &mut Value) {
             }
         }
         _ => {}
+    }
+}
+
+/// Kubernetes' Secret write path: `stringData` is a write-only convenience whose entries
+/// replace the same keys of `data` (base64-encoded); the stored object has `data` only. The
+/// `type` defaults to `Opaque`.
+fn fold_string_data(obj: &mut Value) {
+    use base64::Engine as _;
+    let Some(root) = obj.as_object_mut() else {
+        return;
+    };
+    let string_data = root.remove("stringData");
+    // Kubernetes' SetDefaults_Secret: an empty type (protobuf clients always send one) too.
+    if root
+        .get("type")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
+        root.insert("type".into(), json!("Opaque"));
+    }
+    let Some(Value::Object(entries)) = string_data else {
+        return;
+    };
+    let Some(data) = obj_mut(obj, "data") else {
+        return;
+    };
+    for (k, v) in entries {
+        if let Value::String(text) = v {
+            data.insert(
+                k,
+                json!(base64::engine::general_purpose::STANDARD.encode(text)),
+            );
+        }
+    }
+}
+
+/// Largest Secret or ConfigMap payload (Kubernetes' `MaxSecretSize`, 1 MiB).
+const MAX_DATA_BYTES: usize = 1024 * 1024;
+
+/// Keys of Secret/ConfigMap `data`: `[-._a-zA-Z0-9]+`, at most 253 bytes, not `.` or `..`.
+fn data_key_errors(obj: &Value, fields: &[&str], causes: &mut Vec<Cause>) {
+    let mut total = 0usize;
+    for field in fields {
+        let Some(map) = obj.get(*field).and_then(Value::as_object) else {
+            continue;
+        };
+        for (k, v) in map {
+            total += k.len() + v.as_str().map_or(0, str::len);
+            let ok = !k.is_empty()
+                && k.len() <= 253
+                && k != "."
+                && k != ".."
+                && k.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+            if !ok {
+                causes.push(Cause {
+                    reason: "FieldValueInvalid",
+                    message: format!("Invalid value: \"{k}\": a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')"),
+                    field: format!("{field}[{k}]"),
+                });
+            }
+        }
+    }
+    if total > MAX_DATA_BYTES {
+        causes.push(Cause {
+            reason: "FieldValueTooLong",
+            message: format!("Too long: may not be more than {MAX_DATA_BYTES} bytes"),
+            field: fields.first().copied().unwrap_or("data").to_string(),
+        });
+    }
+}
+
+/// A CertificateSigningRequest needs a signer, usages and a well-formed, self-signed request
+/// (who may ask for what is `csr::admit`'s business).
+fn csr_errors(obj: &Value, causes: &mut Vec<Cause>) {
+    let required = |causes: &mut Vec<Cause>, field: &str| {
+        causes.push(Cause {
+            reason: "FieldValueRequired",
+            message: "Required value".into(),
+            field: field.into(),
+        })
+    };
+    if obj
+        .pointer("/spec/signerName")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
+        required(causes, "spec.signerName");
+    }
+    if obj
+        .pointer("/spec/usages")
+        .and_then(Value::as_array)
+        .is_none_or(Vec::is_empty)
+    {
+        required(causes, "spec.usages");
+    }
+    match obj.pointer("/spec/request").and_then(Value::as_str) {
+        None | Some("") => required(causes, "spec.request"),
+        Some(_) => {
+            if let Err(why) = crate::csr::check_well_formed(obj) {
+                causes.push(Cause {
+                    reason: "FieldValueInvalid",
+                    message: format!("Invalid value: []byte{{...}}: {why}"),
+                    field: "spec.request".into(),
+                });
+            }
+        }
     }
 }
 
@@ -494,6 +639,9 @@ pub fn validate(info: &ResourceInfo, obj: &Value) -> Result<(), ApiError> {
     };
     match info.kind {
         "Pod" => check_containers(&mut causes, obj.get("spec"), "spec"),
+        "Secret" => data_key_errors(obj, &["data"], &mut causes),
+        "ConfigMap" => data_key_errors(obj, &["data", "binaryData"], &mut causes),
+        "CertificateSigningRequest" => csr_errors(obj, &mut causes),
         "Deployment" => {
             check_containers(
                 &mut causes,

@@ -259,6 +259,47 @@ fn node_row(v: &Value) -> Vec<Value> {
     ]
 }
 
+fn data_count(v: &Value, fields: &[&str]) -> usize {
+    fields
+        .iter()
+        .filter_map(|f| v.get(*f).and_then(Value::as_object))
+        .map(|m| m.len())
+        .sum()
+}
+
+/// kubectl's CSR columns: the signer, who asked, and Approved/Denied/Failed plus Issued.
+fn csr_row(v: &Value) -> Vec<Value> {
+    let mut condition: Vec<String> = v
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .map(|cs| {
+            cs.iter()
+                .filter(|c| c.get("status").and_then(Value::as_str).unwrap_or("True") == "True")
+                .filter_map(|c| c.get("type").and_then(Value::as_str).map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    if condition.is_empty() {
+        condition.push("Pending".into());
+    }
+    if !s(v, "/status/certificate").is_empty() {
+        condition.push("Issued".into());
+    }
+    let duration = v
+        .pointer("/spec/expirationSeconds")
+        .and_then(Value::as_i64)
+        .map(human_duration)
+        .unwrap_or_else(|| "<none>".into());
+    vec![
+        json!(s(v, "/metadata/name")),
+        json!(age(v)),
+        json!(s(v, "/spec/signerName")),
+        json!(s(v, "/spec/username")),
+        json!(duration),
+        json!(condition.join(",")),
+    ]
+}
+
 /// Columns and a row printer for a resource.
 /// Prints one object's cells.
 type RowFn = fn(&Value) -> Vec<Value>;
@@ -347,6 +388,47 @@ fn printer(info: &ResourceInfo) -> (Vec<Value>, RowFn) {
                 age_col,
             ],
             |v| vec![json!(s(v, "/metadata/name")), json!(s(v, "/status/phase")), json!(age(v))],
+        ),
+        "Secret" => (
+            vec![
+                name,
+                col("Type", "string", 0, "The type of the secret"),
+                col("Data", "integer", 0, "The number of entries in the data"),
+                age_col,
+            ],
+            |v| {
+                vec![
+                    json!(s(v, "/metadata/name")),
+                    json!(s(v, "/type")),
+                    json!(data_count(v, &["data"])),
+                    json!(age(v)),
+                ]
+            },
+        ),
+        "ConfigMap" => (
+            vec![
+                name,
+                col("Data", "integer", 0, "The number of entries in the data"),
+                age_col,
+            ],
+            |v| {
+                vec![
+                    json!(s(v, "/metadata/name")),
+                    json!(data_count(v, &["data", "binaryData"])),
+                    json!(age(v)),
+                ]
+            },
+        ),
+        "CertificateSigningRequest" => (
+            vec![
+                name,
+                age_col,
+                col("SignerName", "string", 0, "The name of the signer"),
+                col("Requestor", "string", 0, "The user that requested the certificate"),
+                col("RequestedDuration", "string", 0, "The requested duration of the certificate"),
+                col("Condition", "string", 0, "The condition of the request"),
+            ],
+            csr_row,
         ),
         _ => (vec![name, age_col], |v| {
             vec![json!(s(v, "/metadata/name")), json!(age(v))]

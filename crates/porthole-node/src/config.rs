@@ -39,15 +39,44 @@ pub struct Args {
     /// Private key of `--client-cert-file`.
     #[arg(long, env = "PORTHOLE_CLIENT_KEY_FILE")]
     pub client_key_file: Option<PathBuf>,
-    /// Serving certificate of the streaming endpoint (PEM, chain allowed).
+    /// Serving certificate of the streaming endpoint (PEM, chain allowed). Required unless
+    /// `--join` is given.
     #[arg(long, env = "PORTHOLE_TLS_CERT_FILE")]
-    pub tls_cert_file: PathBuf,
+    pub tls_cert_file: Option<PathBuf>,
     /// Private key of `--tls-cert-file`.
     #[arg(long, env = "PORTHOLE_TLS_PRIVATE_KEY_FILE")]
-    pub tls_private_key_file: PathBuf,
-    /// CA (PEM) whose client certificates may call the endpoint.
+    pub tls_private_key_file: Option<PathBuf>,
+    /// CA (PEM) whose client certificates may call the endpoint. Required unless `--join` is
+    /// given.
     #[arg(long, env = "PORTHOLE_CLIENT_CA_FILE")]
-    pub client_ca_file: PathBuf,
+    pub client_ca_file: Option<PathBuf>,
+    /// Join the cluster whose API server is at this URL (`https://HOST:PORT`), as printed by
+    /// `porthole token create`: the node makes its own keys, has the API server sign its
+    /// certificates with `--token`, and keeps them under `<data-dir>/pki/`. A later start with
+    /// the same data dir reuses them and needs no token. Replaces `--api-server` and the
+    /// certificate flags.
+    #[arg(
+        long,
+        env = "PORTHOLE_JOIN",
+        value_name = "URL",
+        conflicts_with_all = ["api_server", "api_ca_file", "client_cert_file", "client_key_file", "tls_cert_file", "tls_private_key_file", "client_ca_file"]
+    )]
+    pub join: Option<String>,
+    /// Bootstrap token (`<id>.<secret>`) for the first `--join`.
+    #[arg(
+        long,
+        env = "PORTHOLE_JOIN_TOKEN",
+        requires = "join",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// `sha256:<hex>` of the cluster CA's public key: the node trusts the CA it downloads only
+    /// if it matches, and sends the token only to an API server with a certificate from it.
+    #[arg(long, env = "PORTHOLE_CA_CERT_HASH", requires = "join")]
+    pub ca_cert_hash: Option<String>,
+    /// How long `--join` waits for the API server to sign the node's certificates.
+    #[arg(long, env = "PORTHOLE_JOIN_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub join_timeout: Duration,
     /// Certificate common names allowed to call `/portForward` and `/containerLogs`.
     #[arg(
         long,
@@ -75,6 +104,21 @@ pub struct ApiConfig {
     pub client_cert_file: PathBuf,
     /// Node client key.
     pub client_key_file: PathBuf,
+}
+
+/// Joining with a bootstrap token (`--join`).
+#[derive(Debug, Clone)]
+pub struct JoinConfig {
+    /// The API server URL from the join command.
+    pub url: String,
+    /// The bootstrap token; `None` when the certificates already exist.
+    pub token: Option<porthole_bootstrap::BootstrapToken>,
+    /// The CA pin (always given with a token).
+    pub ca_cert_hash: Option<porthole_bootstrap::CaCertHash>,
+    /// `<data-dir>/pki`: where the node's key, certificates and the CA are kept.
+    pub pki_dir: PathBuf,
+    /// Bound on waiting for the certificates.
+    pub timeout: Duration,
 }
 
 /// Validated node configuration.
@@ -105,6 +149,9 @@ pub struct Config {
     /// Connections handed over inside this process by an embedded API server (`porthole up`),
     /// served next to the TLS listener.
     pub in_process: Option<crate::InProcessListener>,
+    /// Join with a bootstrap token first (the certificate paths above are then the files the
+    /// join writes).
+    pub join: Option<JoinConfig>,
 }
 
 impl Config {
@@ -127,18 +174,55 @@ impl Config {
                 "node name {node_name:?} is not a valid Kubernetes object name (lower-case letters, digits, '-', '.'); set --node-name"
             );
         }
-        let api = match args.api_server {
-            None => None,
+        let (api, join, tls_cert_file, tls_private_key_file, client_ca_file) = match args.join {
             Some(url) => {
-                let need = |v: Option<PathBuf>, flag: &str| {
-                    v.with_context(|| format!("--api-server needs {flag}"))
+                let join = join_config(
+                    &url,
+                    args.token,
+                    args.ca_cert_hash,
+                    &args.data_dir,
+                    args.join_timeout,
+                )?;
+                let files = crate::join::NodeFiles::layout(&join.pki_dir, &node_name);
+                let api = ApiConfig {
+                    url: join.url.clone(),
+                    ca_file: files.ca.clone(),
+                    client_cert_file: files.client_cert.clone(),
+                    client_key_file: files.client_key.clone(),
                 };
-                Some(ApiConfig {
-                    url,
-                    ca_file: need(args.api_ca_file, "--api-ca-file")?,
-                    client_cert_file: need(args.client_cert_file, "--client-cert-file")?,
-                    client_key_file: need(args.client_key_file, "--client-key-file")?,
-                })
+                (
+                    Some(api),
+                    Some(join),
+                    files.serving_cert,
+                    files.serving_key,
+                    files.ca,
+                )
+            }
+            None => {
+                let api = match args.api_server {
+                    None => None,
+                    Some(url) => {
+                        let need = |v: Option<PathBuf>, flag: &str| {
+                            v.with_context(|| format!("--api-server needs {flag}"))
+                        };
+                        Some(ApiConfig {
+                            url,
+                            ca_file: need(args.api_ca_file, "--api-ca-file")?,
+                            client_cert_file: need(args.client_cert_file, "--client-cert-file")?,
+                            client_key_file: need(args.client_key_file, "--client-key-file")?,
+                        })
+                    }
+                };
+                let need = |v: Option<PathBuf>, flag: &str| {
+                    v.with_context(|| format!("{flag} is required (or use --join URL --token T --ca-cert-hash H to have the cluster issue the node's certificates)"))
+                };
+                (
+                    api,
+                    None,
+                    need(args.tls_cert_file, "--tls-cert-file")?,
+                    need(args.tls_private_key_file, "--tls-private-key-file")?,
+                    need(args.client_ca_file, "--client-ca-file")?,
+                )
             }
         };
         let names: Vec<String> = args
@@ -155,16 +239,51 @@ impl Config {
             state_dir: args.state_dir.unwrap_or_else(|| args.data_dir.join("node")),
             node_ip: args.node_ip,
             api,
-            tls_cert_file: args.tls_cert_file,
-            tls_private_key_file: args.tls_private_key_file,
-            client_ca_file: args.client_ca_file,
+            tls_cert_file,
+            tls_private_key_file,
+            client_ca_file,
             apiserver_client_names: names,
             idle_timeout: args.idle_timeout,
             stream_creation_timeout: args.stream_creation_timeout,
             heartbeat_interval: Duration::from_secs(10),
             in_process: None,
+            join,
         })
     }
+}
+
+/// Check the `--join` flags: an `https://` URL, a well-formed token and pin, given together.
+fn join_config(
+    url: &str,
+    token: Option<String>,
+    ca_cert_hash: Option<String>,
+    data_dir: &std::path::Path,
+    timeout: Duration,
+) -> anyhow::Result<JoinConfig> {
+    let uri: http::Uri = url
+        .parse()
+        .with_context(|| format!("--join {url:?} is not a URL; want https://HOST:PORT"))?;
+    if uri.scheme_str() != Some("https") || uri.host().is_none() {
+        anyhow::bail!("--join {url:?} must be an https://HOST:PORT URL of the API server");
+    }
+    let token = token
+        .map(|t| porthole_bootstrap::BootstrapToken::parse(&t))
+        .transpose()?;
+    let ca_cert_hash = ca_cert_hash
+        .map(|h| porthole_bootstrap::CaCertHash::parse(&h))
+        .transpose()?;
+    if token.is_some() && ca_cert_hash.is_none() {
+        anyhow::bail!(
+            "--token needs --ca-cert-hash sha256:<hex> (printed by `porthole token create`): without the pin the node could send its token to an impostor"
+        );
+    }
+    Ok(JoinConfig {
+        url: url.trim_end_matches('/').to_string(),
+        token,
+        ca_cert_hash,
+        pki_dir: data_dir.join("pki"),
+        timeout,
+    })
 }
 
 /// Parses `90`, `90s`, `5m`, `4h`, `1h30m`, `250ms`.

@@ -12,6 +12,9 @@
 //!   and the unauthenticated `/healthz`, `/livez`, `/readyz`.
 //! - `metrics`: the Prometheus metrics and the readiness (registration) state.
 //! - `agent`: registration, heartbeat, pod list+watch, status write-back, deletion.
+//! - `join`: `--join` with a bootstrap token: discovery of the CA pinned by
+//!   `--ca-cert-hash`, certificate requests signed by the API server, files under
+//!   `<data-dir>/pki/`.
 //!
 //! Images are recorded in the pod status but never pulled: a container's `command` is run from
 //! the host filesystem. `status.podIP` is left empty because the pod's only address is its own
@@ -21,6 +24,7 @@ pub mod config;
 pub mod runtime;
 
 mod agent;
+mod join;
 mod metrics;
 mod server;
 mod session;
@@ -35,7 +39,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{ApiConfig, Args, Config};
+pub use config::{ApiConfig, Args, Config, JoinConfig};
 pub use runtime::{PodHandle, Runtime};
 
 /// The node side of an in-process link to an API server running in the same process
@@ -160,6 +164,15 @@ pub async fn run(
     let local = listener
         .local_addr()
         .context("read the listening address")?;
+    if let Some(join) = &cfg.join {
+        tokio::select! {
+            r = join::ensure_certificates(&cfg, join) => r?,
+            _ = shutdown.cancelled() => {
+                tracing::info!("stopped while joining the cluster");
+                return Ok(());
+            }
+        }
+    }
     let client = cfg.api.as_ref().map(agent::client).transpose()?;
     // Check the TLS files before touching anything else, so a typo fails fast.
     tls::server_config(

@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 
-use crate::pki::{CertPair, Pki};
+use crate::pki::CertPair;
 
 /// Name of the cluster and context entries in every file porthole writes.
 pub const CLUSTER_NAME: &str = "porthole";
@@ -29,8 +29,13 @@ pub enum Credentials<'a> {
 
 /// Renders a kubeconfig with one cluster (`server`, trusting the cluster CA), one user and one
 /// context, which is current.
-pub fn render(pki: &Pki, server: &str, user: &str, credentials: Credentials<'_>) -> Result<String> {
-    let ca = read_b64(&pki.ca.cert)?;
+pub fn render(
+    ca_cert: &Path,
+    server: &str,
+    user: &str,
+    credentials: Credentials<'_>,
+) -> Result<String> {
+    let ca = read_b64(ca_cert)?;
     let user_fields = match credentials {
         Credentials::ClientCert(pair) => format!(
             "    client-certificate-data: {}\n    client-key-data: {}\n",
@@ -88,6 +93,7 @@ fn read_b64(path: &Path) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pki::Pki;
 
     #[test]
     fn kube_reads_what_we_write() {
@@ -96,7 +102,7 @@ mod tests {
         let pki = Pki::ensure(&dir.join("pki"), "n1").unwrap();
 
         let admin = render(
-            &pki,
+            &pki.ca.cert,
             "https://127.0.0.1:6443",
             "admin",
             Credentials::ClientCert(&pki.admin),
@@ -111,7 +117,7 @@ mod tests {
         assert!(auth.client_certificate_data.is_some() && auth.client_key_data.is_some());
 
         let dev = render(
-            &pki,
+            &pki.ca.cert,
             "https://127.0.0.1:1",
             "developer",
             Credentials::Token("abc\"def"),

@@ -8,6 +8,8 @@
 //! | `porthole apiserver` | [`porthole_apiserver::run`] on the `--listen` socket |
 //! | `porthole node` | [`porthole_node::run`] on the `--listen` socket |
 //! | `porthole up` | both of the above in this process, plus PKI and kubeconfig ([`up`]) |
+//! | `porthole certs create` | the control-plane PKI and admin kubeconfig in a directory ([`certs`]) |
+//! | `porthole token create\|list\|delete` | bootstrap tokens and the node join command ([`token`]) |
 //! | `porthole version` | prints the version |
 //!
 //! Installed (or symlinked) as `kubectl-porthole`, kubectl runs it as a plugin:
@@ -17,9 +19,11 @@
 //! Exit codes: 0 on success and on Ctrl-C/SIGTERM, 64 on bad usage (sysexits' EX_USAGE),
 //! 1 on any other error, and what `port-forward` returns for it (kubectl's codes).
 
+mod certs;
 mod kubeconfig;
 mod manifests;
 mod pki;
+mod token;
 mod up;
 
 use std::io::IsTerminal;
@@ -62,6 +66,10 @@ enum Command {
     Node(porthole_node::Args),
     /// Start a one-machine cluster (API server + node agent) and create objects from files.
     Up(up::Args),
+    /// Create the control-plane PKI for API servers run as separate processes.
+    Certs(certs::Args),
+    /// Manage bootstrap tokens with which nodes join the cluster.
+    Token(token::Args),
     /// Print the version.
     Version,
 }
@@ -155,6 +163,14 @@ async fn run(command: Command, shutdown: CancellationToken) -> anyhow::Result<Ex
             up::run(args, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Certs(args) => {
+            certs::run(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token(args) => {
+            token::run(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Version => {
             println!("porthole {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)
@@ -182,6 +198,9 @@ fn install_tracing(cli: &Cli) {
         // `port-forward` prints what kubectl prints and nothing more unless asked: its own
         // kubectl-style `-v=N` maps to a filter.
         (Command::PortForward(args), 0) => args.log_filter(),
+        // A joining node reads cluster-info without verifying the server on purpose (the CA
+        // is then checked against --ca-cert-hash); kube warns about that on every join.
+        (Command::Node(_), 0) => "info,kube_client::client::tls=error",
         (_, 0) => "info",
         (_, 1) => "debug",
         _ => "trace",

@@ -7,6 +7,10 @@
 //! Every file is created only when missing, so a later start with another `--node-name` adds
 //! that node's certificates under the same CA without touching the others. The CA certificate
 //! is not parsed back: signing needs only the CA's subject and key, and both are fixed here.
+//!
+//! Two entry points share the code: [`ControlPlane::ensure`] makes what API server hosts need
+//! (`porthole certs create`; nodes then join with a token and get their certificates from the
+//! API server), and [`Pki::ensure`] adds one node's pairs for `porthole up`.
 
 use std::fs;
 use std::io::Write;
@@ -65,79 +69,201 @@ struct Spec<'a> {
     usage: Usage,
 }
 
-impl Pki {
-    /// The file layout under `dir` for node `node_name` (nothing is read or written).
-    pub fn layout(dir: &Path, node_name: &str) -> Pki {
-        let pair = |stem: &str| CertPair {
-            cert: dir.join(format!("{stem}.crt")),
-            key: dir.join(format!("{stem}.key")),
-        };
-        Pki {
-            ca: pair("ca"),
-            apiserver: pair("apiserver"),
-            apiserver_kubelet_client: pair("apiserver-kubelet-client"),
-            node_serving: pair(&format!("node-{node_name}")),
-            node_client: pair(&format!("node-{node_name}-client")),
-            admin: pair("admin"),
+/// The names every API server certificate carries, whatever else is asked for.
+fn local_names() -> Vec<String> {
+    vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ]
+}
+
+/// What the API server hosts share (`porthole certs create`): no node certificates.
+#[derive(Debug, Clone)]
+pub struct ControlPlane {
+    /// `ca.crt`, `ca.key`.
+    pub ca: CertPair,
+    /// `apiserver.crt/.key`: the API server's serving certificate.
+    pub apiserver: CertPair,
+    /// `apiserver-kubelet-client.crt/.key`: the API server's client certificate for nodes.
+    pub apiserver_kubelet_client: CertPair,
+    /// `admin.crt/.key`: the admin kubeconfig's user (`system:masters`).
+    pub admin: CertPair,
+}
+
+fn pair(dir: &Path, stem: &str) -> CertPair {
+    CertPair {
+        cert: dir.join(format!("{stem}.crt")),
+        key: dir.join(format!("{stem}.key")),
+    }
+}
+
+impl ControlPlane {
+    /// The file layout under `dir` (nothing is read or written).
+    pub fn layout(dir: &Path) -> ControlPlane {
+        ControlPlane {
+            ca: pair(dir, "ca"),
+            apiserver: pair(dir, "apiserver"),
+            apiserver_kubelet_client: pair(dir, "apiserver-kubelet-client"),
+            admin: pair(dir, "admin"),
         }
     }
 
-    /// Creates whatever is missing under `dir` (the CA first) and returns the layout.
+    /// Creates whatever is missing under `dir` (the CA first) and returns the layout. The API
+    /// server's serving certificate names `localhost`, `127.0.0.1`, `::1` and every entry of
+    /// `apiserver_sans` (IP addresses or DNS names); an existing one that lacks one of them is
+    /// an error naming the files to remove, because clients would fail to verify it.
     ///
     /// Existing files are kept as they are, so clients holding the old CA keep working across
     /// restarts. A certificate without its key (or the reverse) is an error rather than being
     /// silently replaced, because replacing half a pair would break whoever uses the other half.
-    pub fn ensure(dir: &Path, node_name: &str) -> Result<Pki> {
-        fs::create_dir_all(dir)
-            .with_context(|| format!("create PKI directory {}", dir.display()))?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("restrict {} to its owner", dir.display()))?;
-        let pki = Pki::layout(dir, node_name);
-
-        let ca_key = match load_pair_state(&pki.ca)? {
-            PairState::Present => {
-                let pem = fs::read_to_string(&pki.ca.key)
-                    .with_context(|| format!("read {}", pki.ca.key.display()))?;
-                KeyPair::from_pem(&pem)
-                    .with_context(|| format!("parse CA key {}", pki.ca.key.display()))?
-            }
-            PairState::Missing => {
-                let key = KeyPair::generate().context("generate the CA key")?;
-                let cert = ca_params()
-                    .self_signed(&key)
-                    .context("self-sign the CA certificate")?;
-                write_pair(&pki.ca, &cert.pem(), &key.serialize_pem())?;
-                key
-            }
-        };
+    pub fn ensure(dir: &Path, apiserver_sans: &[String]) -> Result<ControlPlane> {
+        let cp = ControlPlane::layout(dir);
+        let ca_key = ensure_ca(dir, &cp.ca)?;
         let issuer = Issuer::new(ca_params(), &ca_key);
+        let mut sans = local_names();
+        for san in apiserver_sans {
+            let san = san.trim().to_string();
+            if !sans.contains(&san) {
+                sans.push(san);
+            }
+        }
+        ensure_leaf(
+            &cp.apiserver,
+            &Spec {
+                common_name: APISERVER_COMMON_NAME.into(),
+                organization: None,
+                subject_alt_names: sans.clone(),
+                usage: Usage::Server,
+            },
+            &issuer,
+        )?;
+        check_sans(&cp.apiserver, &sans)?;
+        ensure_leaf(
+            &cp.apiserver_kubelet_client,
+            &Spec {
+                common_name: APISERVER_COMMON_NAME.into(),
+                organization: Some("system:masters"),
+                subject_alt_names: Vec::new(),
+                usage: Usage::Client,
+            },
+            &issuer,
+        )?;
+        ensure_leaf(
+            &cp.admin,
+            &Spec {
+                common_name: "admin".into(),
+                organization: Some("system:masters"),
+                subject_alt_names: Vec::new(),
+                usage: Usage::Client,
+            },
+            &issuer,
+        )?;
+        Ok(cp)
+    }
+}
 
-        let local_names = || {
-            vec![
-                "localhost".to_string(),
-                "127.0.0.1".to_string(),
-                "::1".to_string(),
-            ]
-        };
+/// The CA key under `dir`, creating the CA (and `dir`, mode 0700) when missing.
+fn ensure_ca(dir: &Path, ca: &CertPair) -> Result<KeyPair> {
+    fs::create_dir_all(dir).with_context(|| format!("create PKI directory {}", dir.display()))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("restrict {} to its owner", dir.display()))?;
+    match load_pair_state(ca)? {
+        PairState::Present => {
+            let pem = fs::read_to_string(&ca.key)
+                .with_context(|| format!("read {}", ca.key.display()))?;
+            KeyPair::from_pem(&pem).with_context(|| format!("parse CA key {}", ca.key.display()))
+        }
+        PairState::Missing => {
+            let key = KeyPair::generate().context("generate the CA key")?;
+            let cert = ca_params()
+                .self_signed(&key)
+                .context("self-sign the CA certificate")?;
+            write_pair(ca, &cert.pem(), &key.serialize_pem())?;
+            Ok(key)
+        }
+    }
+}
+
+/// Issue `pair` from `spec` unless both files exist.
+fn ensure_leaf(pair: &CertPair, spec: &Spec<'_>, issuer: &Issuer<'_, &KeyPair>) -> Result<()> {
+    if let PairState::Missing = load_pair_state(pair)? {
+        let key = KeyPair::generate()
+            .with_context(|| format!("generate a key for {}", spec.common_name))?;
+        let cert = leaf_params(spec)?
+            .signed_by(&key, issuer)
+            .with_context(|| format!("sign the certificate of {}", spec.common_name))?;
+        write_pair(pair, &cert.pem(), &key.serialize_pem())?;
+    }
+    Ok(())
+}
+
+/// Fails, naming the files, when the certificate at `pair` lacks one of `wanted`.
+fn check_sans(pair: &CertPair, wanted: &[String]) -> Result<()> {
+    let pem = fs::read(&pair.cert).with_context(|| format!("read {}", pair.cert.display()))?;
+    let (_, block) = x509_parser::pem::parse_x509_pem(&pem)
+        .map_err(|e| anyhow::anyhow!("{} is not PEM: {e}", pair.cert.display()))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&block.contents)
+        .map_err(|e| anyhow::anyhow!("{} is not a certificate: {e}", pair.cert.display()))?;
+    let mut have: Vec<String> = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                x509_parser::extensions::GeneralName::DNSName(d) => have.push(d.to_string()),
+                x509_parser::extensions::GeneralName::IPAddress(raw) => {
+                    let ip = match raw.len() {
+                        4 => <[u8; 4]>::try_from(*raw).ok().map(std::net::IpAddr::from),
+                        16 => <[u8; 16]>::try_from(*raw).ok().map(std::net::IpAddr::from),
+                        _ => None,
+                    };
+                    have.extend(ip.map(|ip| ip.to_string()));
+                }
+                _ => {}
+            }
+        }
+    }
+    let normal = |s: &str| {
+        s.parse::<std::net::IpAddr>()
+            .map(|ip| ip.to_string())
+            .unwrap_or_else(|_| s.to_ascii_lowercase())
+    };
+    let missing: Vec<&String> = wanted
+        .iter()
+        .filter(|w| !have.contains(&normal(w)))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "{} exists but does not name {missing:?}; remove {} and {} to have it issued again with every --apiserver-san",
+            pair.cert.display(),
+            pair.cert.display(),
+            pair.key.display()
+        );
+    }
+    Ok(())
+}
+
+impl Pki {
+    /// The file layout under `dir` for node `node_name` (nothing is read or written).
+    pub fn layout(dir: &Path, node_name: &str) -> Pki {
+        let cp = ControlPlane::layout(dir);
+        Pki {
+            ca: cp.ca,
+            apiserver: cp.apiserver,
+            apiserver_kubelet_client: cp.apiserver_kubelet_client,
+            node_serving: pair(dir, &format!("node-{node_name}")),
+            node_client: pair(dir, &format!("node-{node_name}-client")),
+            admin: cp.admin,
+        }
+    }
+
+    /// The control-plane files of [`ControlPlane::ensure`] plus node `node_name`'s serving and
+    /// client pairs, under one CA (what `porthole up` runs on).
+    pub fn ensure(dir: &Path, node_name: &str) -> Result<Pki> {
+        ControlPlane::ensure(dir, &[])?;
+        let pki = Pki::layout(dir, node_name);
+        let ca_key = ensure_ca(dir, &pki.ca)?;
+        let issuer = Issuer::new(ca_params(), &ca_key);
         let specs = [
-            (
-                &pki.apiserver,
-                Spec {
-                    common_name: APISERVER_COMMON_NAME.into(),
-                    organization: None,
-                    subject_alt_names: local_names(),
-                    usage: Usage::Server,
-                },
-            ),
-            (
-                &pki.apiserver_kubelet_client,
-                Spec {
-                    common_name: APISERVER_COMMON_NAME.into(),
-                    organization: Some("system:masters"),
-                    subject_alt_names: Vec::new(),
-                    usage: Usage::Client,
-                },
-            ),
             (
                 &pki.node_serving,
                 Spec {
@@ -160,25 +286,9 @@ impl Pki {
                     usage: Usage::Client,
                 },
             ),
-            (
-                &pki.admin,
-                Spec {
-                    common_name: "admin".into(),
-                    organization: Some("system:masters"),
-                    subject_alt_names: Vec::new(),
-                    usage: Usage::Client,
-                },
-            ),
         ];
         for (pair, spec) in specs {
-            if let PairState::Missing = load_pair_state(pair)? {
-                let key = KeyPair::generate()
-                    .with_context(|| format!("generate a key for {}", spec.common_name))?;
-                let cert = leaf_params(&spec)?
-                    .signed_by(&key, &issuer)
-                    .with_context(|| format!("sign the certificate of {}", spec.common_name))?;
-                write_pair(pair, &cert.pem(), &key.serialize_pem())?;
-            }
+            ensure_leaf(pair, &spec, &issuer)?;
         }
         Ok(pki)
     }
@@ -308,6 +418,45 @@ mod tests {
         assert_eq!(fs::read(&again.ca.cert).unwrap(), ca_before);
         assert_eq!(fs::read(&again.admin.key).unwrap(), admin_before);
         assert!(dir.join("node-n2.crt").exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn control_plane_has_no_node_pairs_and_checks_its_sans() {
+        let dir = temp_dir("control-plane");
+        let cp = ControlPlane::ensure(&dir, &["198.18.0.2".into(), "api.example".into()])
+            .expect("first ensure");
+        let names: Vec<String> = {
+            let mut v: Vec<String> = fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(
+            names,
+            [
+                "admin.crt",
+                "admin.key",
+                "apiserver-kubelet-client.crt",
+                "apiserver-kubelet-client.key",
+                "apiserver.crt",
+                "apiserver.key",
+                "ca.crt",
+                "ca.key"
+            ]
+        );
+        // Asking again for the same names (in another spelling of the IP) is fine ...
+        ControlPlane::ensure(&dir, &["api.example".into()]).expect("same SANs");
+        // ... a new name is refused with the files to remove, and nothing is replaced.
+        let before = fs::read(&cp.apiserver.cert).unwrap();
+        let err = ControlPlane::ensure(&dir, &["198.18.0.3".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("does not name [\"198.18.0.3\"]"), "{err}");
+        assert!(err.contains("apiserver.key"), "{err}");
+        assert_eq!(fs::read(&cp.apiserver.cert).unwrap(), before);
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -151,8 +151,12 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> Result<()> {
         porthole_node::run(node_cfg, node_listener, token)
     });
 
-    let admin_kubeconfig =
-        kubeconfig::render(&pki, &server, "admin", Credentials::ClientCert(&pki.admin))?;
+    let admin_kubeconfig = kubeconfig::render(
+        &pki.ca.cert,
+        &server,
+        "admin",
+        Credentials::ClientCert(&pki.admin),
+    )?;
     let startup = async {
         let client = admin_client(&admin_kubeconfig).await?;
         let timeout = Duration::from_secs(args.ready_timeout);
@@ -167,7 +171,7 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> Result<()> {
             })??;
         kubeconfig::write_atomic(&kubeconfig_path, &admin_kubeconfig)?;
         let developer = kubeconfig::render(
-            &pki,
+            &pki.ca.cert,
             &server,
             EXAMPLE_USER,
             Credentials::Token(&developer_token),
@@ -350,6 +354,9 @@ fn apiserver_config(
         ),
         format!("--kubelet-certificate-authority={}", pki.ca.cert.display()),
         format!("--audit-log-path={}", dir.join("audit.log").display()),
+        // Nodes may join this cluster with `porthole token create`'s command.
+        format!("--cluster-signing-cert-file={}", pki.ca.cert.display()),
+        format!("--cluster-signing-key-file={}", pki.ca.key.display()),
     ];
     let wrap = Wrap::try_parse_from(&argv).context("build the API server's arguments")?;
     porthole_apiserver::Config::from_args(&wrap.args).context("API server configuration")

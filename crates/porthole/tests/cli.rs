@@ -19,7 +19,15 @@ fn version_and_help() {
     let out = Command::new(BIN).arg("--help").output().unwrap();
     assert_eq!(out.status.code(), Some(0), "--help is not an error");
     let help = String::from_utf8_lossy(&out.stdout);
-    for sub in ["port-forward", "apiserver", "node", "up", "version"] {
+    for sub in [
+        "port-forward",
+        "apiserver",
+        "node",
+        "up",
+        "certs",
+        "token",
+        "version",
+    ] {
         assert!(help.contains(sub), "--help lists {sub}:\n{help}");
     }
     let out = Command::new(BIN).args(["up", "--help"]).output().unwrap();

@@ -125,6 +125,8 @@ pub fn args(pki: &Pki, data: &Path, audit: &Path) -> porthole_apiserver::Args {
         leader_elect_lease_duration: std::time::Duration::from_secs(15),
         leader_elect_renew_deadline: std::time::Duration::from_secs(10),
         leader_elect_retry_period: std::time::Duration::from_secs(2),
+        cluster_signing_cert_file: None,
+        cluster_signing_key_file: None,
     }
 }
 

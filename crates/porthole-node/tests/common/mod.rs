@@ -266,6 +266,7 @@ impl Pki {
             stream_creation_timeout: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(10),
             in_process: None,
+            join: None,
         }
     }
 
