@@ -1,7 +1,8 @@
-//! A real etcd (Debian's `etcd-server`) for tests: started on a free loopback port, waited for
-//! when it serves, stopped, killed (a store that went
-//! away) and started again on the same data dir and address. Readiness is its own log line
-//! (with `--logger zap`: "serving client traffic").
+//! A real etcd (Debian's `etcd-server`) for tests: started on a free loopback port or on a
+//! [`Host`] of a testbed, optionally with TLS and client-certificate authentication, waited for
+//! when it serves, stopped, killed (a store that went away) and started again on the same data
+//! dir and address. Readiness is its own log line (with `--logger zap`: "serving client
+//! traffic").
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -11,7 +12,24 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use nix::sys::signal::Signal;
 
+use crate::testbed::Host;
 use crate::Child;
+
+/// TLS for etcd's client port (`--cert-file`, `--key-file`, and `--trusted-ca-file` with
+/// `--client-cert-auth`: only clients with a certificate from that CA get in).
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    /// etcd's serving certificate (its SANs must name the address clients dial).
+    pub cert_file: PathBuf,
+    /// Its key.
+    pub key_file: PathBuf,
+    /// The CA that signed the clients' certificates (and etcd's own).
+    pub ca_file: PathBuf,
+    /// A client certificate and key from that CA, for `etcdctl`.
+    pub client_cert_file: PathBuf,
+    /// Its key.
+    pub client_key_file: PathBuf,
+}
 
 /// How long etcd may take to start serving.
 const ETCD_READY: Duration = Duration::from_secs(30);
@@ -26,6 +44,9 @@ pub struct Etcd {
     data_dir: PathBuf,
     log_dir: PathBuf,
     starts: u32,
+    /// Where etcd runs: a testbed host, or this namespace.
+    host: Option<Host>,
+    tls: Option<EtcdTls>,
 }
 
 fn free_loopback_port() -> Result<u16> {
@@ -39,11 +60,21 @@ impl Etcd {
     /// etcd on 127.0.0.1 in the current network namespace, on free ports (found by binding
     /// port 0; if etcd then finds one taken after all, it is started again on new ones).
     pub fn start_local(work_dir: &Path) -> Result<Etcd> {
+        Etcd::start_local_with(work_dir, None)
+    }
+
+    /// [`Etcd::start_local`] with TLS on the client port.
+    pub fn start_local_tls(work_dir: &Path, tls: EtcdTls) -> Result<Etcd> {
+        Etcd::start_local_with(work_dir, Some(tls))
+    }
+
+    fn start_local_with(work_dir: &Path, tls: Option<EtcdTls>) -> Result<Etcd> {
         let mut last = None;
         for _ in 0..5 {
             let client_addr = format!("127.0.0.1:{}", free_loopback_port()?);
             let peer_addr = format!("127.0.0.1:{}", free_loopback_port()?);
             let mut etcd = Etcd::new(work_dir, client_addr, peer_addr)?;
+            etcd.tls = tls.clone();
             match etcd.start() {
                 Ok(()) => return Ok(etcd),
                 Err(e) if format!("{e:#}").contains("address already in use") => last = Some(e),
@@ -51,6 +82,17 @@ impl Etcd {
             }
         }
         Err(last.unwrap_or_else(|| anyhow::anyhow!("etcd did not start")))
+    }
+
+    /// etcd on a testbed host, on its address (free ports: only the test starts processes
+    /// there).
+    pub fn start_on(host: &Host, work_dir: &Path) -> Result<Etcd> {
+        let client_addr = format!("{}:{}", host.ip(), host.free_port()?);
+        let peer_addr = format!("{}:{}", host.ip(), host.free_port()?);
+        let mut etcd = Etcd::new(work_dir, client_addr, peer_addr)?;
+        etcd.host = Some(host.clone());
+        etcd.start()?;
+        Ok(etcd)
     }
 
     fn new(work_dir: &Path, client_addr: String, peer_addr: String) -> Result<Etcd> {
@@ -64,12 +106,39 @@ impl Etcd {
             data_dir: work_dir.join("etcd-data"),
             log_dir,
             starts: 0,
+            host: None,
+            tls: None,
         })
     }
 
     /// The URL to give `--etcd-servers`.
     pub fn client_url(&self) -> String {
-        format!("http://{}", self.client_addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.client_addr)
+    }
+
+    fn command(&self, program: &str) -> Command {
+        match &self.host {
+            Some(host) => host.command(program),
+            None => Command::new(program),
+        }
+    }
+
+    /// `etcdctl` for this member (API v3, its endpoint, its TLS client certificate).
+    pub fn etcdctl(&self) -> Command {
+        let mut cmd = self.command("etcdctl");
+        cmd.env("ETCDCTL_API", "3")
+            .arg("--endpoints")
+            .arg(self.client_url());
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cacert")
+                .arg(&tls.ca_file)
+                .arg("--cert")
+                .arg(&tls.client_cert_file)
+                .arg("--key")
+                .arg(&tls.client_key_file);
+        }
+        cmd
     }
 
     /// Start (again): same data dir, same addresses; returns once etcd serves clients.
@@ -78,16 +147,16 @@ impl Etcd {
             bail!("etcd at {} is already running", self.client_addr);
         }
         self.starts += 1;
-        let mut cmd = Command::new("etcd");
+        let mut cmd = self.command("etcd");
         cmd.args([
             "--name",
             "default",
             "--data-dir",
             &self.data_dir.display().to_string(),
             "--listen-client-urls",
-            &format!("http://{}", self.client_addr),
+            &self.client_url(),
             "--advertise-client-urls",
-            &format!("http://{}", self.client_addr),
+            &self.client_url(),
             "--listen-peer-urls",
             &format!("http://{}", self.peer_addr),
             "--initial-advertise-peer-urls",
@@ -100,6 +169,15 @@ impl Etcd {
             "--log-outputs",
             "stdout",
         ]);
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&tls.cert_file)
+                .arg("--key-file")
+                .arg(&tls.key_file)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca_file)
+                .arg("--client-cert-auth");
+        }
         let name = format!("etcd-{}", self.starts);
         let mut child = Child::spawn(&name, cmd, &self.log_dir)
             .context("start etcd (is Debian's etcd-server installed?)")?;
@@ -132,16 +210,9 @@ impl Etcd {
     /// Compact etcd's history at its current revision (as kube-apiserver does periodically);
     /// returns that revision.
     pub fn compact(&self) -> Result<u64> {
-        let out = Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .args([
-                "--endpoints",
-                &self.client_url(),
-                "endpoint",
-                "status",
-                "-w",
-                "json",
-            ])
+        let out = self
+            .etcdctl()
+            .args(["endpoint", "status", "-w", "json"])
             .output()
             .context("run etcdctl (Debian's etcd-client)")?;
         if !out.status.success() {
@@ -157,14 +228,9 @@ impl Etcd {
             .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
             .and_then(|r| r.parse().ok())
             .with_context(|| format!("no revision in etcdctl's status: {text}"))?;
-        let out = Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .args([
-                "--endpoints",
-                &self.client_url(),
-                "compact",
-                &revision.to_string(),
-            ])
+        let out = self
+            .etcdctl()
+            .args(["compact", &revision.to_string()])
             .output()
             .context("run etcdctl compact")?;
         if !out.status.success() {

@@ -13,8 +13,12 @@
 //!   stopped (SIGINT, like Ctrl-C) with a check that nothing is left behind.
 //! - [`Forward`]: a port-forward client (kubectl, porthole) and the local port it printed.
 //! - [`Clients`]: where the test clients are (set by `scripts/install-test-deps.sh`).
+//! - [`testbed`]: simulated hosts (network namespaces on a switch of their own), with faults.
+//! - [`etcd`], [`haproxy`]: the real store and load balancer, locally or on testbed hosts.
 
 pub mod etcd;
+pub mod haproxy;
+pub mod testbed;
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;

@@ -1,0 +1,254 @@
+//! The simulated hosts themselves: hosts reach each other and nothing else, the root namespace
+//! is untouched, netem delays and drops, a partition is silent and heals without losing the
+//! bytes TCP was retransmitting, a link that goes down refuses and comes back, and teardown
+//! leaves no namespace and no process, also with processes still running on the hosts.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use porthole_test::testbed::{leftovers, Host, Testbed};
+
+fn root_links() -> Result<String> {
+    let out = std::process::Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .context("ip link show")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Drop counters and state: only which links exist matters.
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split(':').nth(1).map(|n| n.trim().to_string()))
+        .collect::<Vec<_>>()
+        .join(","))
+}
+
+/// An echo server on `host` (port 0); returns its address.
+fn echo_server(host: &Host) -> Result<SocketAddr> {
+    let listener = host.tcp_listen(SocketAddr::from((host.ip(), 0)))?;
+    let addr = listener.local_addr()?;
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+fn echo_once(conn: &mut TcpStream, msg: &[u8]) -> Result<()> {
+    conn.write_all(msg)?;
+    let mut back = vec![0u8; msg.len()];
+    conn.read_exact(&mut back).context("read the echo")?;
+    ensure!(back == msg, "echo differs");
+    Ok(())
+}
+
+#[test]
+fn hosts_reach_each_other_and_nothing_else() -> Result<()> {
+    if !porthole_test::require_root("hosts_reach_each_other_and_nothing_else") {
+        return Ok(());
+    }
+    let before = root_links()?;
+    let bed = Testbed::new(&["a", "b"])?;
+    ensure!(
+        root_links()? == before,
+        "the testbed changed the root namespace's links"
+    );
+    let (a, b) = (bed.host("a"), bed.host("b"));
+    ensure!(a.ip().octets()[..2] == [198, 18], "address {}", a.ip());
+    let addr = echo_server(b)?;
+    let mut conn = a.tcp_connect(addr, Duration::from_secs(5))?;
+    echo_once(&mut conn, b"hello across hosts")?;
+
+    // No route out: any other address is unreachable at once.
+    let out = a.tcp_connect("192.0.2.1:80".parse()?, Duration::from_secs(5));
+    let err = format!("{:#}", out.err().context("connect to 192.0.2.1 succeeded")?);
+    ensure!(err.contains("unreachable"), "want unreachable, got {err}");
+    // A listener in the test's own namespace is not on the hosts' loopback.
+    let outside = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = outside.local_addr()?.port();
+    ensure!(
+        a.tcp_connect(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_secs(5)
+        )
+        .is_err(),
+        "host a reached a listener of the root namespace"
+    );
+    // Each host's loopback is its own.
+    let lo = a.tcp_listen("127.0.0.1:0".parse()?)?;
+    a.tcp_connect(lo.local_addr()?, Duration::from_secs(5))?;
+    Ok(())
+}
+
+#[test]
+fn netem_delays_and_drops() -> Result<()> {
+    if !porthole_test::require_root("netem_delays_and_drops") {
+        return Ok(());
+    }
+    let bed = Testbed::new(&["a", "b"])?;
+    let (a, b) = (bed.host("a"), bed.host("b"));
+    let addr = echo_server(b)?;
+
+    // Loss in the kernel (nft): 100% blocks, 0% restores.
+    a.set_loss(100.0)?;
+    ensure!(
+        b.tcp_connect(SocketAddr::from((a.ip(), 9)), Duration::from_millis(500))
+            .err()
+            .is_some_and(|e| format!("{e:#}").contains("timed out")),
+        "b got an answer from a through 100% loss"
+    );
+    a.set_loss(0.0)?;
+    let mut conn = a.tcp_connect(addr, Duration::from_secs(5))?;
+    echo_once(&mut conn, b"no loss")?;
+
+    if let Err(e) = a.netem("delay 40ms") {
+        if format!("{e:#}").contains(porthole_test::testbed::NO_NETEM) {
+            eprintln!("\n*** SKIPPED the delay half of netem_delays_and_drops: {e:#} ***\n");
+            return Ok(());
+        }
+        return Err(e);
+    }
+    b.netem("delay 40ms")?;
+    let mut conn = a.tcp_connect(addr, Duration::from_secs(5))?;
+    let start = Instant::now();
+    echo_once(&mut conn, b"ping")?;
+    let rtt = start.elapsed();
+    ensure!(
+        rtt >= Duration::from_millis(80),
+        "round trip {rtt:?} < 80 ms"
+    );
+    a.clear_netem()?;
+    b.clear_netem()?;
+    let start = Instant::now();
+    echo_once(&mut conn, b"ping")?;
+    ensure!(
+        start.elapsed() < Duration::from_millis(40),
+        "netem still active after clear: {:?}",
+        start.elapsed()
+    );
+    a.netem("loss 100%")?;
+    ensure!(
+        a.tcp_connect(addr, Duration::from_millis(500)).is_err(),
+        "connected through 100% loss"
+    );
+    Ok(())
+}
+
+#[test]
+fn partition_is_silent_and_heals_without_loss() -> Result<()> {
+    if !porthole_test::require_root("partition_is_silent_and_heals_without_loss") {
+        return Ok(());
+    }
+    let bed = Testbed::new(&["a", "b", "c"])?;
+    let (a, b, c) = (bed.host("a"), bed.host("b"), bed.host("c"));
+    let addr_b = echo_server(b)?;
+    let addr_c = echo_server(c)?;
+    let mut to_b = a.tcp_connect(addr_b, Duration::from_secs(5))?;
+    let mut to_c = a.tcp_connect(addr_c, Duration::from_secs(5))?;
+    echo_once(&mut to_b, b"before")?;
+
+    bed.partition("a", "b")?;
+    // The socket stays open and hears nothing: no reset, no error.
+    to_b.write_all(b"during")?;
+    to_b.set_read_timeout(Some(Duration::from_secs(1)))?;
+    let mut buf = [0u8; 16];
+    match to_b.read(&mut buf) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+        other => anyhow::bail!("partitioned read returned {other:?}, want a timeout"),
+    }
+    ensure!(
+        b.tcp_connect(
+            SocketAddr::from((a.ip(), addr_b.port())),
+            Duration::from_millis(500)
+        )
+        .is_err(),
+        "b reached a across the partition"
+    );
+    // Other paths are untouched.
+    echo_once(&mut to_c, b"a and c still talk")?;
+
+    bed.heal("a", "b")?;
+    // TCP retransmits what was sent during the partition.
+    to_b.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut back = [0u8; 6];
+    to_b.read_exact(&mut back)
+        .context("the bytes of the partition did not arrive after healing")?;
+    ensure!(&back == b"during");
+    echo_once(&mut to_b, b"after")?;
+    Ok(())
+}
+
+#[test]
+fn link_down_refuses_and_link_up_restores() -> Result<()> {
+    if !porthole_test::require_root("link_down_refuses_and_link_up_restores") {
+        return Ok(());
+    }
+    let bed = Testbed::new(&["a", "b"])?;
+    let (a, b) = (bed.host("a"), bed.host("b"));
+    let addr = echo_server(b)?;
+    a.link_down()?;
+    let err = a
+        .tcp_connect(addr, Duration::from_secs(2))
+        .err()
+        .context("connected over a link that is down")?;
+    ensure!(format!("{err:#}").contains("unreachable"), "{err:#}");
+    a.link_up()?;
+    // The kernel brings the address and route back with the link; connecting is the signal.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut conn = loop {
+        match a.tcp_connect(addr, Duration::from_secs(2)) {
+            Ok(c) => break c,
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    echo_once(&mut conn, b"back")?;
+    Ok(())
+}
+
+#[test]
+fn teardown_leaves_nothing_even_with_processes_running() -> Result<()> {
+    if !porthole_test::require_root("teardown_leaves_nothing_even_with_processes_running") {
+        return Ok(());
+    }
+    let mut bed = Testbed::new(&["a", "b"])?;
+    let id = bed.id().to_string();
+    ensure!(
+        leftovers(&id).len() == 3,
+        "want 2 hosts + switch: {:?}",
+        leftovers(&id)
+    );
+    let mut sleeper = bed
+        .host("a")
+        .command("sleep")
+        .arg("1000")
+        .spawn()
+        .context("spawn sleep on host a")?;
+    bed.teardown()?;
+    ensure!(leftovers(&id).is_empty(), "left: {:?}", leftovers(&id));
+    let status = sleeper.wait()?;
+    ensure!(!status.success(), "the host's process was not killed");
+
+    // Dropping (the path of a failing test) cleans up too.
+    let id = {
+        let bed = Testbed::new(&["x"])?;
+        bed.id().to_string()
+    };
+    ensure!(
+        leftovers(&id).is_empty(),
+        "left after drop: {:?}",
+        leftovers(&id)
+    );
+    Ok(())
+}
