@@ -5,10 +5,11 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use porthole_test::testbed::{leftovers, Host, Testbed};
+use tokio::time::Instant;
 
 fn root_links() -> Result<String> {
     let out = std::process::Command::new("ip")
