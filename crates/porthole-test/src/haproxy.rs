@@ -36,7 +36,7 @@ impl Haproxy {
         let stats = work_dir.join("haproxy.sock");
         let mut cfg = format!(
             "global\n  stats socket {} mode 600 level admin\n\
-             defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n  timeout tunnel 1h\n\
+             defaults\n  mode tcp\n  retries 3\n  option redispatch\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n  timeout tunnel 1h\n\
              frontend apiservers\n  bind {addr}\n  default_backend apiservers\n\
              backend apiservers\n  balance leastconn\n  option httpchk GET /readyz\n  http-check expect status 200\n\
              \x20 default-server check check-ssl verify none inter {CHECK_INTERVAL_MS} fall 2 rise 1\n",

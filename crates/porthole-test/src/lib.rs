@@ -15,8 +15,10 @@
 //! - [`Clients`]: where the test clients are (set by `scripts/install-test-deps.sh`).
 //! - [`testbed`]: simulated hosts (network namespaces on a switch of their own), with faults.
 //! - [`etcd`], [`haproxy`]: the real store and load balancer, locally or on testbed hosts.
+//! - [`ha::HaCluster`]: etcd, two API servers behind haproxy and joining nodes on a testbed.
 
 pub mod etcd;
+pub mod ha;
 pub mod haproxy;
 pub mod testbed;
 

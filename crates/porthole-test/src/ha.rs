@@ -1,0 +1,448 @@
+//! A whole porthole cluster on a [`Testbed`], the way a team runs one: etcd on its own host, two
+//! `porthole apiserver` on two more, haproxy in front of them on a fourth, N nodes that join
+//! with a bootstrap token through the balancer, and a client host from which kubectl and
+//! `porthole port-forward` run. Nothing is copied to a node by hand: each node gets only the
+//! join line that `porthole token create` printed.
+//!
+//! Every process is a child of the test; dropping the [`HaCluster`] stops the nodes (SIGTERM,
+//! so they stop their pods), the servers, the balancer and etcd, and then the testbed removes
+//! its namespaces and anything still running in them.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use nix::sys::signal::Signal;
+
+use crate::etcd::Etcd;
+use crate::haproxy::Haproxy;
+use crate::testbed::{Host, Testbed};
+use crate::{expect_success, Child, Clients, READY_TIMEOUT, STOP_TIMEOUT};
+
+/// How many API servers the cluster runs.
+pub const APISERVERS: usize = 2;
+
+/// One API server: its host, its fixed address (kept across restarts so the balancer's
+/// configuration stays right), and its process while it runs.
+pub struct ApiServer {
+    /// `api1`, `api2`.
+    pub name: String,
+    /// Its host.
+    pub host: Host,
+    /// `IP:PORT` it listens on.
+    pub addr: SocketAddr,
+    /// The process, while running.
+    pub child: Option<Child>,
+    starts: u32,
+}
+
+impl ApiServer {
+    /// `https://IP:PORT`.
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+}
+
+/// The join line `porthole token create` printed, split into its parts.
+#[derive(Debug, Clone)]
+pub struct JoinLine {
+    /// `https://...` of the balancer.
+    pub server: String,
+    /// `ID.SECRET`.
+    pub token: String,
+    /// `sha256:...`.
+    pub ca_cert_hash: String,
+}
+
+impl JoinLine {
+    /// Parses `porthole node --join URL --token T --ca-cert-hash H`.
+    pub fn parse(line: &str) -> Result<JoinLine> {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let after = |flag: &str| -> Result<String> {
+            words
+                .iter()
+                .position(|w| *w == flag)
+                .and_then(|i| words.get(i + 1))
+                .map(|w| w.to_string())
+                .ok_or_else(|| anyhow!("no {flag} in the join line {line:?}"))
+        };
+        Ok(JoinLine {
+            server: after("--join")?,
+            token: after("--token")?,
+            ca_cert_hash: after("--ca-cert-hash")?,
+        })
+    }
+}
+
+/// The running cluster. Fields drop in order: nodes, servers, balancer, etcd, then the testbed.
+pub struct HaCluster {
+    /// Node agents by index (`node1` is index 0), while running.
+    pub nodes: Vec<Option<Child>>,
+    /// The API servers.
+    pub apiservers: Vec<ApiServer>,
+    /// The balancer in front of them.
+    pub lb: Haproxy,
+    /// The store.
+    pub etcd: Etcd,
+    /// Certificates and `admin.kubeconfig` (its server is the balancer).
+    pub pki: PathBuf,
+    /// Logs, node data dirs, kubectl's cache.
+    pub work: PathBuf,
+    /// The `porthole` binary.
+    pub bin: PathBuf,
+    /// kubectl.
+    pub kubectl: PathBuf,
+    /// The simulated hosts.
+    pub bed: Testbed,
+}
+
+/// Host names, in address order.
+fn host_names(nodes: usize) -> Vec<String> {
+    let mut names: Vec<String> = ["etcd", "api1", "api2", "lb"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    names.extend((1..=nodes).map(|i| format!("node{i}")));
+    names.push("client".into());
+    names
+}
+
+impl HaCluster {
+    /// Brings the whole cluster up and waits until every node is Ready.
+    pub fn start(bin: &Path, work: &Path, nodes: usize) -> Result<HaCluster> {
+        let names = host_names(nodes);
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let bed = Testbed::new(&names)?;
+        let etcd = Etcd::start_on(bed.host("etcd"), work)?;
+        let pki = work.join("pki");
+        let mut apiservers = Vec::new();
+        for i in 1..=APISERVERS {
+            let host = bed.host(&format!("api{i}")).clone();
+            let addr = SocketAddr::from((host.ip(), host.free_port()?));
+            apiservers.push(ApiServer {
+                name: format!("api{i}"),
+                host,
+                addr,
+                child: None,
+                starts: 0,
+            });
+        }
+        // One serving certificate names every address a client or node may dial.
+        let mut certs = vec!["certs".to_string(), "create".into(), "--dir".into()];
+        certs.push(pki.display().to_string());
+        for ip in apiservers
+            .iter()
+            .map(|a| a.host.ip())
+            .chain([bed.host("lb").ip()])
+        {
+            certs.push("--apiserver-san".into());
+            certs.push(ip.to_string());
+        }
+        run_porthole(bin, &certs)?;
+        let backends: Vec<SocketAddr> = apiservers.iter().map(|a| a.addr).collect();
+        let lb = Haproxy::start_on(bed.host("lb"), work, &backends)?;
+        let mut cluster = HaCluster {
+            nodes: Vec::new(),
+            apiservers,
+            lb,
+            etcd,
+            pki,
+            work: work.to_path_buf(),
+            bin: bin.to_path_buf(),
+            kubectl: Clients::from_env()?.kubectl,
+            bed,
+        };
+        for i in 0..APISERVERS {
+            cluster.start_apiserver(i)?;
+        }
+        cluster.lb.wait_for(READY_TIMEOUT, |states| {
+            states.len() == APISERVERS && states.iter().all(|(_, s)| s.starts_with("UP"))
+        })?;
+        let server = cluster.lb.url();
+        run_porthole(
+            bin,
+            &[
+                "certs".into(),
+                "create".into(),
+                "--dir".into(),
+                cluster.pki.display().to_string(),
+                "--server".into(),
+                server,
+            ],
+        )?;
+        let join = cluster.token_create(&[])?;
+        for i in 1..=nodes {
+            let child = cluster.start_node(i, &join)?;
+            cluster.nodes.push(Some(child));
+        }
+        cluster.kubectl(&[
+            "wait",
+            "--for=condition=Ready",
+            "node",
+            "--all",
+            "--timeout=90s",
+        ])?;
+        Ok(cluster)
+    }
+
+    fn pki_file(&self, name: &str) -> String {
+        self.pki.join(name).display().to_string()
+    }
+
+    /// `admin.kubeconfig` (server: the balancer).
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.pki.join("admin.kubeconfig")
+    }
+
+    /// The client host.
+    pub fn client(&self) -> &Host {
+        self.bed.host("client")
+    }
+
+    /// Starts (again) API server `index` on its address and waits for its ready line.
+    pub fn start_apiserver(&mut self, index: usize) -> Result<()> {
+        let etcd = self.etcd.client_url();
+        let p = |f: &str| self.pki_file(f);
+        let api = &self.apiservers[index];
+        ensure!(api.child.is_none(), "{} is already running", api.name);
+        let mut cmd = api.host.command(&self.bin);
+        cmd.args([
+            "apiserver".to_string(),
+            format!("--listen={}", api.addr),
+            format!("--etcd-servers={etcd}"),
+            format!("--tls-cert-file={}", p("apiserver.crt")),
+            format!("--tls-private-key-file={}", p("apiserver.key")),
+            format!("--client-ca-file={}", p("ca.crt")),
+            format!(
+                "--kubelet-client-certificate={}",
+                p("apiserver-kubelet-client.crt")
+            ),
+            format!("--kubelet-client-key={}", p("apiserver-kubelet-client.key")),
+            format!("--kubelet-certificate-authority={}", p("ca.crt")),
+            format!("--cluster-signing-cert-file={}", p("ca.crt")),
+            format!("--cluster-signing-key-file={}", p("ca.key")),
+            format!(
+                "--data-dir={}",
+                self.work.join(format!("{}-data", api.name)).display()
+            ),
+            "--etcd-request-timeout=2s".into(),
+        ]);
+        let api = &mut self.apiservers[index];
+        api.starts += 1;
+        let mut child = Child::spawn(&format!("{}-{}", api.name, api.starts), cmd, &self.work)?;
+        child.wait_for_line(READY_TIMEOUT, |l| {
+            l.starts_with("porthole apiserver listening on ")
+                .then_some(())
+        })?;
+        api.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILLs API server `index` (no goodbye: its connections just die).
+    pub fn kill_apiserver(&mut self, index: usize) -> Result<()> {
+        let api = &mut self.apiservers[index];
+        let mut child = api
+            .child
+            .take()
+            .ok_or_else(|| anyhow!("{} is not running", api.name))?;
+        child.signal(Signal::SIGKILL)?;
+        child.wait_timeout(STOP_TIMEOUT)?;
+        Ok(())
+    }
+
+    /// `porthole token create ARGS` run on the client host through the balancer.
+    pub fn token_create(&self, args: &[&str]) -> Result<JoinLine> {
+        let mut cmd = self.porthole_on_client();
+        cmd.args(["token", "create"]).args(args);
+        let out = expect_success("porthole token create", &cmd.output()?)?;
+        JoinLine::parse(out.trim())
+    }
+
+    /// The command that joins `host` as node `name` with `join`.
+    pub fn node_command(&self, host: &Host, name: &str, join: &JoinLine) -> Command {
+        let mut cmd = host.command(&self.bin);
+        cmd.args([
+            "node".to_string(),
+            "--join".into(),
+            join.server.clone(),
+            "--token".into(),
+            join.token.clone(),
+            "--ca-cert-hash".into(),
+            join.ca_cert_hash.clone(),
+            format!("--node-name={name}"),
+            format!("--node-ip={}", host.ip()),
+            format!("--listen={}:0", host.ip()),
+            format!(
+                "--data-dir={}",
+                self.work.join(format!("{name}-data")).display()
+            ),
+            "--join-timeout=30s".into(),
+        ]);
+        cmd
+    }
+
+    /// Starts node `index` (1-based) with `join` and waits for its ready line.
+    pub fn start_node(&self, index: usize, join: &JoinLine) -> Result<Child> {
+        let name = format!("node{index}");
+        let cmd = self.node_command(self.bed.host(&name), &name, join);
+        let mut child = Child::spawn(&format!("node{index}"), cmd, &self.work)?;
+        let ready = format!("porthole node node{index} listening on ");
+        child.wait_for_line(READY_TIMEOUT, |l| l.starts_with(&ready).then_some(()))?;
+        Ok(child)
+    }
+
+    /// `porthole` on the client host with the admin kubeconfig.
+    pub fn porthole_on_client(&self) -> Command {
+        let mut cmd = self.client().command(&self.bin);
+        cmd.env("KUBECONFIG", self.kubeconfig())
+            .env("HOME", &self.work)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// kubectl on the client host, as admin, through the balancer (or `--server` in `args`).
+    pub fn kubectl_cmd(&self) -> Command {
+        let mut cmd = self.client().command(&self.kubectl);
+        cmd.arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .arg("--cache-dir")
+            .arg(self.work.join("kube-cache"))
+            .env("HOME", &self.work)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs kubectl ARGS (see [`HaCluster::kubectl_cmd`]); stdout on success.
+    pub fn kubectl(&self, args: &[&str]) -> Result<String> {
+        let out = self
+            .kubectl_cmd()
+            .args(args)
+            .output()
+            .context("run kubectl")?;
+        expect_success(&format!("kubectl {}", args.join(" ")), &out)
+    }
+
+    /// kubectl ARGS against API server `index` directly, bypassing the balancer.
+    pub fn kubectl_on(&self, index: usize, args: &[&str]) -> Result<String> {
+        let server = self.apiservers[index].url();
+        let mut all = vec!["--server", server.as_str()];
+        all.extend_from_slice(args);
+        self.kubectl(&all)
+    }
+
+    /// One sample of API server `index`'s `/metrics` (0 when absent).
+    pub fn metric(&self, index: usize, name: &str) -> Result<f64> {
+        let text = self.kubectl_on(index, &["get", "--raw", "/metrics"])?;
+        Ok(text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (key, value) = l.rsplit_once(' ')?;
+                (key == name || key.starts_with(&format!("{name}{{")))
+                    .then(|| value.parse::<f64>().ok())?
+            })
+            .sum())
+    }
+
+    /// The index of the API server that holds the controllers' lease, by its own metric.
+    pub fn leader(&self) -> Result<Option<usize>> {
+        let mut leaders = Vec::new();
+        for (i, api) in self.apiservers.iter().enumerate() {
+            if api.child.is_some() && self.metric(i, "porthole_leader_is_leader")? == 1.0 {
+                leaders.push(i);
+            }
+        }
+        ensure!(leaders.len() <= 1, "more than one leader: {leaders:?}");
+        Ok(leaders.first().copied())
+    }
+
+    /// Everything the processes printed, for failure messages.
+    pub fn report(&self) -> String {
+        self.apiservers
+            .iter()
+            .filter_map(|a| a.child.as_ref())
+            .chain(self.nodes.iter().flatten())
+            .map(Child::report)
+            .collect::<Vec<_>>()
+            .join("\n\n")
+    }
+
+    /// Stops everything in order and checks nothing is left: processes, namespaces, etcd data.
+    pub fn stop(mut self) -> Result<()> {
+        let mut problems = Vec::new();
+        for (i, node) in self.nodes.iter_mut().enumerate() {
+            if let Some(mut child) = node.take() {
+                child.signal(Signal::SIGTERM)?;
+                let status = child.wait_timeout(STOP_TIMEOUT)?;
+                if !status.success() {
+                    problems.push(format!("node{} exited with {status}", i + 1));
+                }
+            }
+        }
+        for api in &mut self.apiservers {
+            if let Some(mut child) = api.child.take() {
+                child.signal(Signal::SIGTERM)?;
+                let status = child.wait_timeout(STOP_TIMEOUT)?;
+                if !status.success() {
+                    problems.push(format!("{} exited with {status}", api.name));
+                }
+            }
+        }
+        self.etcd.stop()?;
+        let id = self.bed.id().to_string();
+        let work = self.work.clone();
+        let HaCluster { lb, etcd, bed, .. } = self;
+        drop(lb);
+        drop(etcd);
+        let mut bed = bed;
+        bed.teardown()?;
+        for (pid, cmdline) in crate::processes_mentioning(&work.to_string_lossy()) {
+            problems.push(format!("process {pid} still running: {cmdline}"));
+        }
+        let left = crate::testbed::leftovers(&id);
+        if !left.is_empty() {
+            problems.push(format!("namespaces left: {left:?}"));
+        }
+        if work.join("etcd-data").exists() {
+            problems.push("etcd's data dir was not removed".into());
+        }
+        if !problems.is_empty() {
+            bail!("stopping the cluster:\n  {}", problems.join("\n  "));
+        }
+        Ok(())
+    }
+}
+
+fn run_porthole(bin: &Path, args: &[String]) -> Result<String> {
+    let out = Command::new(bin)
+        .args(args)
+        .env_remove("KUBECONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("run porthole {}", args.join(" ")))?;
+    expect_success(&format!("porthole {}", args.join(" ")), &out)
+}
+
+/// Retries `check` until it returns `Ok(Some(_))`, bounded by `timeout`; for conditions that
+/// have no line to wait for (a count in the API, a metric). Returns the last error on timeout.
+pub fn eventually<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let last = match check() {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => "condition false".to_string(),
+            Err(e) => format!("{e:#}"),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            bail!("{what}: not within {timeout:?} (last: {last})");
+        }
+        // Bounds the polling rate of a condition; it orders nothing.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
