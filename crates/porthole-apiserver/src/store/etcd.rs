@@ -174,12 +174,7 @@ impl EtcdStore {
         });
         let failure = match connected {
             Some(Ok(Ok(x))) => Ok(x),
-            Some(Ok(Err(e))) => Err(anyhow::anyhow!(
-                "cannot reach etcd at {endpoints}: {}; check that etcd is running there and \
-                 that --etcd-servers (and --etcd-cafile/--etcd-certfile/--etcd-keyfile for TLS) \
-                 are right",
-                describe(&e)
-            )),
+            Some(Ok(Err(e))) => Err(connect_failure(cfg, &endpoints, &e)),
             Some(Err(_)) => Err(anyhow::anyhow!(
                 "etcd at {endpoints} did not answer within {:?}; check that etcd is running \
                  there and reachable from this host (--etcd-servers)",
@@ -258,24 +253,55 @@ impl EtcdStore {
 }
 
 fn tls_options(cfg: &EtcdConfig) -> anyhow::Result<Option<etcd_client::TlsOptions>> {
-    let read = |flag: &str, p: &PathBuf| {
-        std::fs::read(p).with_context(|| format!("cannot read {flag} {}", p.display()))
+    let endpoints = cfg.endpoints.join(",");
+    // Read and check each file here, so that a wrong path or a file of the wrong kind is
+    // reported with its flag and path, not as the TLS library's error at the first request.
+    let read = |flag: &str, what: &str, p: &PathBuf| {
+        std::fs::read(p).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot read {flag} {} ({what} for etcd at {endpoints}): {e}; give the path of \
+                 an existing PEM file",
+                p.display()
+            )
+        })
+    };
+    let certs = |flag: &str, what: &str, p: &PathBuf| -> anyhow::Result<Vec<u8>> {
+        let pem = read(flag, what, p)?;
+        let n = rustls_pemfile::certs(&mut pem.as_slice())
+            .filter(|c| c.is_ok())
+            .count();
+        if n == 0 {
+            anyhow::bail!(
+                "{flag} {} ({what} for etcd at {endpoints}) holds no PEM certificate \
+                 (-----BEGIN CERTIFICATE-----); give a PEM certificate file",
+                p.display()
+            );
+        }
+        Ok(pem)
     };
     let mut tls = etcd_client::TlsOptions::new();
     let mut any = false;
     if let Some(ca) = &cfg.ca_file {
-        tls = tls.ca_certificate(etcd_client::Certificate::from_pem(read(
-            "--etcd-cafile",
-            ca,
-        )?));
+        let pem = certs("--etcd-cafile", "the CA of etcd's serving certificate", ca)?;
+        tls = tls.ca_certificate(etcd_client::Certificate::from_pem(pem));
         any = true;
     }
     match (&cfg.cert_file, &cfg.key_file) {
         (Some(c), Some(k)) => {
-            tls = tls.identity(etcd_client::Identity::from_pem(
-                read("--etcd-certfile", c)?,
-                read("--etcd-keyfile", k)?,
-            ));
+            let cert = certs("--etcd-certfile", "the client certificate", c)?;
+            let key = read("--etcd-keyfile", "the client certificate's key", k)?;
+            if !matches!(
+                rustls_pemfile::private_key(&mut key.as_slice()),
+                Ok(Some(_))
+            ) {
+                anyhow::bail!(
+                    "--etcd-keyfile {} (the client certificate's key for etcd at {endpoints}) \
+                     holds no PEM private key; give the key of --etcd-certfile {}",
+                    k.display(),
+                    c.display()
+                );
+            }
+            tls = tls.identity(etcd_client::Identity::from_pem(cert, key));
             any = true;
         }
         (None, None) => {}
@@ -287,6 +313,90 @@ fn tls_options(cfg: &EtcdConfig) -> anyhow::Result<Option<etcd_client::TlsOption
         );
     }
     Ok(any.then_some(tls))
+}
+
+/// The error for a failed first contact with etcd: what failed, and what to do about it. TLS
+/// failures are told apart by the text of the error chain (tonic and rustls give no types to
+/// match on), so each gets advice about the flag that is most likely wrong.
+fn connect_failure(cfg: &EtcdConfig, endpoints: &str, e: &etcd_client::Error) -> anyhow::Error {
+    let detail = describe(e);
+    let tls = cfg.endpoints.iter().any(|u| u.starts_with("https://"));
+    let file = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+    let has = |needles: &[&str]| needles.iter().any(|n| detail.contains(n));
+    let advice = if has(&["NotValidForName", "not valid for name"]) {
+        "etcd's serving certificate does not name the host in --etcd-servers: use a host \
+         name or IP address that the certificate's subjectAltName lists, or reissue etcd's \
+         certificate (its --cert-file) with this one"
+            .to_string()
+    } else if has(&[
+        "Expired",
+        "certificate expired",
+        "NotValidYet",
+        "not valid yet",
+    ]) {
+        "etcd's serving certificate is outside its validity period: renew etcd's certificate \
+         (its --cert-file), or check this host's clock"
+            .to_string()
+    } else if has(&["InvalidPurpose", "extended key usage"]) {
+        "etcd's serving certificate is not for TLS servers: reissue it (its --cert-file) with \
+         extendedKeyUsage serverAuth"
+            .to_string()
+    } else if has(&["invalid peer certificate", "UnknownIssuer", "BadSignature"]) {
+        match file(&cfg.ca_file) {
+            Some(ca) => format!(
+                "TLS: etcd's serving certificate is not signed by the CA in --etcd-cafile {ca}; \
+                 give --etcd-cafile the CA certificate that signed etcd's --cert-file"
+            ),
+            None => "TLS: etcd's serving certificate is not trusted, and no --etcd-cafile was \
+                     given; give --etcd-cafile the CA certificate that signed etcd's --cert-file"
+                .to_string(),
+        }
+    } else if has(&["KeyMismatch", "InconsistentKeys", "not be consistent"]) {
+        format!(
+            "TLS: the key in --etcd-keyfile {} does not belong to the certificate in \
+             --etcd-certfile {}; give the matching key",
+            file(&cfg.key_file).unwrap_or_default(),
+            file(&cfg.cert_file).unwrap_or_default()
+        )
+    } else if tls && has(&["tls handshake eof", "InvalidContentType", "corrupt message"]) {
+        "etcd did not answer the TLS handshake: if this etcd serves plain HTTP (no --cert-file), \
+         use an http:// URL in --etcd-servers and no --etcd-cafile/--etcd-certfile/--etcd-keyfile"
+            .to_string()
+    } else if tls
+        && has(&[
+            "connection closed",
+            "BadCertificate",
+            "UnknownCA",
+            "CertificateRequired",
+            "AccessDenied",
+            "fatal alert",
+            "reset by peer",
+            "broken pipe",
+        ])
+    {
+        match file(&cfg.cert_file) {
+            Some(cert) => format!(
+                "TLS: etcd ended the connection, so it most likely rejected the client \
+                 certificate in --etcd-certfile {cert}; etcd with --client-cert-auth \
+                 accepts only client certificates signed by its --trusted-ca-file: give \
+                 --etcd-certfile/--etcd-keyfile of such a certificate"
+            ),
+            None => "TLS: etcd ended the connection, so it most likely requires a client \
+                     certificate (etcd's --client-cert-auth), and none was given: give \
+                     --etcd-certfile and --etcd-keyfile of a certificate signed by etcd's \
+                     --trusted-ca-file"
+                .to_string(),
+        }
+    } else if !tls && has(&["broken pipe", "connection closed", "reset by peer"]) {
+        "etcd closed the connection: if it serves TLS (its --cert-file), use an https:// URL in \
+         --etcd-servers with --etcd-cafile, --etcd-certfile and --etcd-keyfile"
+            .to_string()
+    } else {
+        "check that etcd is running there and that --etcd-servers (and --etcd-cafile/\
+         --etcd-certfile/--etcd-keyfile for TLS) are right"
+            .to_string()
+    };
+    anyhow::anyhow!("cannot reach etcd at {endpoints}: {detail}; {advice}")
 }
 
 impl Shared {
@@ -330,19 +440,42 @@ impl Shared {
     }
 }
 
-/// What went wrong, in few words: gRPC's status message and the innermost cause (such as
-/// "Connection refused"), without the wrapper types tonic prints.
+/// What went wrong, in few words: gRPC's status message and the causes under it (such as
+/// "Connection refused" or "invalid peer certificate: UnknownIssuer"), without the wrapper
+/// types tonic prints and without saying one thing twice.
 fn describe(e: &etcd_client::Error) -> String {
-    let etcd_client::Error::GRpcStatus(status) = e else {
-        return e.to_string();
+    use std::error::Error as _;
+    let (head, mut cause): (String, Option<&dyn std::error::Error>) = match e {
+        etcd_client::Error::GRpcStatus(status) => (status.message().to_string(), status.source()),
+        // etcd-client's error has no source(): start from the wrapped error's.
+        etcd_client::Error::TransportError(t) => (t.to_string(), t.source()),
+        etcd_client::Error::IoError(io) => (io.to_string(), io.source()),
+        other => (other.to_string(), None),
     };
-    let mut root: Option<&dyn std::error::Error> = std::error::Error::source(status);
-    while let Some(next) = root.and_then(|r| r.source()) {
-        root = Some(next);
+    let mut parts = vec![head];
+    while let Some(c) = cause {
+        parts.push(c.to_string());
+        cause = c.source();
     }
-    match root {
-        Some(r) => format!("{}: {r}", status.message()),
-        None => status.message().to_string(),
+    let mut text = String::new();
+    let last = parts.len() - 1;
+    for (i, part) in parts.iter().enumerate() {
+        // tonic's "transport error" says nothing when a cause follows it.
+        if part.is_empty()
+            || text.contains(part.as_str())
+            || (part == "transport error" && i < last)
+        {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(part);
+    }
+    if text.is_empty() {
+        e.to_string()
+    } else {
+        text
     }
 }
 
@@ -861,6 +994,57 @@ mod tests {
         let bytes = encode(&v).expect("encode");
         let back: Value = serde_json::from_slice(&bytes).expect("json");
         assert_eq!(back, serde_json::json!({"metadata": {"name": "a"}}));
+    }
+
+    #[test]
+    fn tls_files_are_checked_up_front_naming_flag_file_and_endpoint() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pair = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+        let crt = dir.path().join("client.crt");
+        let key = dir.path().join("client.key");
+        std::fs::write(&crt, pair.cert.pem()).expect("write cert");
+        std::fs::write(&key, pair.signing_key.serialize_pem()).expect("write key");
+        let missing = dir.path().join("missing.crt");
+        let url = "https://127.0.0.1:2379";
+        let cfg = |ca: Option<&PathBuf>, cert: &PathBuf, key: &PathBuf| {
+            let mut cfg = EtcdConfig::new(vec![url.into()]);
+            cfg.ca_file = ca.cloned();
+            cfg.cert_file = Some(cert.clone());
+            cfg.key_file = Some(key.clone());
+            cfg
+        };
+        assert!(tls_options(&cfg(Some(&crt), &crt, &key)).is_ok());
+        for (cfg, flag, file, what) in [
+            (
+                cfg(Some(&missing), &crt, &key),
+                "--etcd-cafile",
+                &missing,
+                "cannot read",
+            ),
+            (
+                cfg(None, &missing, &key),
+                "--etcd-certfile",
+                &missing,
+                "cannot read",
+            ),
+            (
+                cfg(None, &key, &key),
+                "--etcd-certfile",
+                &key,
+                "no PEM certificate",
+            ),
+            (
+                cfg(None, &crt, &crt),
+                "--etcd-keyfile",
+                &crt,
+                "no PEM private key",
+            ),
+        ] {
+            let err = tls_options(&cfg).expect_err("must fail").to_string();
+            for want in [flag, &file.display().to_string(), url, what] {
+                assert!(err.contains(want), "{want:?} in: {err}");
+            }
+        }
     }
 
     #[test]
