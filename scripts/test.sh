@@ -72,6 +72,10 @@ if [ -f bench/run.sh ]; then
   step "bench smoke (bench/run.sh --smoke)"
   bash bench/run.sh --smoke || hooks_rc=$?
 fi
+if [ -f bench/split-roles.sh ]; then
+  step "split-roles bench smoke (bench/split-roles.sh --smoke)"
+  bash bench/split-roles.sh --smoke --no-build || hooks_rc=$?
+fi
 if [ -f bench/store.sh ]; then
   step "store bench smoke (bench/store.sh --smoke)"
   bash bench/store.sh --smoke || hooks_rc=$?

@@ -26,6 +26,7 @@
 
 mod load;
 mod relay;
+mod split;
 mod store;
 mod ttfb;
 
@@ -71,6 +72,9 @@ enum Cmd {
     Freeport,
     /// The API server's store backends side by side: redb and a real etcd on loopback.
     Store(store::StoreArgs),
+    /// porthole's roles on separate simulated hosts vs the bare TLS relay chain on the same
+    /// hosts (needs root).
+    SplitRoles(split::SplitArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -83,6 +87,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Relay(a) => relay::run(a),
         Cmd::Gencerts { dir } => relay::gencerts(&dir),
         Cmd::Store(a) => store::run(a),
+        Cmd::SplitRoles(a) => split::run(a),
         Cmd::Ttfb(a) => ttfb::run(a),
         Cmd::Freeport => {
             let l = TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0")?;

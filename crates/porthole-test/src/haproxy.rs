@@ -21,6 +21,14 @@ use crate::Child;
 /// haproxy's health-check interval: short, so a dead backend leaves rotation within ~1 s.
 const CHECK_INTERVAL_MS: u32 = 300;
 
+/// How backends are health-checked.
+enum Check {
+    /// `GET /readyz` over TLS must answer 200 (API servers).
+    Readyz,
+    /// A TCP connect must succeed.
+    Connect,
+}
+
 /// One haproxy process; killed on drop.
 pub struct Haproxy {
     child: Child,
@@ -30,26 +38,54 @@ pub struct Haproxy {
 
 impl Haproxy {
     /// haproxy on `host`, on a free port of its address, balancing (least connections) over
-    /// `backends` (`IP:PORT` of HTTPS API servers).
+    /// `backends` (`IP:PORT` of HTTPS API servers), each checked with `GET /readyz`.
     pub fn start_on(host: &Host, work_dir: &Path, backends: &[SocketAddr]) -> Result<Haproxy> {
+        Haproxy::start(host, work_dir, "haproxy", backends, Check::Readyz)
+    }
+
+    /// haproxy as a plain TCP balancer (backends checked by connecting), named `name` (its
+    /// files are `NAME.cfg`, `NAME.sock`): the same hop in front of something that is not an
+    /// API server, for like-for-like benchmarks.
+    pub fn start_tcp_on(
+        host: &Host,
+        work_dir: &Path,
+        name: &str,
+        backends: &[SocketAddr],
+    ) -> Result<Haproxy> {
+        Haproxy::start(host, work_dir, name, backends, Check::Connect)
+    }
+
+    fn start(
+        host: &Host,
+        work_dir: &Path,
+        name: &str,
+        backends: &[SocketAddr],
+        check: Check,
+    ) -> Result<Haproxy> {
         let addr = SocketAddr::from((host.ip(), host.free_port()?));
-        let stats = work_dir.join("haproxy.sock");
+        let stats = work_dir.join(format!("{name}.sock"));
+        let check = match check {
+            Check::Readyz => {
+                "  option httpchk GET /readyz\n  http-check expect status 200\n\
+                 \x20 default-server check check-ssl verify none"
+            }
+            Check::Connect => "  default-server check",
+        };
         let mut cfg = format!(
             "global\n  stats socket {} mode 600 level admin\n\
              defaults\n  mode tcp\n  retries 3\n  option redispatch\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n  timeout tunnel 1h\n\
              frontend apiservers\n  bind {addr}\n  default_backend apiservers\n\
-             backend apiservers\n  balance leastconn\n  option httpchk GET /readyz\n  http-check expect status 200\n\
-             \x20 default-server check check-ssl verify none inter {CHECK_INTERVAL_MS} fall 2 rise 1\n",
+             backend apiservers\n  balance leastconn\n{check} inter {CHECK_INTERVAL_MS} fall 2 rise 1\n",
             stats.display()
         );
         for (i, backend) in backends.iter().enumerate() {
             writeln!(cfg, "  server api{} {backend}", i + 1)?;
         }
-        let cfg_path = crate::write_file(work_dir, "haproxy.cfg", &cfg)?;
+        let cfg_path = crate::write_file(work_dir, format!("{name}.cfg"), &cfg)?;
         let mut cmd = host.command("haproxy");
-        // -db: foreground, logs to stderr. -c first would only repeat what a bad start reports.
+        // -db: foreground, logs to stderr.
         cmd.arg("-db").arg("-f").arg(&cfg_path);
-        let child = Child::spawn("haproxy", cmd, work_dir)
+        let child = Child::spawn(name, cmd, work_dir)
             .context("start haproxy (is Debian's haproxy installed?)")?;
         let haproxy = Haproxy { child, addr, stats };
         haproxy.wait_for(Duration::from_secs(30), |_| true)?;

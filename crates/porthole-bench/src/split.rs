@@ -1,0 +1,433 @@
+//! `split-roles`: porthole with its roles on different hosts, against the bare TLS relay chain
+//! (path 2) laid on the same hosts, in one run (issue 12's benchmark).
+//!
+//! ```text
+//! porthole:  client host: port-forward ─TLS→ lb: haproxy ─→ api1: apiserver ─TLS→ node1: node → pod
+//! path 2:    client host: relay        ─TLS→ lb: haproxy ─→ api1: relay     ─TLS→ node1: relay → pod
+//! ```
+//!
+//! Both chains cross the same veths and the same kind of balancer hop (haproxy in TCP mode;
+//! one instance per route for the relays, which carry no protocol to multiplex on), and reach
+//! the same echo and iperf3 servers inside the same pod. The cluster is
+//! `porthole_test::ha::HaCluster` with one node; API server 2 is stopped so every porthole
+//! session runs through api1, the host the relays use. Reps interleave the paths (each rep
+//! measures every path in turn) so drift on a noisy machine hits them alike; the report gives
+//! medians and ratios against path 2.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use porthole_test::ha::HaCluster;
+use porthole_test::haproxy::Haproxy;
+use porthole_test::testbed::Host;
+use porthole_test::{Child, TempDir};
+use serde_json::Value;
+
+/// Arguments of `split-roles`.
+#[derive(clap::Args)]
+pub struct SplitArgs {
+    /// Interleaved repetitions.
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// Seconds per iperf3 test (one more second is omitted as warm-up).
+    #[arg(long, default_value_t = 4)]
+    iperf_secs: u32,
+    /// Seconds per new-connections test.
+    #[arg(long, default_value_t = 3.0)]
+    conn_secs: f64,
+    /// Round trips per latency test.
+    #[arg(long, default_value_t = 5_000)]
+    rtt_count: u64,
+    /// The `porthole` binary (default: next to this one).
+    #[arg(long)]
+    porthole: Option<PathBuf>,
+    /// Tiny sizes and one rep: checks that every path works (CI).
+    #[arg(long)]
+    smoke: bool,
+}
+
+/// One way from the client host to the pod's echo (7001) and iperf3 (5201) servers.
+struct Path2 {
+    name: &'static str,
+    echo: u16,
+    iperf: u16,
+    _procs: Vec<Child>,
+    _balancers: Vec<Haproxy>,
+}
+
+fn pod_manifest(bench: &Path) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: pbench
+spec:
+  nodeName: node1
+  containers:
+  - name: echo
+    image: porthole-bench
+    command: ["{bench}", "echo", "--listen", "127.0.0.1:7001"]
+    readinessProbe:
+      tcpSocket:
+        port: 7001
+      periodSeconds: 1
+  - name: iperf
+    image: iperf3
+    command: ["iperf3", "-s", "-B", "127.0.0.1", "-p", "5201"]
+"#,
+        bench = bench.display()
+    )
+}
+
+fn listening_lines(child: &mut Child, n: usize) -> Result<Vec<SocketAddr>> {
+    (0..n)
+        .map(|_| {
+            child.wait_for_line(Duration::from_secs(30), |l| {
+                l.strip_prefix("listening on ")?
+                    .split(' ')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+        })
+        .collect()
+}
+
+fn relay(host: &Host, bench: &Path, work: &Path, name: &str, args: &[String]) -> Result<Child> {
+    let mut cmd = host.command(bench);
+    cmd.arg("relay").args(args);
+    Child::spawn(name, cmd, work)
+}
+
+/// Path 2 on the cluster's hosts: client relay → haproxy (one per route) → api1 relay →
+/// node1 relay (enters the pod's netns) → pod.
+fn tls_relay_chain(cluster: &HaCluster, bench: &Path, work: &Path) -> Result<Path2> {
+    let certs = work.join("relay-certs");
+    let out = Command::new(bench)
+        .arg("gencerts")
+        .arg("--dir")
+        .arg(&certs)
+        .output()?;
+    porthole_test::expect_success("porthole-bench gencerts", &out)?;
+    let cert = |f: &str| certs.join(f).display().to_string();
+    // The pod's namespace through its echo process: the node agent's bind mount of it lives in
+    // the node's own mount namespace (`ip netns exec` gives each command one).
+    let node_pid = cluster.nodes[0]
+        .as_ref()
+        .context("node1 is not running")?
+        .pid();
+    let echo_pid = porthole_test::descendants(node_pid)
+        .into_iter()
+        .find(|p| {
+            std::fs::read(format!("/proc/{}/cmdline", p.pid))
+                .map(|c| String::from_utf8_lossy(&c).contains("echo\0--listen\0127.0.0.1:7001"))
+                .unwrap_or(false)
+        })
+        .context("the pod's echo process is not among node1's descendants")?;
+    let netns = format!("/proc/{}/ns/net", echo_pid.pid);
+    let (node, api, lb, client) = (
+        cluster.bed.host("node1"),
+        cluster.bed.host("api1"),
+        cluster.bed.host("lb"),
+        cluster.client(),
+    );
+    let listen_twice = |ip: std::net::IpAddr| -> Vec<String> {
+        vec![
+            "--listen".into(),
+            format!("{ip}:0"),
+            "--listen".into(),
+            format!("{ip}:0"),
+        ]
+    };
+    let connect = |targets: &[SocketAddr]| -> Vec<String> {
+        targets
+            .iter()
+            .flat_map(|t| ["--connect".to_string(), t.to_string()])
+            .collect()
+    };
+    let tls_in = vec![
+        "--tls-cert".to_string(),
+        cert("leaf.pem"),
+        "--tls-key".into(),
+        cert("leaf.key"),
+    ];
+    let tls_out = vec!["--tls-ca".to_string(), cert("ca.pem")];
+
+    let mut args = listen_twice(node.ip().into());
+    args.extend(connect(&[
+        "127.0.0.1:7001".parse()?,
+        "127.0.0.1:5201".parse()?,
+    ]));
+    args.extend(tls_in.clone());
+    args.extend(["--netns".to_string(), netns]);
+    let mut node_relay = relay(node, bench, work, "relay-node", &args)?;
+    let node_addrs = listening_lines(&mut node_relay, 2)?;
+
+    let mut args = listen_twice(api.ip().into());
+    args.extend(connect(&node_addrs));
+    args.extend(tls_in);
+    args.extend(tls_out.clone());
+    let mut api_relay = relay(api, bench, work, "relay-api", &args)?;
+    let api_addrs = listening_lines(&mut api_relay, 2)?;
+
+    let lb_echo = Haproxy::start_tcp_on(lb, work, "relay-lb-echo", &api_addrs[..1])?;
+    let lb_iperf = Haproxy::start_tcp_on(lb, work, "relay-lb-iperf", &api_addrs[1..])?;
+    let mut args = listen_twice([127, 0, 0, 1].into());
+    args.extend(connect(&[lb_echo.addr(), lb_iperf.addr()]));
+    args.extend(tls_out);
+    let mut client_relay = relay(client, bench, work, "relay-client", &args)?;
+    let local = listening_lines(&mut client_relay, 2)?;
+    Ok(Path2 {
+        name: "tls-relay",
+        echo: local[0].port(),
+        iperf: local[1].port(),
+        _procs: vec![client_relay, api_relay, node_relay],
+        _balancers: vec![lb_echo, lb_iperf],
+    })
+}
+
+/// `porthole port-forward --transport T pbench :7001 :5201` on the client host.
+fn porthole_forward(cluster: &HaCluster, transport: &'static str, work: &Path) -> Result<Path2> {
+    let mut cmd = cluster.porthole_on_client();
+    cmd.args([
+        "port-forward",
+        "--transport",
+        transport,
+        "pod/pbench",
+        ":7001",
+        ":5201",
+    ]);
+    let name = if transport == "spdy" {
+        "porthole-spdy"
+    } else {
+        "porthole-ws"
+    };
+    let mut child = Child::spawn(name, cmd, work)?;
+    let mut ports = BTreeMap::new();
+    while ports.len() < 2 {
+        let (local, remote) = child.wait_for_line(Duration::from_secs(60), |l| {
+            let rest = l.strip_prefix("Forwarding from 127.0.0.1:")?;
+            let (local, remote) = rest.split_once(" -> ")?;
+            Some((local.parse::<u16>().ok()?, remote.parse::<u16>().ok()?))
+        })?;
+        ports.insert(remote, local);
+    }
+    Ok(Path2 {
+        name,
+        echo: ports[&7001],
+        iperf: ports[&5201],
+        _procs: vec![child],
+        _balancers: Vec::new(),
+    })
+}
+
+/// Runs a command on the client host that prints one JSON object.
+fn json_of(mut cmd: Command, what: &str) -> Result<Value> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("run {what}"))?;
+    let text = porthole_test::expect_success(what, &out)?;
+    serde_json::from_str(text.trim()).with_context(|| format!("{what} printed {text:?}"))
+}
+
+/// Receiver-side MB/s of one iperf3 test (`reverse`: pod → client).
+fn iperf(client: &Host, port: u16, secs: u32, reverse: bool) -> Result<f64> {
+    let mut last = None;
+    // iperf3's server closes its listener while a test runs and reopens it after: a test that
+    // starts right after the previous one can find it busy. Retried a few times, not timed.
+    for _ in 0..20 {
+        let mut cmd = client.command("iperf3");
+        cmd.args(["-c", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-t", &secs.to_string(), "-O", "1", "-J"]);
+        if reverse {
+            cmd.arg("-R");
+        }
+        let out = cmd.stdin(Stdio::null()).output().context("run iperf3")?;
+        let j: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        if let Some(bps) = j
+            .pointer("/end/sum_received/bits_per_second")
+            .and_then(Value::as_f64)
+        {
+            return Ok(bps / 8e6);
+        }
+        let err = j
+            .get("error")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| String::from_utf8_lossy(&out.stderr).into_owned());
+        if !err.contains("busy") && !err.contains("refused") && !err.contains("reset") {
+            bail!("iperf3 through port {port}: {err}");
+        }
+        last = Some(err);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("iperf3 through port {port} stayed busy: {last:?}")
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// The metrics, in report order: (key, label, higher is better).
+const METRICS: &[(&str, &str, bool)] = &[
+    ("up_mbs", "1-conn throughput client→pod (MB/s)", true),
+    ("down_mbs", "1-conn throughput pod→client (MB/s)", true),
+    ("conn_s_1", "new connections/s, 1 client", true),
+    ("conn_s_8", "new connections/s, 8 clients", true),
+    ("rtt_p50_us", "64 B round trip p50 (µs)", false),
+];
+
+/// `split-roles`.
+pub fn run(a: SplitArgs) -> Result<()> {
+    let (reps, iperf_secs, conn_secs, rtt_count) = if a.smoke {
+        (1, 1, 0.5, 200)
+    } else {
+        (a.reps, a.iperf_secs, a.conn_secs, a.rtt_count)
+    };
+    let bench = std::env::current_exe().context("find porthole-bench's own path")?;
+    let porthole = match a.porthole {
+        Some(p) => p,
+        None => bench.with_file_name("porthole"),
+    };
+    ensure!(
+        porthole.exists(),
+        "no porthole binary at {}: build it (cargo build --release -p porthole) or pass --porthole",
+        porthole.display()
+    );
+    let work = TempDir::new("split-roles")?;
+    let mut cluster = HaCluster::start(&porthole, work.path(), 1)?;
+    let result = measure(
+        &mut cluster,
+        &bench,
+        work.path(),
+        reps,
+        iperf_secs,
+        conn_secs,
+        rtt_count,
+    );
+    let report = cluster.report();
+    let stopped = cluster.stop();
+    if let Err(e) = result {
+        bail!("{e:#}\n\n{report}");
+    }
+    stopped
+}
+
+fn measure(
+    cluster: &mut HaCluster,
+    bench: &Path,
+    work: &Path,
+    reps: usize,
+    iperf_secs: u32,
+    conn_secs: f64,
+    rtt_count: u64,
+) -> Result<()> {
+    let pod = porthole_test::write_file(work, "pbench.yaml", &pod_manifest(bench))?;
+    cluster.kubectl(&["apply", "-f", &pod.display().to_string()])?;
+    cluster.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/pbench",
+        "--timeout=90s",
+    ])?;
+    // One API server: porthole's sessions and the relays then cross the same hosts.
+    let lb_states = |states: &[(String, String)]| {
+        states
+            .iter()
+            .any(|(n, s)| n == "api2" && s.starts_with("DOWN"))
+    };
+    cluster.kill_apiserver(1)?;
+    cluster.lb.wait_for(Duration::from_secs(20), lb_states)?;
+
+    let paths = vec![
+        tls_relay_chain(cluster, bench, work)?,
+        porthole_forward(cluster, "spdy", work)?,
+        porthole_forward(cluster, "websocket", work)?,
+    ];
+    let client = cluster.client().clone();
+    let mut samples: BTreeMap<(&str, &str), Vec<f64>> = BTreeMap::new();
+    for rep in 1..=reps {
+        for path in &paths {
+            let mut add = |metric: &'static str, v: f64| {
+                samples.entry((path.name, metric)).or_default().push(v);
+            };
+            add("up_mbs", iperf(&client, path.iperf, iperf_secs, false)?);
+            add("down_mbs", iperf(&client, path.iperf, iperf_secs, true)?);
+            for conc in [1, 8] {
+                let mut cmd = client.command(bench);
+                cmd.args(["connrate", "--connect", &format!("127.0.0.1:{}", path.echo)])
+                    .args([
+                        "--conc",
+                        &conc.to_string(),
+                        "--secs",
+                        &conn_secs.to_string(),
+                    ]);
+                let j = json_of(cmd, "porthole-bench connrate")?;
+                let errors = j["errors"].as_u64().unwrap_or(0);
+                ensure!(
+                    errors == 0,
+                    "{}: {errors} connection errors (first: {})",
+                    path.name,
+                    j["first_error"]
+                );
+                let key = if conc == 1 { "conn_s_1" } else { "conn_s_8" };
+                add(key, j["conn_per_s"].as_f64().unwrap_or(0.0));
+            }
+            let mut cmd = client.command(bench);
+            cmd.args(["rtt", "--connect", &format!("127.0.0.1:{}", path.echo)])
+                .args(["--count", &rtt_count.to_string(), "--warmup", "200"]);
+            let j = json_of(cmd, "porthole-bench rtt")?;
+            add("rtt_p50_us", j["p50_us"].as_f64().unwrap_or(f64::NAN));
+            eprintln!("split-roles: rep {rep}/{reps}: {} done", path.name);
+        }
+    }
+    print_report(&paths, &samples, reps);
+    Ok(())
+}
+
+fn print_report(paths: &[Path2], samples: &BTreeMap<(&str, &str), Vec<f64>>, reps: usize) {
+    println!("## Split roles on simulated hosts (medians of {reps} interleaved reps)\n");
+    let mut header = String::from("| metric |");
+    for p in paths {
+        header.push_str(&format!(" {} |", p.name));
+    }
+    for p in &paths[1..] {
+        header.push_str(&format!(" {} ÷ path 2 |", p.name));
+    }
+    println!("{header}");
+    println!("|{}", "---|".repeat(1 + paths.len() * 2 - 1));
+    for (key, label, higher_better) in METRICS {
+        let med = |name: &str| median(samples.get(&(name, *key)).cloned().unwrap_or_default());
+        let base = med(paths[0].name);
+        let mut row = format!("| {label} |");
+        for p in paths {
+            row.push_str(&format!(" {:.1} |", med(p.name)));
+        }
+        for p in &paths[1..] {
+            let ratio = med(p.name) / base;
+            // For latency, lower is better: the ratio still reads porthole ÷ path 2.
+            let mark = if (*higher_better && ratio >= 1.0) || (!higher_better && ratio <= 1.0) {
+                "✓"
+            } else {
+                "✗"
+            };
+            row.push_str(&format!(" {ratio:.2}× {mark} |"));
+        }
+        println!("{row}");
+    }
+    println!();
+    println!("raw samples (path, metric: values):");
+    for ((path, metric), v) in samples {
+        println!("  {path} {metric}: {v:.1?}");
+    }
+}
