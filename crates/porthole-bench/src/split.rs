@@ -124,7 +124,7 @@ fn tls_relay_chain(cluster: &HaCluster, bench: &Path, work: &Path) -> Result<Pat
         .into_iter()
         .find(|p| {
             std::fs::read(format!("/proc/{}/cmdline", p.pid))
-                .map(|c| String::from_utf8_lossy(&c).contains("echo\0--listen\0127.0.0.1:7001"))
+                .map(|c| String::from_utf8_lossy(&c).contains("echo\0--listen\x00127.0.0.1:7001"))
                 .unwrap_or(false)
         })
         .context("the pod's echo process is not among node1's descendants")?;
