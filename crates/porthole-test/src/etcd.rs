@@ -47,6 +47,9 @@ pub struct Etcd {
     /// Where etcd runs: a testbed host, or this namespace.
     host: Option<Host>,
     tls: Option<EtcdTls>,
+    /// `--name`, and `--initial-cluster` (`NAME=PEER_URL,...`: this member alone, or all).
+    name: String,
+    initial_cluster: String,
 }
 
 fn free_loopback_port() -> Result<u16> {
@@ -95,10 +98,45 @@ impl Etcd {
         Ok(etcd)
     }
 
+    /// A cluster of one member per host (`etcd1`, `etcd2`, ...), started together; returns
+    /// once every member serves clients (which needs a quorum).
+    pub fn start_cluster_on(hosts: &[&Host], work_dir: &Path) -> Result<Vec<Etcd>> {
+        let mut members = Vec::new();
+        for (i, host) in hosts.iter().enumerate() {
+            let client_addr = format!("{}:{}", host.ip(), host.free_port()?);
+            let peer_addr = format!("{}:{}", host.ip(), host.free_port()?);
+            let mut etcd = Etcd::new(work_dir, client_addr, peer_addr)?;
+            etcd.name = format!("etcd{}", i + 1);
+            etcd.data_dir = work_dir.join(format!("{}-data", etcd.name));
+            etcd.log_dir = work_dir.join(format!("{}-logs", etcd.name));
+            std::fs::create_dir_all(&etcd.log_dir)?;
+            etcd.host = Some((*host).clone());
+            members.push(etcd);
+        }
+        let initial: Vec<String> = members
+            .iter()
+            .map(|m| format!("{}=http://{}", m.name, m.peer_addr))
+            .collect();
+        for member in &mut members {
+            member.initial_cluster = initial.join(",");
+            member.spawn()?;
+        }
+        for member in &mut members {
+            member.wait_ready()?;
+        }
+        Ok(members)
+    }
+
+    /// This member's name (`default` for a single member).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     fn new(work_dir: &Path, client_addr: String, peer_addr: String) -> Result<Etcd> {
         let log_dir = work_dir.join("etcd-logs");
         std::fs::create_dir_all(&log_dir)
             .with_context(|| format!("create {}", log_dir.display()))?;
+        let initial_cluster = format!("default=http://{peer_addr}");
         Ok(Etcd {
             child: None,
             client_addr,
@@ -108,6 +146,8 @@ impl Etcd {
             starts: 0,
             host: None,
             tls: None,
+            initial_cluster,
+            name: "default".into(),
         })
     }
 
@@ -141,8 +181,14 @@ impl Etcd {
         cmd
     }
 
-    /// Start (again): same data dir, same addresses; returns once etcd serves clients.
+    /// Start (again): same data dir, same addresses; returns once etcd serves clients. A
+    /// member of a cluster serves only once it has a quorum.
     pub fn start(&mut self) -> Result<()> {
+        self.spawn()?;
+        self.wait_ready()
+    }
+
+    fn spawn(&mut self) -> Result<()> {
         if self.child.is_some() {
             bail!("etcd at {} is already running", self.client_addr);
         }
@@ -150,7 +196,7 @@ impl Etcd {
         let mut cmd = self.command("etcd");
         cmd.args([
             "--name",
-            "default",
+            &self.name,
             "--data-dir",
             &self.data_dir.display().to_string(),
             "--listen-client-urls",
@@ -162,7 +208,7 @@ impl Etcd {
             "--initial-advertise-peer-urls",
             &format!("http://{}", self.peer_addr),
             "--initial-cluster",
-            &format!("default=http://{}", self.peer_addr),
+            &self.initial_cluster,
             // JSON log lines on stdout, so the harness can wait for the ready line.
             "--logger",
             "zap",
@@ -178,15 +224,24 @@ impl Etcd {
                 .arg(&tls.ca_file)
                 .arg("--client-cert-auth");
         }
-        let name = format!("etcd-{}", self.starts);
-        let mut child = Child::spawn(&name, cmd, &self.log_dir)
+        let name = format!("{}-{}", self.name, self.starts);
+        let child = Child::spawn(&name, cmd, &self.log_dir)
             .context("start etcd (is Debian's etcd-server installed?)")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let addr = self.client_addr.clone();
+        let child = self
+            .child
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("etcd at {addr} is not running"))?;
         child
             .wait_for_line(ETCD_READY, |l| {
                 l.contains("serving client traffic").then_some(())
             })
-            .with_context(|| format!("etcd on {} did not become ready", self.client_addr))?;
-        self.child = Some(child);
+            .with_context(|| format!("etcd on {addr} did not become ready"))?;
         Ok(())
     }
 

@@ -84,8 +84,8 @@ pub struct HaCluster {
     pub apiservers: Vec<ApiServer>,
     /// The balancer in front of them.
     pub lb: Haproxy,
-    /// The store.
-    pub etcd: Etcd,
+    /// The store: one member, or a cluster of several.
+    pub etcd: Vec<Etcd>,
     /// Certificates and `admin.kubeconfig` (its server is the balancer).
     pub pki: PathBuf,
     /// Logs, node data dirs, kubectl's cache.
@@ -98,24 +98,59 @@ pub struct HaCluster {
     pub bed: Testbed,
 }
 
+/// What to run on the testbed.
+#[derive(Debug, Clone, Copy)]
+pub struct Layout {
+    /// Node hosts (`node1`, ...), each joined with a token.
+    pub nodes: usize,
+    /// etcd members: 1 runs on host `etcd`; more run on `etcd1`, `etcd2`, ... as one cluster.
+    pub etcd_members: usize,
+}
+
+fn etcd_hosts(members: usize) -> Vec<String> {
+    if members == 1 {
+        vec!["etcd".into()]
+    } else {
+        (1..=members).map(|i| format!("etcd{i}")).collect()
+    }
+}
+
 /// Host names, in address order.
-fn host_names(nodes: usize) -> Vec<String> {
-    let mut names: Vec<String> = ["etcd", "api1", "api2", "lb"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    names.extend((1..=nodes).map(|i| format!("node{i}")));
+fn host_names(layout: Layout) -> Vec<String> {
+    let mut names = etcd_hosts(layout.etcd_members);
+    names.extend(["api1", "api2", "lb"].iter().map(|s| s.to_string()));
+    names.extend((1..=layout.nodes).map(|i| format!("node{i}")));
     names.push("client".into());
     names
 }
 
 impl HaCluster {
-    /// Brings the whole cluster up and waits until every node is Ready.
+    /// Brings the whole cluster up with one etcd and `nodes` nodes, and waits until every node
+    /// is Ready.
     pub fn start(bin: &Path, work: &Path, nodes: usize) -> Result<HaCluster> {
-        let names = host_names(nodes);
+        HaCluster::start_with(
+            bin,
+            work,
+            Layout {
+                nodes,
+                etcd_members: 1,
+            },
+        )
+    }
+
+    /// [`HaCluster::start`] with a given [`Layout`].
+    pub fn start_with(bin: &Path, work: &Path, layout: Layout) -> Result<HaCluster> {
+        ensure!(layout.etcd_members >= 1, "etcd needs at least one member");
+        let names = host_names(layout);
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let bed = Testbed::new(&names)?;
-        let etcd = Etcd::start_on(bed.host("etcd"), work)?;
+        let etcd = if layout.etcd_members == 1 {
+            vec![Etcd::start_on(bed.host("etcd"), work)?]
+        } else {
+            let hosts = etcd_hosts(layout.etcd_members);
+            let hosts: Vec<&Host> = hosts.iter().map(|h| bed.host(h)).collect();
+            Etcd::start_cluster_on(&hosts, work)?
+        };
         let pki = work.join("pki");
         let mut apiservers = Vec::new();
         for i in 1..=APISERVERS {
@@ -173,7 +208,7 @@ impl HaCluster {
             ],
         )?;
         let join = cluster.token_create(&[])?;
-        for i in 1..=nodes {
+        for i in 1..=layout.nodes {
             let child = cluster.start_node(i, &join)?;
             cluster.nodes.push(Some(child));
         }
@@ -191,6 +226,15 @@ impl HaCluster {
         self.pki.join(name).display().to_string()
     }
 
+    /// `--etcd-servers`: every member's client URL.
+    pub fn etcd_servers(&self) -> String {
+        self.etcd
+            .iter()
+            .map(Etcd::client_url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// `admin.kubeconfig` (server: the balancer).
     pub fn kubeconfig(&self) -> PathBuf {
         self.pki.join("admin.kubeconfig")
@@ -203,7 +247,7 @@ impl HaCluster {
 
     /// Starts (again) API server `index` on its address and waits for its ready line.
     pub fn start_apiserver(&mut self, index: usize) -> Result<()> {
-        let etcd = self.etcd.client_url();
+        let etcd = self.etcd_servers();
         let p = |f: &str| self.pki_file(f);
         let api = &self.apiservers[index];
         ensure!(api.child.is_none(), "{} is already running", api.name);
@@ -390,7 +434,9 @@ impl HaCluster {
                 }
             }
         }
-        self.etcd.stop()?;
+        for member in &mut self.etcd {
+            member.stop()?;
+        }
         let id = self.bed.id().to_string();
         let work = self.work.clone();
         let HaCluster { lb, etcd, bed, .. } = self;
@@ -405,8 +451,11 @@ impl HaCluster {
         if !left.is_empty() {
             problems.push(format!("namespaces left: {left:?}"));
         }
-        if work.join("etcd-data").exists() {
-            problems.push("etcd's data dir was not removed".into());
+        for entry in std::fs::read_dir(&work)?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("etcd") && name.ends_with("-data") {
+                problems.push(format!("etcd's data dir {name} was not removed"));
+            }
         }
         if !problems.is_empty() {
             bail!("stopping the cluster:\n  {}", problems.join("\n  "));

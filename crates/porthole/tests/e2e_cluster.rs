@@ -360,7 +360,7 @@ fn leader_failover_store_outage_and_refused_joins() {
         drop(watch);
 
         // The store goes away.
-        cluster.etcd.stop()?;
+        cluster.etcd[0].stop()?;
         for i in 0..cluster.apiservers.len() {
             eventually("/readyz false", Duration::from_secs(20), || {
                 Ok(cluster
@@ -389,7 +389,7 @@ fn leader_failover_store_outage_and_refused_joins() {
                 api.name
             );
         }
-        cluster.etcd.start()?;
+        cluster.etcd[0].start()?;
         for i in 0..cluster.apiservers.len() {
             eventually("/readyz true", Duration::from_secs(30), || {
                 Ok(cluster
