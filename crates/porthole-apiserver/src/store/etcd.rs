@@ -23,7 +23,7 @@
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -83,9 +83,24 @@ impl EtcdConfig {
     }
 }
 
+/// One client per etcd member, and the member requests go to now. etcd-client balances one
+/// channel over every endpoint and keeps sending to a member that is down (each request then
+/// fails with a connect error), so porthole picks the member itself, as etcd's own Go client
+/// does: it stays on one member while it answers, and moves to the next when a request could
+/// not be sent to it or timed out. A request that was never sent is retried on the next member
+/// at once, so one member going away costs no request an error.
+struct Members {
+    clients: Vec<(String, Client)>,
+    current: AtomicUsize,
+}
+
+/// What a request that never reached its member says (connect failures); only such requests
+/// are retried on another member, because a write that was sent may have been applied.
+const NOT_SENT: &str = "etcd member unreachable";
+
 /// State shared by the store handle and its background tasks.
 struct Shared {
-    client: Client,
+    members: Members,
     /// `PREFIX/` with exactly one trailing slash.
     prefix: String,
     /// The endpoints as given, for messages.
@@ -159,16 +174,36 @@ impl EtcdStore {
         let timeout = cfg.request_timeout;
         let connected = wait_on(&handle, async move {
             tokio::time::timeout(timeout * 2, async move {
-                let client = Client::connect(&urls, Some(options)).await?;
-                let mut kv = client.kv_client();
-                let resp = kv
-                    .get(
-                        list_key,
-                        Some(GetOptions::new().with_prefix().with_count_only()),
-                    )
-                    .await?;
-                let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-                Ok::<_, etcd_client::Error>((client, revision))
+                let mut clients = Vec::new();
+                for url in &urls {
+                    // Lazy: a member that is down now is connected when it is first used.
+                    let client = Client::connect([url], Some(options.clone())).await?;
+                    clients.push((url.clone(), client));
+                }
+                // Start on the first member that answers.
+                let mut last = None;
+                for (i, (_, client)) in clients.iter().enumerate() {
+                    let probe = client
+                        .kv_client()
+                        .get(
+                            list_key.clone(),
+                            Some(GetOptions::new().with_prefix().with_count_only()),
+                        )
+                        .await;
+                    match probe {
+                        Ok(resp) => {
+                            let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+                            let members = Members {
+                                clients,
+                                current: AtomicUsize::new(i),
+                            };
+                            return Ok::<_, etcd_client::Error>((members, revision));
+                        }
+                        Err(e) => last = Some(e),
+                    }
+                }
+                Err(last
+                    .unwrap_or_else(|| etcd_client::Error::InvalidArgs("no etcd endpoints".into())))
             })
             .await
         });
@@ -184,7 +219,7 @@ impl EtcdStore {
                 "the etcd client's runtime stopped while connecting to {endpoints}"
             )),
         };
-        let (client, revision) = match failure {
+        let (members, revision) = match failure {
             Ok(x) => x,
             Err(e) => {
                 // Dropping a runtime is not allowed in async code, where `run` calls this.
@@ -194,7 +229,7 @@ impl EtcdStore {
         };
         let revision = u64::try_from(revision).unwrap_or(0);
         let shared = Arc::new(Shared {
-            client,
+            members,
             prefix,
             endpoints,
             timeout,
@@ -220,29 +255,58 @@ impl EtcdStore {
         format!("{}{key}", self.shared.prefix)
     }
 
-    /// Run one etcd operation on the client's runtime, bounded by the request timeout.
+    /// Run one etcd operation on the client's runtime, each attempt bounded by the request
+    /// timeout. An attempt that could not reach its member (see [`NOT_SENT`]) is made again on
+    /// the next member, once per member.
     fn call<T, Fut>(
         &self,
         step: &'static str,
-        f: impl FnOnce(Arc<Shared>) -> Fut,
+        f: impl Fn(Arc<Shared>) -> Fut,
     ) -> Result<T, StoreError>
     where
         T: Send + 'static,
         Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
     {
+        let attempts = self.shared.members.clients.len();
+        let mut result = Err(StoreError::Unavailable {
+            step,
+            message: "no etcd endpoints".into(),
+        });
+        for _ in 0..attempts {
+            result = self.attempt(step, f(self.shared.clone()));
+            match &result {
+                Err(StoreError::Unavailable { message, .. }) if message.contains(NOT_SENT) => {
+                    continue
+                }
+                _ => break,
+            }
+        }
+        result
+    }
+
+    fn attempt<T, Fut>(&self, step: &'static str, fut: Fut) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
         let timeout = self.shared.timeout;
-        let endpoints = self.shared.endpoints.clone();
-        let fut = f(self.shared.clone());
+        let shared = self.shared.clone();
         wait_on(&self.handle, async move {
             match tokio::time::timeout(timeout, fut).await {
                 Ok(r) => r,
-                Err(_) => Err(StoreError::Unavailable {
-                    step,
-                    message: format!(
-                        "etcd at {endpoints} did not answer within {timeout:?}; check that etcd \
-                         is running and reachable from this host"
-                    ),
-                }),
+                Err(_) => {
+                    // Silent (partitioned away, overloaded): the next request tries another.
+                    let member = shared.member_url();
+                    shared.next_member();
+                    Err(StoreError::Unavailable {
+                        step,
+                        message: format!(
+                            "etcd member {member} (of {}) did not answer within {timeout:?}; \
+                             check that etcd is running and reachable from this host",
+                            shared.endpoints
+                        ),
+                    })
+                }
             }
         })
         .unwrap_or(Err(StoreError::Unavailable {
@@ -400,6 +464,30 @@ fn connect_failure(cfg: &EtcdConfig, endpoints: &str, e: &etcd_client::Error) ->
 }
 
 impl Shared {
+    /// The client of the member requests go to now.
+    fn client(&self) -> Client {
+        let i = self.members.current.load(Ordering::Relaxed) % self.members.clients.len();
+        self.members.clients[i].1.clone()
+    }
+
+    fn member_url(&self) -> String {
+        let i = self.members.current.load(Ordering::Relaxed) % self.members.clients.len();
+        self.members.clients[i].0.clone()
+    }
+
+    /// Requests go to the next member from now on.
+    fn next_member(&self) {
+        if self.members.clients.len() > 1 {
+            let i = self.members.current.fetch_add(1, Ordering::Relaxed);
+            let n = self.members.clients.len();
+            tracing::warn!(
+                from = %self.members.clients[i % n].0,
+                to = %self.members.clients[(i + 1) % n].0,
+                "etcd member not answering; using another"
+            );
+        }
+    }
+
     fn seen(&self, revision: i64) {
         if let Ok(r) = u64::try_from(revision) {
             self.latest.fetch_max(r, Ordering::Relaxed);
@@ -421,7 +509,20 @@ impl Shared {
             ),
             _ => false,
         };
-        let message = format!("etcd at {}: {}", self.endpoints, describe(&e));
+        let described = describe(&e);
+        if transient && not_sent(&described) {
+            let member = self.member_url();
+            self.next_member();
+            return StoreError::Unavailable {
+                step,
+                message: format!(
+                    "{NOT_SENT}: {member} (of {}): {described}; check that etcd is running \
+                     and reachable",
+                    self.endpoints
+                ),
+            };
+        }
+        let message = format!("etcd at {}: {described}", self.endpoints);
         if transient {
             StoreError::Unavailable {
                 step,
@@ -438,6 +539,19 @@ impl Shared {
             .strip_prefix(&self.prefix)
             .map(str::to_string)
     }
+}
+
+/// Whether a failure happened before the request left this host (so it was not applied).
+fn not_sent(described: &str) -> bool {
+    [
+        "tcp connect error",
+        "Connection refused",
+        "No route to host",
+        "Network is unreachable",
+        "error trying to connect",
+    ]
+    .iter()
+    .any(|m| described.contains(m))
 }
 
 /// What went wrong, in few words: gRPC's status message and the causes under it (such as
@@ -543,79 +657,89 @@ fn write_condition(key: &str, expected: Option<u64>) -> Compare {
 impl Store for EtcdStore {
     fn get(&self, key: &str) -> Result<Option<Value>, StoreError> {
         let k = self.key(key);
-        self.call("reading an object", move |s| async move {
-            let resp = s
-                .client
-                .kv_client()
-                .get(k, None)
-                .await
-                .map_err(|e| s.error("reading an object", e))?;
-            s.seen(resp.header().map(|h| h.revision()).unwrap_or(0));
-            resp.kvs()
-                .first()
-                .map(|kv| decode("reading an object", kv))
-                .transpose()
+        self.call("reading an object", move |s| {
+            let k = k.clone();
+            async move {
+                let resp = s
+                    .client()
+                    .kv_client()
+                    .get(k, None)
+                    .await
+                    .map_err(|e| s.error("reading an object", e))?;
+                s.seen(resp.header().map(|h| h.revision()).unwrap_or(0));
+                resp.kvs()
+                    .first()
+                    .map(|kv| decode("reading an object", kv))
+                    .transpose()
+            }
         })
     }
 
     fn list(&self, prefix: &str) -> Result<(Vec<Value>, u64), StoreError> {
         let start = self.key(prefix);
-        self.call("listing objects", move |s| async move {
-            let end = prefix_end(start.as_bytes());
-            let mut kv = s.client.kv_client();
-            let mut out = Vec::new();
-            let mut from = start.into_bytes();
-            let mut revision = 0i64;
-            loop {
-                let mut opts = GetOptions::new()
-                    .with_range(end.clone())
-                    .with_limit(LIST_PAGE);
-                if revision > 0 {
-                    // Later pages read at the first page's revision: one consistent list.
-                    opts = opts.with_revision(revision);
-                }
-                let resp = kv
-                    .get(from.clone(), Some(opts))
-                    .await
-                    .map_err(|e| s.error("listing objects", e))?;
-                if revision == 0 {
-                    revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-                    s.seen(revision);
-                }
-                for item in resp.kvs() {
-                    out.push(decode("listing objects", item)?);
-                }
-                match resp.kvs().last() {
-                    Some(last) if resp.more() => {
-                        from = last.key().to_vec();
-                        from.push(0);
+        self.call("listing objects", move |s| {
+            let start = start.clone();
+            async move {
+                let end = prefix_end(start.as_bytes());
+                let mut kv = s.client().kv_client();
+                let mut out = Vec::new();
+                let mut from = start.into_bytes();
+                let mut revision = 0i64;
+                loop {
+                    let mut opts = GetOptions::new()
+                        .with_range(end.clone())
+                        .with_limit(LIST_PAGE);
+                    if revision > 0 {
+                        // Later pages read at the first page's revision: one consistent list.
+                        opts = opts.with_revision(revision);
                     }
-                    _ => break,
+                    let resp = kv
+                        .get(from.clone(), Some(opts))
+                        .await
+                        .map_err(|e| s.error("listing objects", e))?;
+                    if revision == 0 {
+                        revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+                        s.seen(revision);
+                    }
+                    for item in resp.kvs() {
+                        out.push(decode("listing objects", item)?);
+                    }
+                    match resp.kvs().last() {
+                        Some(last) if resp.more() => {
+                            from = last.key().to_vec();
+                            from.push(0);
+                        }
+                        _ => break,
+                    }
                 }
+                Ok((out, u64::try_from(revision).unwrap_or(0)))
             }
-            Ok((out, u64::try_from(revision).unwrap_or(0)))
         })
     }
 
     fn create(&self, key: &str, object: Value) -> Result<Value, StoreError> {
         let k = self.key(key);
         let bytes = encode(&object)?;
-        let revision = self.call("creating an object", move |s| async move {
-            let txn = Txn::new()
-                .when([Compare::create_revision(k.clone(), CompareOp::Equal, 0)])
-                .and_then([TxnOp::put(k, bytes, None)]);
-            let resp = s
-                .client
-                .kv_client()
-                .txn(txn)
-                .await
-                .map_err(|e| s.error("creating an object", e))?;
-            if !resp.succeeded() {
-                return Err(StoreError::AlreadyExists);
+        let revision = self.call("creating an object", move |s| {
+            let k = k.clone();
+            let bytes = bytes.clone();
+            async move {
+                let txn = Txn::new()
+                    .when([Compare::create_revision(k.clone(), CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(k, bytes, None)]);
+                let resp = s
+                    .client()
+                    .kv_client()
+                    .txn(txn)
+                    .await
+                    .map_err(|e| s.error("creating an object", e))?;
+                if !resp.succeeded() {
+                    return Err(StoreError::AlreadyExists);
+                }
+                let rev = header_revision(resp.header());
+                s.seen(rev as i64);
+                Ok(rev)
             }
-            let rev = header_revision(resp.header());
-            s.seen(rev as i64);
-            Ok(rev)
         })?;
         let mut object = object;
         set_resource_version(&mut object, revision);
@@ -630,23 +754,27 @@ impl Store for EtcdStore {
     ) -> Result<Value, StoreError> {
         let k = self.key(key);
         let bytes = encode(&object)?;
-        let revision = self.call("updating an object", move |s| async move {
-            let txn = Txn::new()
-                .when([write_condition(&k, expected_revision)])
-                .and_then([TxnOp::put(k.clone(), bytes, None)])
-                .or_else([TxnOp::get(k, None)]);
-            let resp = s
-                .client
-                .kv_client()
-                .txn(txn)
-                .await
-                .map_err(|e| s.error("updating an object", e))?;
-            if !resp.succeeded() {
-                return Err(failed_write(&resp));
+        let revision = self.call("updating an object", move |s| {
+            let k = k.clone();
+            let bytes = bytes.clone();
+            async move {
+                let txn = Txn::new()
+                    .when([write_condition(&k, expected_revision)])
+                    .and_then([TxnOp::put(k.clone(), bytes, None)])
+                    .or_else([TxnOp::get(k, None)]);
+                let resp = s
+                    .client()
+                    .kv_client()
+                    .txn(txn)
+                    .await
+                    .map_err(|e| s.error("updating an object", e))?;
+                if !resp.succeeded() {
+                    return Err(failed_write(&resp));
+                }
+                let rev = header_revision(resp.header());
+                s.seen(rev as i64);
+                Ok(rev)
             }
-            let rev = header_revision(resp.header());
-            s.seen(rev as i64);
-            Ok(rev)
         })?;
         let mut object = object;
         set_resource_version(&mut object, revision);
@@ -655,33 +783,36 @@ impl Store for EtcdStore {
 
     fn delete(&self, key: &str, expected_revision: Option<u64>) -> Result<Value, StoreError> {
         let k = self.key(key);
-        self.call("deleting an object", move |s| async move {
-            let txn = Txn::new()
-                .when([write_condition(&k, expected_revision)])
-                .and_then([TxnOp::delete(
-                    k.clone(),
-                    Some(DeleteOptions::new().with_prev_key()),
-                )])
-                .or_else([TxnOp::get(k, None)]);
-            let resp = s
-                .client
-                .kv_client()
-                .txn(txn)
-                .await
-                .map_err(|e| s.error("deleting an object", e))?;
-            if !resp.succeeded() {
-                return Err(failed_write(&resp));
+        self.call("deleting an object", move |s| {
+            let k = k.clone();
+            async move {
+                let txn = Txn::new()
+                    .when([write_condition(&k, expected_revision)])
+                    .and_then([TxnOp::delete(
+                        k.clone(),
+                        Some(DeleteOptions::new().with_prev_key()),
+                    )])
+                    .or_else([TxnOp::get(k, None)]);
+                let resp = s
+                    .client()
+                    .kv_client()
+                    .txn(txn)
+                    .await
+                    .map_err(|e| s.error("deleting an object", e))?;
+                if !resp.succeeded() {
+                    return Err(failed_write(&resp));
+                }
+                let rev = header_revision(resp.header());
+                s.seen(rev as i64);
+                let last = match resp.op_responses().first() {
+                    Some(TxnOpResponse::Delete(d)) => d.prev_kvs().first().cloned(),
+                    _ => None,
+                };
+                let last = last.ok_or(StoreError::NotFound)?;
+                let mut object = decode("deleting an object", &last)?;
+                set_resource_version(&mut object, rev);
+                Ok(object)
             }
-            let rev = header_revision(resp.header());
-            s.seen(rev as i64);
-            let last = match resp.op_responses().first() {
-                Some(TxnOpResponse::Delete(d)) => d.prev_kvs().first().cloned(),
-                _ => None,
-            };
-            let last = last.ok_or(StoreError::NotFound)?;
-            let mut object = decode("deleting an object", &last)?;
-            set_resource_version(&mut object, rev);
-            Ok(object)
         })
     }
 
@@ -790,7 +921,7 @@ async fn follow(s: Arc<Shared>, mut next: i64) {
             .with_progress_notify()
             .with_start_revision(next);
         match s
-            .client
+            .client()
             .watch_client()
             .watch(s.prefix.clone(), Some(opts))
             .await
@@ -836,6 +967,8 @@ async fn follow(s: Arc<Shared>, mut next: i64) {
                             tracing::warn!(error = %e, endpoints = %s.endpoints, "etcd watch broke; retrying");
                             outage = true;
                         }
+                        // The member may be gone: re-watch on the next one.
+                        s.next_member();
                         break;
                     }
                 }
@@ -845,6 +978,7 @@ async fn follow(s: Arc<Shared>, mut next: i64) {
                     tracing::warn!(error = %e, endpoints = %s.endpoints, "cannot watch etcd; retrying");
                     outage = true;
                 }
+                s.next_member();
             }
         }
         tokio::time::sleep(backoff).await;
@@ -868,7 +1002,7 @@ async fn compact_periodically(s: Arc<Shared>, every: Duration) {
             .when([Compare::version(key.clone(), CompareOp::Equal, version)])
             .and_then([TxnOp::put(key.clone(), Vec::new(), None)])
             .or_else([TxnOp::get(key.clone(), None)]);
-        let resp = match s.client.kv_client().txn(txn).await {
+        let resp = match s.client().kv_client().txn(txn).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(error = %describe(&e), "etcd compaction round skipped");
@@ -886,7 +1020,7 @@ async fn compact_periodically(s: Arc<Shared>, every: Duration) {
         version += 1;
         let now = resp.header().map(|h| h.revision()).unwrap_or(0);
         if let Some(rev) = previous {
-            match s.client.kv_client().compact(rev, None).await {
+            match s.client().kv_client().compact(rev, None).await {
                 Ok(_) => tracing::info!(revision = rev, "compacted etcd history"),
                 Err(e) if e.to_string().contains("compacted") => {}
                 Err(e) => {
@@ -904,7 +1038,7 @@ async fn compact_periodically(s: Arc<Shared>, every: Duration) {
 async fn watch_from(s: Arc<Shared>, revision: u64) -> Result<Watch, StoreError> {
     let start = i64::try_from(revision).unwrap_or(i64::MAX - 1) + 1;
     let probe = s
-        .client
+        .client()
         .kv_client()
         .get(
             s.prefix.clone(),
@@ -919,7 +1053,7 @@ async fn watch_from(s: Arc<Shared>, revision: u64) -> Result<Watch, StoreError> 
     if let Err(e) = probe {
         if e.to_string().contains("compacted") {
             let oldest = s
-                .client
+                .client()
                 .kv_client()
                 .get(
                     s.prefix.clone(),
@@ -941,7 +1075,7 @@ async fn watch_from(s: Arc<Shared>, revision: u64) -> Result<Watch, StoreError> 
         .with_prev_key()
         .with_start_revision(start);
     let stream = s
-        .client
+        .client()
         .watch_client()
         .watch(s.prefix.clone(), Some(opts))
         .await
