@@ -91,9 +91,11 @@ fn pass(state: &State, node_grace: Duration) {
     };
     let nodes = list("nodes");
     let pods = list("pods");
-    node_lifecycle(store, &nodes, &pods, node_grace);
+    let node_leases = list("leases/kube-node-lease");
+    node_lifecycle(store, &nodes, &node_leases, &pods, node_grace);
     orphaned_terminating_pods(store, &nodes, &pods);
     schedule(store, &nodes, &pods);
+    crate::endpoints::reconcile(store, &list("services"), &pods, &nodes);
     let deployments = list("deployments");
     deployments_pass(state, &deployments, &pods);
     garbage_collect(state, &deployments, &pods);
@@ -170,20 +172,36 @@ fn orphaned_terminating_pods(store: &dyn Store, nodes: &[Value], pods: &[Value])
     }
 }
 
-fn node_lifecycle(store: &dyn Store, nodes: &[Value], pods: &[Value], grace: Duration) {
+/// The node lifecycle controller (kube-controller-manager's): a node is alive while it renews
+/// its Lease `kube-node-lease/NAME` (every 10 s) or posts its status; after `grace` (40 s,
+/// `--node-monitor-grace-period`) without either, its Ready condition turns Unknown and its
+/// pods' Ready turns False, so endpoints drop them. The node sets Ready again itself when it
+/// is back.
+fn node_lifecycle(
+    store: &dyn Store,
+    nodes: &[Value],
+    leases: &[Value],
+    pods: &[Value],
+    grace: Duration,
+) {
     let now = jiff::Timestamp::now();
+    let timestamp = |v: Option<&Value>| {
+        v.and_then(Value::as_str)
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+    };
     for n in nodes {
         let Some(ready) = condition(n, "Ready") else {
             continue;
         };
         let status = ready.get("status").and_then(Value::as_str).unwrap_or("");
-        let beat = ready
-            .get("lastHeartbeatTime")
-            .and_then(Value::as_str)
-            .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+        let name = s(n, "/metadata/name");
+        let renewed = leases
+            .iter()
+            .find(|l| s(l, "/metadata/name") == name)
+            .and_then(|l| timestamp(l.pointer("/spec/renewTime")));
+        let beat = timestamp(ready.get("lastHeartbeatTime")).max(renewed);
         let Some(beat) = beat else { continue };
         let stale = now.as_second() - beat.as_second() > grace.as_secs() as i64;
-        let name = s(n, "/metadata/name");
         if stale && status != "Unknown" {
             let mut c = n.clone();
             if let Some(list) = c

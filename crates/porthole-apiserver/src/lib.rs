@@ -28,6 +28,7 @@ pub mod bootstrap;
 pub mod controllers;
 pub mod csr;
 pub mod discovery;
+pub mod endpoints;
 pub mod error;
 pub mod health;
 pub mod http_util;

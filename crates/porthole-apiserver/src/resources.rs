@@ -109,6 +109,16 @@ pub static RESOURCES: &[ResourceInfo] = &[
     ResourceInfo {
         group: "",
         version: "v1",
+        plural: "endpoints",
+        singular: "endpoints",
+        kind: "Endpoints",
+        namespaced: true,
+        short_names: &["ep"],
+        subresources: &[],
+    },
+    ResourceInfo {
+        group: "",
+        version: "v1",
         plural: "nodes",
         singular: "node",
         kind: "Node",

@@ -300,10 +300,14 @@ async fn supervise(
     // Back-off carried across sessions that die right after connecting.
     let mut flap: Option<Duration> = None;
     let mut last_flap: Option<Duration> = None;
+    // The pod whose session just ended: another Ready pod of the target is tried first (its
+    // node may be cut off while the pod still looks Ready).
+    let mut avoid: Vec<String> = Vec::new();
     loop {
         sessions_tx.send_replace(Arc::new(lives.clone()));
         if lives.is_empty() {
-            match reconnect(connector, options, output, shutdown, flap.take()).await {
+            let avoid = std::mem::take(&mut avoid);
+            match reconnect(connector, options, output, shutdown, flap.take(), avoid).await {
                 Reconnect::Sessions(new) => {
                     for s in new {
                         output.notice(
@@ -362,6 +366,7 @@ async fn supervise(
                     flap = next_flap_delay(&live, last_flap, options);
                     last_flap = flap;
                     lost(output, &live.pod, &reason);
+                    avoid = vec![live.pod.clone()];
                 }
             }
             ((id, reason), _, _) = ended => {
@@ -377,6 +382,7 @@ async fn supervise(
                     flap = next_flap_delay(&live, last_flap, options);
                     last_flap = flap;
                     lost(output, &live.pod, &reason);
+                    avoid = vec![live.pod.clone()];
                 }
             }
             _ = rescan.tick(), if options.balance > 1 && options.reconnect => {
@@ -420,13 +426,16 @@ enum Reconnect {
 }
 
 /// Capped exponential back-off with jitter until a session is up, shutdown, or the target has
-/// been gone for `pod_running_timeout`.
+/// been gone for `pod_running_timeout`. Pods in `avoid` are skipped while the target has
+/// others (a service or deployment moves to a pod on another node at once); a pod target, or
+/// one with no other pod, gets them back at once.
 async fn reconnect(
     connector: &dyn Connector,
     options: &Options,
     output: &Output,
     shutdown: &CancellationToken,
     flap: Option<Duration>,
+    mut avoid: Vec<String>,
 ) -> Reconnect {
     if let Some(wait) = flap {
         tokio::select! {
@@ -440,10 +449,15 @@ async fn reconnect(
     loop {
         let attempt = tokio::select! {
             _ = shutdown.cancelled() => return Reconnect::Shutdown,
-            r = connector.connect(options.balance, &[]) => r,
+            r = connector.connect(options.balance, &avoid) => r,
         };
         match attempt {
             Ok(new) if !new.is_empty() => return Reconnect::Sessions(new),
+            Ok(_) if !avoid.is_empty() => {
+                // Only the avoided pods are candidates: try them again, now.
+                avoid.clear();
+                continue;
+            }
             Ok(_) => {}
             Err(e) => {
                 if e.gone {

@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use futures_util::TryStreamExt as _;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{
     DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeStatus,
     NodeSystemInfo, Pod,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
@@ -27,6 +28,12 @@ use crate::config::ApiConfig;
 use crate::metrics::Registration;
 use crate::runtime::Runtime;
 
+/// The node's Lease in `kube-node-lease` lasts this long (the kubelet's default); it is renewed
+/// every heartbeat (10 s).
+const NODE_LEASE_SECONDS: i32 = 40;
+/// Full node status is posted at least this often even when nothing changed (the kubelet's
+/// nodeStatusReportFrequency); the Lease is the cheap heartbeat in between.
+const STATUS_REPORT_EVERY: Duration = Duration::from_secs(300);
 const RETRY_MIN: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
@@ -228,6 +235,7 @@ pub(crate) async fn run(
         }
     }
     let deleting: Arc<std::sync::Mutex<HashSet<String>>> = Default::default();
+    let resync = Arc::new(tokio::sync::Notify::new());
     tokio::join!(
         heartbeat_loop(
             client.clone(),
@@ -236,6 +244,7 @@ pub(crate) async fn run(
             heartbeat,
             shutdown.clone(),
             registration,
+            resync.clone(),
         ),
         pod_loop(
             client.clone(),
@@ -244,10 +253,60 @@ pub(crate) async fn run(
             deleting,
             shutdown.clone()
         ),
-        status_loop(client, runtime, shutdown),
+        status_loop(client, runtime, shutdown, resync),
     );
 }
 
+/// Renews `kube-node-lease/NAME` (one small write per heartbeat; created when missing).
+async fn renew_lease(leases: &Api<Lease>, node: &str) -> Result<(), kube::Error> {
+    let now = MicroTime(Timestamp::now());
+    let patch = serde_json::json!({
+        "spec": {
+            "holderIdentity": node,
+            "leaseDurationSeconds": NODE_LEASE_SECONDS,
+            "renewTime": now,
+        }
+    });
+    match leases
+        .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(node.to_owned()),
+                    namespace: Some("kube-node-lease".into()),
+                    ..Default::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(node.to_owned()),
+                    lease_duration_seconds: Some(NODE_LEASE_SECONDS),
+                    renew_time: Some(now),
+                    ..Default::default()
+                }),
+            };
+            leases
+                .create(&PostParams::default(), &lease)
+                .await
+                .map(|_| ())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn is_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .is_some_and(|c| c.status == "True")
+}
+
+/// The node's heartbeat, as the kubelet's: the Lease every `every`, and the Ready condition
+/// when the API shows the node not Ready (the node lifecycle controller marked it while it was
+/// unreachable: it is back now, and its pods' statuses are posted again) or at least every
+/// [`STATUS_REPORT_EVERY`].
 async fn heartbeat_loop(
     client: Client,
     facts: NodeFacts,
@@ -255,30 +314,66 @@ async fn heartbeat_loop(
     every: Duration,
     shutdown: CancellationToken,
     registration: Arc<Registration>,
+    resync: Arc<tokio::sync::Notify>,
 ) {
     let nodes: Api<Node> = Api::all(client.clone());
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    let mut last_report = tokio::time::Instant::now();
+    // Ready since registration, or since the node came back after being marked unreachable.
+    let mut ready_since = since;
+    // The lease is created at once on start, like the kubelet's; then renewed every `every`.
+    let mut first = true;
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = shutdown.cancelled() => return,
+        if !first {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+        first = false;
+        if let Err(e) = renew_lease(&leases, &facts.name).await {
+            tracing::warn!(error = %e, "renewing the node lease failed; will retry");
+            continue;
+        }
+        let node = match nodes.get_opt(&facts.name).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the node failed; will retry");
+                continue;
+            }
+        };
+        let Some(node) = node else {
+            tracing::warn!(node = %facts.name, "node object was deleted; registering again");
+            let again = register(&client, &facts, since).await;
+            registration.set(again.is_ok());
+            if let Err(e) = again {
+                tracing::warn!(error = %e, "re-registering the node failed; will retry");
+            }
+            continue;
+        };
+        let ready = is_ready(&node);
+        if ready && last_report.elapsed() < STATUS_REPORT_EVERY {
+            continue;
+        }
+        let now = Timestamp::now();
+        if !ready {
+            ready_since = now;
         }
         let patch = serde_json::json!({
-            "status": { "conditions": [ready_condition(Timestamp::now(), since)] }
+            "status": { "conditions": [ready_condition(now, ready_since)] }
         });
         match nodes
             .patch_status(&facts.name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {
-                tracing::warn!(node = %facts.name, "node object was deleted; registering again");
-                let again = register(&client, &facts, since).await;
-                registration.set(again.is_ok());
-                if let Err(e) = again {
-                    tracing::warn!(error = %e, "re-registering the node failed; will retry");
+            Ok(_) => {
+                last_report = tokio::time::Instant::now();
+                if !ready {
+                    tracing::info!(node = %facts.name, "the API showed this node not Ready (it was unreachable); Ready again, posting pod statuses");
+                    resync.notify_one();
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "node heartbeat failed; will retry"),
+            Err(e) => tracing::warn!(error = %e, "posting node status failed; will retry"),
         }
     }
 }
@@ -483,7 +578,12 @@ async fn pod_loop(
 }
 
 /// Writes pod status changes to the API server (merge patch on the status subresource).
-async fn status_loop(client: Client, runtime: Runtime, shutdown: CancellationToken) {
+async fn status_loop(
+    client: Client,
+    runtime: Runtime,
+    shutdown: CancellationToken,
+    resync: Arc<tokio::sync::Notify>,
+) {
     let mut changes = runtime.subscribe();
     let mut sent: HashMap<String, serde_json::Value> = HashMap::new();
     let mut retry_pending;
@@ -535,6 +635,8 @@ async fn status_loop(client: Client, runtime: Runtime, shutdown: CancellationTok
         tokio::select! {
             r = changes.changed() => if r.is_err() { return },
             _ = retry => {}
+            // The API's copy may differ from what was sent (the node was marked unreachable).
+            _ = resync.notified() => sent.clear(),
             _ = shutdown.cancelled() => return,
         }
     }

@@ -474,6 +474,25 @@ fn run_porthole(bin: &Path, args: &[String]) -> Result<String> {
     expect_success(&format!("porthole {}", args.join(" ")), &out)
 }
 
+/// HTTP/1.0 `GET /` through `127.0.0.1:port` on `host` (a forward's listener there); the body
+/// of a 200 answer.
+pub fn http_get_on(host: &Host, port: u16) -> Result<String> {
+    use std::io::{Read, Write};
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut conn = host.tcp_connect(addr, Duration::from_secs(10))?;
+    conn.set_read_timeout(Some(Duration::from_secs(60)))?;
+    conn.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+    let mut response = Vec::new();
+    conn.read_to_end(&mut response)
+        .context("read the response")?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    ensure!(text.starts_with("HTTP/1.0 200"), "response: {text:?}");
+    let (_, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("no header end in {text:?}"))?;
+    Ok(body.to_string())
+}
+
 /// Retries `check` until it returns `Ok(Some(_))`, bounded by `timeout`; for conditions that
 /// have no line to wait for (a count in the API, a metric). Returns the last error on timeout.
 pub fn eventually<T>(

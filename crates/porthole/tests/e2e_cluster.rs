@@ -14,15 +14,12 @@
 //! - joins with a wrong token, an expired token or a wrong CA hash are refused, clearly;
 //! - nothing is left afterwards: processes, namespaces, etcd data.
 
-use std::io::{Read, Write};
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{anyhow, ensure, Context, Result};
-use porthole_test::ha::{eventually, HaCluster, JoinLine};
-use porthole_test::testbed::Host;
+use anyhow::{ensure, Context, Result};
+use porthole_test::ha::{eventually, http_get_on, HaCluster, JoinLine};
 use porthole_test::{write_file, Child, Clients, TempDir};
 use tokio::time::Instant;
 
@@ -61,25 +58,6 @@ spec:
       periodSeconds: 1
 "#
     )
-}
-
-/// HTTP/1.0 GET / through `127.0.0.1:port` on `host`; the body.
-fn get_on(host: &Host, port: u16) -> Result<String> {
-    let mut conn = host.tcp_connect(
-        SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_secs(10),
-    )?;
-    conn.set_read_timeout(Some(Duration::from_secs(60)))?;
-    conn.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
-    let mut response = Vec::new();
-    conn.read_to_end(&mut response)
-        .context("read the response")?;
-    let text = String::from_utf8_lossy(&response).into_owned();
-    ensure!(text.starts_with("HTTP/1.0 200"), "response: {text:?}");
-    let (_, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow!("no header end in {text:?}"))?;
-    Ok(body.to_string())
 }
 
 /// Starts a port-forward client on the client host and waits for its `Forwarding from
@@ -187,7 +165,7 @@ fn every_client_reaches_every_node_through_the_balancer_and_outlives_a_server() 
                     .args(["port-forward", &format!("pod/{pod}"), ":8000"]);
                 let (mut child, port) =
                     forward(&format!("kubectl-{transport}-{pod}"), cmd, &cluster.work)?;
-                let body = get_on(&client, port).with_context(|| child.report())?;
+                let body = http_get_on(&client, port).with_context(|| child.report())?;
                 ensure!(
                     body == pod,
                     "kubectl {transport} to {pod} answered {body:?}"
@@ -242,7 +220,7 @@ fn every_client_reaches_every_node_through_the_balancer_and_outlives_a_server() 
         let mut cmd = cluster.porthole_on_client();
         cmd.args(["port-forward", "pod/web-node2", ":8000"]);
         let (mut fwd, port) = forward("porthole-forward", cmd, &cluster.work)?;
-        ensure!(get_on(&client, port)? == "web-node2");
+        ensure!(http_get_on(&client, port)? == "web-node2");
         let carrier = eventually(
             "a server reports the forward's session",
             Duration::from_secs(10),
@@ -261,7 +239,7 @@ fn every_client_reaches_every_node_through_the_balancer_and_outlives_a_server() 
         );
         cluster.kill_apiserver(carrier)?;
         // The next connection waits for the client's reconnect, through the other server.
-        let body = get_on(&client, port).with_context(|| fwd.report())?;
+        let body = http_get_on(&client, port).with_context(|| fwd.report())?;
         ensure!(body == "web-node2", "after the kill: {body:?}");
         let other = 1 - carrier;
         ensure!(
@@ -270,7 +248,7 @@ fn every_client_reaches_every_node_through_the_balancer_and_outlives_a_server() 
             cluster.apiservers[other].name
         );
         for _ in 0..5 {
-            ensure!(get_on(&client, port)? == "web-node2");
+            ensure!(http_get_on(&client, port)? == "web-node2");
         }
         fwd.interrupt(Duration::from_secs(20))?;
         cluster.start_apiserver(carrier)?;
