@@ -1,4 +1,4 @@
-//! Request routing and the resource handlers: get, list, watch, create, update, patch,
+//! The resource handlers: get, list, watch, create, update, patch,
 //! delete, deletecollection and the `status`, `scale`, `binding` subresources.
 //!
 //! Objects travel as `serde_json::Value` between the store and the wire, but every write goes
@@ -14,9 +14,9 @@ use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use crate::authz::{Attributes, ResourceAttrs};
 use crate::error::{ApiError, Target};
 use crate::http_util::{json_response, Body, Query};
+use crate::request::ResourceRequest;
 use crate::resources::{self, ResourceInfo};
 use crate::select::{FieldSelector, LabelSelector};
 use crate::store::{resource_version, EventKind, Store};
@@ -25,148 +25,6 @@ use crate::State;
 
 /// Largest request body accepted (Kubernetes' limit).
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
-/// Longest object name accepted anywhere in a path.
-const MAX_NAME_BYTES: usize = 253;
-
-/// A request for a resource (as opposed to discovery or health).
-#[derive(Debug, Clone)]
-pub struct ResourceRequest {
-    /// The resource.
-    pub info: &'static ResourceInfo,
-    /// Namespace ("" for cluster-scoped resources and all-namespace lists).
-    pub namespace: String,
-    /// Object name ("" for collections).
-    pub name: String,
-    /// Subresource ("" for the main resource).
-    pub subresource: String,
-    /// Path after the subresource (`nodes/{n}/proxy/{rest}`).
-    pub rest: String,
-}
-
-impl ResourceRequest {
-    /// The target for error messages.
-    pub fn target(&self) -> Target {
-        Target {
-            group: self.info.group.to_string(),
-            resource: self.info.plural.to_string(),
-            name: self.name.clone(),
-        }
-    }
-
-    fn key(&self) -> String {
-        self.info.key(&self.namespace, &self.name)
-    }
-}
-
-/// Where a request goes.
-#[derive(Debug)]
-pub enum Route {
-    /// Discovery, version, health, openapi.
-    NonResource,
-    /// A resource request (including the legacy `/proxy/nodes/...` path, mapped to nodes/proxy).
-    Resource(ResourceRequest),
-}
-
-fn decode_segment(s: &str) -> Result<String, ApiError> {
-    let decoded = percent_encoding::percent_decode_str(s)
-        .decode_utf8()
-        .map_err(|_| ApiError::BadRequest(format!("invalid path segment {s:?}: not UTF-8")))?
-        .into_owned();
-    if decoded.len() > MAX_NAME_BYTES {
-        return Err(ApiError::BadRequest(format!(
-            "path segment too long: {} bytes (limit {MAX_NAME_BYTES})",
-            decoded.len()
-        )));
-    }
-    Ok(decoded)
-}
-
-/// Parse a request path.
-pub fn route(path: &str) -> Result<Route, ApiError> {
-    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let (group, version, rest): (&str, &str, &[&str]) = match segs.as_slice() {
-        ["api", "v1", rest @ ..] if !rest.is_empty() && !rest[0].is_empty() => ("", "v1", rest),
-        ["apis", g, v, rest @ ..] if !rest.is_empty() && !rest[0].is_empty() => (g, v, rest),
-        ["proxy", "nodes", node, rest @ ..] if !node.is_empty() => {
-            return Ok(Route::Resource(ResourceRequest {
-                info: resources::core("nodes"),
-                namespace: String::new(),
-                name: decode_segment(node)?,
-                subresource: "proxy".into(),
-                rest: rest.join("/"),
-            }))
-        }
-        _ => return Ok(Route::NonResource),
-    };
-    let rest: Vec<String> = rest
-        .iter()
-        .map(|s| decode_segment(s))
-        .collect::<Result<_, _>>()?;
-    let namespaced_path = rest.len() >= 3
-        && rest[0] == "namespaces"
-        && resources::find(group, version, &rest[2]).is_some_and(|r| r.namespaced);
-    let (namespace, rest) = if namespaced_path {
-        (rest[1].clone(), &rest[2..])
-    } else {
-        (String::new(), &rest[..])
-    };
-    let plural = rest.first().ok_or(ApiError::NoRoute)?;
-    let info = resources::find(group, version, plural).ok_or(ApiError::NoRoute)?;
-    let name = rest.get(1).cloned().unwrap_or_default();
-    let subresource = rest.get(2).cloned().unwrap_or_default();
-    if !subresource.is_empty() && !info.subresources.iter().any(|(s, _, _)| *s == subresource) {
-        return Err(ApiError::NoRoute);
-    }
-    if rest.len() > 3 && subresource != "proxy" {
-        return Err(ApiError::NoRoute);
-    }
-    if name.is_empty() && rest.len() > 1 {
-        return Err(ApiError::NoRoute);
-    }
-    Ok(Route::Resource(ResourceRequest {
-        info,
-        namespace,
-        name,
-        subresource,
-        rest: rest.get(3..).map(|r| r.join("/")).unwrap_or_default(),
-    }))
-}
-
-/// The Kubernetes verb of a resource request.
-pub fn verb(
-    method: &Method,
-    req: &ResourceRequest,
-    query: &Query,
-) -> Result<&'static str, ApiError> {
-    let connect = matches!(req.subresource.as_str(), "portforward" | "proxy");
-    Ok(match *method {
-        Method::GET if connect => "get",
-        Method::GET if req.name.is_empty() && query.flag("watch") => "watch",
-        Method::GET if req.name.is_empty() => "list",
-        Method::GET => "get",
-        Method::POST => "create",
-        Method::PUT => "update",
-        Method::PATCH => "patch",
-        Method::DELETE if req.name.is_empty() => "deletecollection",
-        Method::DELETE => "delete",
-        _ => return Err(ApiError::MethodNotAllowed),
-    })
-}
-
-/// RBAC attributes of a resource request.
-pub fn attributes(verb: &str, req: &ResourceRequest) -> Attributes {
-    Attributes {
-        verb: verb.to_string(),
-        resource: Some(ResourceAttrs {
-            group: req.info.group.to_string(),
-            resource: req.info.plural.to_string(),
-            subresource: req.subresource.clone(),
-            namespace: req.namespace.clone(),
-            name: req.name.clone(),
-        }),
-        path: String::new(),
-    }
-}
 
 /// Read a body up to [`MAX_BODY_BYTES`].
 pub async fn read_body<B>(body: B) -> Result<Bytes, ApiError>
@@ -1315,62 +1173,4 @@ pub fn bind_pod(
     store
         .update(&req.key(), c, Some(resource_version(current)))
         .map_err(|e| ApiError::from_store(e, req.target()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn res(path: &str) -> ResourceRequest {
-        match route(path) {
-            Ok(Route::Resource(r)) => r,
-            other => panic!("{path}: {other:?}"),
-        }
-    }
-
-    #[test]
-    fn routes() {
-        let r = res("/api/v1/namespaces/default/pods/web/portforward");
-        assert_eq!(
-            (
-                r.info.plural,
-                r.namespace.as_str(),
-                r.name.as_str(),
-                r.subresource.as_str()
-            ),
-            ("pods", "default", "web", "portforward")
-        );
-        let r = res("/api/v1/namespaces/kube-system");
-        assert_eq!(
-            (r.info.plural, r.namespace.as_str(), r.name.as_str()),
-            ("namespaces", "", "kube-system")
-        );
-        let r = res("/api/v1/namespaces/x/status");
-        assert_eq!(
-            (r.info.plural, r.name.as_str(), r.subresource.as_str()),
-            ("namespaces", "x", "status")
-        );
-        let r = res("/api/v1/pods");
-        assert_eq!((r.info.plural, r.namespace.as_str()), ("pods", ""));
-        let r = res("/apis/apps/v1/namespaces/d/deployments/x/scale");
-        assert_eq!((r.info.group, r.subresource.as_str()), ("apps", "scale"));
-        let r = res("/api/v1/nodes/n1/proxy/portForward/default/web");
-        assert_eq!(
-            (r.name.as_str(), r.subresource.as_str(), r.rest.as_str()),
-            ("n1", "proxy", "portForward/default/web")
-        );
-        let r = res("/proxy/nodes/n1/portForward/default/web");
-        assert_eq!(
-            (r.info.plural, r.rest.as_str()),
-            ("nodes", "portForward/default/web")
-        );
-        assert!(matches!(route("/api/v1"), Ok(Route::NonResource)));
-        assert!(matches!(route("/version"), Ok(Route::NonResource)));
-        assert!(matches!(route("/api/v1/widgets"), Err(ApiError::NoRoute)));
-        assert!(matches!(
-            route("/api/v1/namespaces/d/pods/x/exec"),
-            Err(ApiError::NoRoute)
-        ));
-        assert_eq!(res("/api/v1/namespaces/d/pods/a%2Eb").name, "a.b");
-    }
 }

@@ -19,33 +19,8 @@ use serde_json::Value;
 
 use crate::authn::UserInfo;
 use crate::error::{ApiError, Target};
+use crate::request::{attributes, Attributes, ResourceRequest};
 use crate::store::Store;
-
-/// Resource part of a request's attributes.
-#[derive(Debug, Clone, Default)]
-pub struct ResourceAttrs {
-    /// API group ("" = core).
-    pub group: String,
-    /// Plural resource.
-    pub resource: String,
-    /// Subresource ("" = none).
-    pub subresource: String,
-    /// Namespace ("" = cluster scope or all namespaces).
-    pub namespace: String,
-    /// Object name ("" = collection).
-    pub name: String,
-}
-
-/// What is being asked.
-#[derive(Debug, Clone)]
-pub struct Attributes {
-    /// Kubernetes verb (`get`, `list`, `watch`, `create`, ... or lowercase HTTP method for paths).
-    pub verb: String,
-    /// Set for resource requests.
-    pub resource: Option<ResourceAttrs>,
-    /// Request path, for non-resource requests.
-    pub path: String,
-}
 
 fn rule(verbs: &[&str], groups: &[&str], resources: &[&str]) -> PolicyRule {
     PolicyRule {
@@ -319,13 +294,13 @@ pub fn node_restriction(
     store: &dyn Store,
     user: &UserInfo,
     verb: &str,
-    req: &crate::api::ResourceRequest,
+    req: &ResourceRequest,
     query: &crate::http_util::Query,
 ) -> Result<(), ApiError> {
     let Some(node_name) = node_of(user) else {
         return Ok(());
     };
-    let attrs = crate::api::attributes(verb, req);
+    let attrs = attributes(verb, req);
     let deny = |why: &str| {
         let ApiError::Forbidden { message, target } = forbidden(user, &attrs) else {
             return ApiError::Internal("forbidden() returned another error".into());
@@ -401,7 +376,7 @@ pub fn node_restriction(
 pub fn node_create_restriction(
     user: &UserInfo,
     verb: &str,
-    req: &crate::api::ResourceRequest,
+    req: &ResourceRequest,
     body_name: Option<&str>,
 ) -> Result<(), ApiError> {
     let Some(node_name) = node_of(user) else {
@@ -414,9 +389,7 @@ pub fn node_create_restriction(
         return Ok(());
     }
     let target = body_name.unwrap_or("");
-    let ApiError::Forbidden { message, target: t } =
-        forbidden(user, &crate::api::attributes(verb, req))
-    else {
+    let ApiError::Forbidden { message, target: t } = forbidden(user, &attributes(verb, req)) else {
         return Err(ApiError::Internal(
             "forbidden() returned another error".into(),
         ));
@@ -477,6 +450,7 @@ pub fn forbidden(user: &UserInfo, a: &Attributes) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::request::ResourceAttrs;
 
     fn bob() -> UserInfo {
         UserInfo {

@@ -14,7 +14,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, DeleteOptions, ResourceRequest};
+use crate::api::{self, DeleteOptions};
+use crate::request::ResourceRequest;
 use crate::resources::{self, RESOURCES};
 use crate::store::{resource_version, Store};
 use crate::State;

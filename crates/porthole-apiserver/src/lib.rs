@@ -39,6 +39,7 @@ pub mod metrics;
 pub mod patch;
 pub mod portforward;
 pub mod protobuf;
+pub mod request;
 pub mod resources;
 pub mod select;
 pub mod store;
@@ -62,10 +63,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::api::Route;
 use crate::authn::{Outcome, TokenFile, UserInfo};
 use crate::error::ApiError;
 use crate::http_util::{Body, Query};
+use crate::request::Route;
 use crate::store::{EtcdStore, RedbStore, Store, StoreError};
 
 /// Command-line flags of `porthole apiserver` (names follow kube-apiserver where one exists).
@@ -630,10 +631,10 @@ async fn authenticated(
 /// The `verb` and `resource` labels of `apiserver_request_total` for a request.
 fn metric_labels<B>(req: &Request<B>) -> (&'static str, &'static str) {
     let method = req.method();
-    match api::route(req.uri().path()) {
+    match request::route(req.uri().path()) {
         Ok(Route::Resource(r)) => {
             let query = Query::parse(req.uri().query());
-            let k8s_verb = api::verb(method, &r, &query).unwrap_or("");
+            let k8s_verb = request::verb(method, &r, &query).unwrap_or("");
             let connect = matches!(r.subresource.as_str(), "portforward" | "proxy");
             let apply = req
                 .headers()
@@ -684,11 +685,11 @@ async fn dispatch(
     let path = req.uri().path().to_string();
     let query = Query::parse(req.uri().query());
     let method = req.method().clone();
-    let route = api::route(&path).map_err(|e| (method.as_str().to_lowercase(), e))?;
+    let route = request::route(&path).map_err(|e| (method.as_str().to_lowercase(), e))?;
     let r = match route {
         Route::NonResource => {
             let verb = method.as_str().to_lowercase();
-            let attrs = authz::Attributes {
+            let attrs = request::Attributes {
                 verb: verb.clone(),
                 resource: None,
                 path: path.clone(),
@@ -723,9 +724,10 @@ async fn dispatch(
         }
         Route::Resource(r) => r,
     };
-    let verb = api::verb(&method, &r, &query).map_err(|e| (method.as_str().to_lowercase(), e))?;
+    let verb =
+        request::verb(&method, &r, &query).map_err(|e| (method.as_str().to_lowercase(), e))?;
     let fail = |e: ApiError| (verb.to_string(), e);
-    authz::authorize(state.store.as_ref(), user, &api::attributes(verb, &r)).map_err(fail)?;
+    authz::authorize(state.store.as_ref(), user, &request::attributes(verb, &r)).map_err(fail)?;
     authz::node_restriction(state.store.as_ref(), user, verb, &r, &query).map_err(fail)?;
     csr::read_restriction(state.store.as_ref(), user, verb, &r, &query).map_err(fail)?;
     match r.subresource.as_str() {
@@ -736,8 +738,12 @@ async fn dispatch(
             if r.subresource == "portforward" && verb != "create" {
                 // Kubernetes 1.35 (AuthorizePodWebsocketUpgradeCreatePermission): the WebSocket
                 // GET also needs `create`, so "read-only" roles cannot forward ports.
-                authz::authorize(state.store.as_ref(), user, &api::attributes("create", &r))
-                    .map_err(fail)?;
+                authz::authorize(
+                    state.store.as_ref(),
+                    user,
+                    &request::attributes("create", &r),
+                )
+                .map_err(fail)?;
             }
             let target = if r.subresource == "portforward" {
                 portforward::Target::Pod {

@@ -5,9 +5,9 @@ use http::{header, Request, Response};
 use http_body_util::BodyExt;
 use serde_json::Value;
 
-use crate::api::ResourceRequest;
 use crate::error::ApiError;
 use crate::http_util::{Body, Query};
+use crate::request::ResourceRequest;
 use crate::{kubelet, State};
 
 /// Serve `GET .../pods/{name}/log`.

@@ -298,7 +298,7 @@ async fn prepare(
             if !is_upgrade(req.headers()) {
                 return Err(ApiError::BadRequest("Upgrade request required".into()));
             }
-            let r = crate::api::ResourceRequest {
+            let r = crate::request::ResourceRequest {
                 info: crate::resources::core("pods"),
                 namespace: namespace.clone(),
                 name: pod.clone(),

@@ -156,7 +156,7 @@ pub fn read_restriction(
     store: &dyn Store,
     user: &UserInfo,
     verb: &str,
-    req: &crate::api::ResourceRequest,
+    req: &crate::request::ResourceRequest,
     query: &Query,
 ) -> Result<(), ApiError> {
     if req.info.plural != "certificatesigningrequests" || requester(user) == Requester::Other {
