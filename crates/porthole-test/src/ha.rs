@@ -474,6 +474,31 @@ fn run_porthole(bin: &Path, args: &[String]) -> Result<String> {
     expect_success(&format!("porthole {}", args.join(" ")), &out)
 }
 
+/// Runs `test` on a fresh cluster laid out as `layout`; stops it (checking nothing is left) and
+/// panics with the test's error and what the processes printed. Skips loudly without root.
+pub fn on_cluster(
+    bin: &Path,
+    name: &str,
+    layout: Layout,
+    test: impl FnOnce(&mut HaCluster) -> Result<()>,
+) {
+    if !crate::require_root(name) {
+        return;
+    }
+    let work = crate::TempDir::new(name).expect("create the test's directory");
+    let mut cluster = HaCluster::start_with(bin, work.path(), layout)
+        .unwrap_or_else(|e| panic!("starting the cluster: {e:#}"));
+    let res = test(&mut cluster);
+    let report = cluster.report();
+    let stopped = cluster.stop();
+    if let Err(e) = res {
+        panic!("{e:#}\n\n{report}");
+    }
+    if let Err(e) = stopped {
+        panic!("{e:#}");
+    }
+}
+
 /// HTTP/1.0 `GET /` through `127.0.0.1:port` on `host` (a forward's listener there); the body
 /// of a 200 answer.
 pub fn http_get_on(host: &Host, port: u16) -> Result<String> {

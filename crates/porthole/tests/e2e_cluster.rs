@@ -19,8 +19,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use porthole_test::ha::{eventually, http_get_on, HaCluster, JoinLine};
-use porthole_test::{write_file, Child, Clients, TempDir};
+use porthole_test::ha::{eventually, http_get_on, HaCluster, JoinLine, Layout};
+use porthole_test::{write_file, Child, Clients};
 use tokio::time::Instant;
 
 const BIN: &str = env!("CARGO_BIN_EXE_porthole");
@@ -107,26 +107,12 @@ fn pods_on_nodes(cluster: &HaCluster) -> Result<Vec<(String, String)>> {
         .collect())
 }
 
-/// Runs `test` on a fresh cluster of `nodes` nodes; stops it (checking nothing is left) and
-/// panics with the test's error and what the processes printed.
 fn on_cluster(name: &str, nodes: usize, test: impl FnOnce(&mut HaCluster) -> Result<()>) {
-    if !porthole_test::require_root(name) {
-        return;
-    }
-    let work = TempDir::new(name).unwrap();
-    let mut cluster = match HaCluster::start(Path::new(BIN), work.path(), nodes) {
-        Ok(c) => c,
-        Err(e) => panic!("starting the cluster: {e:#}"),
+    let layout = Layout {
+        nodes,
+        etcd_members: 1,
     };
-    let res = test(&mut cluster);
-    let report = cluster.report();
-    let stopped = cluster.stop();
-    if let Err(e) = res {
-        panic!("{e:#}\n\n{report}");
-    }
-    if let Err(e) = stopped {
-        panic!("{e:#}");
-    }
+    porthole_test::ha::on_cluster(Path::new(BIN), name, layout, test);
 }
 
 #[test]

@@ -7,8 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use porthole_test::ha::{eventually, HaCluster, Layout};
-use porthole_test::TempDir;
+use porthole_test::ha::{eventually, on_cluster, HaCluster, Layout};
 
 const BIN: &str = env!("CARGO_BIN_EXE_porthole");
 
@@ -22,17 +21,11 @@ fn config_maps(cluster: &HaCluster) -> Result<Vec<String>> {
 
 #[test]
 fn one_member_down_is_invisible_two_down_is_a_clear_503_and_recovery_loses_nothing() {
-    if !porthole_test::require_root("etcd_members") {
-        return;
-    }
-    let work = TempDir::new("etcd-members").unwrap();
     let layout = Layout {
         nodes: 1,
         etcd_members: 3,
     };
-    let mut cluster = HaCluster::start_with(Path::new(BIN), work.path(), layout)
-        .unwrap_or_else(|e| panic!("starting the cluster: {e:#}"));
-    let res = (|| -> Result<()> {
+    on_cluster(Path::new(BIN), "etcd-members", layout, |cluster| {
         cluster.kubectl(&["create", "configmap", "before", "--from-literal=k=v"])?;
 
         // One member gone: every request still succeeds, through both servers.
@@ -111,7 +104,7 @@ fn one_member_down_is_invisible_two_down_is_a_clear_503_and_recovery_loses_nothi
             })?;
         }
         cluster.kubectl(&["create", "configmap", "after", "--from-literal=k=v"])?;
-        let names = config_maps(&cluster)?;
+        let names = config_maps(cluster)?;
         for want in ["configmap/before", "configmap/after"]
             .into_iter()
             .map(String::from)
@@ -122,11 +115,5 @@ fn one_member_down_is_invisible_two_down_is_a_clear_503_and_recovery_loses_nothi
         // "no-quorum" may or may not be there: a write whose store timed out is ambiguous
         // (etcd may still commit a proposal it had accepted), as with kube-apiserver.
         Ok(())
-    })();
-    let report = cluster.report();
-    let stopped = cluster.stop();
-    if let Err(e) = res {
-        panic!("{e:#}\n\n{report}");
-    }
-    stopped.unwrap();
+    });
 }

@@ -17,32 +17,20 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use porthole_test::ha::{eventually, http_get_on, HaCluster};
+use porthole_test::ha::{eventually, http_get_on, HaCluster, Layout};
 use porthole_test::testbed::NO_NETEM;
-use porthole_test::{write_file, Child, TempDir};
+use porthole_test::{write_file, Child};
 use serde_json::Value;
 use tokio::time::Instant;
 
 const BIN: &str = env!("CARGO_BIN_EXE_porthole");
 
-/// Runs `test` on a fresh cluster; stops it (checking nothing is left) and panics with the
-/// test's error and what the processes printed.
 fn on_cluster(name: &str, nodes: usize, test: impl FnOnce(&mut HaCluster) -> Result<()>) {
-    if !porthole_test::require_root(name) {
-        return;
-    }
-    let work = TempDir::new(name).unwrap();
-    let mut cluster = HaCluster::start(Path::new(BIN), work.path(), nodes)
-        .unwrap_or_else(|e| panic!("starting the cluster: {e:#}"));
-    let res = test(&mut cluster);
-    let report = cluster.report();
-    let stopped = cluster.stop();
-    if let Err(e) = res {
-        panic!("{e:#}\n\n{report}");
-    }
-    if let Err(e) = stopped {
-        panic!("{e:#}");
-    }
+    let layout = Layout {
+        nodes,
+        etcd_members: 1,
+    };
+    porthole_test::ha::on_cluster(Path::new(BIN), name, layout, test);
 }
 
 /// `porthole port-forward -o json ARGS` on the client host; returns it with the local port of
