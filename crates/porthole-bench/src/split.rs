@@ -100,7 +100,7 @@ fn listening_lines(child: &mut Child, n: usize) -> Result<Vec<SocketAddr>> {
 fn relay(host: &Host, bench: &Path, work: &Path, name: &str, args: &[String]) -> Result<Child> {
     let mut cmd = host.command(bench);
     cmd.arg("relay").args(args);
-    Child::spawn(name, cmd, work)
+    Ok(Child::spawn(name, cmd, work)?.stop_with(nix::sys::signal::Signal::SIGTERM))
 }
 
 /// Path 2 on the cluster's hosts: client relay → haproxy (one per route) → api1 relay →

@@ -150,6 +150,9 @@ async fn serve(
 /// Runs the node agent: cleans up a previous run's leftovers, serves the endpoint on
 /// `listener`, joins the cluster (if `cfg.api` is set), runs the pods bound to this node.
 ///
+/// How long the API loops may take to end on shutdown before they are abandoned.
+const AGENT_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Prints one line to stdout when ready: `porthole node NAME listening on https://ADDR`, once
 /// the endpoint is serving and the first registration attempt has finished (successfully, or
 /// not — then registration keeps retrying in the background, which is logged).
@@ -239,9 +242,18 @@ pub async fn run(
     shutdown.cancelled().await;
     tracing::info!("shutting down: stopping every pod");
     agent_stop.cancel();
-    if let Some(agent) = agent {
-        if let Err(e) = agent.await {
-            tracing::error!(error = %e, "agent task failed");
+    if let Some(mut agent) = agent {
+        // The agent's loops end at the cancel, unless a request to an API server that is cut
+        // off (silent) is in flight: the pods are stopped without waiting for it.
+        match tokio::time::timeout(AGENT_STOP_GRACE, &mut agent).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "agent task failed"),
+            Err(_) => {
+                tracing::warn!(
+                    "the API server did not answer while stopping; stopping the pods without it"
+                );
+                agent.abort();
+            }
         }
     }
     runtime.shutdown().await;

@@ -416,23 +416,46 @@ impl HaCluster {
     /// Stops everything in order and checks nothing is left: processes, namespaces, etcd data.
     pub fn stop(mut self) -> Result<()> {
         let mut problems = Vec::new();
-        for (i, node) in self.nodes.iter_mut().enumerate() {
-            if let Some(mut child) = node.take() {
-                child.signal(Signal::SIGTERM)?;
-                let status = child.wait_timeout(STOP_TIMEOUT)?;
-                if !status.success() {
-                    problems.push(format!("node{} exited with {status}", i + 1));
+        // Pods run in namespaces of their own, out of reach of the testbed's teardown: note
+        // them now, so one a node failed to stop is found (and killed) afterwards.
+        let pods: std::collections::BTreeSet<crate::ProcId> = self
+            .nodes
+            .iter()
+            .flatten()
+            .flat_map(|n| crate::descendants(n.pid()))
+            .collect();
+        let children = self
+            .nodes
+            .iter_mut()
+            .enumerate()
+            .map(|(i, n)| (format!("node{}", i + 1), n.take()))
+            .chain(
+                self.apiservers
+                    .iter_mut()
+                    .map(|a| (a.name.clone(), a.child.take())),
+            );
+        for (name, child) in children {
+            let Some(mut child) = child else { continue };
+            let stopped = child
+                .signal(Signal::SIGTERM)
+                .and_then(|()| child.wait_timeout(STOP_TIMEOUT));
+            match stopped {
+                Ok(status) if status.success() => {}
+                Ok(status) => problems.push(format!("{name} exited with {status}")),
+                Err(e) => {
+                    problems.push(format!("{name} did not stop on SIGTERM: {e:#}"));
+                    let _ = child.signal(Signal::SIGKILL);
+                    let _ = child.wait_timeout(STOP_TIMEOUT);
                 }
             }
         }
-        for api in &mut self.apiservers {
-            if let Some(mut child) = api.child.take() {
-                child.signal(Signal::SIGTERM)?;
-                let status = child.wait_timeout(STOP_TIMEOUT)?;
-                if !status.success() {
-                    problems.push(format!("{} exited with {status}", api.name));
-                }
-            }
+        for pod in pods.iter().filter(|p| crate::alive(**p)) {
+            let cmdline = std::fs::read(format!("/proc/{}/cmdline", pod.pid))
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+                .unwrap_or_default();
+            problems.push(format!("pod process {} left running: {cmdline}", pod.pid));
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pod.pid as i32), Signal::SIGKILL);
         }
         for member in &mut self.etcd {
             member.stop()?;

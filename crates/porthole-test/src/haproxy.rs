@@ -86,7 +86,8 @@ impl Haproxy {
         // -db: foreground, logs to stderr.
         cmd.arg("-db").arg("-f").arg(&cfg_path);
         let child = Child::spawn(name, cmd, work_dir)
-            .context("start haproxy (is Debian's haproxy installed?)")?;
+            .context("start haproxy (is Debian's haproxy installed?)")?
+            .stop_with(nix::sys::signal::Signal::SIGTERM);
         let haproxy = Haproxy { child, addr, stats };
         haproxy.wait_for(Duration::from_secs(30), |_| true)?;
         Ok(haproxy)

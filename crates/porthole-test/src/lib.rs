@@ -108,9 +108,19 @@ pub struct Child {
     lines: mpsc::Receiver<String>,
     stdout: Arc<Mutex<Vec<String>>>,
     stderr_path: PathBuf,
+    /// What drop sends first (SIGINT unless [`Child::stop_with`] says otherwise).
+    stop_signal: Signal,
 }
 
 impl Child {
+    /// Drop stops this process with `signal` instead of SIGINT: for programs that keep SIGINT
+    /// ignored when they inherit it so (haproxy; a shell's background jobs start that way),
+    /// and stop cleanly on SIGTERM.
+    pub fn stop_with(mut self, signal: Signal) -> Child {
+        self.stop_signal = signal;
+        self
+    }
+
     /// Spawns `cmd` (stdin closed, stdout piped, stderr to `log_dir/NAME.stderr`).
     pub fn spawn(name: &str, mut cmd: Command, log_dir: &Path) -> Result<Child> {
         let stderr_path = log_dir.join(format!("{name}.stderr"));
@@ -141,6 +151,7 @@ impl Child {
             lines,
             stdout,
             stderr_path,
+            stop_signal: Signal::SIGINT,
         })
     }
 
@@ -244,7 +255,10 @@ impl Drop for Child {
     /// stops its pods (SIGKILL would orphan them), and SIGKILL only if that takes too long.
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            if self.interrupt(STOP_TIMEOUT).is_err() {
+            let stopped = self
+                .signal(self.stop_signal)
+                .and_then(|()| self.wait_timeout(STOP_TIMEOUT));
+            if stopped.is_err() {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
             }

@@ -190,6 +190,18 @@ fn partition_between_api_servers_and_node_during_forwards() {
         event(&mut pod_fwd, "reconnected", Duration::from_secs(60))?;
         ensure!(served_by(&http_get_on(&client, pod_port)?)? == first);
         pod_fwd.interrupt(Duration::from_secs(20))?;
+
+        // A node stopped while it cannot reach any API server still stops its pods, promptly.
+        isolate(cluster, &cut, true, false)?;
+        let index: usize = cut.trim_start_matches("node").parse::<usize>()? - 1;
+        let mut node = cluster.nodes[index].take().context("the node runs")?;
+        let pods = porthole_test::descendants(node.pid());
+        ensure!(!pods.is_empty(), "no pod processes under {cut}");
+        node.signal(nix::sys::signal::Signal::SIGTERM)?;
+        let status = node.wait_timeout(Duration::from_secs(30))?;
+        ensure!(status.success(), "{cut} exited with {status} while cut off");
+        let left: Vec<_> = pods.into_iter().filter(|p| porthole_test::alive(*p)).collect();
+        ensure!(left.is_empty(), "{cut} left pod processes running: {left:?}");
         Ok(())
     });
 }
