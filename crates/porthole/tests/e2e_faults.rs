@@ -200,8 +200,14 @@ fn partition_between_api_servers_and_node_during_forwards() {
         node.signal(nix::sys::signal::Signal::SIGTERM)?;
         let status = node.wait_timeout(Duration::from_secs(30))?;
         ensure!(status.success(), "{cut} exited with {status} while cut off");
-        let left: Vec<_> = pods.into_iter().filter(|p| porthole_test::alive(*p)).collect();
-        ensure!(left.is_empty(), "{cut} left pod processes running: {left:?}");
+        let left: Vec<_> = pods
+            .into_iter()
+            .filter(|p| porthole_test::alive(*p))
+            .collect();
+        ensure!(
+            left.is_empty(),
+            "{cut} left pod processes running: {left:?}"
+        );
         Ok(())
     });
 }
