@@ -36,6 +36,7 @@ pub mod kubelet;
 pub mod leader;
 pub mod logs;
 pub mod metrics;
+pub mod names;
 pub mod patch;
 pub mod portforward;
 pub mod protobuf;

@@ -4,6 +4,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::error::{ApiError, Cause};
+use crate::names::{is_label, is_subdomain};
 
 /// One served resource.
 #[derive(Debug)]
@@ -510,7 +511,7 @@ fn csr_errors(obj: &Value, causes: &mut Vec<Cause>) {
     match obj.pointer("/spec/request").and_then(Value::as_str) {
         None | Some("") => required(causes, "spec.request"),
         Some(_) => {
-            if let Err(why) = crate::csr::check_well_formed(obj) {
+            if let Err(why) = crate::csr::request::check_well_formed(obj) {
                 causes.push(Cause {
                     reason: "FieldValueInvalid",
                     message: format!("Invalid value: []byte{{...}}: {why}"),
@@ -524,21 +525,6 @@ fn csr_errors(obj: &Value, causes: &mut Vec<Cause>) {
 const SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
 const LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
 const DNS1035_MSG: &str = "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')";
-
-fn is_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
-}
-
-/// Kubernetes' DNS-1123 subdomain pattern (dot-separated labels; length checked separately,
-/// as Kubernetes reports the two failures as two causes).
-pub fn is_subdomain(s: &str) -> bool {
-    s.split('.').all(is_label)
-}
 
 /// Name rule errors for `name` under the kind's rule.
 pub fn name_errors(info: &ResourceInfo, name: &str, field: &str) -> Vec<Cause> {

@@ -1,7 +1,7 @@
 //! Command-line flags ([`Args`]) and the validated configuration ([`Config`]).
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -183,7 +183,7 @@ impl Config {
                     &args.data_dir,
                     args.join_timeout,
                 )?;
-                let files = crate::join::NodeFiles::layout(&join.pki_dir, &node_name);
+                let files = NodeFiles::layout(&join.pki_dir, &node_name);
                 let api = ApiConfig {
                     url: join.url.clone(),
                     ca_file: files.ca.clone(),
@@ -336,5 +336,48 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert!(parse_duration("4x").is_err());
         assert!(parse_duration("").is_err());
+    }
+}
+
+/// The files a joined node keeps under `<data-dir>/pki/` (the names of Contract 3).
+#[derive(Debug, Clone)]
+pub(crate) struct NodeFiles {
+    /// `ca.crt`: the pinned cluster CA.
+    pub(crate) ca: PathBuf,
+    /// `node-NAME-client.crt`: client certificate chain for the API server.
+    pub(crate) client_cert: PathBuf,
+    /// `node-NAME-client.key`.
+    pub(crate) client_key: PathBuf,
+    /// `node-NAME.crt`: serving certificate chain of the streaming endpoint.
+    pub(crate) serving_cert: PathBuf,
+    /// `node-NAME.key`.
+    pub(crate) serving_key: PathBuf,
+}
+
+impl NodeFiles {
+    /// The layout for node `name` under `pki_dir` (nothing is read).
+    pub(crate) fn layout(pki_dir: &Path, name: &str) -> Self {
+        Self {
+            ca: pki_dir.join("ca.crt"),
+            client_cert: pki_dir.join(format!("node-{name}-client.crt")),
+            client_key: pki_dir.join(format!("node-{name}-client.key")),
+            serving_cert: pki_dir.join(format!("node-{name}.crt")),
+            serving_key: pki_dir.join(format!("node-{name}.key")),
+        }
+    }
+
+    fn all(&self) -> [&PathBuf; 5] {
+        [
+            &self.ca,
+            &self.client_cert,
+            &self.client_key,
+            &self.serving_cert,
+            &self.serving_key,
+        ]
+    }
+
+    /// Whether every file exists (a join finished earlier).
+    pub(crate) fn present(&self) -> bool {
+        self.all().iter().all(|p| p.exists())
     }
 }

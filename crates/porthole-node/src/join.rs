@@ -20,7 +20,7 @@
 use std::fs;
 use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
@@ -39,53 +39,10 @@ use porthole_bootstrap::token as bt;
 use porthole_bootstrap::{BootstrapToken, CaCertHash};
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, PublicKeyData as _};
 
-use crate::config::{Config, JoinConfig};
+use crate::config::{Config, JoinConfig, NodeFiles};
 
 /// How long one HTTP exchange with the API server may take during the join.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The files a joined node keeps under `<data-dir>/pki/` (the names of Contract 3).
-#[derive(Debug, Clone)]
-pub(crate) struct NodeFiles {
-    /// `ca.crt`: the pinned cluster CA.
-    pub(crate) ca: PathBuf,
-    /// `node-NAME-client.crt`: client certificate chain for the API server.
-    pub(crate) client_cert: PathBuf,
-    /// `node-NAME-client.key`.
-    pub(crate) client_key: PathBuf,
-    /// `node-NAME.crt`: serving certificate chain of the streaming endpoint.
-    pub(crate) serving_cert: PathBuf,
-    /// `node-NAME.key`.
-    pub(crate) serving_key: PathBuf,
-}
-
-impl NodeFiles {
-    /// The layout for node `name` under `pki_dir` (nothing is read).
-    pub(crate) fn layout(pki_dir: &Path, name: &str) -> Self {
-        Self {
-            ca: pki_dir.join("ca.crt"),
-            client_cert: pki_dir.join(format!("node-{name}-client.crt")),
-            client_key: pki_dir.join(format!("node-{name}-client.key")),
-            serving_cert: pki_dir.join(format!("node-{name}.crt")),
-            serving_key: pki_dir.join(format!("node-{name}.key")),
-        }
-    }
-
-    fn all(&self) -> [&PathBuf; 5] {
-        [
-            &self.ca,
-            &self.client_cert,
-            &self.client_key,
-            &self.serving_cert,
-            &self.serving_key,
-        ]
-    }
-
-    /// Whether every file exists (a join finished earlier).
-    pub(crate) fn present(&self) -> bool {
-        self.all().iter().all(|p| p.exists())
-    }
-}
 
 /// Make sure the node has its certificates: reuse them, or join with the token.
 pub(crate) async fn ensure_certificates(cfg: &Config, join: &JoinConfig) -> anyhow::Result<()> {

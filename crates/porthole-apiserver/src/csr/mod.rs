@@ -22,7 +22,7 @@
 //! every approved request for the two signers: validity one year (or `expirationSeconds`,
 //! at least 10 minutes), the PEM chain (certificate, then CA) in `status.certificate`.
 
-mod request;
+pub(crate) mod request;
 mod signer;
 
 use std::sync::Arc;

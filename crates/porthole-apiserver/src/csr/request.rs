@@ -14,7 +14,6 @@ use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::FromDer as _;
 
 use super::{NODES_GROUP, NODE_CN_PREFIX, SIGNER_KUBELET_CLIENT, SIGNER_KUBELET_SERVING};
-use crate::resources;
 
 /// Largest `spec.request` accepted (decoded PEM). A P-256 request with a few SANs is ~600 B,
 /// an RSA-4096 one ~2 KiB.
@@ -36,7 +35,7 @@ pub struct NodeRequest {
 }
 
 fn is_dns_subdomain(s: &str) -> bool {
-    s.len() <= 253 && resources::is_subdomain(s)
+    s.len() <= 253 && crate::names::is_subdomain(s)
 }
 
 /// Check a request (`pem`: the decoded `spec.request`) against the rules of `signer_name`.
