@@ -17,6 +17,7 @@
 //! - [`etcd`], [`haproxy`]: the real store and load balancer, locally or on testbed hosts.
 //! - [`ha::HaCluster`]: etcd, two API servers behind haproxy and joining nodes on a testbed.
 
+pub mod delay;
 pub mod etcd;
 pub mod ha;
 pub mod haproxy;

@@ -30,9 +30,18 @@ pub const PREFIX: &str = "phtb";
 pub const SUBNET_PREFIX_LEN: u8 = 24;
 const FIRST_HOST: u8 = 10;
 const NFT_TABLE: &str = "porthole_testbed";
-/// What [`Host::netem`] fails with on a kernel built without netem.
-pub const NO_NETEM: &str = "this kernel has no netem qdisc (CONFIG_NET_SCH_NETEM is off): \
-    delay cannot be emulated with tc here; loss still can, with Host::set_loss";
+/// What [`Host::netem`] fails with on a kernel built without netem, for options it cannot
+/// emulate there.
+pub const NO_NETEM: &str = "this kernel has no netem qdisc (CONFIG_NET_SCH_NETEM is off) and \
+    only `delay Nms` and `loss P%` are emulated without it";
+
+/// Emulated delays (kernels without netem), by host namespace.
+fn emulated() -> &'static std::sync::Mutex<std::collections::HashMap<String, crate::delay::Delay>> {
+    static EMULATED: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<String, crate::delay::Delay>>,
+    > = std::sync::OnceLock::new();
+    EMULATED.get_or_init(Default::default)
+}
 
 /// A set of simulated hosts on one switch.
 pub struct Testbed {
@@ -266,6 +275,7 @@ impl Testbed {
     /// removed. Drop does the same.
     pub fn teardown(&mut self) -> Result<()> {
         for host in self.hosts.drain(..) {
+            host.clear_emulated();
             remove_netns(&host.netns);
         }
         remove_netns(&self.bridge_ns);
@@ -343,18 +353,24 @@ impl Host {
         Ok(())
     }
 
+    /// Moves the calling thread into this host's network namespace for good (for threads
+    /// that exist to work there).
+    pub fn enter_this_thread(&self) -> Result<()> {
+        let path = format!("/run/netns/{}", self.netns);
+        let ns = fs::File::open(&path).with_context(|| format!("open {path}"))?;
+        nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+            .with_context(|| format!("enter the network namespace of host {}", self.name))
+    }
+
     /// Runs `make` on a thread that has entered this host's network namespace: sockets made
     /// there belong to the host for good, whichever thread uses them afterwards.
     pub fn within<T: Send + 'static>(
         &self,
         make: impl FnOnce() -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let path = format!("/run/netns/{}", self.netns);
-        let name = self.name.clone();
+        let host = self.clone();
         std::thread::spawn(move || -> Result<T> {
-            let ns = fs::File::open(&path).with_context(|| format!("open {path}"))?;
-            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                .with_context(|| format!("enter the network namespace of host {name}"))?;
+            host.enter_this_thread()?;
             make()
         })
         .join()
@@ -387,18 +403,69 @@ impl Host {
 
     /// Delay, loss, ... on what this host sends, e.g. `"delay 25ms loss 1%"` (tc-netem(8));
     /// set it on both ends of a hop to change its round trip. Replaces an earlier setting.
+    /// On a kernel without netem, `delay Nms` is emulated with NFQUEUE ([`crate::delay`]) and
+    /// `loss P%` with [`Host::set_loss`] (on arrival instead of on sending); other netem
+    /// options are refused there with [`NO_NETEM`].
     pub fn netem(&self, spec: &str) -> Result<()> {
+        self.clear_emulated();
         let mut cmd = self.command("tc");
         cmd.args(["qdisc", "replace", "dev", "eth0", "root", "netem"])
             .args(spec.split_whitespace());
-        run(&format!("netem {spec:?} on {}", self.name), &mut cmd).map_err(|e| {
-            if format!("{e:#}").contains("qdisc kind is unknown") {
-                e.context(NO_NETEM)
-            } else {
-                e
+        match run(&format!("netem {spec:?} on {}", self.name), &mut cmd) {
+            Ok(_) => Ok(()),
+            Err(e) if format!("{e:#}").contains("qdisc kind is unknown") => self
+                .emulate(spec)
+                .map_err(|why| e.context(why).context(NO_NETEM)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `delay Nms` and `loss P%` without netem.
+    fn emulate(&self, spec: &str) -> Result<()> {
+        let words: Vec<&str> = spec.split_whitespace().collect();
+        let mut delay = None;
+        let mut loss = None;
+        let mut i = 0;
+        while i < words.len() {
+            let value = words.get(i + 1).copied().unwrap_or("");
+            match words[i] {
+                "delay" => {
+                    let ms: f64 = value
+                        .strip_suffix("ms")
+                        .and_then(|v| v.parse().ok())
+                        .ok_or_else(|| anyhow!("delay {value:?}: give milliseconds, e.g. 25ms"))?;
+                    delay = Some(Duration::from_secs_f64(ms / 1000.0));
+                }
+                "loss" => {
+                    let pct: f64 = value
+                        .strip_suffix('%')
+                        .and_then(|v| v.parse().ok())
+                        .ok_or_else(|| anyhow!("loss {value:?}: give a percentage, e.g. 1%"))?;
+                    loss = Some(pct);
+                }
+                other => bail!("netem option {other:?} cannot be emulated without netem"),
             }
-        })?;
+            i += 2;
+        }
+        if let Some(pct) = loss {
+            self.set_loss(pct)?;
+        }
+        if let Some(d) = delay {
+            let emulator = crate::delay::Delay::start(self, d)?;
+            emulated()
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(self.netns.clone(), emulator);
+        }
         Ok(())
+    }
+
+    fn clear_emulated(&self) {
+        let gone = emulated()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.netns);
+        drop(gone);
     }
 
     /// Drops `percent` of the packets arriving at this host at random (nft `numgen random`,
@@ -420,8 +487,16 @@ impl Host {
         self.nft(&script)
     }
 
-    /// Removes a [`Host::netem`] setting.
+    /// Removes a [`Host::netem`] setting (tc's, or the emulated delay and loss).
     pub fn clear_netem(&self) -> Result<()> {
+        if emulated()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&self.netns)
+        {
+            self.clear_emulated();
+            return self.set_loss(0.0);
+        }
         self.run("tc", &["qdisc", "del", "dev", "eth0", "root"])?;
         Ok(())
     }
