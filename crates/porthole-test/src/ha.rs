@@ -376,6 +376,26 @@ impl HaCluster {
         self.kubectl(&all)
     }
 
+    /// Applies `examples/deployment.yaml` (2 replicas of `app=web-app`, Service `web-svc`) and
+    /// waits until both pods exist and are Ready.
+    pub fn deploy_example_web(&self) -> Result<()> {
+        let file = crate::example("deployment.yaml");
+        self.kubectl(&["apply", "-f", &file.display().to_string()])?;
+        eventually("2 web-app pods", Duration::from_secs(60), || {
+            let out = self.kubectl(&["get", "pods", "-l", "app=web-app", "-o", "name"])?;
+            Ok((out.lines().count() == 2).then_some(()))
+        })?;
+        self.kubectl(&[
+            "wait",
+            "--for=condition=Ready",
+            "pod",
+            "-l",
+            "app=web-app",
+            "--timeout=90s",
+        ])?;
+        Ok(())
+    }
+
     /// One sample of API server `index`'s `/metrics` (0 when absent).
     pub fn metric(&self, index: usize, name: &str) -> Result<f64> {
         let text = self.kubectl_on(index, &["get", "--raw", "/metrics"])?;

@@ -263,18 +263,7 @@ fn refused_join(cluster: &HaCluster, join: &JoinLine, name: &str) -> Result<Stri
 fn leader_failover_store_outage_and_refused_joins() {
     on_cluster("ha-leader", 2, |cluster| {
         let first = eventually("a leader", Duration::from_secs(30), || cluster.leader())?;
-        let deployment = porthole_test::example("deployment.yaml");
-        cluster.kubectl(&["apply", "-f", &deployment.display().to_string()])?;
-
-        eventually("2 pods", Duration::from_secs(60), || web_pods(cluster, 2))?;
-        cluster.kubectl(&[
-            "wait",
-            "--for=condition=Ready",
-            "pod",
-            "-l",
-            "app=web-app",
-            "--timeout=90s",
-        ])?;
+        cluster.deploy_example_web()?;
 
         // Every pod ever created, seen from the server that stays up.
         let follower = 1 - first;

@@ -66,20 +66,7 @@ fn served_by(body: &str) -> Result<String> {
 
 /// The example deployment (2 replicas, one per node) and its service; pod name → node.
 fn deploy_web(cluster: &HaCluster) -> Result<Vec<(String, String)>> {
-    let file = porthole_test::example("deployment.yaml");
-    cluster.kubectl(&["apply", "-f", &file.display().to_string()])?;
-    eventually("2 pods", Duration::from_secs(60), || {
-        let out = cluster.kubectl(&["get", "pods", "-l", "app=web-app", "-o", "name"])?;
-        Ok((out.lines().count() == 2).then_some(()))
-    })?;
-    cluster.kubectl(&[
-        "wait",
-        "--for=condition=Ready",
-        "pod",
-        "-l",
-        "app=web-app",
-        "--timeout=90s",
-    ])?;
+    cluster.deploy_example_web()?;
     let out = cluster.kubectl(&[
         "get",
         "pods",
