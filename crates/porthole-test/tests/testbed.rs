@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use porthole_test::testbed::{leftovers, Host, Testbed};
+use porthole_test::testbed::{leftovers, Testbed};
 use tokio::time::Instant;
 
 fn root_links() -> Result<String> {
@@ -23,26 +23,6 @@ fn root_links() -> Result<String> {
         .filter_map(|l| l.split(':').nth(1).map(|n| n.trim().to_string()))
         .collect::<Vec<_>>()
         .join(","))
-}
-
-/// An echo server on `host` (port 0); returns its address.
-fn echo_server(host: &Host) -> Result<SocketAddr> {
-    let listener = host.tcp_listen(SocketAddr::from((host.ip(), 0)))?;
-    let addr = listener.local_addr()?;
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { return };
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = conn.read(&mut buf) {
-                    if n == 0 || conn.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    Ok(addr)
 }
 
 fn echo_once(conn: &mut TcpStream, msg: &[u8]) -> Result<()> {
@@ -66,7 +46,7 @@ fn hosts_reach_each_other_and_nothing_else() -> Result<()> {
     );
     let (a, b) = (bed.host("a"), bed.host("b"));
     ensure!(a.ip().octets()[..2] == [198, 18], "address {}", a.ip());
-    let addr = echo_server(b)?;
+    let addr = b.echo_server()?;
     let mut conn = a.tcp_connect(addr, Duration::from_secs(5))?;
     echo_once(&mut conn, b"hello across hosts")?;
 
@@ -98,7 +78,7 @@ fn netem_delays_and_drops() -> Result<()> {
     }
     let bed = Testbed::new(&["a", "b"])?;
     let (a, b) = (bed.host("a"), bed.host("b"));
-    let addr = echo_server(b)?;
+    let addr = b.echo_server()?;
 
     // Loss in the kernel (nft): 100% blocks, 0% restores.
     a.set_loss(100.0)?;
@@ -152,8 +132,8 @@ fn partition_is_silent_and_heals_without_loss() -> Result<()> {
     }
     let bed = Testbed::new(&["a", "b", "c"])?;
     let (a, b, c) = (bed.host("a"), bed.host("b"), bed.host("c"));
-    let addr_b = echo_server(b)?;
-    let addr_c = echo_server(c)?;
+    let addr_b = b.echo_server()?;
+    let addr_c = c.echo_server()?;
     let mut to_b = a.tcp_connect(addr_b, Duration::from_secs(5))?;
     let mut to_c = a.tcp_connect(addr_c, Duration::from_secs(5))?;
     echo_once(&mut to_b, b"before")?;
@@ -197,7 +177,7 @@ fn link_down_refuses_and_link_up_restores() -> Result<()> {
     }
     let bed = Testbed::new(&["a", "b"])?;
     let (a, b) = (bed.host("a"), bed.host("b"));
-    let addr = echo_server(b)?;
+    let addr = b.echo_server()?;
     a.link_down()?;
     let err = a
         .tcp_connect(addr, Duration::from_secs(2))

@@ -331,6 +331,7 @@ fn a_lossy_hop_corrupts_nothing() {
         cluster.kubectl(&["apply", "-f", &pod.display().to_string()])?;
         cluster.kubectl(&["wait", "--for=condition=Ready", "pod/echo", "--timeout=90s"])?;
         let client = cluster.client().clone();
+        let plain_echo = cluster.bed.host("node1").echo_server()?;
         // 1 % of the packets arriving at either end of the API server ↔ node hop are lost:
         // 100 MB each way. Then 50 ms more round trip too (25 ms each way): there one TCP
         // connection moves only a few hundred KB/s (Mathis: MSS / RTT × 1.22 / √loss ≈ 0.35
@@ -348,6 +349,13 @@ fn a_lossy_hop_corrupts_nothing() {
             } else {
                 "1% loss"
             };
+            // The reference: one plain TCP connection over the same hop, API server to node.
+            let payload = porthole_test::pattern(mib << 20, 7);
+            let started = Instant::now();
+            let back = echo_on(cluster.bed.host("api1"), plain_echo, &payload)?;
+            ensure!(back == payload, "plain TCP through {what} changed bytes");
+            let plain = (mib << 20) as f64 / 1e6 / started.elapsed().as_secs_f64();
+            eprintln!("plain TCP api1 → node1: {mib} MiB each way through {what}: {plain:.2} MB/s each way");
             for transport in ["spdy", "websocket"] {
                 let (mut fwd, port) = forward(
                     cluster,
@@ -356,7 +364,7 @@ fn a_lossy_hop_corrupts_nothing() {
                 )?;
                 let payload = porthole_test::pattern(mib << 20, 7);
                 let started = Instant::now();
-                let back = echo_on(&client, port, &payload)?;
+                let back = echo_on(&client, SocketAddr::from(([127, 0, 0, 1], port)), &payload)?;
                 let took = started.elapsed();
                 if back != payload {
                     let first = back.iter().zip(&payload).position(|(a, b)| a != b);
@@ -377,12 +385,13 @@ fn a_lossy_hop_corrupts_nothing() {
     });
 }
 
-/// Sends `payload` through `127.0.0.1:port` on `host` while reading the echo; returns it.
-fn echo_on(host: &porthole_test::testbed::Host, port: u16, payload: &[u8]) -> Result<Vec<u8>> {
-    let stream = host.tcp_connect(
-        SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_secs(10),
-    )?;
+/// Sends `payload` to `addr` from `host` while reading the echo; returns it.
+fn echo_on(
+    host: &porthole_test::testbed::Host,
+    addr: SocketAddr,
+    payload: &[u8],
+) -> Result<Vec<u8>> {
+    let stream = host.tcp_connect(addr, Duration::from_secs(10))?;
     stream.set_read_timeout(Some(Duration::from_secs(120)))?;
     let mut writer = stream.try_clone()?;
     let owned = payload.to_vec();
