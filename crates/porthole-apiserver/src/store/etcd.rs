@@ -30,7 +30,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KeyValue, Txn, TxnOp,
-    TxnOpResponse, WatchOptions, WatchStream,
+    TxnOpResponse, TxnResponse, WatchOptions, WatchStream,
 };
 use serde_json::Value;
 use tokio::runtime::Handle;
@@ -282,6 +282,24 @@ impl EtcdStore {
             }
         }
         result
+    }
+
+    /// One write transaction (through [`EtcdStore::call`]); the response, whether or not its
+    /// comparison held.
+    fn write(&self, step: &'static str, txn: Txn) -> Result<TxnResponse, StoreError> {
+        self.call(step, move |s| {
+            let txn = txn.clone();
+            async move {
+                let resp = s
+                    .client()
+                    .kv_client()
+                    .txn(txn)
+                    .await
+                    .map_err(|e| s.error(step, e))?;
+                s.seen(header_revision(resp.header()) as i64);
+                Ok(resp)
+            }
+        })
     }
 
     fn attempt<T, Fut>(&self, step: &'static str, fut: Fut) -> Result<T, StoreError>
@@ -719,30 +737,15 @@ impl Store for EtcdStore {
 
     fn create(&self, key: &str, object: Value) -> Result<Value, StoreError> {
         let k = self.key(key);
-        let bytes = encode(&object)?;
-        let revision = self.call("creating an object", move |s| {
-            let k = k.clone();
-            let bytes = bytes.clone();
-            async move {
-                let txn = Txn::new()
-                    .when([Compare::create_revision(k.clone(), CompareOp::Equal, 0)])
-                    .and_then([TxnOp::put(k, bytes, None)]);
-                let resp = s
-                    .client()
-                    .kv_client()
-                    .txn(txn)
-                    .await
-                    .map_err(|e| s.error("creating an object", e))?;
-                if !resp.succeeded() {
-                    return Err(StoreError::AlreadyExists);
-                }
-                let rev = header_revision(resp.header());
-                s.seen(rev as i64);
-                Ok(rev)
-            }
-        })?;
+        let txn = Txn::new()
+            .when([Compare::create_revision(k.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(k, encode(&object)?, None)]);
+        let resp = self.write("creating an object", txn)?;
+        if !resp.succeeded() {
+            return Err(StoreError::AlreadyExists);
+        }
         let mut object = object;
-        set_resource_version(&mut object, revision);
+        set_resource_version(&mut object, header_revision(resp.header()));
         Ok(object)
     }
 
@@ -753,67 +756,40 @@ impl Store for EtcdStore {
         expected_revision: Option<u64>,
     ) -> Result<Value, StoreError> {
         let k = self.key(key);
-        let bytes = encode(&object)?;
-        let revision = self.call("updating an object", move |s| {
-            let k = k.clone();
-            let bytes = bytes.clone();
-            async move {
-                let txn = Txn::new()
-                    .when([write_condition(&k, expected_revision)])
-                    .and_then([TxnOp::put(k.clone(), bytes, None)])
-                    .or_else([TxnOp::get(k, None)]);
-                let resp = s
-                    .client()
-                    .kv_client()
-                    .txn(txn)
-                    .await
-                    .map_err(|e| s.error("updating an object", e))?;
-                if !resp.succeeded() {
-                    return Err(failed_write(&resp));
-                }
-                let rev = header_revision(resp.header());
-                s.seen(rev as i64);
-                Ok(rev)
-            }
-        })?;
+        let txn = Txn::new()
+            .when([write_condition(&k, expected_revision)])
+            .and_then([TxnOp::put(k.clone(), encode(&object)?, None)])
+            .or_else([TxnOp::get(k, None)]);
+        let resp = self.write("updating an object", txn)?;
+        if !resp.succeeded() {
+            return Err(failed_write(&resp));
+        }
         let mut object = object;
-        set_resource_version(&mut object, revision);
+        set_resource_version(&mut object, header_revision(resp.header()));
         Ok(object)
     }
 
     fn delete(&self, key: &str, expected_revision: Option<u64>) -> Result<Value, StoreError> {
         let k = self.key(key);
-        self.call("deleting an object", move |s| {
-            let k = k.clone();
-            async move {
-                let txn = Txn::new()
-                    .when([write_condition(&k, expected_revision)])
-                    .and_then([TxnOp::delete(
-                        k.clone(),
-                        Some(DeleteOptions::new().with_prev_key()),
-                    )])
-                    .or_else([TxnOp::get(k, None)]);
-                let resp = s
-                    .client()
-                    .kv_client()
-                    .txn(txn)
-                    .await
-                    .map_err(|e| s.error("deleting an object", e))?;
-                if !resp.succeeded() {
-                    return Err(failed_write(&resp));
-                }
-                let rev = header_revision(resp.header());
-                s.seen(rev as i64);
-                let last = match resp.op_responses().first() {
-                    Some(TxnOpResponse::Delete(d)) => d.prev_kvs().first().cloned(),
-                    _ => None,
-                };
-                let last = last.ok_or(StoreError::NotFound)?;
-                let mut object = decode("deleting an object", &last)?;
-                set_resource_version(&mut object, rev);
-                Ok(object)
-            }
-        })
+        let txn = Txn::new()
+            .when([write_condition(&k, expected_revision)])
+            .and_then([TxnOp::delete(
+                k.clone(),
+                Some(DeleteOptions::new().with_prev_key()),
+            )])
+            .or_else([TxnOp::get(k, None)]);
+        let resp = self.write("deleting an object", txn)?;
+        if !resp.succeeded() {
+            return Err(failed_write(&resp));
+        }
+        let last = match resp.op_responses().first() {
+            Some(TxnOpResponse::Delete(d)) => d.prev_kvs().first().cloned(),
+            _ => None,
+        };
+        let last = last.ok_or(StoreError::NotFound)?;
+        let mut object = decode("deleting an object", &last)?;
+        set_resource_version(&mut object, header_revision(resp.header()));
+        Ok(object)
     }
 
     fn watch(&self, revision: u64) -> Result<Watch, StoreError> {
