@@ -256,15 +256,6 @@ impl HaCluster {
             "apiserver".to_string(),
             format!("--listen={}", api.addr),
             format!("--etcd-servers={etcd}"),
-            format!("--tls-cert-file={}", p("apiserver.crt")),
-            format!("--tls-private-key-file={}", p("apiserver.key")),
-            format!("--client-ca-file={}", p("ca.crt")),
-            format!(
-                "--kubelet-client-certificate={}",
-                p("apiserver-kubelet-client.crt")
-            ),
-            format!("--kubelet-client-key={}", p("apiserver-kubelet-client.key")),
-            format!("--kubelet-certificate-authority={}", p("ca.crt")),
             format!("--cluster-signing-cert-file={}", p("ca.crt")),
             format!("--cluster-signing-key-file={}", p("ca.key")),
             format!(
@@ -272,7 +263,8 @@ impl HaCluster {
                 self.work.join(format!("{}-data", api.name)).display()
             ),
             "--etcd-request-timeout=2s".into(),
-        ]);
+        ])
+        .args(crate::apiserver_pki_args(&self.pki));
         let api = &mut self.apiservers[index];
         api.starts += 1;
         let mut child = Child::spawn(&format!("{}-{}", api.name, api.starts), cmd, &self.work)?;

@@ -623,6 +623,23 @@ pub fn netns_files(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
+/// The flags that give `porthole apiserver` its certificates from a PKI directory written by
+/// `porthole up` or `porthole certs create`: serving cert, client CA, kubelet client cert.
+pub fn apiserver_pki_args(pki: &Path) -> Vec<String> {
+    let p = |f: &str| pki.join(f).display().to_string();
+    vec![
+        format!("--tls-cert-file={}", p("apiserver.crt")),
+        format!("--tls-private-key-file={}", p("apiserver.key")),
+        format!("--client-ca-file={}", p("ca.crt")),
+        format!(
+            "--kubelet-client-certificate={}",
+            p("apiserver-kubelet-client.crt")
+        ),
+        format!("--kubelet-client-key={}", p("apiserver-kubelet-client.key")),
+        format!("--kubelet-certificate-authority={}", p("ca.crt")),
+    ]
+}
+
 /// Fails with the command's output unless it exited 0; returns its stdout.
 pub fn expect_success(what: &str, out: &Output) -> Result<String> {
     if !out.status.success() {
@@ -842,23 +859,12 @@ impl Roles {
             "apiserver",
             &format!("--listen={listen}"),
             &format!("--data-dir={}", self.data_dir.join("apiserver").display()),
-            &format!("--tls-cert-file={}", self.pki("apiserver.crt")),
-            &format!("--tls-private-key-file={}", self.pki("apiserver.key")),
-            &format!("--client-ca-file={}", self.pki("ca.crt")),
             &format!(
                 "--token-auth-file={}",
                 self.data_dir.join("tokens.csv").display()
             ),
-            &format!(
-                "--kubelet-client-certificate={}",
-                self.pki("apiserver-kubelet-client.crt")
-            ),
-            &format!(
-                "--kubelet-client-key={}",
-                self.pki("apiserver-kubelet-client.key")
-            ),
-            &format!("--kubelet-certificate-authority={}", self.pki("ca.crt")),
-        ]);
+        ])
+        .args(apiserver_pki_args(&self.data_dir.join("pki")));
         self.starts += 1;
         let mut child = Child::spawn(&format!("apiserver-{}", self.starts), cmd, &self.work)?;
         self.server = child.wait_for_line(READY_TIMEOUT, |l| {

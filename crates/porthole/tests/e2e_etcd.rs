@@ -26,24 +26,15 @@ fn pki(work: &Path) -> PathBuf {
 }
 
 fn apiserver(name: &str, data: &Path, etcd: &str, log_dir: &Path) -> Result<(Child, String)> {
-    let p = |f: &str| data.join("pki").join(f).display().to_string();
     let mut cmd = Command::new(BIN);
     cmd.args([
         "apiserver",
         "--listen=127.0.0.1:0",
         &format!("--etcd-servers={etcd}"),
-        &format!("--tls-cert-file={}", p("apiserver.crt")),
-        &format!("--tls-private-key-file={}", p("apiserver.key")),
-        &format!("--client-ca-file={}", p("ca.crt")),
         &format!("--token-auth-file={}", data.join("tokens.csv").display()),
-        &format!(
-            "--kubelet-client-certificate={}",
-            p("apiserver-kubelet-client.crt")
-        ),
-        &format!("--kubelet-client-key={}", p("apiserver-kubelet-client.key")),
-        &format!("--kubelet-certificate-authority={}", p("ca.crt")),
         "--etcd-request-timeout=2s",
-    ]);
+    ])
+    .args(porthole_test::apiserver_pki_args(&data.join("pki")));
     let mut child = Child::spawn(name, cmd, log_dir)?;
     let url = child.wait_for_line(porthole_test::READY_TIMEOUT, |l| {
         l.strip_prefix("porthole apiserver listening on ")

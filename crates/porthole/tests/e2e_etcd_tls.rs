@@ -176,24 +176,15 @@ fn etcd_pki(dir: &Path) -> Result<EtcdPki> {
 
 /// `porthole apiserver` on `etcd` with the API server's PKI from `data` and `etcd_flags`.
 fn apiserver_cmd(data: &Path, etcd: &str, etcd_flags: &[String]) -> Command {
-    let p = |f: &str| data.join("pki").join(f).display().to_string();
     let mut cmd = Command::new(BIN);
     cmd.args([
         "apiserver",
         "--listen=127.0.0.1:0",
         &format!("--etcd-servers={etcd}"),
-        &format!("--tls-cert-file={}", p("apiserver.crt")),
-        &format!("--tls-private-key-file={}", p("apiserver.key")),
-        &format!("--client-ca-file={}", p("ca.crt")),
         &format!("--token-auth-file={}", data.join("tokens.csv").display()),
-        &format!(
-            "--kubelet-client-certificate={}",
-            p("apiserver-kubelet-client.crt")
-        ),
-        &format!("--kubelet-client-key={}", p("apiserver-kubelet-client.key")),
-        &format!("--kubelet-certificate-authority={}", p("ca.crt")),
         "--etcd-request-timeout=2s",
     ])
+    .args(porthole_test::apiserver_pki_args(&data.join("pki")))
     .args(etcd_flags);
     cmd
 }
