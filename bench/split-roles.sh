@@ -29,9 +29,11 @@ for tool in etcd haproxy iperf3 kubectl nft; do
 done
 TARGET=${CARGO_TARGET_DIR:-$PWD/target}
 [ $BUILD = 1 ] && cargo build --release -q -p porthole -p porthole-bench
-OUT=${PBENCH_OUT:-/tmp/porthole-bench-split-$(date -u +%Y%m%d-%H%M%S)}
+# bench/tunnel.sh runs the same way with PBENCH_SUBCOMMAND=tunnel.
+SUB=${PBENCH_SUBCOMMAND:-split-roles}
+OUT=${PBENCH_OUT:-/tmp/porthole-bench-$SUB-$(date -u +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
-"$TARGET/release/porthole-bench" split-roles --porthole "$TARGET/release/porthole" "${ARGS[@]}" \
-  2> "$OUT/split-roles.log" | tee "$OUT/split-roles.md" \
-  || { echo "split-roles.sh: FAILED; log: $OUT/split-roles.log" >&2; tail -40 "$OUT/split-roles.log" >&2; exit 1; }
-echo "results: $OUT/split-roles.md, log: $OUT/split-roles.log"
+"$TARGET/release/porthole-bench" "$SUB" --porthole "$TARGET/release/porthole" "${ARGS[@]}" \
+  2> "$OUT/$SUB.log" | tee "$OUT/$SUB.md" \
+  || { echo "$SUB: FAILED; log: $OUT/$SUB.log" >&2; tail -40 "$OUT/$SUB.log" >&2; exit 1; }
+echo "results: $OUT/$SUB.md, log: $OUT/$SUB.log"

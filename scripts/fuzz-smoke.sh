@@ -10,7 +10,8 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
   echo "fuzz-smoke: installing cargo-fuzz from crates.io"
   cargo install --locked cargo-fuzz
 fi
-targets=$(sed -n 's/^name = "\(spdy_[a-z_]*\|ws_[a-z_]*\)"$/\1/p' Cargo.toml)
+# Every [[bin]] block's name (the package has a name line too).
+targets=$(awk '/^\[\[bin\]\]/ { bin = 1; next } bin && /^name = / { gsub(/"/, "", $3); print $3; bin = 0 }' Cargo.toml)
 [ -n "$targets" ] || { echo "fuzz-smoke: no targets found in fuzz/Cargo.toml"; exit 1; }
 passed=0; failed=0
 for t in $targets; do

@@ -76,6 +76,10 @@ if [ -f bench/split-roles.sh ]; then
   step "split-roles bench smoke (bench/split-roles.sh --smoke)"
   bash bench/split-roles.sh --smoke --no-build || hooks_rc=$?
 fi
+if [ -f bench/tunnel.sh ]; then
+  step "tunnel bench smoke (bench/tunnel.sh --smoke)"
+  bash bench/tunnel.sh --smoke --no-build || hooks_rc=$?
+fi
 if [ -f bench/store.sh ]; then
   step "store bench smoke (bench/store.sh --smoke)"
   bash bench/store.sh --smoke || hooks_rc=$?

@@ -49,6 +49,8 @@ fn builtin_rules(group: &str) -> Vec<PolicyRule> {
                 &[""],
                 &["nodes", "nodes/status"],
             ),
+            // Its own tunnel only (checked again by `tunnel::serve`).
+            rule(&["create"], &[""], &["nodes/tunnel"]),
             rule(&["get", "list", "watch", "delete"], &[""], &["pods"]),
             rule(&["get", "update", "patch"], &[""], &["pods/status"]),
             rule(
@@ -266,7 +268,7 @@ fn allowed_by_store(store: &dyn Store, user: &UserInfo, a: &Attributes) -> Resul
 
 /// The node a node identity (`system:node:NAME` in `system:nodes`, and not also
 /// `system:masters`) belongs to.
-fn node_of(user: &UserInfo) -> Option<&str> {
+pub(crate) fn node_of(user: &UserInfo) -> Option<&str> {
     let is_node = user.groups.iter().any(|g| g == "system:nodes")
         && !user.groups.iter().any(|g| g == "system:masters");
     user.name

@@ -25,6 +25,9 @@ pub struct NodeEndpoint {
     pub host: String,
     /// `status.daemonEndpoints.kubeletEndpoint.Port` (10250 when unset).
     pub port: u16,
+    /// The node runs with `--tunnel` (annotation [`crate::tunnel::NODE_ANNOTATION`]): it can
+    /// only be reached through a tunnel it dialed, never at its address.
+    pub tunnel_only: bool,
 }
 
 /// Look up node `name` and compute its endpoint.
@@ -67,10 +70,16 @@ fn endpoint_of(node: &Value, name: &str) -> Result<NodeEndpoint, ApiError> {
         .and_then(Value::as_i64)
         .filter(|p| *p > 0 && *p <= 65535)
         .unwrap_or(10250) as u16;
+    let tunnel_only = node
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(crate::tunnel::NODE_ANNOTATION))
+        .and_then(Value::as_str)
+        == Some("true");
     Ok(NodeEndpoint {
         node: name.to_string(),
         host,
         port,
+        tunnel_only,
     })
 }
 
@@ -95,9 +104,9 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> NodeIo for 
 /// process.
 pub type NodeStream = Box<dyn NodeIo>;
 
-/// Dial the node: the in-process node through a pipe; any other over TCP then TLS, both
-/// within [`DIAL_TIMEOUT`]. Failures are 503 `error dialing backend: ...` so clients get an
-/// answer, never a hang.
+/// Dial the node: the in-process node through a pipe; a node with a tunnel to this server
+/// through a stream on it; any other over TCP then TLS, both within [`DIAL_TIMEOUT`].
+/// Failures are 503 `error dialing backend: ...` so clients get an answer, never a hang.
 pub async fn dial(state: &crate::State, ep: &NodeEndpoint) -> Result<NodeStream, ApiError> {
     if let Some(local) = state.in_process_node.as_ref().filter(|n| n.name == ep.node) {
         let (ours, theirs) = tokio::io::duplex(IN_PROCESS_BUFFER);
@@ -106,6 +115,24 @@ pub async fn dial(state: &crate::State, ep: &NodeEndpoint) -> Result<NodeStream,
         }
         // The embedded node agent has stopped: fall through to its TLS address, which fails
         // with the usual dial error.
+    }
+    let through_tunnel = tokio::time::timeout(DIAL_TIMEOUT, crate::tunnel::open(state, &ep.node))
+        .await
+        .map_err(|_| {
+            ApiError::ServiceUnavailable(format!(
+                "error dialing backend: opening a stream on the tunnel of node {:?} timed out after {}s",
+                ep.node,
+                DIAL_TIMEOUT.as_secs()
+            ))
+        })??;
+    if let Some(stream) = through_tunnel {
+        return Ok(stream);
+    }
+    if ep.tunnel_only {
+        return Err(ApiError::ServiceUnavailable(format!(
+            "error dialing backend: node {:?} is reached through the tunnel it dials (porthole node --tunnel), and it has no tunnel to this API server ({}) right now; it redials by itself within seconds: retry, and if this persists check the node's log and that it can reach every API server",
+            ep.node, state.identity.holder
+        )));
     }
     Ok(Box::new(dial_tls(&state.kubelet_tls, ep).await?))
 }

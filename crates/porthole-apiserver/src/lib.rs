@@ -13,6 +13,8 @@
 //! - [`bootstrap`]: bootstrap tokens (authenticator, cleaner, `cluster-info` signer) and
 //!   [`csr`]: node certificate requests (admission, approval, signing with the cluster CA);
 //! - [`portforward`], [`logs`], [`kubelet`]: everything that talks to node agents;
+//!   [`tunnel`]: the tunnels that nodes behind NAT dial in, which [`kubelet`] dials through;
+//!   [`identity`]: this server's identity lease, and how many servers are alive;
 //! - [`controllers`]: scheduler, Deployment controller, GC, namespace and node lifecycle, run
 //!   by the holder of the controllers' lease ([`leader`]);
 //! - [`error`]: every error and its one mapping to `metav1.Status`.
@@ -32,6 +34,7 @@ pub mod endpoints;
 pub mod error;
 pub mod health;
 pub mod http_util;
+pub mod identity;
 pub mod kubelet;
 pub mod leader;
 pub mod logs;
@@ -46,6 +49,7 @@ pub mod select;
 pub mod store;
 pub mod table;
 pub mod tls;
+pub mod tunnel;
 
 use std::convert::Infallible;
 use std::io::Write as _;
@@ -80,6 +84,12 @@ pub struct Args {
         default_value = "127.0.0.1:6443"
     )]
     pub listen: SocketAddr,
+    /// The address nodes behind NAT (`porthole node --tunnel`) dial this server at directly,
+    /// with the port of --listen (kube-apiserver's flag). Default: the --listen address, unless
+    /// it is 0.0.0.0 or ::, in which case nodes reach this server only through the address
+    /// they were given (a balancer).
+    #[arg(long, env = "PORTHOLE_APISERVER_ADVERTISE_ADDRESS")]
+    pub advertise_address: Option<std::net::IpAddr>,
     /// Directory for the embedded store (one process per directory). Not used with
     /// `--etcd-servers`.
     #[arg(
@@ -284,6 +294,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 pub struct Config {
     /// Address the binary should bind (tests pass their own listener).
     pub listen: SocketAddr,
+    /// `--advertise-address`.
+    pub advertise_address: Option<std::net::IpAddr>,
     /// Where the cluster state lives.
     pub storage: StorageConfig,
     /// Serving TLS (certificate, optional client CA).
@@ -347,6 +359,7 @@ impl Config {
         };
         Ok(Self {
             listen: args.listen,
+            advertise_address: args.advertise_address,
             storage: StorageConfig::from_args(args)?,
             tls: Arc::new(tls),
             tokens,
@@ -389,6 +402,12 @@ pub struct State {
     pub metrics: Arc<metrics::ApiMetrics>,
     /// The readiness check's store read.
     pub store_probe: health::StoreProbe,
+    /// This server's identity (its identity lease, the controllers' lease holder).
+    pub identity: identity::ServerIdentity,
+    /// API servers alive, from the identity leases (told to tunnelling nodes).
+    pub live_servers: Arc<std::sync::atomic::AtomicUsize>,
+    /// Tunnels that nodes dialed in to this server.
+    pub tunnels: tunnel::Tunnels,
     ready: AtomicBool,
 }
 
@@ -438,6 +457,11 @@ pub async fn run(
     };
     let store: Arc<dyn Store> = Arc::new(metrics::TimedStore::new(backend, metrics.clone()));
     bootstrap(store.as_ref())?;
+    let addr = listener.local_addr().context("listener address")?;
+    let advertise = cfg
+        .advertise_address
+        .or_else(|| (!addr.ip().is_unspecified()).then_some(addr.ip()))
+        .map(|ip| SocketAddr::new(ip, addr.port()));
     let state = Arc::new(State {
         store,
         tokens: cfg.tokens,
@@ -451,13 +475,22 @@ pub async fn run(
         tasks: tokio_util::task::TaskTracker::new(),
         metrics: metrics.clone(),
         store_probe: health::StoreProbe::default(),
+        identity: identity::ServerIdentity::generate(advertise),
+        live_servers: Arc::new(std::sync::atomic::AtomicUsize::new(1)),
+        tunnels: tunnel::Tunnels::default(),
         ready: AtomicBool::new(true),
     });
+    let identity_leases = tokio::spawn(identity::run(
+        state.store.clone(),
+        state.identity.clone(),
+        state.live_servers.clone(),
+        state.shutdown.clone(),
+    ));
     let node_grace = cfg.node_monitor_grace_period;
     let controllers = match cfg.leader_election {
         Some(election) => {
             let elector =
-                leader::Elector::new(state.store.clone(), leader::default_identity(), election)
+                leader::Elector::new(state.store.clone(), state.identity.holder.clone(), election)
                     .with_metrics(metrics.leader.clone());
             tracing::info!(identity = %elector.identity(), lease = %format!("{}/{}", leader::LEASE_NAMESPACE, leader::LEASE_NAME), "leader election on: the controllers run while this server holds the lease");
             let st = state.clone();
@@ -475,7 +508,6 @@ pub async fn run(
         }
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(cfg.tls);
-    let addr = listener.local_addr().context("listener address")?;
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "porthole apiserver listening on https://{addr}")
@@ -545,6 +577,7 @@ pub async fn run(
     state.ready.store(false, Ordering::Relaxed);
     state.shutdown.cancel();
     let _ = controllers.await;
+    let _ = identity_leases.await;
     state.tasks.close();
     if tokio::time::timeout(Duration::from_secs(10), state.tasks.wait())
         .await
@@ -732,6 +765,14 @@ async fn dispatch(
     authz::node_restriction(state.store.as_ref(), user, verb, &r, &query).map_err(fail)?;
     csr::read_restriction(state.store.as_ref(), user, verb, &r, &query).map_err(fail)?;
     match r.subresource.as_str() {
+        "tunnel" => {
+            if method != Method::POST {
+                return Err(fail(ApiError::MethodNotAllowed));
+            }
+            tunnel::serve(state, user, remote, &r.name, req)
+                .map(|resp| (verb.to_string(), resp))
+                .map_err(fail)
+        }
         "portforward" | "proxy" => {
             if method != Method::GET && method != Method::POST && r.subresource == "portforward" {
                 return Err(fail(ApiError::MethodNotAllowed));

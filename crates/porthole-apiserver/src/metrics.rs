@@ -82,6 +82,8 @@ pub struct ApiMetrics {
     store_duration: HistogramFamily<OperationLabels>,
     /// The leader elector's.
     pub leader: LeaderMetrics,
+    /// Node tunnels connected to this server now.
+    pub tunnels_active: Gauge,
 }
 
 impl std::fmt::Debug for ApiMetrics {
@@ -157,6 +159,12 @@ impl ApiMetrics {
             "Times this API server gained or lost the controllers' lease",
             leader.transitions.clone(),
         );
+        let tunnels_active = Gauge::default();
+        registry.register(
+            "porthole_tunnels_active",
+            "Node tunnels (nodes that dialed out to this API server) connected now",
+            tunnels_active.clone(),
+        );
         Self {
             registry,
             requests,
@@ -166,6 +174,7 @@ impl ApiMetrics {
             relayed_bytes,
             store_duration,
             leader,
+            tunnels_active,
         }
     }
 

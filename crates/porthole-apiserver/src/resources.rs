@@ -132,6 +132,8 @@ pub static RESOURCES: &[ResourceInfo] = &[
                 "NodeProxyOptions",
                 &["create", "delete", "get", "patch", "update"],
             ),
+            // porthole's node tunnel (`porthole_proto::tunnel`): only nodes open it.
+            ("tunnel", "Node", &["create"]),
         ],
     },
     ResourceInfo {

@@ -29,6 +29,7 @@ mod relay;
 mod split;
 mod store;
 mod ttfb;
+mod tunnel;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -75,6 +76,8 @@ enum Cmd {
     /// porthole's roles on separate simulated hosts vs the bare TLS relay chain on the same
     /// hosts (needs root).
     SplitRoles(split::SplitArgs),
+    /// A node behind NAT through its tunnel against a direct node, on simulated hosts.
+    Tunnel(tunnel::TunnelArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -88,6 +91,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Gencerts { dir } => relay::gencerts(&dir),
         Cmd::Store(a) => store::run(a),
         Cmd::SplitRoles(a) => split::run(a),
+        Cmd::Tunnel(a) => tunnel::run(a),
         Cmd::Ttfb(a) => ttfb::run(a),
         Cmd::Freeport => {
             let l = TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0")?;

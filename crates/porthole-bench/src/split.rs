@@ -50,23 +50,24 @@ pub struct SplitArgs {
     smoke: bool,
 }
 
-/// One way from the client host to the pod's echo (7001) and iperf3 (5201) servers.
-struct Path2 {
-    name: &'static str,
+/// One way from the client host to a pod's echo (7001) and iperf3 (5201) servers.
+pub(crate) struct Route {
+    pub(crate) name: &'static str,
     echo: u16,
     iperf: u16,
     _procs: Vec<Child>,
     _balancers: Vec<Haproxy>,
 }
 
-fn pod_manifest(bench: &Path) -> String {
+/// Pod `name` on `node`: echo on 7001, iperf3 on 5201.
+pub(crate) fn pod_manifest(bench: &Path, name: &str, node: &str) -> String {
     format!(
         r#"apiVersion: v1
 kind: Pod
 metadata:
-  name: pbench
+  name: {name}
 spec:
-  nodeName: node1
+  nodeName: {node}
   containers:
   - name: echo
     image: porthole-bench
@@ -105,7 +106,7 @@ fn relay(host: &Host, bench: &Path, work: &Path, name: &str, args: &[String]) ->
 
 /// Path 2 on the cluster's hosts: client relay → haproxy (one per route) → api1 relay →
 /// node1 relay (enters the pod's netns) → pod.
-fn tls_relay_chain(cluster: &HaCluster, bench: &Path, work: &Path) -> Result<Path2> {
+fn tls_relay_chain(cluster: &HaCluster, bench: &Path, work: &Path) -> Result<Route> {
     let certs = work.join("relay-certs");
     let out = Command::new(bench)
         .arg("gencerts")
@@ -181,7 +182,7 @@ fn tls_relay_chain(cluster: &HaCluster, bench: &Path, work: &Path) -> Result<Pat
     args.extend(tls_out);
     let mut client_relay = relay(client, bench, work, "relay-client", &args)?;
     let local = listening_lines(&mut client_relay, 2)?;
-    Ok(Path2 {
+    Ok(Route {
         name: "tls-relay",
         echo: local[0].port(),
         iperf: local[1].port(),
@@ -190,22 +191,24 @@ fn tls_relay_chain(cluster: &HaCluster, bench: &Path, work: &Path) -> Result<Pat
     })
 }
 
-/// `porthole port-forward --transport T pbench :7001 :5201` on the client host.
-fn porthole_forward(cluster: &HaCluster, transport: &'static str, work: &Path) -> Result<Path2> {
+/// `porthole port-forward --transport T pod/POD :7001 :5201` on the client host, reported as
+/// `name`.
+pub(crate) fn porthole_forward(
+    cluster: &HaCluster,
+    transport: &str,
+    pod: &str,
+    name: &'static str,
+    work: &Path,
+) -> Result<Route> {
     let mut cmd = cluster.porthole_on_client();
     cmd.args([
         "port-forward",
         "--transport",
         transport,
-        "pod/pbench",
+        &format!("pod/{pod}"),
         ":7001",
         ":5201",
     ]);
-    let name = if transport == "spdy" {
-        "porthole-spdy"
-    } else {
-        "porthole-ws"
-    };
     let mut child = Child::spawn(name, cmd, work)?;
     let mut ports = BTreeMap::new();
     while ports.len() < 2 {
@@ -216,7 +219,7 @@ fn porthole_forward(cluster: &HaCluster, transport: &'static str, work: &Path) -
         })?;
         ports.insert(remote, local);
     }
-    Ok(Path2 {
+    Ok(Route {
         name,
         echo: ports[&7001],
         iperf: ports[&5201],
@@ -269,7 +272,7 @@ fn iperf(client: &Host, port: u16, secs: u32, reverse: bool) -> Result<f64> {
     bail!("iperf3 through port {port} stayed busy: {last:?}")
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     match v.len() {
         0 => f64::NAN,
@@ -332,7 +335,8 @@ fn measure(
     conn_secs: f64,
     rtt_count: u64,
 ) -> Result<()> {
-    let pod = porthole_test::write_file(work, "pbench.yaml", &pod_manifest(bench))?;
+    let pod =
+        porthole_test::write_file(work, "pbench.yaml", &pod_manifest(bench, "pbench", "node1"))?;
     cluster.kubectl(&["apply", "-f", &pod.display().to_string()])?;
     cluster.kubectl(&[
         "wait",
@@ -351,13 +355,59 @@ fn measure(
 
     let paths = vec![
         tls_relay_chain(cluster, bench, work)?,
-        porthole_forward(cluster, "spdy", work)?,
-        porthole_forward(cluster, "websocket", work)?,
+        porthole_forward(cluster, "spdy", "pbench", "porthole-spdy", work)?,
+        porthole_forward(cluster, "websocket", "pbench", "porthole-ws", work)?,
     ];
-    let client = cluster.client().clone();
-    let mut samples: BTreeMap<(&str, &str), Vec<f64>> = BTreeMap::new();
+    let samples = measure_routes(
+        cluster.client(),
+        bench,
+        &paths,
+        &Sizes {
+            reps,
+            iperf_secs,
+            conn_secs,
+            rtt_count,
+        },
+    )?;
+    print_report(
+        "Split roles on simulated hosts",
+        &paths,
+        &samples,
+        reps,
+        1.0,
+    );
+    Ok(())
+}
+
+/// How long each measurement runs.
+pub(crate) struct Sizes {
+    pub(crate) reps: usize,
+    pub(crate) iperf_secs: u32,
+    pub(crate) conn_secs: f64,
+    pub(crate) rtt_count: u64,
+}
+
+/// Samples by (route name, metric key).
+pub(crate) type Samples = BTreeMap<(&'static str, &'static str), Vec<f64>>;
+
+/// Every metric of [`METRICS`] on every route, reps interleaved (each rep measures every
+/// route in turn, so drift on a noisy machine hits them alike).
+pub(crate) fn measure_routes(
+    client: &Host,
+    bench: &Path,
+    paths: &[Route],
+    sizes: &Sizes,
+) -> Result<Samples> {
+    let Sizes {
+        reps,
+        iperf_secs,
+        conn_secs,
+        rtt_count,
+    } = *sizes;
+    let client = client.clone();
+    let mut samples = Samples::new();
     for rep in 1..=reps {
-        for path in &paths {
+        for path in paths {
             let mut add = |metric: &'static str, v: f64| {
                 samples.entry((path.name, metric)).or_default().push(v);
             };
@@ -388,21 +438,30 @@ fn measure(
                 .args(["--count", &rtt_count.to_string(), "--warmup", "200"]);
             let j = json_of(cmd, "porthole-bench rtt")?;
             add("rtt_p50_us", j["p50_us"].as_f64().unwrap_or(f64::NAN));
-            eprintln!("split-roles: rep {rep}/{reps}: {} done", path.name);
+            eprintln!("rep {rep}/{reps}: {} done", path.name);
         }
     }
-    print_report(&paths, &samples, reps);
-    Ok(())
+    Ok(samples)
 }
 
-fn print_report(paths: &[Path2], samples: &BTreeMap<(&str, &str), Vec<f64>>, reps: usize) {
-    println!("## Split roles on simulated hosts (medians of {reps} interleaved reps)\n");
+/// A Markdown table of medians, with each route's ratio against the first, marked ✓ where it
+/// meets `goal` (a ratio at least `goal` where higher is better, at most `1 / goal` where lower
+/// is better: latency).
+pub(crate) fn print_report(
+    title: &str,
+    paths: &[Route],
+    samples: &Samples,
+    reps: usize,
+    goal: f64,
+) {
+    let base_name = paths[0].name;
+    println!("## {title} (medians of {reps} interleaved reps; ✓: ratio meets {goal}×, 1/{goal}× for latency)\n");
     let mut header = String::from("| metric |");
     for p in paths {
         header.push_str(&format!(" {} |", p.name));
     }
     for p in &paths[1..] {
-        header.push_str(&format!(" {} ÷ path 2 |", p.name));
+        header.push_str(&format!(" {} ÷ {base_name} |", p.name));
     }
     println!("{header}");
     println!("|{}", "---|".repeat(1 + paths.len() * 2 - 1));
@@ -415,19 +474,23 @@ fn print_report(paths: &[Path2], samples: &BTreeMap<(&str, &str), Vec<f64>>, rep
         }
         for p in &paths[1..] {
             let ratio = med(p.name) / base;
-            // For latency, lower is better: the ratio still reads porthole ÷ path 2.
-            let mark = if (*higher_better && ratio >= 1.0) || (!higher_better && ratio <= 1.0) {
-                "✓"
-            } else {
-                "✗"
-            };
+            // For latency, lower is better: the ratio still reads route ÷ first route.
+            let mark =
+                if (*higher_better && ratio >= goal) || (!higher_better && ratio <= 1.0 / goal) {
+                    "✓"
+                } else {
+                    "✗"
+                };
             row.push_str(&format!(" {ratio:.2}× {mark} |"));
         }
         println!("{row}");
     }
     println!();
-    println!("raw samples (path, metric: values):");
+    println!("raw samples (route, metric: values):");
     for ((path, metric), v) in samples {
-        println!("  {path} {metric}: {v:.1?}");
+        if paths.iter().any(|p| p.name == *path) {
+            println!("  {path} {metric}: {v:.1?}");
+        }
     }
+    println!();
 }

@@ -85,6 +85,8 @@ pub(crate) struct NodeFacts {
     pub(crate) name: String,
     pub(crate) ip: String,
     pub(crate) port: u16,
+    /// Reached only through its tunnels (`--tunnel`): annotated on the Node.
+    pub(crate) tunnel: bool,
 }
 
 fn meminfo_kib() -> Option<u64> {
@@ -193,6 +195,14 @@ async fn register(client: &Client, facts: &NodeFacts, since: Timestamp) -> Resul
         }
         Err(e) => return Err(e),
     }
+    // The tunnel annotation follows the flag, also for a node that was registered without it.
+    let annotation = facts.tunnel.then_some("true");
+    let meta = serde_json::json!({
+        "metadata": {"annotations": {porthole_proto::tunnel::NODE_ANNOTATION: annotation}}
+    });
+    nodes
+        .patch(&facts.name, &PatchParams::default(), &Patch::Merge(&meta))
+        .await?;
     let patch = serde_json::json!({ "status": node_status(facts, since) });
     nodes
         .patch_status(&facts.name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -652,6 +662,7 @@ mod tests {
             name: "n1".into(),
             ip: "127.0.0.1".into(),
             port: 4321,
+            tunnel: false,
         };
         let s = node_status(&facts, Timestamp::now());
         let addrs = s.addresses.expect("addresses");

@@ -91,6 +91,11 @@ pub struct Args {
     /// How long the second stream of a port-forward pair may take to arrive.
     #[arg(long, env = "PORTHOLE_STREAM_CREATION_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub stream_creation_timeout: Duration,
+    /// This node cannot be dialed by the API servers (behind NAT, a firewall): keep a tunnel
+    /// to every API server instead, and serve port-forwards and logs over them. Needs
+    /// `--join` or `--api-server`; the address may be a load balancer.
+    #[arg(long, env = "PORTHOLE_NODE_TUNNEL", default_value_t = false)]
+    pub tunnel: bool,
 }
 
 /// Where and how the node reaches the API server.
@@ -144,6 +149,8 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Port-forward stream-pair creation timeout.
     pub stream_creation_timeout: Duration,
+    /// Dial tunnels to the API servers (`--tunnel`).
+    pub tunnel: bool,
     /// Node heartbeat period.
     pub heartbeat_interval: Duration,
     /// Connections handed over inside this process by an embedded API server (`porthole up`),
@@ -234,6 +241,11 @@ impl Config {
         if names.is_empty() {
             anyhow::bail!("--apiserver-client-names is empty: nobody could call the node");
         }
+        if args.tunnel && api.is_none() {
+            anyhow::bail!(
+                "--tunnel needs an API server to dial: add --join URL --token T --ca-cert-hash H (or --api-server URL with its certificate flags)"
+            );
+        }
         Ok(Config {
             node_name,
             state_dir: args.state_dir.unwrap_or_else(|| args.data_dir.join("node")),
@@ -245,6 +257,7 @@ impl Config {
             apiserver_client_names: names,
             idle_timeout: args.idle_timeout,
             stream_creation_timeout: args.stream_creation_timeout,
+            tunnel: args.tunnel,
             heartbeat_interval: Duration::from_secs(10),
             in_process: None,
             join,

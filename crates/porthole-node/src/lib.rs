@@ -12,6 +12,8 @@
 //!   and the unauthenticated `/healthz`, `/livez`, `/readyz`.
 //! - `metrics`: the Prometheus metrics and the readiness (registration) state.
 //! - `agent`: registration, heartbeat, pod list+watch, status write-back, deletion.
+//! - `tunnel`: `--tunnel`, for a node no API server can dial (behind NAT): it dials a tunnel
+//!   to every API server and serves the endpoint over them.
 //! - `join`: `--join` with a bootstrap token: discovery of the CA pinned by
 //!   `--ca-cert-hash`, certificate requests signed by the API server, files under
 //!   `<data-dir>/pki/`.
@@ -29,6 +31,7 @@ mod metrics;
 mod server;
 mod session;
 mod tls;
+mod tunnel;
 
 use std::collections::HashSet;
 use std::io::Write as _;
@@ -133,6 +136,14 @@ async fn serve(
         metrics: Arc::new(metrics::NodeMetrics::new()),
         registration,
     });
+    let tunnels = match (&cfg.api, cfg.tunnel) {
+        (Some(api), true) => Some(tokio::spawn(tunnel::run(
+            tunnel::Dialer::new(api, &cfg.node_name)?,
+            ep.clone(),
+            shutdown.clone(),
+        ))),
+        _ => None,
+    };
     match cfg.in_process.as_ref().and_then(InProcessListener::take) {
         Some(rx) => {
             tokio::join!(
@@ -141,6 +152,9 @@ async fn serve(
             );
         }
         None => server::serve(listener, tls, ep).await,
+    }
+    if let Some(t) = tunnels {
+        let _ = t.await;
     }
     tasks.close();
     tasks.wait().await;
@@ -203,6 +217,7 @@ pub async fn run(
                 name: cfg.node_name.clone(),
                 ip: cfg.node_ip.to_string(),
                 port: local.port(),
+                tunnel: cfg.tunnel,
             };
             let handle = tokio::spawn(agent::run(
                 client,

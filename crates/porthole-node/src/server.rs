@@ -63,6 +63,9 @@ enum Caller {
     Named(String),
     /// The API server of this same process (see [`crate::InProcessListener`]).
     InProcess,
+    /// An API server, through a tunnel this node dialed to it (mutual TLS, the server's
+    /// certificate checked against the cluster CA: see [`crate::tunnel`]).
+    Tunnel,
 }
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
@@ -158,6 +161,15 @@ pub(crate) async fn serve_in_process(
     }
 }
 
+/// Serves one connection an API server opened on a tunnel (`peer`: that server's address).
+pub(crate) async fn serve_tunneled(
+    io: porthole_relay::spdy::Stream,
+    peer: SocketAddr,
+    ep: Arc<Endpoint>,
+) {
+    serve_http(io, Caller::Tunnel, peer, ep).await
+}
+
 /// HTTP/1.1 with upgrades on one connection, until it ends or `ep.shutdown`.
 async fn serve_http<IO>(io: IO, caller: Caller, peer: SocketAddr, ep: Arc<Endpoint>)
 where
@@ -241,7 +253,7 @@ async fn route(
                 ),
             );
         }
-        Caller::Named(_) | Caller::InProcess => {}
+        Caller::Named(_) | Caller::InProcess | Caller::Tunnel => {}
     }
     match (first, segs.len()) {
         (Some("metrics"), 1) => {

@@ -6,8 +6,11 @@
 //! - [`portforward`]: the `portforward.k8s.io` stream protocol on top of SPDY (§4).
 //! - [`ws`]: RFC 6455 framing and the Kubernetes channel protocol (§5).
 //! - [`handshake`]: the HTTP/1.1 upgrade negotiation of all three transports (§2).
+//! - [`tunnel`]: the node tunnel (a porthole extension): what a node behind NAT and the API
+//!   server it dials agree on.
 
 pub mod handshake;
 pub mod portforward;
 pub mod spdy;
+pub mod tunnel;
 pub mod ws;

@@ -329,6 +329,27 @@ impl HaCluster {
         Ok(child)
     }
 
+    /// Adds host `name` behind a NAT router (host `nat`, made on first use) that no API server
+    /// can dial, joins it as node `name` with `--tunnel`, and waits for its ready line. The
+    /// node goes into [`HaCluster::nodes`] (stopped with the others); returns its host and
+    /// index there. Called again for the same name, it starts the node again on its host.
+    pub fn start_nat_node(&mut self, name: &str, join: &JoinLine) -> Result<(Host, usize)> {
+        if !self.bed.hosts().iter().any(|h| h.name() == "nat") {
+            self.bed.add("nat")?;
+        }
+        let host = match self.bed.hosts().iter().find(|h| h.name() == name) {
+            Some(h) => h.clone(),
+            None => self.bed.add_behind_nat(name, "nat")?,
+        };
+        let mut cmd = self.node_command(&host, name, join);
+        cmd.arg("--tunnel");
+        let mut child = Child::spawn(name, cmd, &self.work)?;
+        let ready = format!("porthole node {name} listening on ");
+        child.wait_for_line(READY_TIMEOUT, |l| l.starts_with(&ready).then_some(()))?;
+        self.nodes.push(Some(child));
+        Ok((host, self.nodes.len() - 1))
+    }
+
     /// `porthole` on the client host with the admin kubeconfig.
     pub fn porthole_on_client(&self) -> Command {
         let mut cmd = self.client().command(&self.bin);

@@ -30,6 +30,8 @@ pub const PREFIX: &str = "phtb";
 pub const SUBNET_PREFIX_LEN: u8 = 24;
 const FIRST_HOST: u8 = 10;
 const NFT_TABLE: &str = "porthole_testbed";
+/// The NAT router's table ([`Testbed::add_behind_nat`]).
+const NAT_TABLE: &str = "porthole_nat";
 /// What [`Host::netem`] fails with on a kernel built without netem, for options it cannot
 /// emulate there.
 pub const NO_NETEM: &str = "this kernel has no netem qdisc (CONFIG_NET_SCH_NETEM is off) and \
@@ -216,15 +218,120 @@ impl Testbed {
         host.ip_cmd("address the host", &["addr", "add", &cidr, "dev", "eth0"])?;
         host.ip_cmd("bring up eth0", &["link", "set", "eth0", "up"])?;
         host.ip_cmd("bring up loopback", &["link", "set", "lo", "up"])?;
-        // Partitions: an nft set of peers whose packets are dropped on arrival.
-        host.nft(&format!(
-            "add table inet {NFT_TABLE}\n\
-             add set inet {NFT_TABLE} partitioned {{ type ipv4_addr; }}\n\
-             add chain inet {NFT_TABLE} input {{ type filter hook input priority -10; policy accept; }}\n\
-             add rule inet {NFT_TABLE} input ip saddr @partitioned drop\n\
-             add chain inet {NFT_TABLE} loss {{ type filter hook input priority -5; policy accept; }}\n"
-        ))?;
+        host.install_fault_rules()?;
         Ok(())
+    }
+
+    /// Adds one more host on the switch (the next address after the others).
+    pub fn add(&mut self, name: &str) -> Result<Host> {
+        ensure!(
+            !name.is_empty() && name.len() <= 20 && !name.contains(['/', ' ']),
+            "host name {name:?}: use 1-20 characters without '/' or spaces"
+        );
+        ensure!(
+            self.hosts.iter().all(|h| h.name != name),
+            "the testbed already has a host {name:?}"
+        );
+        let index = self.hosts.len();
+        let octet = self
+            .hosts
+            .iter()
+            .filter(|h| h.ip.octets()[..3] == [198, 18, 0])
+            .map(|h| h.ip.octets()[3])
+            .max()
+            .unwrap_or(FIRST_HOST - 1)
+            .checked_add(1)
+            .filter(|o| *o < 255)
+            .ok_or_else(|| anyhow!("too many hosts for one /24"))?;
+        self.add_host(name, index, Ipv4Addr::new(198, 18, 0, octet))?;
+        Ok(self.host(name).clone())
+    }
+
+    /// Adds host `name` on a private network of its own behind `router` (an existing host),
+    /// which masquerades its traffic to the switch like a home or office NAT: `name` reaches
+    /// every host (from `router`'s address), and no host can open a connection to `name`,
+    /// which has an address in 198.19.0.0/16 that nobody else routes. Only connections
+    /// `name` opened get their replies through (the router forwards nothing else).
+    pub fn add_behind_nat(&mut self, name: &str, router: &str) -> Result<Host> {
+        ensure!(
+            self.hosts.iter().all(|h| h.name != name),
+            "the testbed already has a host {name:?}"
+        );
+        let router = self.host(router).clone();
+        let lan = u8::try_from(
+            self.hosts
+                .iter()
+                .filter(|h| h.ip.octets()[..2] == [198, 19])
+                .count(),
+        )
+        .ok()
+        .filter(|n| *n < 250)
+        .ok_or_else(|| anyhow!("too many hosts behind NAT"))?;
+        let (gateway, addr) = (
+            Ipv4Addr::new(198, 19, lan, 1),
+            Ipv4Addr::new(198, 19, lan, 2),
+        );
+        let host = Host {
+            name: name.to_string(),
+            netns: format!("{}-{name}", self.id),
+            ip: addr,
+        };
+        run(
+            &format!("create host {name}"),
+            &mut ip(&["netns", "add", &host.netns]),
+        )?;
+        self.hosts.push(host.clone());
+        let port = format!("lan{lan}");
+        run(
+            &format!("create the link of host {name} to {}", router.name),
+            &mut ip(&[
+                "link",
+                "add",
+                "eth0",
+                "netns",
+                &host.netns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &port,
+                "netns",
+                &router.netns,
+            ]),
+        )?;
+        router.ip_cmd(
+            "address the NAT side",
+            &["addr", "add", &format!("{gateway}/24"), "dev", &port],
+        )?;
+        router.ip_cmd("bring up the NAT side", &["link", "set", &port, "up"])?;
+        host.ip_cmd(
+            "address the host behind NAT",
+            &["addr", "add", &format!("{addr}/24"), "dev", "eth0"],
+        )?;
+        host.ip_cmd("bring up eth0", &["link", "set", "eth0", "up"])?;
+        host.ip_cmd("bring up loopback", &["link", "set", "lo", "up"])?;
+        // Only the switch's subnet, through the router: still no route out of the testbed.
+        host.ip_cmd(
+            "route to the switch through the NAT",
+            &[
+                "route",
+                "add",
+                &format!("198.18.0.0/{SUBNET_PREFIX_LEN}"),
+                "via",
+                &gateway.to_string(),
+            ],
+        )?;
+        host.install_fault_rules()?;
+        router.run("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+        router.nft(&format!(
+            "add table ip {NAT_TABLE}\n\
+             add chain ip {NAT_TABLE} postrouting {{ type nat hook postrouting priority 100; policy accept; }}\n\
+             add chain ip {NAT_TABLE} forward {{ type filter hook forward priority 0; policy drop; }}\n\
+             add rule ip {NAT_TABLE} forward ct state established,related accept\n\
+             add rule ip {NAT_TABLE} forward iifname \"{port}\" oifname \"eth0\" accept\n\
+             add rule ip {NAT_TABLE} postrouting oifname \"eth0\" ip saddr {addr} masquerade\n"
+        ))?;
+        Ok(host)
     }
 
     /// The host called `name`.
@@ -326,6 +433,18 @@ impl Host {
         let mut all = vec!["-n", self.netns.as_str()];
         all.extend_from_slice(args);
         run(&format!("{what} on {}", self.name), &mut ip(&all))
+    }
+
+    /// The nft table the faults use: partitions (a set of peers whose packets are dropped on
+    /// arrival) and loss.
+    fn install_fault_rules(&self) -> Result<()> {
+        self.nft(&format!(
+            "add table inet {NFT_TABLE}\n\
+             add set inet {NFT_TABLE} partitioned {{ type ipv4_addr; }}\n\
+             add chain inet {NFT_TABLE} input {{ type filter hook input priority -10; policy accept; }}\n\
+             add rule inet {NFT_TABLE} input ip saddr @partitioned drop\n\
+             add chain inet {NFT_TABLE} loss {{ type filter hook input priority -5; policy accept; }}\n"
+        ))
     }
 
     fn nft(&self, script: &str) -> Result<()> {

@@ -72,6 +72,75 @@ fn hosts_reach_each_other_and_nothing_else() -> Result<()> {
 }
 
 #[test]
+fn a_host_behind_nat_reaches_out_and_cannot_be_reached() -> Result<()> {
+    if !porthole_test::require_root("a_host_behind_nat_reaches_out_and_cannot_be_reached") {
+        return Ok(());
+    }
+    let before = root_links()?;
+    let mut bed = Testbed::new(&["router", "server"])?;
+    let inside = bed.add_behind_nat("inside", "router")?;
+    ensure!(root_links()? == before, "NAT changed the root namespace");
+    let (router, server) = (bed.host("router").clone(), bed.host("server").clone());
+    ensure!(
+        inside.ip().octets()[..2] == [198, 19],
+        "address {}",
+        inside.ip()
+    );
+
+    // Out: the server sees the connection coming from the router's address.
+    let listener = server.tcp_listen(SocketAddr::from((server.ip(), 0)))?;
+    let addr = listener.local_addr()?;
+    let accept = std::thread::spawn(move || listener.accept().map(|(_, peer)| peer));
+    let mut conn = inside.tcp_connect(addr, Duration::from_secs(5))?;
+    let peer = accept.join().expect("accept thread")?;
+    ensure!(
+        peer.ip() == std::net::IpAddr::V4(router.ip()),
+        "the server saw {peer}, not the router {}",
+        router.ip()
+    );
+    conn.write_all(b"x")?;
+    let echo = server.echo_server()?;
+    echo_once(
+        &mut inside.tcp_connect(echo, Duration::from_secs(5))?,
+        b"through the NAT",
+    )?;
+
+    // In: nobody routes to the private address...
+    let private = inside.tcp_listen(SocketAddr::from((inside.ip(), 0)))?;
+    let target = private.local_addr()?;
+    let err = server
+        .tcp_connect(target, Duration::from_secs(2))
+        .err()
+        .context("the server reached the host behind NAT")?;
+    ensure!(format!("{err:#}").contains("unreachable"), "{err:#}");
+    // ...and a server that does route through the router still gets nothing through: the
+    // router forwards only replies to connections made from inside.
+    server.run(
+        "ip",
+        &[
+            "route",
+            "add",
+            "198.19.0.0/16",
+            "via",
+            &router.ip().to_string(),
+        ],
+    )?;
+    ensure!(
+        server.tcp_connect(target, Duration::from_secs(2)).is_err(),
+        "the router forwarded a connection into the NAT"
+    );
+    // The host behind NAT has no route out of the testbed either.
+    ensure!(inside
+        .tcp_connect("192.0.2.1:80".parse()?, Duration::from_secs(2))
+        .is_err());
+    drop(private);
+    let id = bed.id().to_string();
+    bed.teardown()?;
+    ensure!(leftovers(&id).is_empty());
+    Ok(())
+}
+
+#[test]
 fn netem_delays_and_drops() -> Result<()> {
     if !porthole_test::require_root("netem_delays_and_drops") {
         return Ok(());

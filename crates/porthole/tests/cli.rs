@@ -74,6 +74,37 @@ fn up_rejects_bad_files_before_starting() {
     assert!(!dir.path().join("data/kubeconfig").exists());
 }
 
+#[test]
+fn a_tunnel_needs_an_api_server_to_dial() {
+    let dir = TempDir::new("tunnel-flag").unwrap();
+    let pki = dir.path().join("pki");
+    let out = Command::new(BIN)
+        .args([
+            "node",
+            "--tunnel",
+            "--node-name",
+            "edge1",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--tls-cert-file")
+        .arg(pki.join("n.crt"))
+        .arg("--tls-private-key-file")
+        .arg(pki.join("n.key"))
+        .arg("--client-ca-file")
+        .arg(pki.join("ca.crt"))
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--tunnel needs an API server") && stderr.contains("--join"),
+        "says what is missing: {stderr}"
+    );
+}
+
 /// `kubectl porthole ...` runs `kubectl-porthole ...` from PATH, which must behave as `porthole`.
 #[test]
 fn works_as_a_kubectl_plugin() {

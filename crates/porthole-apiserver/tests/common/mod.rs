@@ -109,6 +109,7 @@ pub struct Server {
 pub fn args(pki: &Pki, data: &Path, audit: &Path) -> porthole_apiserver::Args {
     porthole_apiserver::Args {
         listen: "127.0.0.1:0".parse().expect("addr"),
+        advertise_address: None,
         data_dir: Some(data.to_path_buf()),
         etcd: Default::default(),
         tls_cert_file: pki.path("apiserver.crt"),

@@ -264,6 +264,7 @@ impl Pki {
             apiserver_client_names: vec!["porthole-apiserver".into()],
             idle_timeout: Duration::from_secs(4 * 3600),
             stream_creation_timeout: Duration::from_secs(30),
+            tunnel: false,
             heartbeat_interval: Duration::from_secs(10),
             in_process: None,
             join: None,
