@@ -40,6 +40,8 @@ apt_install build-essential pkg-config ca-certificates curl socat procps python3
 # The cluster: protoc builds the etcd client's gRPC code; etcd, haproxy and nftables are real
 # components of the multi-host tests (simulated hosts in network namespaces).
 apt_install protobuf-compiler etcd-server etcd-client haproxy nftables
+# The chaos soak's pods and load: redis-server in pods, redis-benchmark on the client host.
+apt_install redis-server redis-tools
 
 command -v cargo >/dev/null || die "cargo not found: install a stable Rust toolchain (rustup) first"
 

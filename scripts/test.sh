@@ -5,7 +5,7 @@
 # 2. cargo fmt --check, cargo clippy -D warnings
 # 3. cargo build --release, cargo test --workspace (end-to-end tests need root: CI is root)
 # 4. the public smoke check ../shared/acceptance/smoke.sh, when it is there
-# 5. fuzz and bench smoke runs, when their scripts exist
+# 5. fuzz and bench smoke runs and a 3-minute chaos soak, when their scripts exist
 # Any failure fails the run; a missing tool is an error, never a skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -83,6 +83,11 @@ fi
 if [ -f bench/store.sh ]; then
   step "store bench smoke (bench/store.sh --smoke)"
   bash bench/store.sh --smoke || hooks_rc=$?
+fi
+if [ -f scripts/chaos.sh ]; then
+  # The 20-minute soak is a script a person runs; CI keeps 3 minutes of it.
+  step "chaos soak, 3 minutes (scripts/chaos.sh --duration 3m)"
+  bash scripts/chaos.sh --duration 3m --no-build --out "${CARGO_TARGET_DIR:-$ROOT/target}/chaos" || hooks_rc=$?
 fi
 
 # One closing line over every cargo test binary, so the total is not hidden among the

@@ -13,7 +13,8 @@
 //! - `ttfb`: start a port-forward command, connect as soon as it prints its
 //!   `Forwarding from 127.0.0.1:N -> M` line, time the first echoed byte;
 //! - `freeport`: a free loopback port chosen by the kernel (for tools that need a number);
-//! - `store`: the API server's store backends, redb and a real etcd, side by side.
+//! - `store`: the API server's store backends, redb and a real etcd, side by side;
+//! - `chaos`: the soak of issue 13 (faults at random under traffic, everything accounted).
 //!
 //! Bulk throughput is iperf3's job (the baselines used it too). Every measuring subcommand
 //! prints exactly one JSON object on stdout; servers print one `listening on ADDR` line.
@@ -24,6 +25,7 @@
 // A benchmark measures real elapsed time; there is no pausable tokio clock to honour here.
 #![allow(clippy::disallowed_types)]
 
+mod chaos;
 mod load;
 mod relay;
 mod split;
@@ -78,6 +80,9 @@ enum Cmd {
     SplitRoles(split::SplitArgs),
     /// A node behind NAT through its tunnel against a direct node, on simulated hosts.
     Tunnel(tunnel::TunnelArgs),
+    /// The chaos soak: traffic through forwards on a cluster on simulated hosts while faults
+    /// are injected at random; everything accounted (needs root; scripts/chaos.sh).
+    Chaos(chaos::ChaosArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -92,6 +97,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Store(a) => store::run(a),
         Cmd::SplitRoles(a) => split::run(a),
         Cmd::Tunnel(a) => tunnel::run(a),
+        Cmd::Chaos(a) => chaos::run(a),
         Cmd::Ttfb(a) => ttfb::run(a),
         Cmd::Freeport => {
             let l = TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0")?;

@@ -1,0 +1,217 @@
+//! What the soak counts to find leaks: descriptors, threads and memory of porthole's processes
+//! (summed per role, since forwards move between API servers and nodes as faults come and go),
+//! processes in network namespaces other than the soak's own (hosts, pods, anything left behind),
+//! network namespaces in use and mounts.
+//!
+//! The steady state is measured with traffic paused after warm-up (the highest of a few
+//! samples); the end, with traffic paused after the last fault (the lowest of samples taken
+//! until it is back at the steady state, bounded). A leak is what stays above.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// Samples of the steady state.
+const BASELINE_SAMPLES: usize = 5;
+/// Pause between samples.
+const SAMPLE_EVERY: Duration = Duration::from_millis(300);
+/// How long the end may take to come back down (a blocking-pool thread lives 10 s idle).
+const SETTLE: Duration = Duration::from_secs(30);
+/// Memory growth of one process beyond which it counts as leaked: allocators keep what they
+/// once used, so some growth after a burst is not a leak; a leak grows with the traffic.
+pub const RSS_LEAK_KIB: u64 = 32 * 1024;
+
+/// One process's figures.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcStat {
+    /// Its pid (a restarted process has a new one).
+    pub pid: u32,
+    /// Open descriptors.
+    pub fds: u64,
+    /// Threads.
+    pub threads: u64,
+    /// Resident memory.
+    pub rss_kib: u64,
+}
+
+/// Everything counted at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Figures per process, by role (`apiserver`, `node`, `forward`).
+    pub roles: BTreeMap<String, Vec<ProcStat>>,
+    /// Counters that must come back to the steady state: per-role descriptor and thread sums,
+    /// processes, namespaces, mounts.
+    pub counters: BTreeMap<String, u64>,
+    /// The processes outside the machine's network namespace: pid and command line (to name
+    /// what was left behind).
+    pub outside: BTreeMap<u32, String>,
+}
+
+fn proc_stat(pid: u32) -> Option<ProcStat> {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some(ProcStat {
+        pid,
+        fds,
+        threads: field("Threads:")?,
+        rss_kib: field("VmRSS:")?,
+    })
+}
+
+fn net_ns_of(pid: &str) -> Option<String> {
+    std::fs::read_link(format!("/proc/{pid}/ns/net"))
+        .ok()
+        .map(|p| p.display().to_string())
+}
+
+/// Counts now. `roles` gives each role's pids.
+pub fn snapshot(roles: &BTreeMap<String, Vec<u32>>) -> Snapshot {
+    let mut snap = Snapshot::default();
+    for (role, pids) in roles {
+        let stats: Vec<ProcStat> = pids.iter().filter_map(|p| proc_stat(*p)).collect();
+        snap.counters.insert(
+            format!("{role}_fds"),
+            stats.iter().map(|s| s.fds).sum::<u64>(),
+        );
+        snap.counters.insert(
+            format!("{role}_threads"),
+            stats.iter().map(|s| s.threads).sum::<u64>(),
+        );
+        snap.roles.insert(role.clone(), stats);
+    }
+    // The namespace this process runs in is the machine's as far as the soak is concerned (a
+    // sandbox may run everything in a namespace of its own).
+    let root_ns = net_ns_of("self").unwrap_or_default();
+    let mut namespaces = BTreeSet::new();
+    let mut elsewhere = 0u64;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Some(ns) = net_ns_of(&name) else { continue };
+        if ns != root_ns {
+            elsewhere += 1;
+            namespaces.insert(ns);
+            let cmdline = std::fs::read(format!("/proc/{name}/cmdline")).unwrap_or_default();
+            if let Ok(pid) = name.parse() {
+                snap.outside
+                    .insert(pid, String::from_utf8_lossy(&cmdline).replace('\0', " "));
+            }
+        }
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for line in mountinfo.lines() {
+        // A namespace kept by a bind mount (`ip netns add`, a pod's): its root field is net:[N].
+        if let Some(root) = line.split(' ').nth(3).filter(|r| r.starts_with("net:[")) {
+            namespaces.insert(root.to_string());
+        }
+    }
+    snap.counters
+        .insert("processes_in_other_netns".into(), elsewhere);
+    snap.counters
+        .insert("network_namespaces".into(), namespaces.len() as u64);
+    snap.counters
+        .insert("mounts".into(), mountinfo.lines().count() as u64);
+    snap
+}
+
+/// The steady state: the highest of a few samples of each counter.
+pub fn baseline(roles: &BTreeMap<String, Vec<u32>>) -> Snapshot {
+    let mut high = snapshot(roles);
+    for _ in 1..BASELINE_SAMPLES {
+        // Samples spread over a short window; they synchronise nothing.
+        std::thread::sleep(SAMPLE_EVERY);
+        let s = snapshot(roles);
+        for (k, v) in s.counters {
+            let e = high.counters.entry(k).or_default();
+            *e = (*e).max(v);
+        }
+        high.roles = s.roles;
+        high.outside = s.outside;
+    }
+    high
+}
+
+/// The end: the lowest of samples taken until every counter is back at `base` (or
+/// [`SETTLE`] has passed).
+pub fn settled(roles: &BTreeMap<String, Vec<u32>>, base: &Snapshot) -> Snapshot {
+    let deadline = Instant::now() + SETTLE;
+    let mut low = snapshot(roles);
+    loop {
+        let back = low
+            .counters
+            .iter()
+            .all(|(k, v)| *v <= base.counters.get(k).copied().unwrap_or(0));
+        if back || Instant::now() >= deadline {
+            return low;
+        }
+        std::thread::sleep(SAMPLE_EVERY);
+        let s = snapshot(roles);
+        for (k, v) in s.counters {
+            let e = low.counters.entry(k).or_insert(v);
+            *e = (*e).min(v);
+        }
+        low.roles = s.roles;
+        low.outside = s.outside;
+    }
+}
+
+/// Base, end and leak of every counter, memory growth of every process that lived through
+/// the soak; and how many leaks there are.
+pub fn compare(base: &Snapshot, end: &Snapshot) -> (Value, u64) {
+    let mut leaks = 0;
+    let mut counters = serde_json::Map::new();
+    for (k, b) in &base.counters {
+        let e = end.counters.get(k).copied().unwrap_or(0);
+        let leaked = e.saturating_sub(*b);
+        leaks += u64::from(leaked > 0);
+        counters.insert(k.clone(), json!({"steady": b, "end": e, "leaked": leaked}));
+    }
+    let mut memory = Vec::new();
+    for (role, stats) in &base.roles {
+        for b in stats {
+            let Some(e) = end
+                .roles
+                .get(role)
+                .and_then(|s| s.iter().find(|e| e.pid == b.pid))
+            else {
+                continue;
+            };
+            let growth = e.rss_kib.saturating_sub(b.rss_kib);
+            let leaked = growth > RSS_LEAK_KIB;
+            leaks += u64::from(leaked);
+            memory.push(json!({"role": role, "pid": b.pid, "steady_kib": b.rss_kib,
+                "end_kib": e.rss_kib, "growth_kib": growth, "leaked": leaked}));
+        }
+    }
+    // Processes that were not there in the steady state (restarted components are among
+    // them, with new pids); named when there are more processes than then.
+    let new_processes: Vec<String> = end
+        .outside
+        .iter()
+        .filter(|(pid, _)| !base.outside.contains_key(pid))
+        .map(|(pid, cmd)| format!("{pid}: {}", cmd.chars().take(160).collect::<String>()))
+        .collect();
+    let gone = base
+        .outside
+        .keys()
+        .filter(|pid| !end.outside.contains_key(pid))
+        .count();
+    (
+        json!({"counters": counters, "memory": memory, "rss_leak_kib": RSS_LEAK_KIB,
+               "processes_new_since_steady_state": new_processes,
+               "processes_gone_since_steady_state": gone}),
+        leaks,
+    )
+}
