@@ -256,11 +256,21 @@ fn run_faults(
         || Ok(traffic.successes().iter().all(|n| *n > 0)),
     )?;
     traffic.mark(Instant::now());
-    std::thread::sleep(WARMUP);
+    let warmup_end = Instant::now() + WARMUP;
+    let mut threads_seen = leaks::Snapshot::default();
+    while Instant::now() < warmup_end {
+        // Samples during warm-up (threads under load); they synchronise nothing.
+        std::thread::sleep(Duration::from_millis(300));
+        leaks::with_threads_seen(
+            &mut threads_seen,
+            &leaks::snapshot(&roles(cluster, forwards)),
+        );
+    }
     let steady_gap = traffic.interruption();
     traffic.unmark();
     traffic.pause(Duration::from_secs(60))?;
-    let base = leaks::baseline(&roles(cluster, forwards));
+    let mut base = leaks::baseline(&roles(cluster, forwards));
+    leaks::with_threads_seen(&mut base, &threads_seen);
     traffic.resume();
     let soak_start = Instant::now();
 
