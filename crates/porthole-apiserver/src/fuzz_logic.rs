@@ -171,7 +171,7 @@ impl<'a> Gen<'a> {
         let mut cur = Some(doc);
         loop {
             let b = self.byte();
-            if b % 4 == 0 {
+            if b.is_multiple_of(4) {
                 return out;
             }
             let token = match cur {
@@ -434,7 +434,7 @@ fn json_patch_ops(g: &mut Gen<'_>, target: &Value) -> Value {
         let mut o = Map::new();
         o.insert("op".into(), json!(op));
         let b = g.byte();
-        if b % 8 != 0 {
+        if !b.is_multiple_of(8) {
             o.insert("path".into(), json!(g.pointer(target)));
         }
         if b % 8 != 1 && matches!(op, "add" | "replace" | "test") {
