@@ -1273,6 +1273,8 @@ mod tests {
             b"metadata.name=x\0spec.nodeName=\0",
             b"\0\0",
             b"a=b=c\0x==y\0",
+            // The fuzzer's first find: a value with `(` swallowed the next requirement.
+            b"app=web,tier!=db\xff\xff\xff(\0e\n\0\0\0nv in (a,b),!legacy\0\x03\x01\x02\x05\0\x07\t\x04\x02\x02\x01\x01",
         ] {
             selector(s);
         }
