@@ -52,7 +52,8 @@ echo "fuzz.sh: building ${#targets[@]} target(s)"
 for t in "${targets[@]}"; do
   RUSTC_BOOTSTRAP=1 cargo fuzz build "$t" >/dev/null
 done
-bin_dir=target/$(rustc -vV | sed -n 's/^host: //p')/release
+# cargo fuzz builds into fuzz/target, or $CARGO_TARGET_DIR when that is set.
+bin_dir=${CARGO_TARGET_DIR:-target}/$(rustc -vV | sed -n 's/^host: //p')/release
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
