@@ -32,6 +32,8 @@ pub mod csr;
 pub mod discovery;
 pub mod endpoints;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz_logic;
 pub mod health;
 pub mod http_util;
 pub mod identity;

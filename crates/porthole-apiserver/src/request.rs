@@ -91,6 +91,22 @@ fn decode_segment(s: &str) -> Result<String, ApiError> {
     Ok(decoded)
 }
 
+/// Kubernetes' `path.IsValidPathSegmentName` for the name and namespace of a request: the
+/// store key is `plural/namespace/name`, so a decoded `/` (`%2F`) would let
+/// (namespace `a`, name `b/c`) and (namespace `a/b`, name `c`) name one key. Refused with
+/// Kubernetes' 400 (`Name parameter invalid: "a/b": may not contain '/'`).
+fn check_segment(what: &str, s: &str) -> Result<(), ApiError> {
+    let why = match s {
+        "." | ".." => format!("may not be '{s}'"),
+        _ if s.contains('/') => "may not contain '/'".to_string(),
+        _ if s.contains('%') => "may not contain '%'".to_string(),
+        _ => return Ok(()),
+    };
+    Err(ApiError::BadRequest(format!(
+        "{what} parameter invalid: {s:?}: {why}"
+    )))
+}
+
 /// Parse a request path.
 pub fn route(path: &str) -> Result<Route, ApiError> {
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -98,13 +114,15 @@ pub fn route(path: &str) -> Result<Route, ApiError> {
         ["api", "v1", rest @ ..] if !rest.is_empty() && !rest[0].is_empty() => ("", "v1", rest),
         ["apis", g, v, rest @ ..] if !rest.is_empty() && !rest[0].is_empty() => (g, v, rest),
         ["proxy", "nodes", node, rest @ ..] if !node.is_empty() => {
+            let name = decode_segment(node)?;
+            check_segment("Name", &name)?;
             return Ok(Route::Resource(ResourceRequest {
                 info: resources::core("nodes"),
                 namespace: String::new(),
-                name: decode_segment(node)?,
+                name,
                 subresource: "proxy".into(),
                 rest: rest.join("/"),
-            }))
+            }));
         }
         _ => return Ok(Route::NonResource),
     };
@@ -133,6 +151,8 @@ pub fn route(path: &str) -> Result<Route, ApiError> {
     if name.is_empty() && rest.len() > 1 {
         return Err(ApiError::NoRoute);
     }
+    check_segment("Namespace", &namespace)?;
+    check_segment("Name", &name)?;
     Ok(Route::Resource(ResourceRequest {
         info,
         namespace,
@@ -233,5 +253,36 @@ mod tests {
             Err(ApiError::NoRoute)
         ));
         assert_eq!(res("/api/v1/namespaces/d/pods/a%2Eb").name, "a.b");
+    }
+
+    /// Regression (issue 18, fuzz target route): a percent-encoded `/` (or `%`, `.`, `..`) in
+    /// a name or namespace is refused like Kubernetes does, instead of reaching the store key
+    /// `plural/namespace/name`, where (`a`, `b/c`) and (`a/b`, `c`) would be the same key.
+    #[test]
+    fn names_that_are_not_path_segments_are_refused() {
+        for p in [
+            "/api/v1/namespaces/default/pods/a%2Fb",
+            "/api/v1/namespaces/a%2Fb/pods/c",
+            "/api/v1/namespaces/a%2Fb/pods",
+            "/api/v1/namespaces/default/pods/%2E%2E",
+            "/api/v1/namespaces/%2E/pods/x",
+            "/api/v1/namespaces/default/pods/100%25",
+            "/api/v1/nodes/n%2F1/proxy/x",
+            "/proxy/nodes/n%2F1/x",
+            "/apis/rbac.authorization.k8s.io/v1/clusterroles/a%2F..",
+        ] {
+            match route(p) {
+                Err(ApiError::BadRequest(m)) => {
+                    assert!(m.contains("parameter invalid"), "{p}: {m}")
+                }
+                other => panic!("{p}: {other:?}"),
+            }
+        }
+        // RBAC names with ':' and dotted names still route.
+        assert_eq!(
+            res("/apis/rbac.authorization.k8s.io/v1/clusterroles/system:node").name,
+            "system:node"
+        );
+        assert_eq!(res("/api/v1/namespaces/d/pods/a.b.c").name, "a.b.c");
     }
 }

@@ -48,6 +48,18 @@ fn set_values(s: &str) -> Option<Vec<String>> {
     )
 }
 
+/// Kubernetes' label value rule (`validation.IsValidLabelValue`): empty, or at most 63
+/// characters of `[-A-Za-z0-9_.]` that start and end with an alphanumeric one.
+fn valid_value(v: &str) -> bool {
+    let b = v.as_bytes();
+    b.is_empty()
+        || (b.len() <= 63
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+            && b[0].is_ascii_alphanumeric()
+            && b[b.len() - 1].is_ascii_alphanumeric())
+}
+
 fn valid_key(k: &str) -> bool {
     !k.is_empty()
         && k.len() <= 317
@@ -90,6 +102,16 @@ impl LabelSelector {
             };
             if !valid_key(key) {
                 return Err(bad());
+            }
+            let values: &[String] = match &req {
+                Req::Eq(_, v) | Req::NotEq(_, v) => std::slice::from_ref(v),
+                Req::In(_, vs) | Req::NotIn(_, vs) => vs,
+                Req::Exists(_) | Req::NotExists(_) => &[],
+            };
+            if let Some(v) = values.iter().find(|v| !valid_value(v)) {
+                return Err(format!(
+                    "unable to parse requirement: values[0][{key}]: Invalid value: \"{v}\": a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')"
+                ));
             }
             reqs.push(req);
         }
@@ -246,6 +268,31 @@ mod tests {
         assert!(m("!missing,tier!=be"));
         assert!(!m("app==db"));
         assert!(LabelSelector::parse("a in b").is_err());
+    }
+
+    /// Regression (issue 18, fuzz target selector): values are checked like Kubernetes'
+    /// label values. A value such as `db(` used to be accepted, and its `(` then swallowed
+    /// the commas after it, so `tier!=db(,e` was one requirement instead of the conjunction
+    /// of `tier!=db(` and `e`.
+    #[test]
+    fn values_must_be_label_values() {
+        for bad in [
+            "tier!=db(",
+            "tier!=db(,e",
+            "a=b=c",
+            "a==)",
+            "a in (x,y))",
+            "a notin (-x)",
+            "a=x.",
+            "a=\u{fffd}",
+        ] {
+            assert!(LabelSelector::parse(bad).is_err(), "{bad:?} parsed");
+        }
+        let long = format!("a={}", "x".repeat(64));
+        assert!(LabelSelector::parse(&long).is_err());
+        for good in ["a=", "a==x_y.z-1", "a in (A1, b_2)", "a!=", "a notin ()"] {
+            assert!(LabelSelector::parse(good).is_ok(), "{good:?} refused");
+        }
     }
 
     #[test]

@@ -612,7 +612,7 @@ fn describe(e: &etcd_client::Error) -> String {
 }
 
 fn decode(step: &'static str, kv: &KeyValue) -> Result<Value, StoreError> {
-    let mut v: Value = serde_json::from_slice(kv.value()).map_err(|e| StoreError::Backend {
+    let mut v: Value = super::decode_value(kv.value()).map_err(|e| StoreError::Backend {
         step,
         message: format!(
             "the value of etcd key {} is not a JSON object: {e}",

@@ -134,6 +134,31 @@ pub trait Store: Send + Sync + 'static {
     fn revision(&self) -> u64;
 }
 
+/// Decode a stored value (an etcd value or a redb row): a JSON object whose `metadata`, if
+/// any, is an object too, or an error. Anything else (an array, a number, a string) is refused
+/// here, as every reader of stored objects indexes them as objects (`obj["kind"] = ...` panics
+/// on a non-object), and an object without a settable `metadata.resourceVersion` could never
+/// be updated (every write would conflict).
+pub fn decode_value(bytes: &[u8]) -> Result<Value, String> {
+    let v: Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    if !v.is_object() {
+        return Err(format!(
+            "not a JSON object but {}",
+            match v {
+                Value::Array(_) => "an array",
+                Value::String(_) => "a string",
+                Value::Number(_) => "a number",
+                Value::Bool(_) => "a boolean",
+                _ => "null",
+            }
+        ));
+    }
+    if v.get("metadata").is_some_and(|m| !m.is_object()) {
+        return Err("metadata is not a JSON object".into());
+    }
+    Ok(v)
+}
+
 /// Set `metadata.resourceVersion` on a JSON object.
 pub fn set_resource_version(object: &mut Value, revision: u64) {
     if let Some(obj) = object.as_object_mut() {

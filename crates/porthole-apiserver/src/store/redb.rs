@@ -92,8 +92,7 @@ impl RedbStore {
                 .map_err(|e| backend("reading an object")(e.to_string()))?
             {
                 Some(g) => Some(
-                    serde_json::from_slice::<Value>(g.value())
-                        .map_err(|e| backend("decoding a stored object")(e.to_string()))?,
+                    super::decode_value(g.value()).map_err(backend("decoding a stored object"))?,
                 ),
                 None => None,
             };
@@ -160,9 +159,9 @@ impl Store for RedbStore {
         else {
             return Ok(None);
         };
-        serde_json::from_slice(g.value())
+        super::decode_value(g.value())
             .map(Some)
-            .map_err(|e| backend("decoding a stored object")(e.to_string()))
+            .map_err(backend("decoding a stored object"))
     }
 
     fn list(&self, prefix: &str) -> Result<(Vec<Value>, u64), StoreError> {
@@ -186,10 +185,7 @@ impl Store for RedbStore {
             if !k.value().starts_with(prefix) {
                 break;
             }
-            out.push(
-                serde_json::from_slice(v.value())
-                    .map_err(|e| backend("decoding a stored object")(e.to_string()))?,
-            );
+            out.push(super::decode_value(v.value()).map_err(backend("decoding a stored object"))?);
         }
         Ok((out, revision))
     }
@@ -271,6 +267,49 @@ mod tests {
         assert!(s.watch(0).is_ok());
         let b = s.create("pods/default/b", json!({})).expect("create b");
         assert_eq!(resource_version(&b), 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Regression (issue 18, fuzz target store_value): a stored value that is JSON but not an
+    /// object (a corrupt row, or an etcd value written by something else) is a read error, not
+    /// a panic in the readers that index it as an object (`api::get` adds `kind`).
+    #[test]
+    fn stored_non_objects_are_read_errors() {
+        let dir = std::env::temp_dir().join(format!("porthole-store-{}", uuid::Uuid::new_v4()));
+        let s = RedbStore::open(&dir).expect("open");
+        for (i, raw) in [
+            &b"[1]"[..],
+            b"7",
+            b"\"x\"",
+            b"null",
+            b"true",
+            b"{\"metadata\":[]}",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let key = format!("pods/default/p{i}");
+            let txn = s.db.begin_write().expect("begin");
+            txn.open_table(OBJECTS)
+                .expect("table")
+                .insert(key.as_str(), *raw)
+                .expect("insert");
+            txn.commit().expect("commit");
+            assert!(
+                matches!(s.get(&key), Err(StoreError::Backend { .. })),
+                "{raw:?} read back as an object"
+            );
+            let req = crate::request::ResourceRequest {
+                info: crate::resources::core("pods"),
+                namespace: "default".into(),
+                name: format!("p{i}"),
+                subresource: String::new(),
+                rest: String::new(),
+            };
+            assert!(crate::api::get(&s, &req).is_err());
+        }
+        assert!(s.list("pods/").is_err());
+        assert!(super::super::decode_value(b"{\"a\":1}").is_ok());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
