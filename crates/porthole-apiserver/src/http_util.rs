@@ -1,10 +1,10 @@
-//! Small HTTP helpers shared by the handlers: body type, JSON responses, query parsing.
+//! Small HTTP helpers shared by the handlers: body type, JSON responses, query parsing, upgrade detection.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 
 use bytes::Bytes;
-use http::{header, Response, StatusCode};
+use http::{header, HeaderMap, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use serde_json::Value;
 
@@ -72,4 +72,16 @@ impl Query {
     pub fn flag(&self, key: &str) -> bool {
         matches!(self.get(key), Some("1" | "true" | "True" | "TRUE"))
     }
+}
+
+/// Is this an HTTP/1.1 upgrade request (`Connection` lists `upgrade`)?
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.to_str()
+            .map(|s| {
+                s.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+            .unwrap_or(false)
+    })
 }

@@ -126,7 +126,7 @@ pub async fn dial(state: &crate::State, ep: &NodeEndpoint) -> Result<NodeStream,
             ))
         })??;
     if let Some(stream) = through_tunnel {
-        return Ok(stream);
+        return Ok(Box::new(stream));
     }
     if ep.tunnel_only {
         return Err(ApiError::ServiceUnavailable(format!(

@@ -54,18 +54,6 @@ pub enum Target {
     },
 }
 
-/// Is this an HTTP/1.1 upgrade request (`Connection` lists `upgrade`)?
-pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.get_all(header::CONNECTION).iter().any(|v| {
-        v.to_str()
-            .map(|s| {
-                s.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            })
-            .unwrap_or(false)
-    })
-}
-
 /// Parse the `ports` query: repeatable, each value a comma list of u16 (Kubernetes'
 /// `PodPortForwardOptions` conversion).
 pub fn parse_ports(query: &Query) -> Result<Vec<u16>, ApiError> {
@@ -295,7 +283,7 @@ async fn prepare(
         Target::Pod { namespace, pod } => {
             let ports = parse_ports(query)?;
             record.ports = ports.clone();
-            if !is_upgrade(req.headers()) {
+            if !crate::http_util::is_upgrade(req.headers()) {
                 return Err(ApiError::BadRequest("Upgrade request required".into()));
             }
             let r = crate::request::ResourceRequest {
@@ -350,7 +338,7 @@ async fn prepare(
             // Upgrade requests use only the backend location: the client's query is not
             // forwarded (PROTOCOL.md §6.10), so a channel request through here loses `port`.
             let mut path = format!("/{rest}");
-            if !is_upgrade(req.headers()) {
+            if !crate::http_util::is_upgrade(req.headers()) {
                 if let Some(q) = req.uri().query() {
                     path.push('?');
                     path.push_str(q);
@@ -372,7 +360,7 @@ async fn forward(
     mut record: PortForwardRecord,
     started: tokio::time::Instant,
 ) -> Result<Response<Body>, ApiError> {
-    let upgrade_requested = is_upgrade(req.headers());
+    let upgrade_requested = crate::http_util::is_upgrade(req.headers());
     let stream = kubelet::dial(state, ep).await?;
     let mut sender = kubelet::http1_client(stream).await?;
     let host = format!("{}:{}", ep.host, ep.port);

@@ -97,7 +97,7 @@ impl Tunnels {
 pub async fn open(
     state: &State,
     node: &str,
-) -> Result<Option<crate::kubelet::NodeStream>, ApiError> {
+) -> Result<Option<porthole_relay::spdy::Stream>, ApiError> {
     let Some(conn) = state.tunnels.get(node) else {
         return Ok(None);
     };
@@ -110,7 +110,7 @@ pub async fn open(
             "error dialing backend: opening a stream on the tunnel of node {node:?}: {e}; the node redials its tunnel by itself, retry in a few seconds"
         ))
     })?;
-    Ok(Some(Box::new(stream)))
+    Ok(Some(stream))
 }
 
 fn forbidden(node: &str, message: String) -> ApiError {
@@ -143,7 +143,7 @@ pub fn serve(
         ),
         ));
     }
-    let wants_tunnel = crate::portforward::is_upgrade(req.headers())
+    let wants_tunnel = crate::http_util::is_upgrade(req.headers())
         && req
             .headers()
             .get(header::UPGRADE)
