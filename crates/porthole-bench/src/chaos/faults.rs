@@ -11,7 +11,7 @@ use anyhow::{anyhow, Context, Result};
 use nix::sys::signal::Signal;
 use porthole_test::ha::{HaCluster, JoinLine};
 use rand::rngs::StdRng;
-use rand::seq::IndexedRandom;
+use rand::seq::{IndexedRandom, SliceRandom};
 use rand::Rng;
 
 /// How long a killed API server, node agent or etcd member stays down before it is restarted.
@@ -89,6 +89,8 @@ pub struct Injector {
     /// Kills per pod name, so pod kills spread over the pods (a pod killed again and again
     /// would wait out the kubelet's growing back-off).
     pod_kills: BTreeMap<String, u32>,
+    /// What is left of the current round of kinds.
+    queue: Vec<FaultKind>,
 }
 
 /// The commands of the soak's pods (what tells a pod's process from the node's helpers).
@@ -101,14 +103,18 @@ impl Injector {
             join,
             rng,
             pod_kills: BTreeMap::new(),
+            queue: Vec::new(),
         }
     }
 
-    /// A kind, uniformly at random.
+    /// The next kind: rounds of every kind once, each round in a random order (so a short
+    /// run sees every kind, and the first round can be the burn-in).
     pub fn pick(&mut self) -> FaultKind {
-        *FaultKind::ALL
-            .choose(&mut self.rng)
-            .expect("FaultKind::ALL is not empty")
+        if self.queue.is_empty() {
+            self.queue = FaultKind::ALL.to_vec();
+            self.queue.shuffle(&mut self.rng);
+        }
+        self.queue.pop().expect("refilled above")
     }
 
     /// Breaks something of `kind`; returns what it broke (for the report) and how to undo it.

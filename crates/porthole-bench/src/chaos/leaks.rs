@@ -3,8 +3,8 @@
 //! processes in network namespaces other than the soak's own (hosts, pods, anything left behind),
 //! network namespaces in use and mounts.
 //!
-//! The steady state is measured with traffic paused after warm-up (the highest of a few
-//! samples; for threads, the most seen during warm-up under traffic); the end, with traffic paused after the last fault (the lowest of samples taken
+//! The steady state is measured after a burn-in round of faults, with traffic paused (the
+//! highest of a few samples; for threads, the most seen under fault-free traffic); the end, with traffic paused after the last fault (the lowest of samples taken
 //! until it is back at the steady state, bounded). A leak is what stays above.
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -7,7 +7,7 @@
 //! Accounting: every request is counted; a failed one must overlap a fault's window (from its
 //! injection until traffic has recovered and the cluster is healthy again), else it is
 //! unexplained; corrupted bytes must be 0; time to recover is measured per fault kind; leaks
-//! are counted at the end against the steady state after warm-up. The verdict and all
+//! are counted at the end against the steady state after a burn-in round of every fault kind. The verdict and all
 //! figures are printed and written as JSON.
 
 mod faults;
@@ -31,8 +31,10 @@ use traffic::{Targets, Traffic, Workload};
 const BLOB_BYTES: usize = 4 * 1024 * 1024;
 /// Workers of each workload.
 const WORKERS_PER_KIND: usize = 2;
-/// Traffic before the steady state is measured.
+/// Traffic before the first fault.
 const WARMUP: Duration = Duration::from_secs(15);
+/// Fault-free traffic over which the threads' steady state is sampled.
+const THREADS_WINDOW: Duration = Duration::from_secs(10);
 /// Bound on traffic coming back after a fault.
 const RECOVERY_LIMIT: Duration = Duration::from_secs(90);
 /// Bound on the cluster being whole again after a fault (a node's pods restart with the
@@ -256,30 +258,24 @@ fn run_faults(
         || Ok(traffic.successes().iter().all(|n| *n > 0)),
     )?;
     traffic.mark(Instant::now());
-    let warmup_end = Instant::now() + WARMUP;
-    let mut threads_seen = leaks::Snapshot::default();
-    while Instant::now() < warmup_end {
-        // Samples during warm-up (threads under load); they synchronise nothing.
-        std::thread::sleep(Duration::from_millis(300));
-        leaks::with_threads_seen(
-            &mut threads_seen,
-            &leaks::snapshot(&roles(cluster, forwards)),
-        );
-    }
+    // Warm-up, no faults; it also gives the longest wait between two requests' ends with no
+    // fault at all (the floor of every recovery figure).
+    std::thread::sleep(WARMUP);
     let steady_gap = traffic.interruption();
     traffic.unmark();
-    traffic.pause(Duration::from_secs(60))?;
-    let mut base = leaks::baseline(&roles(cluster, forwards));
-    leaks::with_threads_seen(&mut base, &threads_seen);
-    traffic.resume();
     let soak_start = Instant::now();
 
     let join = cluster.token_create(&["--ttl", "24h"])?;
     let mut injector = Injector::new(join, rand::rngs::StdRng::seed_from_u64(seed));
     let mut gap_rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x9a9);
-    let mut records = Vec::new();
+    let mut records: Vec<FaultRecord> = Vec::new();
     let mut not_recovered = Vec::new();
-    while soak_start.elapsed() < duration {
+    let mut base = None;
+    // Until there is a steady state and at least one fault after it, the soak goes on.
+    while soak_start.elapsed() < duration || records.len() <= FaultKind::ALL.len() {
+        if records.len() == FaultKind::ALL.len() && base.is_none() {
+            base = Some(steady_state(cluster, traffic, forwards)?);
+        }
         let kind = injector.pick();
         let start = Instant::now();
         traffic.mark(start);
@@ -318,6 +314,7 @@ fn run_faults(
     let soak_secs = soak_start.elapsed().as_secs_f64();
 
     traffic.pause(Duration::from_secs(60))?;
+    let base = base.expect("the loop runs until there is a steady state");
     let end = leaks::settled(&roles(cluster, forwards), &base);
     let (leak_report, leak_count) = leaks::compare(&base, &end);
     Ok(report(
@@ -331,6 +328,33 @@ fn run_faults(
         leak_report,
         leak_count,
     ))
+}
+
+/// The steady state leaks are counted against, taken after the burn-in (one fault of every
+/// kind: every component has been killed and restarted once, every client has failed over
+/// once, so connection pools and the like are at the size they keep). Threads: the most seen
+/// during a fault-free stretch of traffic; the rest: traffic paused.
+fn steady_state(
+    cluster: &HaCluster,
+    traffic: &Traffic,
+    forwards: &[Child],
+) -> Result<leaks::Snapshot> {
+    let mut threads_seen = leaks::Snapshot::default();
+    let end = Instant::now() + THREADS_WINDOW;
+    while Instant::now() < end {
+        // Samples spread over the window; they synchronise nothing.
+        std::thread::sleep(Duration::from_millis(300));
+        leaks::with_threads_seen(
+            &mut threads_seen,
+            &leaks::snapshot(&roles(cluster, forwards)),
+        );
+    }
+    traffic.pause(Duration::from_secs(60))?;
+    let mut base = leaks::baseline(&roles(cluster, forwards));
+    leaks::with_threads_seen(&mut base, &threads_seen);
+    traffic.resume();
+    eprintln!("chaos: steady state taken after the burn-in round");
+    Ok(base)
 }
 
 /// Builds the JSON report and its verdict.
