@@ -38,8 +38,9 @@ apt_install() {
 # iperf3, openssh-server and socat are the benchmark suite's peers (bench/run.sh --smoke runs in CI).
 apt_install build-essential pkg-config ca-certificates curl socat procps python3 python3-venv git iperf3 openssh-server openssh-client iproute2 util-linux
 # The cluster: protoc builds the etcd client's gRPC code; etcd, haproxy and nftables are real
-# components of the multi-host tests (simulated hosts in network namespaces).
-apt_install protobuf-compiler etcd-server etcd-client haproxy nftables
+# components of the multi-host tests (simulated hosts in network namespaces); iptables adds the
+# NFQUEUE rule that emulates delay on kernels without netem (nft_queue is often not built).
+apt_install protobuf-compiler etcd-server etcd-client haproxy nftables iptables
 # The chaos soak's pods and load: redis-server in pods, redis-benchmark on the client host.
 apt_install redis-server redis-tools
 
