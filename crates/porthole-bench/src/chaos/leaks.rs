@@ -1,7 +1,7 @@
 //! What the soak counts to find leaks: descriptors, threads and memory of porthole's processes
 //! (summed per role, since forwards move between API servers and nodes as faults come and go),
-//! processes in network namespaces other than the soak's own (hosts, pods, anything left behind),
-//! network namespaces in use and mounts.
+//! and the soak's own processes (on its hosts, in its pods, anything left behind), network
+//! namespaces and mounts (not the machine's: other tests may run beside it).
 //!
 //! The steady state is measured after a burn-in round of faults, with traffic paused (the
 //! highest of a few samples; for threads, the most seen under fault-free traffic); the end, with traffic paused after the last fault (the lowest of samples taken
@@ -43,8 +43,8 @@ pub struct Snapshot {
     /// Counters that must come back to the steady state: per-role descriptor and thread sums,
     /// processes, namespaces, mounts.
     pub counters: BTreeMap<String, u64>,
-    /// The processes outside the machine's network namespace: pid and command line (to name
-    /// what was left behind).
+    /// The soak's processes (on its hosts, in its pods): pid and command line (to name what
+    /// was left behind).
     pub outside: BTreeMap<u32, String>,
 }
 
@@ -74,10 +74,20 @@ fn net_ns_of(pid: &str) -> Option<String> {
         .map(|p| p.display().to_string())
 }
 
-/// Counts now. `roles` gives each role's pids.
-pub fn snapshot(roles: &BTreeMap<String, Vec<u32>>) -> Snapshot {
+/// What is watched: porthole's processes by role, and what names the soak's own resources.
+pub struct Scope {
+    /// Each role's pids.
+    pub roles: BTreeMap<String, Vec<u32>>,
+    /// The soak's work dir (pods' namespaces are mounted under it; its processes name it).
+    pub work: String,
+    /// `ID-` of the testbed (its hosts' namespaces are /run/netns/ID-HOST).
+    pub bed: String,
+}
+
+/// Counts now.
+pub fn snapshot(scope: &Scope) -> Snapshot {
     let mut snap = Snapshot::default();
-    for (role, pids) in roles {
+    for (role, pids) in &scope.roles {
         let stats: Vec<ProcStat> = pids.iter().filter_map(|p| proc_stat(*p)).collect();
         snap.counters.insert(
             format!("{role}_fds"),
@@ -89,45 +99,52 @@ pub fn snapshot(roles: &BTreeMap<String, Vec<u32>>) -> Snapshot {
         );
         snap.roles.insert(role.clone(), stats);
     }
-    // The namespace this process runs in is the machine's as far as the soak is concerned (a
-    // sandbox may run everything in a namespace of its own).
-    let root_ns = net_ns_of("self").unwrap_or_default();
-    let mut namespaces = BTreeSet::new();
-    let mut elsewhere = 0u64;
+    // Only what is the soak's counts (other tests may run on the machine): namespaces mounted
+    // under its work dir (pods') or by its testbed (/run/netns/ID-HOST), processes in them or
+    // naming its work dir or with a soak pod's HOSTNAME (a pod left behind whose namespace was
+    // unmounted still shows), the namespaces those processes are in, mounts naming either.
+    let ours = |text: &str| text.contains(&scope.work) || text.contains(&scope.bed);
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let our_mounts: Vec<&str> = mountinfo.lines().filter(|l| ours(l)).collect();
+    let mut namespaces: BTreeSet<String> = our_mounts
+        .iter()
+        // A namespace kept by a bind mount: its root field is net:[N].
+        .filter_map(|l| l.split(' ').nth(3).filter(|r| r.starts_with("net:[")))
+        .map(str::to_string)
+        .collect();
+    let mounted = namespaces.clone();
+    let mut processes = 0u64;
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.bytes().all(|b| b.is_ascii_digit()) {
+        let Ok(pid) = name.parse::<u32>() else {
             continue;
-        }
+        };
         let Some(ns) = net_ns_of(&name) else { continue };
-        if ns != root_ns {
-            elsewhere += 1;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .unwrap_or_default();
+        let soak_pod = std::fs::read(format!("/proc/{pid}/environ"))
+            .map(|e| {
+                e.split(|b| *b == 0)
+                    .any(|kv| kv.starts_with(b"HOSTNAME=chaos-"))
+            })
+            .unwrap_or(false);
+        if mounted.contains(&ns) || ours(&cmdline) || soak_pod {
+            processes += 1;
             namespaces.insert(ns);
-            let cmdline = std::fs::read(format!("/proc/{name}/cmdline")).unwrap_or_default();
-            if let Ok(pid) = name.parse() {
-                snap.outside
-                    .insert(pid, String::from_utf8_lossy(&cmdline).replace('\0', " "));
-            }
+            snap.outside.insert(pid, cmdline);
         }
     }
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    for line in mountinfo.lines() {
-        // A namespace kept by a bind mount (`ip netns add`, a pod's): its root field is net:[N].
-        if let Some(root) = line.split(' ').nth(3).filter(|r| r.starts_with("net:[")) {
-            namespaces.insert(root.to_string());
-        }
-    }
-    snap.counters
-        .insert("processes_in_other_netns".into(), elsewhere);
+    snap.counters.insert("processes".into(), processes);
     snap.counters
         .insert("network_namespaces".into(), namespaces.len() as u64);
     snap.counters
-        .insert("mounts".into(), mountinfo.lines().count() as u64);
+        .insert("mounts".into(), our_mounts.len() as u64);
     snap
 }
 
 /// The steady state: the highest of a few samples of each counter.
-pub fn baseline(roles: &BTreeMap<String, Vec<u32>>) -> Snapshot {
+pub fn baseline(roles: &Scope) -> Snapshot {
     let mut high = snapshot(roles);
     for _ in 1..BASELINE_SAMPLES {
         // Samples spread over a short window; they synchronise nothing.
@@ -158,7 +175,7 @@ pub fn with_threads_seen(base: &mut Snapshot, during: &Snapshot) {
 
 /// The end: the lowest of samples taken until every counter is back at `base` (or
 /// [`SETTLE`] has passed).
-pub fn settled(roles: &BTreeMap<String, Vec<u32>>, base: &Snapshot) -> Snapshot {
+pub fn settled(roles: &Scope, base: &Snapshot) -> Snapshot {
     let deadline = Instant::now() + SETTLE;
     let mut low = snapshot(roles);
     loop {

@@ -221,8 +221,9 @@ fn soak(cluster: &mut HaCluster, work: &Path, duration: Duration, seed: u64) -> 
     res.map_err(|e| e.context(forward_logs.join("\n\n")))
 }
 
-/// The processes whose descriptors, threads and memory are watched, by role.
-fn roles(cluster: &HaCluster, forwards: &[Child]) -> BTreeMap<String, Vec<u32>> {
+/// What leaks are counted on: porthole's processes by role (descriptors, threads, memory) and
+/// the soak's own processes, namespaces and mounts.
+fn roles(cluster: &HaCluster, forwards: &[Child]) -> leaks::Scope {
     let mut roles = BTreeMap::new();
     roles.insert(
         "apiserver".to_string(),
@@ -240,7 +241,11 @@ fn roles(cluster: &HaCluster, forwards: &[Child]) -> BTreeMap<String, Vec<u32>> 
         "forward".to_string(),
         forwards.iter().map(Child::pid).collect(),
     );
-    roles
+    leaks::Scope {
+        roles,
+        work: cluster.work.display().to_string(),
+        bed: format!("{}-", cluster.bed.id()),
+    }
 }
 
 fn run_faults(
