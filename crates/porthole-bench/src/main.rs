@@ -77,9 +77,9 @@ enum Cmd {
     Store(store::StoreArgs),
     /// porthole's roles on separate simulated hosts vs the bare TLS relay chain on the same
     /// hosts (needs root).
-    SplitRoles(split::SplitArgs),
+    SplitRoles(split::RouteArgs),
     /// A node behind NAT through its tunnel against a direct node, on simulated hosts.
-    Tunnel(tunnel::TunnelArgs),
+    Tunnel(split::RouteArgs),
     /// The chaos soak: traffic through forwards on a cluster on simulated hosts while faults
     /// are injected at random; everything accounted (needs root; scripts/chaos.sh).
     Chaos(chaos::ChaosArgs),
@@ -105,6 +105,21 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// This tool's own path and the `porthole` binary's: `porthole`, or the one next to this
+/// tool (where `cargo build --release` puts both).
+pub(crate) fn binaries(
+    porthole: Option<&std::path::Path>,
+) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let bench = std::env::current_exe().context("find porthole-bench's own path")?;
+    let porthole = porthole.map_or_else(|| bench.with_file_name("porthole"), |p| p.to_path_buf());
+    anyhow::ensure!(
+        porthole.exists(),
+        "no porthole binary at {}: build it (cargo build --release -p porthole) or pass --porthole",
+        porthole.display()
+    );
+    Ok((bench, porthole))
 }
 
 /// Stack of each echo thread: the loop needs little, and 10,000 idle connections must fit.

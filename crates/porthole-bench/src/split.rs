@@ -27,9 +27,9 @@ use porthole_test::testbed::Host;
 use porthole_test::{Child, TempDir};
 use serde_json::Value;
 
-/// Arguments of `split-roles`.
+/// Arguments of `split-roles` and `tunnel`: how long to measure each route, and the binary.
 #[derive(clap::Args)]
-pub struct SplitArgs {
+pub struct RouteArgs {
     /// Interleaved repetitions.
     #[arg(long, default_value_t = 5)]
     reps: usize,
@@ -45,9 +45,35 @@ pub struct SplitArgs {
     /// The `porthole` binary (default: next to this one).
     #[arg(long)]
     porthole: Option<PathBuf>,
-    /// Tiny sizes and one rep: checks that every path works (CI).
+    /// Tiny sizes and one rep: checks that every route works (CI).
     #[arg(long)]
     smoke: bool,
+}
+
+impl RouteArgs {
+    /// The measurement sizes (`--smoke`: tiny ones, one rep).
+    pub(crate) fn sizes(&self) -> Sizes {
+        if self.smoke {
+            Sizes {
+                reps: 1,
+                iperf_secs: 1,
+                conn_secs: 0.5,
+                rtt_count: 200,
+            }
+        } else {
+            Sizes {
+                reps: self.reps,
+                iperf_secs: self.iperf_secs,
+                conn_secs: self.conn_secs,
+                rtt_count: self.rtt_count,
+            }
+        }
+    }
+
+    /// This benchmark tool's own path and the `porthole` binary's.
+    pub(crate) fn binaries(&self) -> Result<(PathBuf, PathBuf)> {
+        crate::binaries(self.porthole.as_deref())
+    }
 }
 
 /// One way from the client host to a pod's echo (7001) and iperf3 (5201) servers.
@@ -291,33 +317,12 @@ const METRICS: &[(&str, &str, bool)] = &[
 ];
 
 /// `split-roles`.
-pub fn run(a: SplitArgs) -> Result<()> {
-    let (reps, iperf_secs, conn_secs, rtt_count) = if a.smoke {
-        (1, 1, 0.5, 200)
-    } else {
-        (a.reps, a.iperf_secs, a.conn_secs, a.rtt_count)
-    };
-    let bench = std::env::current_exe().context("find porthole-bench's own path")?;
-    let porthole = match a.porthole {
-        Some(p) => p,
-        None => bench.with_file_name("porthole"),
-    };
-    ensure!(
-        porthole.exists(),
-        "no porthole binary at {}: build it (cargo build --release -p porthole) or pass --porthole",
-        porthole.display()
-    );
+pub fn run(a: RouteArgs) -> Result<()> {
+    let (bench, porthole) = a.binaries()?;
+    let sizes = a.sizes();
     let work = TempDir::new("split-roles")?;
     let mut cluster = HaCluster::start(&porthole, work.path(), 1)?;
-    let result = measure(
-        &mut cluster,
-        &bench,
-        work.path(),
-        reps,
-        iperf_secs,
-        conn_secs,
-        rtt_count,
-    );
+    let result = measure(&mut cluster, &bench, work.path(), &sizes);
     let report = cluster.report();
     let stopped = cluster.stop();
     if let Err(e) = result {
@@ -326,15 +331,7 @@ pub fn run(a: SplitArgs) -> Result<()> {
     stopped
 }
 
-fn measure(
-    cluster: &mut HaCluster,
-    bench: &Path,
-    work: &Path,
-    reps: usize,
-    iperf_secs: u32,
-    conn_secs: f64,
-    rtt_count: u64,
-) -> Result<()> {
+fn measure(cluster: &mut HaCluster, bench: &Path, work: &Path, sizes: &Sizes) -> Result<()> {
     let pod =
         porthole_test::write_file(work, "pbench.yaml", &pod_manifest(bench, "pbench", "node1"))?;
     cluster.kubectl(&["apply", "-f", &pod.display().to_string()])?;
@@ -358,22 +355,12 @@ fn measure(
         porthole_forward(cluster, "spdy", "pbench", "porthole-spdy", work)?,
         porthole_forward(cluster, "websocket", "pbench", "porthole-ws", work)?,
     ];
-    let samples = measure_routes(
-        cluster.client(),
-        bench,
-        &paths,
-        &Sizes {
-            reps,
-            iperf_secs,
-            conn_secs,
-            rtt_count,
-        },
-    )?;
+    let samples = measure_routes(cluster.client(), bench, &paths, sizes)?;
     print_report(
         "Split roles on simulated hosts",
         &paths,
         &samples,
-        reps,
+        sizes.reps,
         1.0,
     );
     Ok(())

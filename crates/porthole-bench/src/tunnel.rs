@@ -12,67 +12,23 @@
 //! connection it dialed through the NAT router and the balancer. Reps interleave the routes;
 //! the report gives medians and ratios against the direct node.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, Result};
 use porthole_test::ha::HaCluster;
 use porthole_test::TempDir;
 
-use crate::split::{measure_routes, pod_manifest, porthole_forward, print_report, Sizes};
+use crate::split::{
+    measure_routes, pod_manifest, porthole_forward, print_report, RouteArgs, Sizes,
+};
 
 /// Issue 13: a node behind NAT through its tunnel reaches at least 80 % of a direct node.
 const TUNNEL_GOAL: f64 = 0.8;
 
-/// Arguments of `tunnel`.
-#[derive(clap::Args)]
-pub struct TunnelArgs {
-    /// Interleaved repetitions.
-    #[arg(long, default_value_t = 5)]
-    reps: usize,
-    /// Seconds per iperf3 test (one more second is omitted as warm-up).
-    #[arg(long, default_value_t = 4)]
-    iperf_secs: u32,
-    /// Seconds per new-connections test.
-    #[arg(long, default_value_t = 3.0)]
-    conn_secs: f64,
-    /// Round trips per latency test.
-    #[arg(long, default_value_t = 5_000)]
-    rtt_count: u64,
-    /// The `porthole` binary (default: next to this one).
-    #[arg(long)]
-    porthole: Option<PathBuf>,
-    /// Tiny sizes and one rep: checks that both routes work (CI).
-    #[arg(long)]
-    smoke: bool,
-}
-
 /// `tunnel`.
-pub fn run(a: TunnelArgs) -> Result<()> {
-    let sizes = if a.smoke {
-        Sizes {
-            reps: 1,
-            iperf_secs: 1,
-            conn_secs: 0.5,
-            rtt_count: 200,
-        }
-    } else {
-        Sizes {
-            reps: a.reps,
-            iperf_secs: a.iperf_secs,
-            conn_secs: a.conn_secs,
-            rtt_count: a.rtt_count,
-        }
-    };
-    let bench = std::env::current_exe().context("find porthole-bench's own path")?;
-    let porthole = a
-        .porthole
-        .unwrap_or_else(|| bench.with_file_name("porthole"));
-    ensure!(
-        porthole.exists(),
-        "no porthole binary at {}: build it (cargo build --release -p porthole) or pass --porthole",
-        porthole.display()
-    );
+pub fn run(a: RouteArgs) -> Result<()> {
+    let (bench, porthole) = a.binaries()?;
+    let sizes = a.sizes();
     let work = TempDir::new("tunnel-bench")?;
     let mut cluster = HaCluster::start(&porthole, work.path(), 1)?;
     let result = measure(&mut cluster, &bench, work.path(), &sizes);

@@ -359,6 +359,22 @@ impl HaCluster {
         cmd
     }
 
+    /// `porthole port-forward -o json ARGS` on the client host, named `name` in the logs;
+    /// returns it once it listens, with the port of its 127.0.0.1 listener.
+    pub fn forward_json(&self, name: &str, args: &[&str]) -> Result<(Child, u16)> {
+        let mut cmd = self.porthole_on_client();
+        cmd.args(["port-forward", "-o", "json"]).args(args);
+        let mut child = Child::spawn(name, cmd, &self.work)?;
+        let port = child.wait_for_line(Duration::from_secs(60), |l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            (v["event"] == "listening" && v["address"] == "127.0.0.1")
+                .then(|| v["local_port"].as_u64())
+                .flatten()
+                .and_then(|p| u16::try_from(p).ok())
+        })?;
+        Ok((child, port))
+    }
+
     /// kubectl on the client host, as admin, through the balancer (or `--server` in `args`).
     pub fn kubectl_cmd(&self) -> Command {
         let mut cmd = self.client().command(&self.kubectl);

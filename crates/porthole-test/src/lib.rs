@@ -771,6 +771,26 @@ pub fn echo_roundtrip(port: u16, payload: &[u8]) -> Result<Vec<u8>> {
     Ok(back)
 }
 
+/// The Python client (`kubernetes.stream.portforward`, WebSocket channels): GET / from port
+/// 8000 of pod `argv[2]` with kubeconfig `argv[1]`; prints the body.
+pub const PYTHON_PORTFORWARD_GET: &str = r#"
+import sys
+from kubernetes import client, config
+from kubernetes.stream import portforward
+config.load_kube_config(config_file=sys.argv[1])
+pf = portforward(client.CoreV1Api().connect_get_namespaced_pod_portforward, sys.argv[2], "default", ports="8000")
+sock = pf.socket(8000)
+sock.setblocking(True)
+sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+data = b""
+while True:
+    chunk = sock.recv(65536)
+    if not chunk:
+        break
+    data += chunk
+sys.stdout.write(data.decode().split("\r\n\r\n", 1)[1])
+"#;
+
 /// Deterministic pseudo-random bytes (xorshift), for payloads whose corruption would show.
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;

@@ -180,7 +180,10 @@ impl Testbed {
         run(what, &mut ip(&all))
     }
 
-    fn add_host(&mut self, name: &str, index: usize, addr: Ipv4Addr) -> Result<()> {
+    /// Creates host `name` with address `addr`: its namespace, and a veth pair whose `eth0`
+    /// end is in it and whose `port` end is in namespace `peer_ns` (the switch or a router).
+    /// Both ends are created inside their namespaces: nothing appears in the root namespace.
+    fn new_host(&mut self, name: &str, addr: Ipv4Addr, port: &str, peer_ns: &str) -> Result<Host> {
         let host = Host {
             name: name.to_string(),
             netns: format!("{}-{name}", self.id),
@@ -191,8 +194,6 @@ impl Testbed {
             &mut ip(&["netns", "add", &host.netns]),
         )?;
         self.hosts.push(host.clone());
-        // Both ends are created inside their namespaces: nothing appears in the root namespace.
-        let port = format!("port{index}");
         run(
             &format!("create the link of host {name}"),
             &mut ip(&[
@@ -205,11 +206,31 @@ impl Testbed {
                 "veth",
                 "peer",
                 "name",
-                &port,
+                port,
                 "netns",
-                &self.bridge_ns,
+                peer_ns,
             ]),
         )?;
+        Ok(host)
+    }
+
+    /// A new host's name must be usable in a namespace name and not taken.
+    fn check_new_name(&self, name: &str) -> Result<()> {
+        ensure!(
+            !name.is_empty() && name.len() <= 20 && !name.contains(['/', ' ']),
+            "host name {name:?}: use 1-20 characters without '/' or spaces"
+        );
+        ensure!(
+            self.hosts.iter().all(|h| h.name != name),
+            "the testbed already has a host {name:?}"
+        );
+        Ok(())
+    }
+
+    fn add_host(&mut self, name: &str, index: usize, addr: Ipv4Addr) -> Result<()> {
+        let port = format!("port{index}");
+        let bridge_ns = self.bridge_ns.clone();
+        let host = self.new_host(name, addr, &port, &bridge_ns)?;
         self.in_switch(
             "attach a host to the bridge",
             &["link", "set", &port, "master", "br0", "up"],
@@ -224,14 +245,7 @@ impl Testbed {
 
     /// Adds one more host on the switch (the next address after the others).
     pub fn add(&mut self, name: &str) -> Result<Host> {
-        ensure!(
-            !name.is_empty() && name.len() <= 20 && !name.contains(['/', ' ']),
-            "host name {name:?}: use 1-20 characters without '/' or spaces"
-        );
-        ensure!(
-            self.hosts.iter().all(|h| h.name != name),
-            "the testbed already has a host {name:?}"
-        );
+        self.check_new_name(name)?;
         let index = self.hosts.len();
         let octet = self
             .hosts
@@ -253,10 +267,7 @@ impl Testbed {
     /// which has an address in 198.19.0.0/16 that nobody else routes. Only connections
     /// `name` opened get their replies through (the router forwards nothing else).
     pub fn add_behind_nat(&mut self, name: &str, router: &str) -> Result<Host> {
-        ensure!(
-            self.hosts.iter().all(|h| h.name != name),
-            "the testbed already has a host {name:?}"
-        );
+        self.check_new_name(name)?;
         let router = self.host(router).clone();
         let lan = u8::try_from(
             self.hosts
@@ -271,34 +282,8 @@ impl Testbed {
             Ipv4Addr::new(198, 19, lan, 1),
             Ipv4Addr::new(198, 19, lan, 2),
         );
-        let host = Host {
-            name: name.to_string(),
-            netns: format!("{}-{name}", self.id),
-            ip: addr,
-        };
-        run(
-            &format!("create host {name}"),
-            &mut ip(&["netns", "add", &host.netns]),
-        )?;
-        self.hosts.push(host.clone());
         let port = format!("lan{lan}");
-        run(
-            &format!("create the link of host {name} to {}", router.name),
-            &mut ip(&[
-                "link",
-                "add",
-                "eth0",
-                "netns",
-                &host.netns,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &port,
-                "netns",
-                &router.netns,
-            ]),
-        )?;
+        let host = self.new_host(name, addr, &port, &router.netns)?;
         router.ip_cmd(
             "address the NAT side",
             &["addr", "add", &format!("{gateway}/24"), "dev", &port],

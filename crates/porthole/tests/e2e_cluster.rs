@@ -63,35 +63,9 @@ spec:
 /// Starts a port-forward client on the client host and waits for its `Forwarding from
 /// 127.0.0.1:N -> 8000` line; the child and N.
 fn forward(name: &str, cmd: std::process::Command, work: &Path) -> Result<(Child, u16)> {
-    let mut child = Child::spawn(name, cmd, work)?;
-    let port = child.wait_for_line(Duration::from_secs(60), |line| {
-        line.strip_prefix("Forwarding from 127.0.0.1:")?
-            .strip_suffix(" -> 8000")?
-            .parse()
-            .ok()
-    })?;
-    Ok((child, port))
+    let f = porthole_test::Forward::start(name, cmd, work, 8000)?;
+    Ok((f.child, f.local_port))
 }
-
-/// The Python client (`kubernetes.stream.portforward`, WebSocket channels) on the client host:
-/// GET / from `pod`'s port 8000; prints the body.
-const PYTHON_GET: &str = r#"
-import sys
-from kubernetes import client, config
-from kubernetes.stream import portforward
-config.load_kube_config(config_file=sys.argv[1])
-pf = portforward(client.CoreV1Api().connect_get_namespaced_pod_portforward, sys.argv[2], "default", ports="8000")
-sock = pf.socket(8000)
-sock.setblocking(True)
-sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
-data = b""
-while True:
-    chunk = sock.recv(65536)
-    if not chunk:
-        break
-    data += chunk
-sys.stdout.write(data.decode().split("\r\n\r\n", 1)[1])
-"#;
 
 fn pods_on_nodes(cluster: &HaCluster) -> Result<Vec<(String, String)>> {
     let out = cluster.kubectl(&[
@@ -161,7 +135,11 @@ fn every_client_reaches_every_node_through_the_balancer_and_outlives_a_server() 
             if let Some(python) =
                 clients.optional(&clients.python, "PORTHOLE_PYTHON", "the Python client")
             {
-                let script = write_file(&cluster.work, "get.py", PYTHON_GET)?;
+                let script = write_file(
+                    &cluster.work,
+                    "get.py",
+                    porthole_test::PYTHON_PORTFORWARD_GET,
+                )?;
                 let out = client
                     .command(python)
                     .arg(&script)

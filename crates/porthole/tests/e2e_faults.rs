@@ -32,22 +32,6 @@ fn on_cluster(name: &str, nodes: usize, test: impl FnOnce(&mut HaCluster) -> Res
     porthole_test::ha::on_cluster(Path::new(BIN), name, layout, test);
 }
 
-/// `porthole port-forward -o json ARGS` on the client host; returns it with the local port of
-/// its 127.0.0.1 listener.
-fn forward(cluster: &HaCluster, name: &str, args: &[&str]) -> Result<(Child, u16)> {
-    let mut cmd = cluster.porthole_on_client();
-    cmd.args(["port-forward", "-o", "json"]).args(args);
-    let mut child = Child::spawn(name, cmd, &cluster.work)?;
-    let port = child.wait_for_line(Duration::from_secs(60), |l| {
-        let v: Value = serde_json::from_str(l).ok()?;
-        (v["event"] == "listening" && v["address"] == "127.0.0.1")
-            .then(|| v["local_port"].as_u64())
-            .flatten()
-            .and_then(|p| u16::try_from(p).ok())
-    })?;
-    Ok((child, port))
-}
-
 /// Waits for a JSON event `event` of the forward; returns it.
 fn event(child: &mut Child, event: &str, timeout: Duration) -> Result<Value> {
     child.wait_for_line(timeout, |l| {
@@ -121,7 +105,8 @@ fn partition_between_api_servers_and_node_during_forwards() {
         let client = cluster.client().clone();
 
         // A service target: the session dies with its node's path, and moves to the other pod.
-        let (mut svc_fwd, svc_port) = forward(cluster, "forward-svc", &["svc/web-svc", ":http"])?;
+        let (mut svc_fwd, svc_port) =
+            cluster.forward_json("forward-svc", &["svc/web-svc", ":http"])?;
         let first = served_by(&http_get_on(&client, svc_port)?)?;
         let cut = node_of(&placed, &first)?.to_string();
         isolate(cluster, &cut, false, false)?;
@@ -154,7 +139,7 @@ fn partition_between_api_servers_and_node_during_forwards() {
 
         // A pod target: dead within the keepalive timeout, listener kept, back after healing.
         let (mut pod_fwd, pod_port) =
-            forward(cluster, "forward-pod", &[&format!("pod/{first}"), ":8000"])?;
+            cluster.forward_json("forward-pod", &[&format!("pod/{first}"), ":8000"])?;
         ensure!(served_by(&http_get_on(&client, pod_port)?)? == first);
         isolate(cluster, &cut, false, false)?;
         let cut_at = Instant::now();
@@ -266,7 +251,7 @@ fn a_node_gone_longer_than_its_lease_is_not_ready_and_comes_back() {
             "node2 was marked too"
         );
         // A new forward to the service goes to the pod on the live node, every time.
-        let (mut fwd, port) = forward(cluster, "forward-svc", &["svc/web-svc", ":http"])?;
+        let (mut fwd, port) = cluster.forward_json("forward-svc", &["svc/web-svc", ":http"])?;
         for _ in 0..5 {
             let by = served_by(&http_get_on(&client, port)?)?;
             ensure!(by == live_pod, "answered by {by}, want {live_pod}");
@@ -362,8 +347,7 @@ fn a_lossy_hop_corrupts_nothing() {
             let plain = (mib << 20) as f64 / 1e6 / started.elapsed().as_secs_f64();
             eprintln!("plain TCP api1 → node1: {mib} MiB each way through {what}: {plain:.2} MB/s each way");
             for transport in ["spdy", "websocket"] {
-                let (mut fwd, port) = forward(
-                    cluster,
+                let (mut fwd, port) = cluster.forward_json(
                     &format!("forward-{transport}-{mib}"),
                     &["--transport", transport, "pod/echo", ":7001"],
                 )?;

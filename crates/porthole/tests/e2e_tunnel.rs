@@ -91,15 +91,8 @@ spec:
 
 /// Starts a port-forward client and waits for its `Forwarding from 127.0.0.1:N -> REMOTE`.
 fn forward(name: &str, cmd: Command, work: &Path, remote: u16) -> Result<(Child, u16)> {
-    let mut child = Child::spawn(name, cmd, work)?;
-    let suffix = format!(" -> {remote}");
-    let port = child.wait_for_line(Duration::from_secs(60), |line| {
-        line.strip_prefix("Forwarding from 127.0.0.1:")?
-            .strip_suffix(suffix.as_str())?
-            .parse()
-            .ok()
-    })?;
-    Ok((child, port))
+    let f = porthole_test::Forward::start(name, cmd, work, remote)?;
+    Ok((f.child, f.local_port))
 }
 
 /// One GET through a forward started by `cmd`; the body must be the pod's name.
@@ -110,25 +103,6 @@ fn get_through(cluster: &HaCluster, name: &str, cmd: Command) -> Result<()> {
     child.interrupt(Duration::from_secs(20))?;
     Ok(())
 }
-
-/// The Python client (`kubernetes.stream.portforward`, WebSocket channels): GET / from the pod.
-const PYTHON_GET: &str = r#"
-import sys
-from kubernetes import client, config
-from kubernetes.stream import portforward
-config.load_kube_config(config_file=sys.argv[1])
-pf = portforward(client.CoreV1Api().connect_get_namespaced_pod_portforward, sys.argv[2], "default", ports="8000")
-sock = pf.socket(8000)
-sock.setblocking(True)
-sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
-data = b""
-while True:
-    chunk = sock.recv(65536)
-    if not chunk:
-        break
-    data += chunk
-sys.stdout.write(data.decode().split("\r\n\r\n", 1)[1])
-"#;
 
 /// `@kubernetes/client-node`'s `PortForward` behind a local TCP server, as its docs show.
 const JS_GET: &str = r#"
@@ -236,7 +210,11 @@ fn every_client_reaches_the_pod(cluster: &HaCluster) -> Result<()> {
     }
     if let Some(python) = clients.optional(&clients.python, "PORTHOLE_PYTHON", "the Python client")
     {
-        let script = write_file(&cluster.work, "get.py", PYTHON_GET)?;
+        let script = write_file(
+            &cluster.work,
+            "get.py",
+            porthole_test::PYTHON_PORTFORWARD_GET,
+        )?;
         let out = client
             .command(python)
             .arg(&script)

@@ -110,16 +110,7 @@ pub fn run(a: ChaosArgs) -> Result<()> {
             "{tool} is not installed: run scripts/install-test-deps.sh (apt: redis-server redis-tools etcd-server haproxy nftables)"
         );
     }
-    let bench = std::env::current_exe().context("find porthole-bench's own path")?;
-    let porthole = a
-        .porthole
-        .clone()
-        .unwrap_or_else(|| bench.with_file_name("porthole"));
-    ensure!(
-        porthole.exists(),
-        "no porthole binary at {}: build it (cargo build --release -p porthole) or pass --porthole",
-        porthole.display()
-    );
+    let (_, porthole) = crate::binaries(a.porthole.as_deref())?;
     let seed = a.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -568,23 +559,10 @@ fn wait_healthy(cluster: &HaCluster) -> Result<()> {
 /// `porthole port-forward -o json svc/SERVICE :PORT` on the client host; returns it with its
 /// 127.0.0.1 listener's port.
 fn forward(cluster: &HaCluster, service: &str, port: u16) -> Result<(Child, u16)> {
-    let mut cmd = cluster.porthole_on_client();
-    cmd.args([
-        "port-forward",
-        "-o",
-        "json",
-        &format!("svc/{service}"),
-        &format!(":{port}"),
-    ]);
-    let mut child = Child::spawn(&format!("forward-{service}"), cmd, &cluster.work)?;
-    let local = child.wait_for_line(Duration::from_secs(60), |l| {
-        let v: Value = serde_json::from_str(l).ok()?;
-        (v["event"] == "listening" && v["address"] == "127.0.0.1")
-            .then(|| v["local_port"].as_u64())
-            .flatten()
-            .and_then(|p| u16::try_from(p).ok())
-    })?;
-    Ok((child, local))
+    cluster.forward_json(
+        &format!("forward-{service}"),
+        &[&format!("svc/{service}"), &format!(":{port}")],
+    )
 }
 
 /// The soak's workloads: 3 HTTP pods serving the blob, 2 redis, 2 echo, each behind a service.

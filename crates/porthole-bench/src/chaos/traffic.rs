@@ -528,17 +528,7 @@ mod tests {
 
     #[test]
     fn recovery_waits_for_every_worker() {
-        let traffic = Traffic {
-            workers: (0..2)
-                .map(|i| Worker {
-                    name: format!("w{i}"),
-                    workload: Workload::Echo,
-                    account: Arc::new(Mutex::new(Account::default())),
-                    thread: None,
-                })
-                .collect(),
-            control: Arc::new(Control::default()),
-        };
+        let traffic = idle_traffic(2);
         let before = Instant::now();
         traffic.mark(Instant::now());
         // A request that started before the mark does not count.
