@@ -518,6 +518,34 @@ fn print_summary(r: &Value) {
             );
         }
     }
+    print_leaks(&r["leaks"]);
+}
+
+/// Names every leaked counter and process, so a failed run says what to look at without the
+/// JSON report (which CI does not keep).
+fn print_leaks(leaks: &Value) {
+    if let Some(counters) = leaks["counters"].as_object() {
+        for (k, v) in counters.iter().filter(|(_, v)| v["leaked"] != json!(0)) {
+            eprintln!(
+                "  leaked: {k}: steady {} → end {} (+{})",
+                v["steady"], v["end"], v["leaked"]
+            );
+        }
+    }
+    for m in leaks["memory"].as_array().into_iter().flatten() {
+        if m["leaked"] == json!(true) {
+            eprintln!(
+                "  leaked: memory of {} pid {}: {} KiB → {} KiB (+{} KiB, limit {} KiB)",
+                m["role"], m["pid"], m["steady_kib"], m["end_kib"], m["growth_kib"], leaks["rss_leak_kib"]
+            );
+        }
+    }
+    let new = leaks["processes_new_since_steady_state"].as_array();
+    if leaks["counters"]["processes"]["leaked"] != json!(0) {
+        for p in new.into_iter().flatten() {
+            eprintln!("  process new since the steady state: {}", p.as_str().unwrap_or_default());
+        }
+    }
 }
 
 /// Waits until every API server is up behind the balancer, every node is Ready and every
