@@ -14,7 +14,8 @@
 //!   `Forwarding from 127.0.0.1:N -> M` line, time the first echoed byte;
 //! - `freeport`: a free loopback port chosen by the kernel (for tools that need a number);
 //! - `store`: the API server's store backends, redb and a real etcd, side by side;
-//! - `chaos`: the soak of issue 13 (faults at random under traffic, everything accounted).
+//! - `chaos`: the soak of issue 13 (faults at random under traffic, everything accounted);
+//! - `sessions`: many port-forward sessions at once, one client process each, against kubectl's.
 //!
 //! Bulk throughput is iperf3's job (the baselines used it too). Every measuring subcommand
 //! prints exactly one JSON object on stdout; servers print one `listening on ADDR` line.
@@ -28,6 +29,7 @@
 mod chaos;
 mod load;
 mod relay;
+mod sessions;
 mod split;
 mod store;
 mod ttfb;
@@ -83,6 +85,10 @@ enum Cmd {
     /// The chaos soak: traffic through forwards on a cluster on simulated hosts while faults
     /// are injected at random; everything accounted (needs root; scripts/chaos.sh).
     Chaos(chaos::ChaosArgs),
+    /// Many port-forward sessions at once (one client process each) on one API server and
+    /// node: setup rate, memory per session in each role, API requests per idle session;
+    /// beside kubectl's figures (bench/sessions.sh).
+    Sessions(sessions::SessionsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -98,6 +104,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::SplitRoles(a) => split::run(a),
         Cmd::Tunnel(a) => tunnel::run(a),
         Cmd::Chaos(a) => chaos::run(a),
+        Cmd::Sessions(a) => sessions::run(a),
         Cmd::Ttfb(a) => ttfb::run(a),
         Cmd::Freeport => {
             let l = TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0")?;

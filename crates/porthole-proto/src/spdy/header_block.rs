@@ -21,10 +21,25 @@ pub const DEFAULT_MAX_HEADER_BLOCK: usize = 64 * 1024;
 /// The zlib level that reproduces the stock-zlib vectors (PROTOCOL.md §3.11).
 pub const DEFAULT_LEVEL: u32 = 9;
 
-/// The level sessions compress with. Any level decodes the same; level 9's lazy match search
-/// was ~6% of the client's CPU per new forwarded connection (perf, 8 clients opening
-/// connections), for header blocks a few bytes smaller.
-pub const SESSION_LEVEL: u32 = 1;
+/// The level sessions compress with: 0, stored blocks written without a zlib context (see
+/// [`HeaderCompressor`]). Any level decodes the same. A deflate context at any level holds
+/// ~310 KiB (zlib-rs: window, hash chains, pending buffer; measured by RSS over 1,000
+/// contexts), and every SPDY session keeps one for its whole life, for header blocks of a few
+/// dozen bytes: at 1,000 sessions that was ~310 MB of a node's memory (bench/sessions.sh).
+/// Level 9's lazy match search was also ~6% of the client's CPU per new forwarded connection.
+pub const SESSION_LEVEL: u32 = 0;
+
+/// The zlib header of a stream at level 0 with the SPDY dictionary: CMF 0x78 (deflate, 32 KiB
+/// window), FLG 0x3f (FLEVEL 0, FDICT, FCHECK 31: 0x7820 is already a multiple of 31 and stock
+/// zlib then adds 31 rather than 0), then the dictionary's Adler-32. Stock zlib at level 0
+/// starts its stream with the same six bytes.
+const STORED_STREAM_HEADER: [u8; 6] = {
+    let id = DICTIONARY_ADLER32.to_be_bytes();
+    [0x78, 0x3f, id[0], id[1], id[2], id[3]]
+};
+
+/// The empty stored block that ends every Z_SYNC_FLUSH (§3.4).
+const SYNC_FLUSH_MARKER: [u8; 5] = [0x00, 0x00, 0x00, 0xff, 0xff];
 
 /// A decoded header list, in wire order. Names are lower case; a value holding several values
 /// keeps them joined by NUL, as on the wire.
@@ -152,28 +167,56 @@ pub fn check_forbidden(headers: &HeaderList, reply: bool) -> Result<(), HeaderEr
     }
 }
 
-/// The sending side's zlib context.
+/// The sending side's header encoder: one per connection, for its whole life (§3.4).
+///
+/// At level 0 it writes what stock zlib writes at level 0 with the dictionary set and
+/// Z_SYNC_FLUSH, without a zlib context: the zlib header with FDICT once, then per block the
+/// raw bytes as non-final stored DEFLATE blocks and the empty stored block of the sync flush.
+/// Every inflater reads that (stored blocks never refer back to the dictionary or the window),
+/// and it costs no memory beyond one flag, where a deflate context costs ~310 KiB per session
+/// (see [`SESSION_LEVEL`]). Levels 1–9 use zlib.
 pub struct HeaderCompressor {
-    z: Compress,
+    mode: CompressorMode,
     raw: Vec<u8>,
+}
+
+enum CompressorMode {
+    /// Level 0: stored blocks; `started` once the zlib header is out.
+    Stored { started: bool },
+    /// Levels 1–9: a zlib deflate context with the dictionary set.
+    Deflate(Box<Compress>),
 }
 
 impl std::fmt::Debug for HeaderCompressor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HeaderCompressor")
-            .field("total_out", &self.z.total_out())
-            .finish()
+        match &self.mode {
+            CompressorMode::Stored { started } => f
+                .debug_struct("HeaderCompressor")
+                .field("stored", &true)
+                .field("started", started)
+                .finish(),
+            CompressorMode::Deflate(z) => f
+                .debug_struct("HeaderCompressor")
+                .field("total_out", &z.total_out())
+                .finish(),
+        }
     }
 }
 
 impl HeaderCompressor {
-    /// A fresh context at `level` (0–9) with the dictionary set.
+    /// A fresh context at `level` (0: stored blocks without a zlib context; 1–9: zlib with the
+    /// dictionary set).
     pub fn new(level: u32) -> Self {
-        let mut z = Compress::new(Compression::new(level.min(9)), true);
-        z.set_dictionary(DICTIONARY)
-            .expect("a fresh deflate stream always accepts a dictionary");
+        let mode = if level == 0 {
+            CompressorMode::Stored { started: false }
+        } else {
+            let mut z = Compress::new(Compression::new(level.min(9)), true);
+            z.set_dictionary(DICTIONARY)
+                .expect("a fresh deflate stream always accepts a dictionary");
+            CompressorMode::Deflate(Box::new(z))
+        };
         HeaderCompressor {
-            z,
+            mode,
             raw: Vec::with_capacity(256),
         }
     }
@@ -193,24 +236,52 @@ impl HeaderCompressor {
 
     /// Compresses an already-serialised block, appending to `dst`.
     pub fn compress_raw(&mut self, raw: &[u8], dst: &mut BytesMut) {
-        let mut consumed = 0usize;
-        loop {
-            let start = dst.len();
-            let room = raw.len() - consumed + 64;
-            dst.resize(start + room, 0);
-            let before_in = self.z.total_in();
-            let before_out = self.z.total_out();
-            let status = self
-                .z
-                .compress(&raw[consumed..], &mut dst[start..], FlushCompress::Sync)
-                .expect("deflate with valid state and non-empty output cannot fail");
-            consumed += (self.z.total_in() - before_in) as usize;
-            let produced = (self.z.total_out() - before_out) as usize;
-            dst.truncate(start + produced);
-            // Done once every input byte went in and the flush did not fill the output.
-            if consumed == raw.len() && produced < room && status != Status::BufError {
-                return;
+        match &mut self.mode {
+            CompressorMode::Stored { started } => {
+                if !*started {
+                    dst.extend_from_slice(&STORED_STREAM_HEADER);
+                    *started = true;
+                }
+                store_blocks(raw, dst);
             }
+            CompressorMode::Deflate(z) => deflate_sync(z, raw, dst),
+        }
+    }
+}
+
+/// `raw` as non-final stored DEFLATE blocks (at most 65,535 bytes each) and the sync flush's
+/// empty stored block. The stream is byte-aligned before and after each block, as it is after
+/// every sync flush.
+fn store_blocks(raw: &[u8], dst: &mut BytesMut) {
+    dst.reserve(raw.len() + 5 * (raw.len() / 0xffff + 2));
+    for chunk in raw.chunks(0xffff) {
+        let len = u16::try_from(chunk.len()).expect("chunks of at most 0xffff bytes");
+        dst.put_u8(0); // BFINAL 0, BTYPE 00 (stored), then padding to the byte boundary
+        dst.put_u16_le(len);
+        dst.put_u16_le(!len);
+        dst.extend_from_slice(chunk);
+    }
+    dst.extend_from_slice(&SYNC_FLUSH_MARKER);
+}
+
+/// One zlib deflate of `raw` with Z_SYNC_FLUSH, appended to `dst`.
+fn deflate_sync(z: &mut Compress, raw: &[u8], dst: &mut BytesMut) {
+    let mut consumed = 0usize;
+    loop {
+        let start = dst.len();
+        let room = raw.len() - consumed + 64;
+        dst.resize(start + room, 0);
+        let before_in = z.total_in();
+        let before_out = z.total_out();
+        let status = z
+            .compress(&raw[consumed..], &mut dst[start..], FlushCompress::Sync)
+            .expect("deflate with valid state and non-empty output cannot fail");
+        consumed += (z.total_in() - before_in) as usize;
+        let produced = (z.total_out() - before_out) as usize;
+        dst.truncate(start + produced);
+        // Done once every input byte went in and the flush did not fill the output.
+        if consumed == raw.len() && produced < room && status != Status::BufError {
+            return;
         }
     }
 }
@@ -358,6 +429,53 @@ mod tests {
             })
         );
         assert!(d.out.capacity() <= DEFAULT_MAX_HEADER_BLOCK);
+    }
+
+    #[test]
+    fn stored_blocks_are_what_zlib_writes_at_level_0() {
+        // Byte for byte what stock zlib (here zlib-rs) emits at level 0 with the dictionary set
+        // and a sync flush per block, so a peer sees nothing it has not seen from zlib.
+        let mut stored = HeaderCompressor::new(0);
+        let mut zlib = Compress::new(Compression::new(0), true);
+        zlib.set_dictionary(DICTIONARY).unwrap();
+        let mut d = HeaderDecompressor::new(DEFAULT_MAX_HEADER_BLOCK);
+        for i in 0..20 {
+            let h = vec![
+                ("streamtype".to_string(), "data".to_string()),
+                ("port".to_string(), "8080".to_string()),
+                ("requestid".to_string(), i.to_string()),
+            ];
+            let mut ours = BytesMut::new();
+            stored.compress(&h, &mut ours);
+            let mut raw = Vec::new();
+            encode_block(&h, &mut raw);
+            let mut theirs = BytesMut::new();
+            deflate_sync(&mut zlib, &raw, &mut theirs);
+            assert_eq!(ours, theirs, "block {i}");
+            if i == 0 {
+                assert_eq!(&ours[..6], &[0x78, 0x3f, 0xe3, 0xc6, 0xa7, 0xc2]);
+            }
+            assert_eq!(d.decompress(&ours).unwrap(), h);
+        }
+    }
+
+    #[test]
+    fn stored_blocks_split_large_and_empty_blocks() {
+        let mut c = HeaderCompressor::new(0);
+        let mut d = HeaderDecompressor::new(1 << 20);
+        for len in [0usize, 1, 0xfff0, 0xffff, 0x1_0000, 200_000] {
+            let value = "v".repeat(len);
+            let h = vec![("x".to_string(), value)];
+            let mut buf = BytesMut::new();
+            c.compress(&h, &mut buf);
+            assert!(buf.ends_with(&SYNC_FLUSH_MARKER));
+            assert_eq!(d.decompress(&buf).unwrap(), h, "value of {len} bytes");
+        }
+        // An empty raw block is still a well-formed flush.
+        let mut buf = BytesMut::new();
+        c.compress_raw(&[], &mut buf);
+        assert_eq!(&buf[..], &SYNC_FLUSH_MARKER);
+        assert_eq!(d.inflate(&buf).unwrap(), b"");
     }
 
     #[test]
