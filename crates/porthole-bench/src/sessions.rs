@@ -1,6 +1,7 @@
 //! `porthole-bench sessions`: many port-forward sessions at once, each its own client process,
 //! on one API server and one node agent (separate processes, so each role's memory is its own),
-//! beside kubectl's figure for the same, in one run.
+//! beside kubectl's figure for the same, in one run. Each client kind gets an API server and a
+//! node of its own, started afresh, so no role reuses memory the other kind grew and freed.
 //!
 //! For porthole's client and then kubectl:
 //! - **setup rate**: N clients started at once; sessions/s from the first start until every
@@ -79,6 +80,7 @@ impl Phase {
             "apiserver_kib_per_session": self.apiserver_growth_kib as f64 / n,
             "node_kib_per_session": self.node_growth_kib as f64 / n,
             "idle_requests_per_s": self.idle_requests_per_s,
+            "baseline_idle_requests_per_s": baseline_requests_per_s,
             "idle_requests_per_s_per_session":
                 (self.idle_requests_per_s - baseline_requests_per_s).max(0.0) / n,
         })
@@ -89,22 +91,101 @@ impl Phase {
 pub fn run(a: SessionsArgs) -> anyhow::Result<()> {
     let (bench, porthole) = crate::binaries(a.porthole.as_deref())?;
     let work = TempDir::new("porthole-bench-sessions")?;
-    let mut roles = Roles::start(&porthole, work.path())?;
-    let result = measure(&a, &bench, &porthole, &mut roles, work.path());
-    let stopped = roles.stop();
-    let report = result?;
-    stopped.context("stop the API server and the node")?;
+    let idle = Duration::from_secs(a.idle_secs);
+    let porthole_bin = porthole.clone();
+    let (p, p_baseline) = on_fresh_roles(
+        &porthole,
+        &bench,
+        &work.path().join("porthole"),
+        idle,
+        |roles, work| {
+            let kubeconfig = roles.data_dir.join("kubeconfig");
+            let server = roles.server.clone();
+            phase(roles, "porthole", a.sessions, idle, work, |i| {
+                let mut cmd = Command::new(&porthole_bin);
+                cmd.args(["port-forward", POD, &format!(":{POD_PORT}")])
+                    .arg(format!("--kubeconfig={}", kubeconfig.display()))
+                    .arg(format!("--server={server}"))
+                    .env_remove("KUBECONFIG");
+                (format!("porthole-{i}"), cmd)
+            })
+        },
+    )?;
+    let p = p.json(p_baseline);
+    let k = if a.kubectl_sessions > 0 {
+        let (k, k_baseline) = on_fresh_roles(
+            &porthole,
+            &bench,
+            &work.path().join("kubectl"),
+            idle,
+            |roles, work| {
+                let kubeconfig = roles.data_dir.join("kubeconfig");
+                let server = roles.server.clone();
+                let kubectl = a.kubectl.clone().unwrap_or_else(|| roles.kubectl.clone());
+                phase(roles, "kubectl", a.kubectl_sessions, idle, work, |i| {
+                    let mut cmd = Command::new(&kubectl);
+                    cmd.args([
+                        "port-forward",
+                        &format!("pod/{POD}"),
+                        &format!(":{POD_PORT}"),
+                    ])
+                    .arg(format!("--kubeconfig={}", kubeconfig.display()))
+                    .arg(format!("--server={server}"))
+                    .arg(format!("--cache-dir={}", work.join("kube-cache").display()));
+                    (format!("kubectl-{i}"), cmd)
+                })
+            },
+        )?;
+        Some(k.json(k_baseline))
+    } else {
+        None
+    };
+    let ratio = |key: &str| {
+        k.as_ref()
+            .and_then(|k| Some(p[key].as_f64()? / k[key].as_f64()?))
+            .map_or(Value::Null, |r| json!(r))
+    };
+    let report = json!({
+        "idle_secs": a.idle_secs,
+        "porthole": p,
+        "kubectl": k,
+        "porthole_over_kubectl": {
+            "setup_sessions_per_s": ratio("setup_sessions_per_s"),
+            "client_pss_kib_median": ratio("client_pss_kib_median"),
+            "apiserver_kib_per_session": ratio("apiserver_kib_per_session"),
+            "node_kib_per_session": ratio("node_kib_per_session"),
+        },
+    });
+    print_table(&report);
     println!("{report}");
     Ok(())
 }
 
-fn measure(
-    a: &SessionsArgs,
-    bench: &Path,
+/// Runs one client kind on an API server and a node of its own, so neither role reuses memory
+/// the other kind's sessions grew and freed. Returns the phase and the baseline request rate
+/// (no session) measured on the same roles.
+fn on_fresh_roles(
     porthole: &Path,
-    roles: &mut Roles,
+    bench: &Path,
     work: &Path,
-) -> anyhow::Result<Value> {
+    idle: Duration,
+    run_phase: impl FnOnce(&Roles, &Path) -> anyhow::Result<Phase>,
+) -> anyhow::Result<(Phase, f64)> {
+    std::fs::create_dir_all(work).with_context(|| format!("create {}", work.display()))?;
+    let roles = Roles::start(porthole, work)?;
+    let result = (|| -> anyhow::Result<(Phase, f64)> {
+        start_echo_pod(&roles, bench, work)?;
+        eprintln!("sessions: counting the API server's requests with no session ({idle:?})");
+        let baseline = idle_request_rate(&roles, idle)?;
+        Ok((run_phase(&roles, work)?, baseline))
+    })();
+    let stopped = roles.stop();
+    let phase = result?;
+    stopped.context("stop the API server and the node")?;
+    Ok(phase)
+}
+
+fn start_echo_pod(roles: &Roles, bench: &Path, work: &Path) -> anyhow::Result<()> {
     let manifest = porthole_test::write_file(
         work,
         "echo-pod.yaml",
@@ -120,56 +201,7 @@ fn measure(
         &format!("pod/{POD}"),
         "--timeout=90s",
     ])?;
-
-    let idle = Duration::from_secs(a.idle_secs);
-    eprintln!("sessions: counting the API server's requests with no session ({idle:?})");
-    let baseline = idle_request_rate(roles, idle)?;
-
-    let kubeconfig = roles.data_dir.join("kubeconfig");
-    let server = roles.server.clone();
-    let porthole_phase = phase(roles, "porthole", a.sessions, idle, work, |i| {
-        let mut cmd = Command::new(porthole);
-        cmd.args(["port-forward", POD, &format!(":{POD_PORT}")])
-            .arg(format!("--kubeconfig={}", kubeconfig.display()))
-            .arg(format!("--server={server}"))
-            .env_remove("KUBECONFIG");
-        (format!("porthole-{i}"), cmd)
-    })?;
-    let kubectl = a.kubectl.clone().unwrap_or_else(|| roles.kubectl.clone());
-    let kubectl_phase = if a.kubectl_sessions > 0 {
-        Some(phase(roles, "kubectl", a.kubectl_sessions, idle, work, |i| {
-            let mut cmd = Command::new(&kubectl);
-            cmd.args(["port-forward", &format!("pod/{POD}"), &format!(":{POD_PORT}")])
-                .arg(format!("--kubeconfig={}", kubeconfig.display()))
-                .arg(format!("--server={server}"))
-                .arg(format!("--cache-dir={}", work.join("kube-cache").display()));
-            (format!("kubectl-{i}"), cmd)
-        })?)
-    } else {
-        None
-    };
-
-    let p = porthole_phase.json(baseline);
-    let k = kubectl_phase.as_ref().map(|k| k.json(baseline));
-    let ratio = |key: &str| {
-        k.as_ref()
-            .and_then(|k| Some(p[key].as_f64()? / k[key].as_f64()?))
-            .map_or(Value::Null, |r| json!(r))
-    };
-    let report = json!({
-        "idle_secs": a.idle_secs,
-        "baseline_idle_requests_per_s": baseline,
-        "porthole": p,
-        "kubectl": k,
-        "porthole_over_kubectl": {
-            "setup_sessions_per_s": ratio("setup_sessions_per_s"),
-            "client_pss_kib_median": ratio("client_pss_kib_median"),
-            "apiserver_kib_per_session": ratio("apiserver_kib_per_session"),
-            "node_kib_per_session": ratio("node_kib_per_session"),
-        },
-    });
-    print_table(&report);
-    Ok(report)
+    Ok(())
 }
 
 /// Starts `n` clients at once, waits for each one's session, measures, idles, checks them
@@ -210,7 +242,10 @@ fn phase(
     let idle_requests_per_s = idle_request_rate(roles, idle)?;
     for (port, c) in ports.iter().zip(&clients) {
         echo_check(*port).with_context(|| {
-            format!("echo after {idle:?} idle through {what} on port {port}\n{}", c.report())
+            format!(
+                "echo after {idle:?} idle through {what} on port {port}\n{}",
+                c.report()
+            )
         })?;
     }
     let client_pss_kib = clients
@@ -288,7 +323,14 @@ fn pss_kib(pid: u32) -> anyhow::Result<u64> {
     let path = format!("/proc/{pid}/smaps_rollup");
     let text = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
     text.lines()
-        .find_map(|l| l.strip_prefix("Pss:")?.trim().strip_suffix("kB")?.trim().parse().ok())
+        .find_map(|l| {
+            l.strip_prefix("Pss:")?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
         .with_context(|| format!("no Pss line in {path}"))
 }
 
@@ -306,13 +348,22 @@ fn print_table(r: &Value) {
     );
     row("sessions", "sessions");
     row("setup, sessions/s", "setup_sessions_per_s");
-    row("client Pss per session (median, KiB)", "client_pss_kib_median");
-    row("API server growth per session (KiB)", "apiserver_kib_per_session");
-    row("node growth per session (KiB)", "node_kib_per_session");
-    row("API requests/s while idle (all sessions)", "idle_requests_per_s");
-    row("API requests/s per idle session", "idle_requests_per_s_per_session");
-    eprintln!(
-        "(baseline without sessions: {:.3} requests/s)",
-        r["baseline_idle_requests_per_s"].as_f64().unwrap_or(f64::NAN)
+    row(
+        "client Pss per session (median, KiB)",
+        "client_pss_kib_median",
     );
+    row(
+        "API server growth per session (KiB)",
+        "apiserver_kib_per_session",
+    );
+    row("node growth per session (KiB)", "node_kib_per_session");
+    row(
+        "API requests/s while idle (all sessions)",
+        "idle_requests_per_s",
+    );
+    row(
+        "API requests/s per idle session",
+        "idle_requests_per_s_per_session",
+    );
+    eprintln!("(per idle session: less the same count with no session, on the same roles)");
 }
