@@ -8,8 +8,9 @@
 # What is checked:
 # - every section reference `§N[.M...]` in the tracked text files resolves to a heading with that
 #   number in the document it refers to: docs/PROTOCOL.md unless the reference follows another
-#   document's name (`RFC 6455 §5.2`, `PERF_BASELINES §5`, which means docs/PERF_BASELINES.md);
-#   RFC sections are not checked;
+#   document's name (`RFC 6455 §5.2`, `PERF_BASELINES §5`, which means docs/PERF_BASELINES.md)
+#   or stands in docs/PERF_BASELINES.md itself; RFC sections are not checked;
+# - a section named by its title (`STYLE.md "Sans-IO core"`) is a heading of that docs/ file;
 # - no tracked file links into the steering repository beside the clone (`../shared/...`) or to
 #   its `research/` notes. scripts/test.sh is the one exception: it runs the acceptance smoke
 #   check from there when it exists.
@@ -57,6 +58,9 @@ ITEM = re.compile(r"§9 item (\d+)")
 OUTSIDE = re.compile(SHARED + r"/|(?<![\w./-])research/[A-Z][A-Z_]*\.md")
 SECTION = re.compile(r"§(\d+(?:\.\d+)*)")
 HEADING = re.compile(r"^#{1,6}\s+(\d+(?:\.\d+)*)\.?\s")
+TITLE = re.compile(r"^#{1,6}\s+(?:\d+(?:\.\d+)*\.?\s+)?(.+?)\s*$")
+# A section named by its title: `STYLE.md "Sans-IO core"`, `docs/CLUSTER.md`, "Joining a node".
+NAMED = re.compile(r"\b([A-Z][A-Z_]*\.md)`?,? \"([^\"\n<]+)\"")
 # What may stand between a document's name and its section, or between two sections of one
 # list: `PROTOCOL.md §2.1, §2.5`, `RFC 6455 §7.4.1–§7.4.2`, a comment marker on the next line.
 BETWEEN = re.compile(r"(?:[\s,;`'\"/!*#–-]|and|or|to|§\d+(?:\.\d+)*)*$")
@@ -96,6 +100,20 @@ def rewrite(name, text):
     return new
 
 
+def titles(path):
+    """The lower-cased titles of a markdown file's headings, numbers left out."""
+    found = []
+    with open(path, encoding="utf-8") as f:
+        in_code = False
+        for line in f:
+            if line.startswith("```"):
+                in_code = not in_code
+            m = None if in_code else TITLE.match(line)
+            if m:
+                found.append(m.group(1).lower())
+    return found
+
+
 def headings(path):
     found = set()
     with open(path, encoding="utf-8") as f:
@@ -109,14 +127,16 @@ def headings(path):
     return found
 
 
-def document_of(text, start):
-    """The document a `§` at `start` refers to: PROTOCOL unless another name precedes it."""
+def document_of(name, text, start):
+    """The document a `§` at `start` of file `name` refers to: the one named just before it, else
+    the file itself when it is one of SECTION_DOCS, else PROTOCOL; None for an RFC."""
     before = text[max(0, start - 200):start]
     m = BETWEEN.search(before)
     rest = before[: m.start()] if m else before
     d = DOC_NAME.search(rest)
     if not d:
-        return "PROTOCOL"
+        own = [doc for doc, path in SECTION_DOCS.items() if path == name]
+        return own[0] if own else "PROTOCOL"
     word = d.group(1)
     if word.startswith("RFC"):
         return None
@@ -137,7 +157,7 @@ def check():
     refs = 0
     for name, text in tracked_text_files():
         for m in SECTION.finditer(text):
-            doc = document_of(text, m.start())
+            doc = document_of(name, text, m.start())
             if doc is None:
                 continue  # an RFC section
             where = f"{name}:{line_of(text, m.start())}"
@@ -148,6 +168,14 @@ def check():
             if doc in known and m.group(1) not in known[doc]:
                 failures.append(
                     f"{where}: §{m.group(1)} has no heading in {SECTION_DOCS[doc]}")
+        for m in NAMED.finditer(text):
+            path = "docs/" + m.group(1)
+            if not os.path.isfile(path):
+                continue  # not one of our docs (e.g. the generated BENCHMARKS.md)
+            want = m.group(2).lower()
+            if not any(t.startswith(want) for t in titles(path)):
+                failures.append(
+                    f"{name}:{line_of(text, m.start())}: {path} has no heading \"{m.group(2)}\"")
         for m in ITEM.finditer(text):
             failures.append(f"{name}:{line_of(text, m.start())}: write `§9.{m.group(1)}`, not `{m.group(0)}`")
         if name not in OUTSIDE_ALLOWED:
@@ -166,7 +194,7 @@ if mode == "check":
 elif mode == "list":
     for name, text in tracked_text_files():
         for m in SECTION.finditer(text):
-            doc = document_of(text, m.start()) or "RFC (not checked)"
+            doc = document_of(name, text, m.start()) or "RFC (not checked)"
             print(f"{name}:{line_of(text, m.start())}: §{m.group(1)} -> {doc}")
 else:
     changed = []
