@@ -7,7 +7,7 @@ per process; bench/summarize.py turns them into BENCHMARKS.md.
 
 Paths (issue 7): phys (1), tls-relay (2), socat (3), ssh-default / ssh-aes128 (4),
 kubectl-ws / kubectl-spdy (5), porthole-ws / porthole-spdy (6).
-Workloads and methods: research/PERF_BASELINES.md §5.
+Workloads and methods: docs/PERF_BASELINES.md §5.
 """
 
 import argparse

@@ -1,6 +1,6 @@
 //! `porthole-bench`: the measuring tools of porthole's benchmark suite (`bench/run.sh`).
 //!
-//! The workloads follow `research/PERF_BASELINES.md` §5 (the `nb` tool there), so that our
+//! The workloads follow `docs/PERF_BASELINES.md` §5 (the `nb` tool there), so that our
 //! figures can be set beside its anchors:
 //!
 //! - `echo`: the pod's echo server (a thread per connection, like `nb echo`);

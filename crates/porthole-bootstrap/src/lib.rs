@@ -1,5 +1,5 @@
 //! What a joining node and the control plane must agree on byte for byte (kubeadm's model,
-//! `../shared/research/CLUSTER.md` "Joining a node"):
+//! `docs/CLUSTER.md` "Joining a node"):
 //!
 //! - [`token`]: bootstrap tokens `[a-z0-9]{6}.[a-z0-9]{16}` and the names and keys of the
 //!   `kube-system/bootstrap-token-<id>` Secret that stores them;

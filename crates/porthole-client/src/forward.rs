@@ -173,7 +173,7 @@ struct Shared {
 }
 
 /// Texts of errors that mean the pod (sandbox) is gone, not merely the port refusing
-/// (PROTOCOL.md §4.5, §9 item 1): the session is useless and must be re-established.
+/// (PROTOCOL.md §4.5, §9.1): the session is useless and must be re-established.
 fn means_pod_gone(text: &str) -> bool {
     const MARKERS: [&str; 8] = [
         "network namespace for sandbox",

@@ -1,5 +1,5 @@
 //! Joining a cluster with a bootstrap token (`porthole node --join URL --token T
-//! --ca-cert-hash H`), kubeadm's model (`../shared/research/CLUSTER.md`, "Joining a node"):
+//! --ca-cert-hash H`), kubeadm's model (`docs/CLUSTER.md`, "Joining a node"):
 //!
 //! 1. **Discovery, trusting nothing yet.** Read `kube-public/cluster-info` anonymously over TLS
 //!    without verifying the server (we do not know the CA yet). Take the CA out of its

@@ -1,4 +1,4 @@
-//! Replays the exact upgrade requests of real clients (research/CLIENTS.md) through the node's
+//! Replays the exact upgrade requests of real clients (docs/CLIENTS.md) through the node's
 //! negotiation and checks our 101, plus the refusal texts of PROTOCOL.md §2.2–§2.4, §6.7.
 
 // Rejection is the contract's (large) error type; the closures below just pass it on.

@@ -1,4 +1,4 @@
-//! Half-close-aware relay between two byte streams (PROTOCOL.md §4.6, §9 item 6).
+//! Half-close-aware relay between two byte streams (PROTOCOL.md §4.6, §9.6).
 //!
 //! Unlike containerd/CRI-O (which cut the other direction 1 s after the first EOF), a
 //! direction that reaches EOF half-closes its writer (`shutdown`, i.e. SPDY FIN or TCP FIN)

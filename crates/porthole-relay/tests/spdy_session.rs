@@ -90,7 +90,7 @@ async fn many_concurrent_streams() {
     for t in tasks {
         t.await.unwrap();
     }
-    // Finished streams are forgotten on both sides (no leak, §9 item 14).
+    // Finished streams are forgotten on both sides (no leak, §9.14).
     tokio::task::yield_now().await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(c.stats().streams, 0);

@@ -6,6 +6,10 @@
 //!   from the files git knows, like a clone, so uncommitted work is covered too). It reuses the
 //!   binary cargo built for this test (`PORTHOLE_BIN`) instead of a second release build.
 //!
+//! - every documentation reference resolves inside the repository: `bash scripts/docs-refs.sh
+//!   --check` passes on the tree, and it does fail (and its rewrite fixes what it can, once) on
+//!   a small repository with broken references.
+//!
 //! `scripts/test.sh` itself is not run from here: it runs this test.
 
 use std::fs;
@@ -91,6 +95,132 @@ fn demo_works_from_a_fresh_copy() {
         "{stdout}\n{stderr}"
     );
     assert!(stdout.contains("Forwarding from 127.0.0.1:"), "{stdout}");
+}
+
+/// Runs `bash scripts/docs-refs.sh ARGS` in `dir` (a git work tree holding that script).
+fn docs_refs(dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new("bash")
+        .arg("scripts/docs-refs.sh")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("bash is installed");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn every_doc_reference_resolves_inside_the_repository() {
+    let (ok, out) = docs_refs(&repo_root(), &["--check"]);
+    assert!(
+        ok,
+        "a § reference has no heading in docs/, or a file points outside the repository \
+         (`bash scripts/docs-refs.sh` rewrites paths; add the heading or fix the number):\n{out}"
+    );
+    assert!(out.contains("docs-refs: ok"), "{out}");
+}
+
+#[test]
+fn docs_refs_check_finds_broken_references_and_the_rewrite_is_idempotent() {
+    // The fixtures are assembled at run time: written out literally, they would be broken
+    // references in this very file, which the check of the real tree reads too.
+    let s = '\u{a7}'; // the section sign
+    let shared = ["..", "shared"].join("/");
+    let research = "research";
+    let fixture = |t: &str| {
+        t.replace("S!", &s.to_string())
+            .replace("SHARED", &shared)
+            .replace("RESEARCH", research)
+    };
+
+    let dir = TempDir::new("docs-refs").unwrap();
+    let repo = dir.path();
+    let write = |rel: &str, text: &str| {
+        let path = repo.join(rel);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, fixture(text)).unwrap();
+    };
+    fs::create_dir_all(repo.join("scripts")).unwrap();
+    fs::copy(
+        repo_root().join("scripts/docs-refs.sh"),
+        repo.join("scripts/docs-refs.sh"),
+    )
+    .unwrap();
+    write(
+        "docs/PROTOCOL.md",
+        "# P\n\n## 4. Streams\n\n### 4.3 Client\n\n## 9. Traps\n\n### 9.2 Hangs\n",
+    );
+    write("docs/PERF_BASELINES.md", "# B\n\n## 5. Workloads\n");
+    write("docs/STYLE.md", "# S\n\n## Sans-IO core\n");
+    write(
+        "src/lib.rs",
+        "//! See SHARED/spec/PROTOCOL.md S!4.3 and SHARED/STYLE.md (PROTOCOL.md S!9 item 2).\n\
+         //! Wrong: S!7.7. Not ours: RFC 6455 S!5.2, S!7.4.1\u{2013}S!7.4.2. PERF_BASELINES S!5, S!6.\n\
+         //! STYLE.md \"Sans-IO core\", STYLE.md \"Errors\".\n",
+    );
+    write(
+        "docs/NOTES.md",
+        "Read `SHARED/spec/PROTOCOL.md` and RESEARCH/STYLE.md.\n",
+    );
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(repo)
+            .output()
+            .expect("git is installed");
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+    };
+    git(&["init", "-q"]);
+    git(&["add", "-A"]);
+
+    let (ok, out) = docs_refs(repo, &["--check"]);
+    assert!(!ok, "broken references must fail the check:\n{out}");
+    for expected in [
+        "src/lib.rs:2: S!7.7 has no heading in docs/PROTOCOL.md",
+        "src/lib.rs:2: S!6 has no heading in docs/PERF_BASELINES.md",
+        "src/lib.rs:1: write `S!9.2`, not `S!9 item 2`",
+        "src/lib.rs:1: points outside the repository: SHARED/",
+        "src/lib.rs:3: docs/STYLE.md has no heading \"Errors\"",
+        "docs/NOTES.md:1: points outside the repository: RESEARCH/STYLE.md",
+    ] {
+        let expected = fixture(expected);
+        assert!(out.contains(&expected), "missing {expected:?} in:\n{out}");
+    }
+    assert!(
+        !out.contains(&fixture("S!5.2")) && !out.contains(&fixture("S!7.4")),
+        "RFC sections are not checked:\n{out}"
+    );
+    assert_eq!(out.matches("src/lib.rs:").count(), 6, "{out}");
+
+    let (ok, out) = docs_refs(repo, &[]);
+    assert!(ok && out.contains("2 file(s) changed"), "{out}");
+    let lib = fs::read_to_string(repo.join("src/lib.rs")).unwrap();
+    assert!(
+        lib.starts_with(&fixture(
+            "//! See docs/PROTOCOL.md S!4.3 and docs/STYLE.md (PROTOCOL.md S!9.2).\n"
+        )),
+        "{lib}"
+    );
+    assert_eq!(
+        fs::read_to_string(repo.join("docs/NOTES.md")).unwrap(),
+        "Read [PROTOCOL.md](PROTOCOL.md) and [STYLE.md](STYLE.md).\n"
+    );
+    let (ok, out) = docs_refs(repo, &[]);
+    assert!(
+        ok && out.contains("0 file(s) changed"),
+        "rewrite twice: {out}"
+    );
+
+    let (ok, out) = docs_refs(repo, &["--check"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("docs-refs: 3 problem(s)"),
+        "only the two wrong numbers and the missing title remain:\n{out}"
+    );
 }
 
 /// Copies the files git tracks or would track (not ignored ones like target/), as a clone of

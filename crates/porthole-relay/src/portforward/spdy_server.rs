@@ -4,7 +4,7 @@
 //!
 //! Differences from the Kubernetes streaming library, all on the safe side:
 //! - every stream is either read, drained ([`Stream::discard_input`] on error streams) or
-//!   reset, so an unread stream can never wedge the connection (§3.8, §9 item 2);
+//!   reset, so an unread stream can never wedge the connection (§3.8, §9.2);
 //! - half-close is honoured for as long as the other direction stays open (no 1 s cut, §4.6);
 //! - a duplicate stream is reset (Go leaves it dangling);
 //! - copy errors after a successful dial are logged, not sent as error text, because kubectl
