@@ -31,6 +31,9 @@ use crate::forward::Live;
 use crate::listen::{go_errno_text, join_host_port, FailureMode, ListenAddress};
 use crate::output::{Event, Output};
 
+/// Receive buffer asked for on each local UDP socket.
+const RECV_BUFFER: usize = 4 * 1024 * 1024;
+
 /// Limits of the UDP forwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UdpOptions {
@@ -78,6 +81,8 @@ fn bind(ip: IpAddr, port: u16) -> io::Result<UdpSocket> {
         socket.set_only_v6(true)?;
     }
     socket.set_nonblocking(true)?;
+    // Room for a burst while flows open their streams (the kernel caps it at rmem_max).
+    let _ = socket.set_recv_buffer_size(RECV_BUFFER);
     socket
         .bind(&SocketAddr::new(ip, port).into())
         .map_err(|e| io::Error::new(e.kind(), format!("bind: {}", go_errno_text(&e))))?;

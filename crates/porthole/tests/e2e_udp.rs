@@ -193,7 +193,7 @@ fn iperf_udp(cluster: &Cluster, work: &Path) -> Result<()> {
     let res = (|| -> Result<()> {
         let out = Command::new("iperf3")
             .args(["-c", "127.0.0.1", "-p", &port.to_string()])
-            .args(["-u", "-b", "20M", "-t", "3", "-l", "1200", "-J"])
+            .args(["-u", "-b", "10M", "-t", "3", "-l", "1200", "-J"])
             .output()
             .context("run iperf3 (apt-get install iperf3)")?;
         let text = porthole_test::expect_success("iperf3 -u", &out)?;
@@ -203,7 +203,7 @@ fn iperf_udp(cluster: &Cluster, work: &Path) -> Result<()> {
         let lost = sum["lost_percent"].as_f64().context("lost_percent")?;
         eprintln!("iperf3 -u through the forward: {packets} datagrams, {lost:.2}% lost");
         ensure!(packets > 1000, "only {packets} datagrams sent: {sum}");
-        ensure!(lost < 5.0, "{lost}% of the datagrams lost at 20 Mbit/s: {sum}");
+        ensure!(lost < 5.0, "{lost}% of the datagrams lost at 10 Mbit/s: {sum}");
         Ok(())
     })();
     let report = child.report();
