@@ -80,6 +80,10 @@ if [ -f bench/tunnel.sh ]; then
   step "tunnel bench smoke (bench/tunnel.sh --smoke)"
   bash bench/tunnel.sh --smoke --no-build || hooks_rc=$?
 fi
+if [ -f bench/udp.sh ]; then
+  step "UDP forwarding bench smoke (bench/udp.sh --smoke)"
+  bash bench/udp.sh --smoke --no-build || hooks_rc=$?
+fi
 if [ -f bench/store.sh ]; then
   step "store bench smoke (bench/store.sh --smoke)"
   bash bench/store.sh --smoke || hooks_rc=$?
