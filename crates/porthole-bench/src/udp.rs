@@ -83,7 +83,8 @@ fn closed_loop(target: SocketAddr, a: &UdpArgs) -> Result<(f64, f64)> {
     // Prime (the flow opens its streams on the first datagram).
     sock.send(&payload)?;
     let mut buf = vec![0u8; 65536];
-    sock.recv(&mut buf).context("no echo of the first datagram")?;
+    sock.recv(&mut buf)
+        .context("no echo of the first datagram")?;
     for _ in 0..a.window {
         sock.send(&payload)?;
     }
@@ -116,7 +117,8 @@ fn open_loop(target: SocketAddr, a: &UdpArgs) -> Result<(f64, f64)> {
     let mut payload = vec![0u8; a.size.max(8)];
     sock.send(&payload)?;
     let mut buf = vec![0u8; 65536];
-    sock.recv(&mut buf).context("no echo of the first datagram")?;
+    sock.recv(&mut buf)
+        .context("no echo of the first datagram")?;
     let received = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicBool::new(false));
     let receiver = {
@@ -169,8 +171,14 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// The local port of a `Forwarding from 127.0.0.1:N -> 7001/udp` line.
 fn start_forward(cluster: &Cluster, transport: &str, work: &Path) -> Result<(Child, u16)> {
     let mut cmd = cluster.porthole_cmd();
-    cmd.args(["port-forward", "pod/udpecho", ":7001/udp", "--address", "127.0.0.1"])
-        .args(["--transport", transport]);
+    cmd.args([
+        "port-forward",
+        "pod/udpecho",
+        ":7001/udp",
+        "--address",
+        "127.0.0.1",
+    ])
+    .args(["--transport", transport]);
     let mut child = Child::spawn(&format!("pf-{transport}"), cmd, work)?;
     let port = child.wait_for_line(Duration::from_secs(60), |l| {
         l.strip_prefix("Forwarding from 127.0.0.1:")?
@@ -184,7 +192,10 @@ fn start_forward(cluster: &Cluster, transport: &str, work: &Path) -> Result<(Chi
 /// `udp`.
 pub fn run(a: UdpArgs) -> Result<()> {
     let (bench, porthole) = crate::binaries(a.porthole.as_deref())?;
-    ensure!(a.reps >= 1 && a.secs > 0.0 && a.rate > 0, "reps, secs and rate must be positive");
+    ensure!(
+        a.reps >= 1 && a.secs > 0.0 && a.rate > 0,
+        "reps, secs and rate must be positive"
+    );
     let work = TempDir::new("udp-bench")?;
     // The physical limit: the same echo server on the host's loopback.
     let mut direct = {
@@ -209,11 +220,19 @@ pub fn run(a: UdpArgs) -> Result<()> {
         let (_ws, ws_port) = start_forward(&cluster, "websocket", work.path())?;
         let routes = [
             ("direct".to_string(), direct_addr),
-            ("forward-spdy".to_string(), SocketAddr::from(([127, 0, 0, 1], spdy_port))),
-            ("forward-websocket".to_string(), SocketAddr::from(([127, 0, 0, 1], ws_port))),
+            (
+                "forward-spdy".to_string(),
+                SocketAddr::from(([127, 0, 0, 1], spdy_port)),
+            ),
+            (
+                "forward-websocket".to_string(),
+                SocketAddr::from(([127, 0, 0, 1], ws_port)),
+            ),
         ];
-        let mut samples: Vec<(String, Vec<Sample>)> =
-            routes.iter().map(|(n, _)| (n.clone(), Vec::new())).collect();
+        let mut samples: Vec<(String, Vec<Sample>)> = routes
+            .iter()
+            .map(|(n, _)| (n.clone(), Vec::new()))
+            .collect();
         for rep in 0..a.reps {
             for (i, (name, addr)) in routes.iter().enumerate() {
                 let s = measure(*addr, &a).with_context(|| format!("{name}, rep {rep}"))?;

@@ -201,7 +201,10 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::process::ExitCode {
     let udp = (Vec::new(), crate::udp::UdpOptions::default());
-    serve_with_udp(listeners, udp, initial, connector, options, output, shutdown).await
+    serve_with_udp(
+        listeners, udp, initial, connector, options, output, shutdown,
+    )
+    .await
 }
 
 /// [`serve`] with UDP forwards too: `udp` is their bound sockets and limits.

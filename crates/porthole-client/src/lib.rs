@@ -526,7 +526,12 @@ async fn run_inner(
     }
 
     // UDP needs the extension from the node; without it the TCP forwards go on alone.
-    let udp_specs: Vec<&str> = v.specs.iter().filter(|s| s.udp).map(|s| s.raw.as_str()).collect();
+    let udp_specs: Vec<&str> = v
+        .specs
+        .iter()
+        .filter(|s| s.udp)
+        .map(|s| s.raw.as_str())
+        .collect();
     let udp_granted = initial.first().is_some_and(|s| s.forwarder.supports_udp());
     if !udp_specs.is_empty() && !udp_granted {
         let text = udp::unsupported_text(&udp_specs);

@@ -351,11 +351,17 @@ mod tests {
     #[test]
     fn protocol_suffix() {
         let p = spec("5353:53/udp").unwrap();
-        assert_eq!((p.local, p.remote.clone(), p.udp), (Some(5353), RemotePort::Number(53), true));
+        assert_eq!(
+            (p.local, p.remote.clone(), p.udp),
+            (Some(5353), RemotePort::Number(53), true)
+        );
         assert_eq!(p.raw, "5353:53/udp");
         assert!(!spec("80/tcp").unwrap().udp);
         assert!(spec("dns/UDP").unwrap().udp);
-        assert_eq!(spec("dns/udp").unwrap().remote, RemotePort::Name("dns".into()));
+        assert_eq!(
+            spec("dns/udp").unwrap().remote,
+            RemotePort::Name("dns".into())
+        );
         assert_eq!(
             spec("53/sctp").unwrap_err(),
             "invalid protocol 'sctp' in port '53/sctp': use /tcp (the default) or /udp"
@@ -370,21 +376,26 @@ mod tests {
             spec: Some(PodSpec {
                 containers: vec![Container {
                     name: "dns".into(),
-                    ports: Some(vec![
-                        ContainerPort {
-                            name: Some("dns".into()),
-                            container_port: 53,
-                            protocol: Some("UDP".into()),
-                            ..Default::default()
-                        },
-                    ]),
+                    ports: Some(vec![ContainerPort {
+                        name: Some("dns".into()),
+                        container_port: 53,
+                        protocol: Some("UDP".into()),
+                        ..Default::default()
+                    }]),
                     ..Default::default()
                 }],
                 ..Default::default()
             }),
             status: None,
         };
-        assert_eq!(spec("dns/udp").unwrap().resolve_for_pod(&pod).unwrap().remote, 53);
+        assert_eq!(
+            spec("dns/udp")
+                .unwrap()
+                .resolve_for_pod(&pod)
+                .unwrap()
+                .remote,
+            53
+        );
         // TCP keeps kubectl's refusal of a UDP-only port.
         assert_eq!(
             spec("dns").unwrap().resolve_for_pod(&pod).unwrap_err(),

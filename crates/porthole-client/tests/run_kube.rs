@@ -654,7 +654,10 @@ async fn udp_only_without_the_extension_exits_1() {
     let fake = Arc::new(Fake::new(echo_server().await, true));
     let api = start_fake(fake).await;
     for transport in ["websocket", "spdy"] {
-        let mut r = run(api, &["web", "0:53/udp", "0:54/udp", "--transport", transport]);
+        let mut r = run(
+            api,
+            &["web", "0:53/udp", "0:54/udp", "--transport", transport],
+        );
         assert_eq!(
             r.fatal().await,
             "error: the server does not support UDP forwarding (a porthole extension): \
@@ -664,6 +667,9 @@ async fn udp_only_without_the_extension_exits_1() {
             .await
             .expect("prompt exit")
             .unwrap();
-        assert_eq!(format!("{code:?}"), format!("{:?}", std::process::ExitCode::FAILURE));
+        assert_eq!(
+            format!("{code:?}"),
+            format!("{:?}", std::process::ExitCode::FAILURE)
+        );
     }
 }

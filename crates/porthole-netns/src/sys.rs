@@ -215,13 +215,8 @@ unsafe fn helper_main(sock: RawFd, uid_map: &[u8], gid_map: &[u8]) -> ! {
             libc::AF_INET
         };
         // SAFETY: plain system call.
-        let fd = unsafe {
-            libc::socket(
-                domain,
-                kind | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                0,
-            )
-        };
+        let fd =
+            unsafe { libc::socket(domain, kind | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
         let mut payload = [0u8, 0];
         if fd < 0 {
             payload = [

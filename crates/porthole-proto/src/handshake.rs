@@ -880,7 +880,10 @@ mod tests {
     #[test]
     fn extensions_are_granted_only_when_supported_and_on_spdy_transports() {
         let mut req = HeaderMap::new();
-        req.append(PORTHOLE_EXTENSIONS, HeaderValue::from_static("Reverse, udp"));
+        req.append(
+            PORTHOLE_EXTENSIONS,
+            HeaderValue::from_static("Reverse, udp"),
+        );
         req.append(PORTHOLE_EXTENSIONS, HeaderValue::from_static(" ,future"));
         assert_eq!(extensions(&req), ["reverse", "udp", "future"]);
         let spdy = Upgrade::Spdy {

@@ -2,7 +2,8 @@
 //! Debian's dnsmasq queried with `dig` over both SPDY transports, a burst of concurrent queries
 //! from different source ports (each answer must reach its own asker), a refused UDP port that
 //! fails its flow but not the session, and `iperf3 -u` with its TCP control port and its UDP
-//! data port forwarded by one command.
+//! data port forwarded by one command. A second test runs dnsmasq on a node behind NAT, so
+//! the negotiation crosses the API server and the node's tunnel.
 
 use std::net::UdpSocket;
 use std::path::Path;
@@ -88,7 +89,10 @@ fn burst(port: u16, count: usize) -> Result<()> {
                     "answer carries another question"
                 );
                 // The last 4 bytes are the A record's address.
-                ensure!(answer[n - 4..] == [198, 18, 100, 7], "wrong address in {answer:?}");
+                ensure!(
+                    answer[n - 4..] == [198, 18, 100, 7],
+                    "wrong address in {answer:?}"
+                );
                 Ok(())
             })
         })
@@ -107,7 +111,13 @@ fn burst(port: u16, count: usize) -> Result<()> {
 
 fn dns_over(cluster: &Cluster, work: &Path, transport: &str) -> Result<()> {
     let mut cmd = cluster.porthole_cmd();
-    cmd.args(["port-forward", "pod/dns", ":53/udp", "--transport", transport]);
+    cmd.args([
+        "port-forward",
+        "pod/dns",
+        ":53/udp",
+        "--transport",
+        transport,
+    ]);
     let mut child = Child::spawn(&format!("pf-dns-{transport}"), cmd, work)?;
     let port = child.wait_for_line(Duration::from_secs(60), |l| forwarded_port(l, "53/udp"))?;
     let res = (|| -> Result<()> {
@@ -154,7 +164,10 @@ fn refused(cluster: &Cluster, work: &Path) -> Result<()> {
             "unexpected error text: {error:?}"
         );
         let answer = dig(ports[&53], "porthole.test")?;
-        ensure!(answer == "198.18.100.7", "dig answered {answer:?} after the refusal");
+        ensure!(
+            answer == "198.18.100.7",
+            "dig answered {answer:?} after the refusal"
+        );
         Ok(())
     })();
     let report = child.report();
@@ -203,7 +216,10 @@ fn iperf_udp(cluster: &Cluster, work: &Path) -> Result<()> {
         let lost = sum["lost_percent"].as_f64().context("lost_percent")?;
         eprintln!("iperf3 -u through the forward: {packets} datagrams, {lost:.2}% lost");
         ensure!(packets > 1000, "only {packets} datagrams sent: {sum}");
-        ensure!(lost < 5.0, "{lost}% of the datagrams lost at 10 Mbit/s: {sum}");
+        ensure!(
+            lost < 5.0,
+            "{lost}% of the datagrams lost at 10 Mbit/s: {sum}"
+        );
         Ok(())
     })();
     let report = child.report();
@@ -231,4 +247,67 @@ fn udp_forwarding_with_dnsmasq_and_iperf3() {
         Ok(())
     })();
     finish(cluster, res);
+}
+
+/// The node reached only through the tunnel it dialed: the extension's headers cross the API
+/// server and the tunnel both ways, and dig on the client host gets its answer.
+#[test]
+fn udp_through_a_node_behind_nat() {
+    use porthole_test::ha::{on_cluster, Layout};
+    let layout = Layout {
+        nodes: 1,
+        etcd_members: 1,
+    };
+    on_cluster(Path::new(BIN), "udp-tunnel", layout, |cluster| {
+        let join = cluster.token_create(&[])?;
+        cluster.start_nat_node("natnode", &join)?;
+        cluster.kubectl(&[
+            "wait",
+            "--for=condition=Ready",
+            "node/natnode",
+            "--timeout=90s",
+        ])?;
+        // examples/dns.yaml pinned to the NAT node.
+        let manifest = std::fs::read_to_string(example("dns.yaml"))?.replace(
+            "spec:\n  containers:",
+            "spec:\n  nodeName: natnode\n  containers:",
+        );
+        ensure!(
+            manifest.contains("nodeName: natnode"),
+            "could not pin the pod"
+        );
+        let file = write_file(&cluster.work, "dns-nat.yaml", &manifest)?;
+        cluster.kubectl(&["apply", "-f", &file.display().to_string()])?;
+        cluster.kubectl(&["wait", "--for=condition=Ready", "pod/dns", "--timeout=90s"])?;
+        for transport in ["spdy", "websocket"] {
+            let mut cmd = cluster.porthole_on_client();
+            cmd.args([
+                "port-forward",
+                "pod/dns",
+                ":53/udp",
+                "--transport",
+                transport,
+            ]);
+            let mut child = Child::spawn(&format!("pf-nat-{transport}"), cmd, &cluster.work)?;
+            let port =
+                child.wait_for_line(Duration::from_secs(60), |l| forwarded_port(l, "53/udp"))?;
+            let out = cluster
+                .client()
+                .command("dig")
+                .args(["@127.0.0.1", "-p", &port.to_string(), "porthole.test", "A"])
+                .args(["+short", "+time=10", "+tries=1"])
+                .output()
+                .context("run dig on the client host")?;
+            let answer =
+                porthole_test::expect_success("dig", &out).with_context(|| child.report())?;
+            ensure!(
+                answer.trim() == "198.18.100.7",
+                "dig over {transport} answered {answer:?}\n{}",
+                child.report()
+            );
+            let status = child.interrupt(Duration::from_secs(20))?;
+            ensure!(status.success(), "port-forward exited {status}");
+        }
+        Ok(())
+    });
 }

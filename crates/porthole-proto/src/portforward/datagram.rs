@@ -37,7 +37,10 @@ pub fn is_udp(headers: &[(String, String)]) -> bool {
 /// A payload longer than [`MAX_DATAGRAM`] was given to [`encode`] (caller misuse: a UDP
 /// socket never returns one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("datagram of {len} bytes exceeds the {}-byte limit of the UDP framing", MAX_DATAGRAM)]
+#[error(
+    "datagram of {len} bytes exceeds the {}-byte limit of the UDP framing",
+    MAX_DATAGRAM
+)]
 pub struct TooLarge {
     /// The payload length.
     pub len: usize,

@@ -93,7 +93,11 @@ async fn relay(data: &mut Stream, dialer: &Arc<dyn PodDialer>, port: u16) -> Res
         };
         let refused = match wake {
             Wake::FromClient(Ok(0)) => {
-                tracing::debug!(to_pod = moved.a_to_b, from_pod = moved.b_to_a, "udp flow finished");
+                tracing::debug!(
+                    to_pod = moved.a_to_b,
+                    from_pod = moved.b_to_a,
+                    "udp flow finished"
+                );
                 return Ok(());
             }
             Wake::FromClient(Err(e)) => {
