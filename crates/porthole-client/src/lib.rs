@@ -206,6 +206,9 @@ fn validate(args: &Args) -> Result<Validated, String> {
     if args.pod_running_timeout.is_zero() {
         return Err(usage("--pod-running-timeout must be higher than zero"));
     }
+    if args.udp_idle_timeout.is_zero() {
+        return Err(usage("--udp-idle-timeout must be higher than zero"));
+    }
     let target = TargetRef::parse(&args.args[0]).map_err(|e| format!("error: {e}"))?;
     let specs = args.args[1..]
         .iter()
