@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Short run of every cargo-fuzz target (issue 2): keeps the fuzz targets building and catches
-# regressions on the committed corpus. 8 s per target keeps the 14 targets' runs under ~3 min
+# regressions on the committed corpus. 8 s per target keeps the 15 targets' runs under ~3 min
 # of CI. Long runs with corpus growth and a report: bash scripts/fuzz.sh (issue 18).
 # cargo-fuzz needs nightly-only rustc flags; RUSTC_BOOTSTRAP=1 lets the stable toolchain
 # (the only one CI has) accept them.

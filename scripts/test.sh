@@ -84,6 +84,10 @@ if [ -f bench/sessions.sh ]; then
   step "sessions bench smoke (bench/sessions.sh --smoke)"
   bash bench/sessions.sh --smoke --no-build || hooks_rc=$?
 fi
+if [ -f bench/udp.sh ]; then
+  step "UDP forwarding bench smoke (bench/udp.sh --smoke)"
+  bash bench/udp.sh --smoke --no-build || hooks_rc=$?
+fi
 if [ -f bench/store.sh ]; then
   step "store bench smoke (bench/store.sh --smoke)"
   bash bench/store.sh --smoke || hooks_rc=$?

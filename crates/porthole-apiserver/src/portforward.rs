@@ -508,4 +508,17 @@ mod tests {
         assert_eq!(out["x-forwarded-for"], "10.0.0.1");
         assert_eq!(out[header::UPGRADE], "websocket");
     }
+
+    /// Porthole's negotiation headers reach the node unchanged (its 101 comes back verbatim),
+    /// whichever way the node is reached: the same request goes over TLS, a tunnel or the
+    /// in-process pipe.
+    #[test]
+    fn porthole_negotiation_headers_pass_to_the_node() {
+        let mut h = HeaderMap::new();
+        h.insert("x-porthole-extensions", HeaderValue::from_static("udp"));
+        h.insert("x-porthole-flow-control", HeaderValue::from_static("1"));
+        let out = node_headers(&h, "10.0.0.1:5".parse().expect("addr"), "127.0.0.1:1");
+        assert_eq!(out["x-porthole-extensions"], "udp");
+        assert_eq!(out["x-porthole-flow-control"], "1");
+    }
 }

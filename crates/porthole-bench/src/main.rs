@@ -14,6 +14,7 @@
 //!   `Forwarding from 127.0.0.1:N -> M` line, time the first echoed byte;
 //! - `freeport`: a free loopback port chosen by the kernel (for tools that need a number);
 //! - `store`: the API server's store backends, redb and a real etcd, side by side;
+//! - `udp`, `udp-echo`: UDP forwarding (porthole extension) against a direct loopback echo;
 //! - `chaos`: the soak of issue 13 (faults at random under traffic, everything accounted);
 //! - `sessions`: many port-forward sessions at once, one client process each, against kubectl's.
 //!
@@ -34,6 +35,7 @@ mod split;
 mod store;
 mod ttfb;
 mod tunnel;
+mod udp;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -82,6 +84,15 @@ enum Cmd {
     SplitRoles(split::RouteArgs),
     /// A node behind NAT through its tunnel against a direct node, on simulated hosts.
     Tunnel(split::RouteArgs),
+    /// UDP forwarding through `porthole up` vs the same UDP echo on loopback: round trips/s,
+    /// throughput and loss at a fixed rate.
+    Udp(udp::UdpArgs),
+    /// UDP echo server (and a TCP listener on the same port for readiness probes).
+    UdpEcho {
+        /// Address to listen on (port 0: the kernel picks; the line on stdout tells).
+        #[arg(long)]
+        listen: SocketAddr,
+    },
     /// The chaos soak: traffic through forwards on a cluster on simulated hosts while faults
     /// are injected at random; everything accounted (needs root; scripts/chaos.sh).
     Chaos(chaos::ChaosArgs),
@@ -105,6 +116,8 @@ fn main() -> anyhow::Result<()> {
         Cmd::Tunnel(a) => tunnel::run(a),
         Cmd::Chaos(a) => chaos::run(a),
         Cmd::Sessions(a) => sessions::run(a),
+        Cmd::Udp(a) => udp::run(a),
+        Cmd::UdpEcho { listen } => udp::echo(listen),
         Cmd::Ttfb(a) => ttfb::run(a),
         Cmd::Freeport => {
             let l = TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0")?;

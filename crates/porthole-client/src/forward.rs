@@ -112,11 +112,12 @@ pub struct Listener {
     pub sockets: Vec<TcpListener>,
 }
 
-struct Live {
-    id: u64,
-    pod: String,
-    ports: Vec<ResolvedPort>,
-    forwarder: PortForwarder,
+/// A connected session (shared with the UDP flows in [`crate::udp`]).
+pub(crate) struct Live {
+    pub(crate) id: u64,
+    pub(crate) pod: String,
+    pub(crate) ports: Vec<ResolvedPort>,
+    pub(crate) forwarder: PortForwarder,
     connected_at: Instant,
 }
 
@@ -199,6 +200,23 @@ pub async fn serve(
     output: Output,
     shutdown: CancellationToken,
 ) -> std::process::ExitCode {
+    let udp = (Vec::new(), crate::udp::UdpOptions::default());
+    serve_with_udp(
+        listeners, udp, initial, connector, options, output, shutdown,
+    )
+    .await
+}
+
+/// [`serve`] with UDP forwards too: `udp` is their bound sockets and limits.
+pub async fn serve_with_udp(
+    listeners: Vec<Listener>,
+    udp: (Vec<crate::udp::UdpListener>, crate::udp::UdpOptions),
+    initial: Vec<NewSession>,
+    connector: Arc<dyn Connector>,
+    options: Options,
+    output: Output,
+    shutdown: CancellationToken,
+) -> std::process::ExitCode {
     let mut next_session_id = 0u64;
     let mut lives: Vec<Arc<Live>> = Vec::new();
     for s in initial {
@@ -222,6 +240,15 @@ pub async fn serve(
     });
 
     let tracker = TaskTracker::new();
+    crate::udp::spawn(
+        udp.0,
+        shared.sessions.clone(),
+        output.clone(),
+        udp.1,
+        options.pod_running_timeout,
+        stop_accepting.clone(),
+        &tracker,
+    );
     for l in listeners {
         for sock in l.sockets {
             let shared = shared.clone();

@@ -17,6 +17,7 @@
 //! - [`target`]: `TYPE/NAME` → pods, activeness ranking (§7.2);
 //! - [`transport`]: the upgrade, WebSocket tunnel then SPDY (§2.2, §2.4, §2.5);
 //! - [`forward`]: listeners, connection tasks and the reconnecting supervisor;
+//! - [`udp`]: `/udp` forwards (porthole extension): sockets, flows, idle timeout;
 //! - [`output`]: kubectl's lines or JSON events.
 
 use std::process::ExitCode;
@@ -35,6 +36,7 @@ pub mod output;
 pub mod ports;
 pub mod target;
 pub mod transport;
+pub mod udp;
 
 use crate::forward::{ConnectError, Connector, NewSession};
 use crate::output::{Output, OutputFormat};
@@ -101,7 +103,9 @@ fn parse_bool(s: &str) -> Result<bool, String> {
 )]
 pub struct Args {
     /// TYPE/NAME (pod, deployment/deploy, service/svc, statefulset/sts, replicaset/rs, ...)
-    /// followed by [LOCAL_PORT:]REMOTE_PORT specs (5000, 6000:5000, :5000, 0:5000, 8443:https).
+    /// followed by [LOCAL_PORT:]REMOTE_PORT[/PROTOCOL] specs (5000, 6000:5000, :5000, 0:5000,
+    /// 8443:https, 5353:53/udp). /udp forwards UDP datagrams (a porthole extension that needs
+    /// porthole nodes); /tcp is the default.
     #[arg(value_name = "TYPE/NAME [LOCAL_PORT:]REMOTE_PORT", num_args = 0.., allow_hyphen_values = false)]
     pub args: Vec<String>,
 
@@ -159,6 +163,11 @@ pub struct Args {
     )]
     pub verbosity: Option<u8>,
 
+    /// A UDP flow (one local source address:port of a `/udp` forward) ends after this long
+    /// without a datagram either way; the next datagram starts a new one.
+    #[arg(long, default_value = "1m0s", value_parser = parse_go_duration, env = "PORTHOLE_UDP_IDLE_TIMEOUT")]
+    pub udp_idle_timeout: Duration,
+
     /// Kubeconfig and API server overrides.
     #[command(flatten)]
     pub kube: kubeconfig::KubeconfigArgs,
@@ -196,6 +205,9 @@ fn validate(args: &Args) -> Result<Validated, String> {
     }
     if args.pod_running_timeout.is_zero() {
         return Err(usage("--pod-running-timeout must be higher than zero"));
+    }
+    if args.udp_idle_timeout.is_zero() {
+        return Err(usage("--udp-idle-timeout must be higher than zero"));
     }
     let target = TargetRef::parse(&args.args[0]).map_err(|e| format!("error: {e}"))?;
     let specs = args.args[1..]
@@ -516,10 +528,47 @@ async fn run_inner(
         }
     }
 
+    // UDP needs the extension from the node; without it the TCP forwards go on alone.
+    let udp_specs: Vec<&str> = v
+        .specs
+        .iter()
+        .filter(|s| s.udp)
+        .map(|s| s.raw.as_str())
+        .collect();
+    let udp_granted = initial.first().is_some_and(|s| s.forwarder.supports_udp());
+    if !udp_specs.is_empty() && !udp_granted {
+        let text = udp::unsupported_text(&udp_specs);
+        if udp_specs.len() == v.specs.len() {
+            for s in &initial {
+                s.forwarder.shutdown().await;
+            }
+            return Err(text);
+        }
+        output.warn(&text);
+    }
+
     // 3. Listen, printing `Forwarding from` per bound address as kubectl does.
     let first = &choices[0];
     let mut listeners = Vec::new();
+    let mut udp_listeners = Vec::new();
     for (i, port) in first.ports.iter().enumerate() {
+        if v.specs[i].udp {
+            if !udp_granted {
+                continue;
+            }
+            match udp::bind_port(&v.addresses, port.local, |addr, local| {
+                output.listening_udp(addr, local, port.remote)
+            }) {
+                Ok((local_port, sockets)) => udp_listeners.push(udp::UdpListener {
+                    spec_index: i,
+                    spec: v.specs[i].raw.clone(),
+                    local_port,
+                    sockets,
+                }),
+                Err(e) => output.warn(&format!("Unable to listen on port {}/udp: {e}", port.local)),
+            }
+            continue;
+        }
         let bound = listen::listen_port(&v.addresses, port.local, |addr, local| {
             output.listening(addr, local, port.remote);
         });
@@ -532,7 +581,7 @@ async fn run_inner(
             Err(e) => output.warn(&format!("Unable to listen on port {}: {e}", port.local)),
         }
     }
-    if listeners.is_empty() {
+    if listeners.is_empty() && udp_listeners.is_empty() {
         let ports: Vec<String> = first
             .ports
             .iter()
@@ -553,8 +602,13 @@ async fn run_inner(
         pod_running_timeout: args.pod_running_timeout,
         ..Default::default()
     };
-    Ok(forward::serve(
+    let udp_options = udp::UdpOptions {
+        idle_timeout: args.udp_idle_timeout,
+        ..Default::default()
+    };
+    Ok(forward::serve_with_udp(
         listeners,
+        (udp_listeners, udp_options),
         initial,
         Arc::new(connector),
         options,

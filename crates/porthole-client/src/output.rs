@@ -75,6 +75,46 @@ pub enum Event {
         /// `websocket` or `spdy`.
         transport: String,
     },
+    /// A local UDP socket is bound (`Forwarding from 127.0.0.1:5353 -> 53/udp`).
+    UdpListening {
+        /// Address as given.
+        address: String,
+        /// Bound local port.
+        local_port: u16,
+        /// Remote (pod) UDP port.
+        remote_port: u16,
+    },
+    /// A UDP flow (one local source address and port) got its stream pair to the pod.
+    UdpFlowOpened {
+        /// Per-run flow number, starting at 0.
+        id: u64,
+        /// Local port the datagrams arrive on.
+        local_port: u16,
+        /// Pod UDP port.
+        remote_port: u16,
+        /// The local source (`127.0.0.1:54321`).
+        peer: String,
+        /// The pod serving it.
+        pod: String,
+    },
+    /// A UDP flow ended (idle timeout, session lost, the pod refused, or shutdown).
+    UdpFlowClosed {
+        /// Matches [`Event::UdpFlowOpened::id`].
+        id: u64,
+        /// Local port.
+        local_port: u16,
+        /// Pod UDP port.
+        remote_port: u16,
+        /// Datagrams sent to the pod.
+        datagrams_to_pod: u64,
+        /// Datagrams sent back to the local source.
+        datagrams_from_pod: u64,
+        /// Datagrams dropped because the flow's queue was full (as a full socket would).
+        dropped: u64,
+        /// Why it failed, if it did.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
     /// An error (per connection or fatal).
     Error {
         /// The message, as it would be printed in text mode.
@@ -156,6 +196,19 @@ impl Output {
             Self::stdout_line(&format!("Forwarding from {hp} -> {remote_port}"));
         }
         self.event(Event::Listening {
+            address: address.to_string(),
+            local_port,
+            remote_port,
+        });
+    }
+
+    /// `Forwarding from 127.0.0.1:5353 -> 53/udp` (or the `udp_listening` event).
+    pub fn listening_udp(&self, address: &str, local_port: u16, remote_port: u16) {
+        if !self.is_json() {
+            let hp = crate::listen::join_host_port(address, local_port);
+            Self::stdout_line(&format!("Forwarding from {hp} -> {remote_port}/udp"));
+        }
+        self.event(Event::UdpListening {
             address: address.to_string(),
             local_port,
             remote_port,

@@ -25,6 +25,8 @@ pub struct PortSpec {
     pub local: Option<u16>,
     /// The remote port or port name.
     pub remote: RemotePort,
+    /// `/udp` was given: a UDP forward (porthole extension); `/tcp` or nothing is TCP.
+    pub udp: bool,
 }
 
 /// A port spec resolved against a concrete target: what to listen on and which pod port to ask
@@ -56,6 +58,15 @@ fn parse_u16_go(s: &str) -> Result<u16, String> {
 impl PortSpec {
     /// Parses one port argument, returning kubectl's error text on bad syntax.
     pub fn parse(raw: &str) -> Result<PortSpec, String> {
+        let (ports, udp) = split_protocol(raw)?;
+        let mut spec = PortSpec::parse_ports(ports)?;
+        spec.raw = raw.to_string();
+        spec.udp = udp;
+        Ok(spec)
+    }
+
+    /// The `[LOCAL:]REMOTE` part, kubectl's rules.
+    fn parse_ports(raw: &str) -> Result<PortSpec, String> {
         let parts: Vec<&str> = raw.split(':').collect();
         let (local_str, remote_str, bare) = match parts.as_slice() {
             [one] => (*one, *one, true),
@@ -79,6 +90,7 @@ impl PortSpec {
                 raw: raw.to_string(),
                 local: Some(local),
                 remote: RemotePort::Number(remote),
+                udp: false,
             });
         }
         let remote = RemotePort::Name(remote_str.to_string());
@@ -95,6 +107,7 @@ impl PortSpec {
             raw: raw.to_string(),
             local,
             remote,
+            udp: false,
         })
     }
 
@@ -110,9 +123,10 @@ impl PortSpec {
     pub fn resolve_for_pod(&self, pod: &Pod) -> Result<ResolvedPort, String> {
         let remote = match &self.remote {
             RemotePort::Number(n) => *n,
+            RemotePort::Name(name) if self.udp => udp_container_port_by_name(pod, name)?,
             RemotePort::Name(name) => container_port_by_name(pod, name)?,
         };
-        if udp_only_container_ports(pod).contains(&remote) {
+        if !self.udp && udp_only_container_ports(pod).contains(&remote) {
             return Err(format!(
                 "UDP protocol is not supported for {}",
                 self.remote_text()
@@ -131,7 +145,7 @@ impl PortSpec {
             RemotePort::Number(n) => *n,
             RemotePort::Name(name) => service_port_by_name(svc, name)?,
         };
-        if udp_only_service_ports(svc).contains(&svc_port) {
+        if !self.udp && udp_only_service_ports(svc).contains(&svc_port) {
             return Err(format!(
                 "UDP protocol is not supported for {}",
                 self.remote_text()
@@ -143,6 +157,39 @@ impl PortSpec {
             remote,
         })
     }
+}
+
+/// Splits a `/udp` or `/tcp` suffix (any case) off a port argument.
+fn split_protocol(raw: &str) -> Result<(&str, bool), String> {
+    let Some((ports, proto)) = raw.rsplit_once('/') else {
+        return Ok((raw, false));
+    };
+    if proto.eq_ignore_ascii_case("udp") {
+        Ok((ports, true))
+    } else if proto.eq_ignore_ascii_case("tcp") {
+        Ok((ports, false))
+    } else {
+        Err(format!(
+            "invalid protocol '{proto}' in port '{raw}': use /tcp (the default) or /udp"
+        ))
+    }
+}
+
+/// A container port name for a `/udp` spec: the port of that name declared UDP, else any port
+/// of that name (a name is unique per container, but two containers may reuse one).
+fn udp_container_port_by_name(pod: &Pod, name: &str) -> Result<u16, String> {
+    let spec = pod.spec.as_ref();
+    let containers = spec.map(|s| s.containers.iter()).into_iter().flatten();
+    for c in containers {
+        for p in c.ports.iter().flatten() {
+            if p.name.as_deref() == Some(name) && is_proto(p.protocol.as_deref(), "UDP") {
+                if let Ok(n) = u16::try_from(p.container_port) {
+                    return Ok(n);
+                }
+            }
+        }
+    }
+    container_port_by_name(pod, name)
 }
 
 fn name_of(pod: &Pod) -> &str {
@@ -299,6 +346,61 @@ mod tests {
         assert_eq!(got(":https"), (Some(0), RemotePort::Name("https".into())));
         // Leading zeros are fine for Go's ParseUint.
         assert_eq!(got("0080"), n(Some(80), 80));
+    }
+
+    #[test]
+    fn protocol_suffix() {
+        let p = spec("5353:53/udp").unwrap();
+        assert_eq!(
+            (p.local, p.remote.clone(), p.udp),
+            (Some(5353), RemotePort::Number(53), true)
+        );
+        assert_eq!(p.raw, "5353:53/udp");
+        assert!(!spec("80/tcp").unwrap().udp);
+        assert!(spec("dns/UDP").unwrap().udp);
+        assert_eq!(
+            spec("dns/udp").unwrap().remote,
+            RemotePort::Name("dns".into())
+        );
+        assert_eq!(
+            spec("53/sctp").unwrap_err(),
+            "invalid protocol 'sctp' in port '53/sctp': use /tcp (the default) or /udp"
+        );
+        assert_eq!(spec("/udp").unwrap_err(), "remote port cannot be empty");
+    }
+
+    #[test]
+    fn udp_names_prefer_the_udp_port() {
+        let pod = Pod {
+            metadata: Default::default(),
+            spec: Some(PodSpec {
+                containers: vec![Container {
+                    name: "dns".into(),
+                    ports: Some(vec![ContainerPort {
+                        name: Some("dns".into()),
+                        container_port: 53,
+                        protocol: Some("UDP".into()),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            status: None,
+        };
+        assert_eq!(
+            spec("dns/udp")
+                .unwrap()
+                .resolve_for_pod(&pod)
+                .unwrap()
+                .remote,
+            53
+        );
+        // TCP keeps kubectl's refusal of a UDP-only port.
+        assert_eq!(
+            spec("dns").unwrap().resolve_for_pod(&pod).unwrap_err(),
+            "UDP protocol is not supported for dns"
+        );
     }
 
     #[test]

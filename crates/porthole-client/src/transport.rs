@@ -144,6 +144,15 @@ pub fn describe_error(e: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
+/// Asks for the porthole extensions this client speaks (`X-Porthole-Extensions`); a node
+/// that grants them echoes them in its 101, anything else ignores the header.
+fn ask_extensions(headers: &mut http::HeaderMap) {
+    headers.insert(
+        handshake::PORTHOLE_EXTENSIONS,
+        http::HeaderValue::from_static(handshake::EXTENSION_UDP),
+    );
+}
+
 /// Outcome of one upgrade attempt.
 enum Attempt {
     Ok(Dialed),
@@ -243,7 +252,8 @@ async fn send(
 
 async fn dial_ws(client: &kube::Client, path: &str, keepalive: Keepalive) -> Attempt {
     let key: [u8; 16] = rand::random();
-    let headers = handshake::ws_tunnel_request_headers(key, true);
+    let mut headers = handshake::ws_tunnel_request_headers(key, true);
+    ask_extensions(&mut headers);
     let (parts, on, body) = match send(client, Method::GET, path, headers).await {
         Ok(r) => r,
         Err(e) => return Attempt::Fatal(e),
@@ -262,7 +272,8 @@ async fn dial_ws(client: &kube::Client, path: &str, keepalive: Keepalive) -> Att
     };
     let ws =
         porthole_relay::ws::WsStream::new(TokioIo::new(upgraded), porthole_relay::ws::Role::Client);
-    let forwarder = PortForwarder::new(ws, keepalive.config(true, flow_control));
+    let udp = handshake::response_extensions(&parts.headers, handshake::EXTENSION_UDP);
+    let forwarder = PortForwarder::new(ws, keepalive.config(true, flow_control)).with_udp(udp);
     Attempt::Ok(Dialed {
         forwarder,
         transport: "websocket",
@@ -271,7 +282,8 @@ async fn dial_ws(client: &kube::Client, path: &str, keepalive: Keepalive) -> Att
 }
 
 async fn dial_spdy(client: &kube::Client, path: &str, keepalive: Keepalive) -> Attempt {
-    let headers = handshake::spdy_request_headers(true);
+    let mut headers = handshake::spdy_request_headers(true);
+    ask_extensions(&mut headers);
     let (parts, on, body) = match send(client, Method::POST, path, headers).await {
         Ok(r) => r,
         Err(e) => return Attempt::Fatal(e),
@@ -290,10 +302,12 @@ async fn dial_spdy(client: &kube::Client, path: &str, keepalive: Keepalive) -> A
         Ok(u) => u,
         Err(e) => return Attempt::Fatal(DialError::Transport(describe_error(&e))),
     };
+    let udp = handshake::response_extensions(&parts.headers, handshake::EXTENSION_UDP);
     let forwarder = PortForwarder::new(
         TokioIo::new(upgraded),
         keepalive.config(false, flow_control),
-    );
+    )
+    .with_udp(udp);
     Attempt::Ok(Dialed {
         forwarder,
         transport: "spdy",

@@ -606,3 +606,70 @@ async fn deleted_target_ends_the_run_after_the_timeout() {
         format!("{:?}", std::process::ExitCode::FAILURE)
     );
 }
+
+/// This fake server is a real relay SPDY server that grants no porthole extension (as a
+/// kubelet or an older porthole node): the UDP spec is refused with a clear error naming it,
+/// and the TCP forward of the same command goes on.
+#[tokio::test]
+async fn udp_without_the_extension_leaves_the_tcp_forward_going() {
+    let echo = echo_server().await;
+    let fake = Arc::new(Fake::new(echo, true));
+    let api = start_fake(fake).await;
+    let mut r = run(api, &["web", ":http", "0:53/udp"]);
+    let mut refused = None;
+    let (local, remote) = loop {
+        match r.events.recv().await.expect("run ended early") {
+            Event::Error {
+                message,
+                fatal: false,
+            } => refused = Some(message),
+            Event::UdpListening { .. } => panic!("a UDP socket was bound without the extension"),
+            Event::Listening {
+                local_port,
+                remote_port,
+                ..
+            } => break (local_port, remote_port),
+            Event::Error {
+                message,
+                fatal: true,
+            } => panic!("fatal: {message}"),
+            _ => {}
+        }
+    };
+    assert_eq!(
+        refused.as_deref(),
+        Some(
+            "error: the server does not support UDP forwarding (a porthole extension): \
+             0:53/udp is not forwarded; upgrade the node to porthole or use TCP"
+        )
+    );
+    assert_eq!(remote, echo);
+    roundtrip(local, b"tcp still goes").await;
+    assert_eq!(r.stop().await, success());
+}
+
+/// Only UDP specs and no extension: nothing to forward, exit 1 as kubectl's errors.
+#[tokio::test]
+async fn udp_only_without_the_extension_exits_1() {
+    let fake = Arc::new(Fake::new(echo_server().await, true));
+    let api = start_fake(fake).await;
+    for transport in ["websocket", "spdy"] {
+        let mut r = run(
+            api,
+            &["web", "0:53/udp", "0:54/udp", "--transport", transport],
+        );
+        assert_eq!(
+            r.fatal().await,
+            "error: the server does not support UDP forwarding (a porthole extension): \
+             0:53/udp, 0:54/udp are not forwarded; upgrade the node to porthole or use TCP"
+        );
+        let code = tokio::time::timeout(Duration::from_secs(5), r.task)
+            .await
+            .expect("prompt exit")
+            .unwrap();
+        assert_eq!(
+            format!("{code:?}"),
+            format!("{:?}", std::process::ExitCode::FAILURE)
+        );
+    }
+}

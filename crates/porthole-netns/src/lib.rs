@@ -127,6 +127,8 @@ impl std::error::Error for DialError {}
 /// (fewer if it fails part way; an error only if none could be made).
 struct SocketRequest {
     family: AddressFamily,
+    /// `Stream` (TCP) or `Datagram` (UDP).
+    kind: SockType,
     count: usize,
     reply: tokio::sync::oneshot::Sender<io::Result<Vec<OwnedFd>>>,
 }
@@ -387,6 +389,7 @@ impl NetNs {
             let tx = guard.as_ref().ok_or_else(closed)?;
             tx.send(SocketRequest {
                 family,
+                kind: SockType::Stream,
                 count,
                 reply,
             })
@@ -423,6 +426,47 @@ impl NetNs {
                 format!("timed out after {}s", timeout.as_secs_f64()),
             )),
         }
+    }
+
+    /// A UDP socket inside the namespace, connected to `addr` (UDP forwarding). Connecting
+    /// only fixes the peer: whether anything listens shows on the first send or receive
+    /// (`ECONNREFUSED` after the ICMP port unreachable).
+    pub async fn udp_connect(&self, addr: SocketAddr) -> io::Result<tokio::net::UdpSocket> {
+        let family = match addr {
+            SocketAddr::V4(_) => AddressFamily::Inet,
+            SocketAddr::V6(_) => AddressFamily::Inet6,
+        };
+        let closed = || {
+            io::Error::new(
+                io::ErrorKind::NotConnected,
+                format!(
+                    "network namespace for sandbox {:?} is closed",
+                    self.inner.name
+                ),
+            )
+        };
+        // One socket per flow, no spares: flows are long-lived, unlike TCP connections.
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        {
+            let guard = self
+                .inner
+                .requests
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let tx = guard.as_ref().ok_or_else(closed)?;
+            tx.send(SocketRequest {
+                family,
+                kind: SockType::Datagram,
+                count: 1,
+                reply,
+            })
+            .map_err(|_| closed())?;
+        }
+        let fd = rx.await.map_err(|_| closed())??.pop().ok_or_else(closed)?;
+        // Created nonblocking (SOCK_NONBLOCK), as tokio requires.
+        let sock = tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(fd))?;
+        sock.connect(addr).await?;
+        Ok(sock)
     }
 
     /// Connects to `port` on the namespace's loopback: `127.0.0.1` first, then `[::1]` only if
@@ -562,7 +606,7 @@ fn namespace_thread(
         let fds = make_sockets(req.count, || {
             socket(
                 req.family,
-                SockType::Stream,
+                req.kind,
                 SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
                 None,
             )
@@ -609,6 +653,12 @@ fn rootless_thread(
             6
         } else {
             4
+        };
+        // The helper reads bit 4 as "datagram socket".
+        let family = if req.kind == SockType::Datagram {
+            family | sys::HELPER_DATAGRAM
+        } else {
+            family
         };
         let fds = make_sockets(req.count, || sys::helper_socket(&helper.sock, family));
         let _ = req.reply.send(fds);

@@ -204,19 +204,19 @@ unsafe fn helper_main(sock: RawFd, uid_map: &[u8], gid_map: &[u8]) -> ! {
             // SAFETY: leaving the process.
             unsafe { libc::_exit(0) };
         }
-        let domain = if family == 6 {
+        let kind = if family & HELPER_DATAGRAM != 0 {
+            libc::SOCK_DGRAM
+        } else {
+            libc::SOCK_STREAM
+        };
+        let domain = if family & !HELPER_DATAGRAM == 6 {
             libc::AF_INET6
         } else {
             libc::AF_INET
         };
         // SAFETY: plain system call.
-        let fd = unsafe {
-            libc::socket(
-                domain,
-                libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                0,
-            )
-        };
+        let fd =
+            unsafe { libc::socket(domain, kind | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
         let mut payload = [0u8, 0];
         if fd < 0 {
             payload = [
@@ -265,7 +265,11 @@ unsafe fn helper_main(sock: RawFd, uid_map: &[u8], gid_map: &[u8]) -> ! {
     }
 }
 
-/// Asks the helper for one socket of `family` (4 or 6) and receives it.
+/// Bit of the helper's request byte asking for a datagram (UDP) socket instead of TCP.
+pub(crate) const HELPER_DATAGRAM: u8 = 0x10;
+
+/// Asks the helper for one socket of `family` (4 or 6, plus [`HELPER_DATAGRAM`] for UDP) and
+/// receives it.
 pub(crate) fn helper_socket(
     sock: &std::os::fd::OwnedFd,
     family: u8,

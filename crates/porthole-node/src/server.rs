@@ -23,7 +23,7 @@ use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use porthole_netns::NetNs;
 use porthole_proto::handshake::negotiate_server;
-use porthole_relay::dial::{DialError, DialFuture, ForwardBytes, PodDialer};
+use porthole_relay::dial::{DialError, DialFuture, ForwardBytes, PodDialer, UdpDialFuture};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -333,6 +333,30 @@ impl PodDialer for NetnsDialer {
         })
     }
 
+    fn dial_udp(&self, port: u16, ipv6: bool) -> UdpDialFuture {
+        let ns = self.ns.clone();
+        let metrics = self.metrics.clone();
+        Box::pin(async move {
+            let addr = if ipv6 {
+                SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port))
+            } else {
+                SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port))
+            };
+            let sock = ns.udp_connect(addr).await.map_err(|e| DialError {
+                cause: format!(
+                    "failed to open a UDP socket to {addr} inside the pod: {}",
+                    porthole_netns::describe_io_error(&e)
+                ),
+            })?;
+            // Counted like a TCP stream; `forward_ended` balances it once per flow (the ::1
+            // fallback's second socket replaces the first within the same flow).
+            if !ipv6 {
+                metrics.stream_opened();
+            }
+            Ok(sock)
+        })
+    }
+
     fn pod_id(&self) -> String {
         self.uid.clone()
     }
@@ -367,7 +391,7 @@ fn port_forward(
         );
     };
     let (parts, body) = req.into_parts();
-    let (upgrade, headers) = match negotiate_server(&parts) {
+    let (upgrade, mut headers) = match negotiate_server(&parts) {
         Ok(ok) => ok,
         Err(rejection) => {
             let mut resp = text(rejection.status, rejection.body);
@@ -375,6 +399,12 @@ fn port_forward(
             return resp;
         }
     };
+    let extensions = porthole_proto::handshake::accept_extensions(
+        &parts.headers,
+        crate::session::EXTENSIONS,
+        &upgrade,
+        &mut headers,
+    );
     let req = Request::from_parts(parts, body);
     let dialer: Arc<dyn PodDialer> = Arc::new(NetnsDialer {
         ns,
@@ -400,6 +430,7 @@ fn port_forward(
                 stream_creation_timeout: ep2.stream_creation_timeout,
                 idle_timeout: ep2.idle_timeout,
                 pod_gone,
+                udp: extensions.contains(&porthole_proto::handshake::EXTENSION_UDP),
             };
             tracing::debug!(?upgrade, "port-forward session started");
             tokio::select! {

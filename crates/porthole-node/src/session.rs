@@ -11,12 +11,17 @@ use porthole_relay::portforward::ws_server;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
+/// The porthole extensions this node grants (`X-Porthole-Extensions`).
+pub(crate) const EXTENSIONS: &[&str] = &[porthole_proto::handshake::EXTENSION_UDP];
+
 /// Per-session settings from the node's configuration and the pod.
 pub(crate) struct SessionParams {
     pub(crate) stream_creation_timeout: Duration,
     pub(crate) idle_timeout: Duration,
     /// The pod's `pod_gone` token: its streams end with an error text when it is cancelled.
     pub(crate) pod_gone: CancellationToken,
+    /// The `udp` extension was granted: `protocol: udp` pairs are UDP flows.
+    pub(crate) udp: bool,
 }
 
 /// Serves the upgraded connection `io` with the protocol `upgrade` selected, until it ends.
@@ -38,6 +43,7 @@ where
         idle_timeout: params.idle_timeout,
         flow_control,
         pod_gone: params.pod_gone,
+        udp: params.udp,
         ..ServerConfig::default()
     };
     match upgrade {

@@ -17,6 +17,12 @@
 //!
 //! Porthole-to-porthole flow control: a client adds `X-Porthole-Flow-Control: 1`; the node
 //! echoes it in its 101 (docs/ARCHITECTURE.md, contract 1).
+//!
+//! Porthole extensions: a client lists the ones it wants in `X-Porthole-Extensions` (comma
+//! separated, e.g. `udp`); a porthole node answers the SPDY and tunnel upgrades with the ones
+//! it supports ([`accept_extensions`]), and the client reads them back
+//! ([`response_extensions`]). The API server passes both headers through unchanged. A server
+//! that does not answer (a kubelet, an older porthole, the channel protocol) has none.
 
 // `Rejection` (status + HeaderMap + body) is the contract's error type and only built on the
 // cold refusal path once per connection; boxing it would change the agreed API for nothing.
@@ -46,6 +52,13 @@ pub const ACCEPTED_STREAM_PROTOCOL_VERSIONS: HeaderName =
     HeaderName::from_static("x-accepted-stream-protocol-versions");
 /// `X-Porthole-Flow-Control`: `1` when both ends are porthole and honour SPDY flow control.
 pub const PORTHOLE_FLOW_CONTROL: HeaderName = HeaderName::from_static("x-porthole-flow-control");
+
+/// `X-Porthole-Extensions`: comma-separated porthole extensions asked for (request) and
+/// granted (the 101).
+pub const PORTHOLE_EXTENSIONS: HeaderName = HeaderName::from_static("x-porthole-extensions");
+/// The UDP forwarding extension (`protocol: udp` stream pairs, see
+/// [`crate::portforward::datagram`]).
+pub const EXTENSION_UDP: &str = "udp";
 
 /// Sub-protocol entries carrying a bearer token for browsers (PROTOCOL.md §2.1).
 const BEARER_PROTOCOL_PREFIX: &str = "base64url.bearer.authorization.k8s.io.";
@@ -246,6 +259,46 @@ pub fn sec_websocket_accept(key: &[u8]) -> String {
     sha.update(key);
     sha.update(WS_GUID.as_bytes());
     BASE64.encode(sha.finalize())
+}
+
+/// The extensions named in `headers`' `X-Porthole-Extensions` lines (comma-split, trimmed,
+/// lower-cased, empties dropped).
+pub fn extensions(headers: &HeaderMap) -> Vec<String> {
+    header_tokens(headers, &PORTHOLE_EXTENSIONS)
+        .into_iter()
+        .map(|t| t.to_ascii_lowercase())
+        .collect()
+}
+
+/// Server side: the extensions the request asks for that are in `supported`, in `supported`'s
+/// order. For SPDY and the WebSocket tunnel they are echoed in `response` (the 101's headers);
+/// the channel protocol carries no SPDY streams, so it grants none.
+pub fn accept_extensions(
+    request: &HeaderMap,
+    supported: &[&'static str],
+    upgrade: &Upgrade,
+    response: &mut HeaderMap,
+) -> Vec<&'static str> {
+    if matches!(upgrade, Upgrade::WsChannels { .. }) {
+        return Vec::new();
+    }
+    let asked = extensions(request);
+    let granted: Vec<&'static str> = supported
+        .iter()
+        .copied()
+        .filter(|s| asked.iter().any(|a| a == s))
+        .collect();
+    if !granted.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&granted.join(", ")) {
+            response.insert(PORTHOLE_EXTENSIONS, v);
+        }
+    }
+    granted
+}
+
+/// Client side: whether the 101's `X-Porthole-Extensions` grants `name`.
+pub fn response_extensions(response: &HeaderMap, name: &str) -> bool {
+    extensions(response).iter().any(|e| e == name)
 }
 
 /// The request's `X-Porthole-Flow-Control` is `1`.
@@ -823,6 +876,40 @@ pub fn check_ws_channel_response(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extensions_are_granted_only_when_supported_and_on_spdy_transports() {
+        let mut req = HeaderMap::new();
+        req.append(
+            PORTHOLE_EXTENSIONS,
+            HeaderValue::from_static("Reverse, udp"),
+        );
+        req.append(PORTHOLE_EXTENSIONS, HeaderValue::from_static(" ,future"));
+        assert_eq!(extensions(&req), ["reverse", "udp", "future"]);
+        let spdy = Upgrade::Spdy {
+            flow_control: false,
+        };
+        let mut resp = HeaderMap::new();
+        assert_eq!(
+            accept_extensions(&req, &[EXTENSION_UDP], &spdy, &mut resp),
+            ["udp"]
+        );
+        assert_eq!(resp.get(&PORTHOLE_EXTENSIONS).unwrap(), "udp");
+        assert!(response_extensions(&resp, EXTENSION_UDP));
+        // Not supported: nothing echoed.
+        let mut resp = HeaderMap::new();
+        assert!(accept_extensions(&req, &[], &spdy, &mut resp).is_empty());
+        assert!(!resp.contains_key(&PORTHOLE_EXTENSIONS));
+        assert!(!response_extensions(&resp, EXTENSION_UDP));
+        // The channel protocol cannot carry UDP pairs.
+        let channels = Upgrade::WsChannels {
+            proto: ChannelProtocol::V5Binary,
+            ports: vec![53],
+        };
+        let mut resp = HeaderMap::new();
+        assert!(accept_extensions(&req, &[EXTENSION_UDP], &channels, &mut resp).is_empty());
+        assert!(resp.is_empty());
+    }
 
     #[test]
     fn rfc_accept_example() {

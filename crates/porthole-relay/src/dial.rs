@@ -6,7 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UdpSocket};
 
 use crate::copy::Transferred;
 
@@ -39,11 +39,25 @@ pub struct ForwardBytes {
 /// Boxed future returned by [`PodDialer::dial`].
 pub type DialFuture = Pin<Box<dyn Future<Output = Result<TcpStream, DialError>> + Send>>;
 
+/// Boxed future returned by [`PodDialer::dial_udp`].
+pub type UdpDialFuture = Pin<Box<dyn Future<Output = Result<UdpSocket, DialError>> + Send>>;
+
 /// Opens TCP connections to ports inside one pod. Implemented by the node agent (setns on a
 /// dedicated thread, 127.0.0.1 then ::1) and by tests (plain loopback).
 pub trait PodDialer: Send + Sync + 'static {
     /// Connects to `port` inside the pod.
     fn dial(&self, port: u16) -> DialFuture;
+    /// A UDP socket inside the pod connected to `127.0.0.1:port`, or `[::1]:port` with
+    /// `ipv6` (UDP forwarding, a porthole extension). Dialers that cannot make one refuse by
+    /// default, and a server for them should not grant the extension.
+    fn dial_udp(&self, port: u16, ipv6: bool) -> UdpDialFuture {
+        let _ = ipv6;
+        Box::pin(async move {
+            Err(DialError {
+                cause: format!("UDP forwarding to port {port} is not supported by this node"),
+            })
+        })
+    }
     /// The pod identifier used in error texts (`error forwarding port P to pod <this>, uid : …`).
     fn pod_id(&self) -> String;
     /// Called exactly once for every connection a successful [`dial`](Self::dial) handed to a

@@ -4,8 +4,11 @@
 //! - header names and validation with the exact texts of §4.4 ([`parse_stream_headers`]);
 //! - the server's pairing table ([`PairTable`]) with its stream-creation timeout driven by `now`;
 //! - the error texts written on the error stream (§4.5);
-//! - the client's request-id counter ([`RequestIds`]).
+//! - the client's request-id counter ([`RequestIds`]);
+//! - [`datagram`]: UDP pairs (porthole extension): the `protocol: udp` header and the framing.
 #![allow(clippy::disallowed_types)] // `Instant` is passed in, never read from the clock.
+
+pub mod datagram;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;

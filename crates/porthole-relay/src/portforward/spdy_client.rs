@@ -53,6 +53,8 @@ pub struct PortForwarder {
     ids: RequestIds,
     /// Send before the SYN_REPLYs arrive (see [`PortForwarder::forward`]).
     early_data: bool,
+    /// The upgrade granted the `udp` extension ([`PortForwarder::open_udp`]).
+    udp: bool,
 }
 
 impl PortForwarder {
@@ -75,7 +77,24 @@ impl PortForwarder {
             conn,
             ids: RequestIds::new(),
             early_data,
+            udp: false,
         }
+    }
+
+    /// Marks the connection as one whose upgrade granted the `udp` extension.
+    pub fn with_udp(mut self, granted: bool) -> PortForwarder {
+        self.udp = granted;
+        self
+    }
+
+    /// Whether the server granted UDP forwarding (`X-Porthole-Extensions: udp`).
+    pub fn supports_udp(&self) -> bool {
+        self.udp
+    }
+
+    /// The next `requestid` of this connection.
+    pub(crate) fn next_request_id(&self) -> u64 {
+        self.ids.next_id()
     }
 
     /// The underlying connection.
@@ -242,7 +261,7 @@ pub fn take_ready_bytes(sock: &TcpStream) -> Vec<u8> {
 }
 
 /// Reads the error stream to its end: FIN or RST both end the message (§4.5).
-async fn read_error_text(mut s: Stream) -> io::Result<String> {
+pub(crate) async fn read_error_text(mut s: Stream) -> io::Result<String> {
     let mut text = Vec::new();
     let mut buf = [0u8; 4096];
     loop {

@@ -43,6 +43,9 @@ pub struct ServerConfig {
     pub ping_timeout: Duration,
     /// Per-stream receive buffer / window.
     pub stream_buffer: usize,
+    /// Serve `protocol: udp` pairs as UDP (the `udp` extension was granted in the upgrade).
+    /// Off, pairs are TCP whatever their headers say, as on a kubelet.
+    pub udp: bool,
 }
 
 impl Default for ServerConfig {
@@ -55,6 +58,7 @@ impl Default for ServerConfig {
             ping_interval: None,
             ping_timeout: Duration::from_secs(30),
             stream_buffer: spdy::Config::default().stream_buffer,
+            udp: false,
         }
     }
 }
@@ -103,6 +107,8 @@ where
     let conn_label = format!("0xc{:09x}", CONN_SEQ.fetch_add(1, Ordering::Relaxed) << 8);
     let mut table: PairTable<Stream> = PairTable::new(conn_label, cfg.stream_creation_timeout);
     let mut tasks = JoinSet::new();
+    // Request ids whose data stream asked for UDP (only when the extension was granted).
+    let mut udp_requests = std::collections::HashSet::new();
     loop {
         let deadline = table.next_deadline().map(Instant::from_std);
         tokio::select! {
@@ -116,6 +122,9 @@ where
                         continue;
                     }
                 };
+                if cfg.udp && info.stream_type == StreamType::Data && pf::datagram::is_udp(s.headers()) {
+                    udp_requests.insert(info.request_id.clone());
+                }
                 let mut stream = s.accept();
                 if info.stream_type == StreamType::Error {
                     // Clients never write to the error stream; never let it fill up.
@@ -132,12 +141,17 @@ where
                     }
                     Insert::Complete(pair) => {
                         let span = tracing::debug_span!("pair", request = %pair.request_id, port = pair.port);
-                        tasks.spawn(forward_pair(pair, dialer.clone(), cfg.pod_gone.clone()).instrument(span));
+                        if udp_requests.remove(&pair.request_id) {
+                            tasks.spawn(super::udp::forward_pair(pair, dialer.clone(), cfg.pod_gone.clone()).instrument(span));
+                        } else {
+                            tasks.spawn(forward_pair(pair, dialer.clone(), cfg.pod_gone.clone()).instrument(span));
+                        }
                     }
                 }
             }
             _ = sleep_until_opt(deadline), if deadline.is_some() => {
                 for ex in table.expire(Instant::now().into_std()) {
+                    udp_requests.remove(&ex.request_id);
                     tracing::warn!(request = %ex.request_id, "{}", ex.message);
                     if let Some(mut e) = ex.error {
                         let _ = e.send_now(ex.message.as_bytes());
