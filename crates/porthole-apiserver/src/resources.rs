@@ -96,7 +96,11 @@ pub static RESOURCES: &[ResourceInfo] = &[
             ("portforward", "PodPortForwardOptions", &["create", "get"]),
             // porthole's reverse forwarding: its own subresource, so RBAC can allow
             // port-forward without it.
-            ("reverseforward", "PodPortForwardOptions", &["create", "get"]),
+            (
+                "reverseforward",
+                "PodPortForwardOptions",
+                &["create", "get"],
+            ),
             ("binding", "Binding", &["create"]),
         ],
     },

@@ -521,7 +521,12 @@ async fn run_inner(
     let reverse_ctx = (!v.reverse.is_empty()).then(|| {
         Arc::new(reverse::Context {
             client: client.clone(),
-            resolver: Resolver::new(client.clone(), namespace.clone(), v.target.clone(), Vec::new()),
+            resolver: Resolver::new(
+                client.clone(),
+                namespace.clone(),
+                v.target.clone(),
+                Vec::new(),
+            ),
             transport: args.transport,
             keepalive,
             output: output.clone(),

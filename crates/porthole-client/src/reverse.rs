@@ -60,7 +60,9 @@ impl ReverseSpec {
             .ok_or_else(|| bad("LOCAL_HOST and LOCAL_PORT are required"))?;
         let port = |p: &str, what: &str| match p.parse::<u16>() {
             Ok(n) if n > 0 => Ok(n),
-            _ => Err(bad(&format!("{what} {p:?} is not a port between 1 and 65535"))),
+            _ => Err(bad(&format!(
+                "{what} {p:?} is not a port between 1 and 65535"
+            ))),
         };
         let pod_port = port(pod_port, "POD_PORT")?;
         let local_port = port(local_port, "LOCAL_PORT")?;
@@ -332,12 +334,7 @@ async fn dial_local(spec: &ReverseSpec) -> Result<TcpStream, String> {
                 let _ = s.set_nodelay(true);
                 return Ok(s);
             }
-            Ok(Err(e)) => {
-                last = format!(
-                    "dial tcp {addr}: connect: {}",
-                    go_io_error(&e)
-                )
-            }
+            Ok(Err(e)) => last = format!("dial tcp {addr}: connect: {}", go_io_error(&e)),
             Err(_) => last = format!("dial tcp {addr}: i/o timeout"),
         }
     }
@@ -433,10 +430,8 @@ async fn open(ctx: &Context, pod: &str, pod_port: u16) -> Result<Session, OpenEr
         ctx.resolver.namespace()
     );
     let try_ws = match ctx.transport {
-        TransportMode::Auto => {
-            !std::env::var("KUBECTL_PORT_FORWARD_WEBSOCKETS")
-                .is_ok_and(|v| v.eq_ignore_ascii_case("false"))
-        }
+        TransportMode::Auto => !std::env::var("KUBECTL_PORT_FORWARD_WEBSOCKETS")
+            .is_ok_and(|v| v.eq_ignore_ascii_case("false")),
         TransportMode::Websocket => true,
         TransportMode::Spdy => false,
     };
@@ -465,7 +460,9 @@ async fn open(ctx: &Context, pod: &str, pod_port: u16) -> Result<Session, OpenEr
             _ if refusal_is_final(parts.status) || ctx.transport == TransportMode::Websocket => {
                 return Err(refusal(parts.status, &body, pod, pod_port))
             }
-            _ => tracing::debug!(status = %parts.status, "reverse: WebSocket upgrade failed; trying SPDY"),
+            _ => {
+                tracing::debug!(status = %parts.status, "reverse: WebSocket upgrade failed; trying SPDY")
+            }
         }
     }
     let headers = handshake::spdy_request_headers(true);
@@ -556,7 +553,8 @@ fn refusal(status: StatusCode, body: &[u8], pod: &str, pod_port: u16) -> OpenErr
             message: format!("error: reverse forwarding of pod port {pod_port}: {message}"),
             // A pod that is restarting or not yet scheduled may serve again; anything else in
             // the request is wrong for good.
-            permanent: !(message.contains("not running") || message.contains("does not have a host")),
+            permanent: !(message.contains("not running")
+                || message.contains("does not have a host")),
         },
         s => OpenError {
             message: format!(
@@ -595,6 +593,11 @@ mod tests {
             })
         );
         let v6 = ReverseSpec::parse("9000:[::1]:5432").expect("v6");
+        assert_eq!(
+            ReverseSpec::parse("9000:::1:5432").expect("bare v6"),
+            v6,
+            "an unbracketed IPv6 address is unambiguous: the port is after the last ':'"
+        );
         assert_eq!(v6.local_host, "::1");
         assert_eq!(v6.local(), "[::1]:5432");
         assert_eq!(
@@ -609,7 +612,7 @@ mod tests {
             ("9000:localhost:70000", "LOCAL_PORT \"70000\""),
             ("9000::5432", "\"\" is not a host name"),
             ("9000:[nope]:5432", "not a bracketed IPv6"),
-            ("9000:::1:5432", "is not a host name"),
+            ("9000:a:b:5432", "\"a:b\" is not a host name"),
         ] {
             let e = ReverseSpec::parse(bad).expect_err(bad);
             assert!(
@@ -640,7 +643,11 @@ mod tests {
         assert_eq!(e.message, "Error from server (Forbidden): pods \"web\" is forbidden: User \"dev\" cannot create resource \"pods/reverseforward\"");
         let e = refusal(
             StatusCode::NOT_FOUND,
-            &status(404, "NotFound", "the server could not find the requested resource"),
+            &status(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            ),
             "web",
             9000,
         );
@@ -656,7 +663,10 @@ mod tests {
             "web",
             9000,
         );
-        assert_eq!(e.message, "Error from server (NotFound): pods \"web\" not found");
+        assert_eq!(
+            e.message,
+            "Error from server (NotFound): pods \"web\" not found"
+        );
         assert!(!e.permanent);
         let e = refusal(
             StatusCode::CONFLICT,

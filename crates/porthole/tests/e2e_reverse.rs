@@ -17,7 +17,7 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use nix::sys::signal::Signal;
 use porthole_test::{
     echo_roundtrip, example, expect_success, http_get, netns_files, write_file, Child, Cluster,
-    TempDir,
+    Roles, TempDir,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_porthole");
@@ -232,7 +232,9 @@ fn run_failing(cluster: &Cluster, kubeconfig: Option<&Path>, args: &[&str]) -> R
         cmd.env("KUBECONFIG", k);
     }
     cmd.arg("port-forward").args(args);
-    let n = std::fs::read_dir(&cluster.work).map(|d| d.count()).unwrap_or(0);
+    let n = std::fs::read_dir(&cluster.work)
+        .map(|d| d.count())
+        .unwrap_or(0);
     let name = format!("failing-{n}");
     let mut child = Child::spawn(&name, cmd, &cluster.work)?;
     let status = child.wait_timeout(Duration::from_secs(60))?;
@@ -294,12 +296,12 @@ fn pod_echo(netns: &Path, port: u16, connections: usize, size: usize) -> Result<
         ],
     )?;
     let lines: Vec<&str> = out.lines().collect();
-    ensure!(
-        lines.len() == connections,
-        "echo client printed {out:?}"
-    );
+    ensure!(lines.len() == connections, "echo client printed {out:?}");
     for l in lines {
-        ensure!(l == format!("ok {size}"), "echo client: {l:?} (all: {out:?})");
+        ensure!(
+            l == format!("ok {size}"),
+            "echo client: {l:?} (all: {out:?})"
+        );
     }
     Ok(())
 }
@@ -339,7 +341,8 @@ fn pod_reaches_user_side_redis_and_echo_over_both_transports() {
             )?;
             let run = (|| -> Result<()> {
                 let key = format!("from-pod-{transport}");
-                let set = in_pod_output(&netns, "redis-cli", &["-p", "9000", "SET", &key, "hello"])?;
+                let set =
+                    in_pod_output(&netns, "redis-cli", &["-p", "9000", "SET", &key, "hello"])?;
                 ensure!(set.trim() == "OK", "SET from the pod: {set:?}");
                 ensure!(
                     redis_cli_host(redis_port, &["GET", &key])? == "hello",
@@ -359,7 +362,10 @@ fn pod_reaches_user_side_redis_and_echo_over_both_transports() {
                     })
                     .collect::<Result<_>>()?;
                 for mut c in children {
-                    ensure!(c.wait()?.success(), "a concurrent redis-cli in the pod failed");
+                    ensure!(
+                        c.wait()?.success(),
+                        "a concurrent redis-cli in the pod failed"
+                    );
                 }
                 ensure!(
                     redis_cli_host(redis_port, &["GET", &counter])? == "8",
@@ -378,16 +384,25 @@ fn pod_reaches_user_side_redis_and_echo_over_both_transports() {
             let report = client.report();
             let status = client.interrupt(Duration::from_secs(20));
             run.map_err(|e| anyhow!("{transport}: {e:#}\n{report}"))?;
-            ensure!(status?.success(), "{transport}: Ctrl-C exit status\n{report}");
+            ensure!(
+                status?.success(),
+                "{transport}: Ctrl-C exit status\n{report}"
+            );
             let handled = client
                 .stdout_lines()
                 .iter()
                 .filter(|l| *l == "Handling reverse connection for 9000")
                 .count();
-            ensure!(handled >= 10, "{transport}: {handled} 'Handling reverse connection for 9000' lines\n{report}");
+            ensure!(
+                handled >= 10,
+                "{transport}: {handled} 'Handling reverse connection for 9000' lines\n{report}"
+            );
             ensure!(
                 client.stdout_lines().iter().any(|l| l
-                    == &format!("Reverse forwarding from pod sleeper 127.0.0.1:9001 -> localhost:{}", echo.port)),
+                    == &format!(
+                        "Reverse forwarding from pod sleeper 127.0.0.1:9001 -> localhost:{}",
+                        echo.port
+                    )),
                 "{transport}: no listening line for 9001\n{report}"
             );
             // Ctrl-C closed the listeners: the next transport binds the same pod ports.
@@ -402,7 +417,9 @@ fn pod_reaches_user_side_redis_and_echo_over_both_transports() {
 /// clear error, and the session serves the next connection once the target is up.
 #[test]
 fn port_in_use_and_refused_target_are_clear_errors_and_the_rest_goes_on() {
-    if !porthole_test::require_root("port_in_use_and_refused_target_are_clear_errors_and_the_rest_goes_on") {
+    if !porthole_test::require_root(
+        "port_in_use_and_refused_target_are_clear_errors_and_the_rest_goes_on",
+    ) {
         return;
     }
     let work = TempDir::new("reverse-errors").unwrap();
@@ -467,13 +484,18 @@ fn port_in_use_and_refused_target_are_clear_errors_and_the_rest_goes_on() {
             );
             // Nothing listens on the target yet: the pod's connection is closed without data.
             let out = in_pod_output(&netns, "python3", &["-c", POD_SEND_READ, "9200"])?;
-            ensure!(out.trim() == "got 0 bytes: b''", "pod side of a refused target: {out}");
+            ensure!(
+                out.trim() == "got 0 bytes: b''",
+                "pod side of a refused target: {out}"
+            );
             let want = format!("dial tcp 127.0.0.1:{target_port}: connect: connection refused");
             client.wait_for_line(Duration::from_secs(30), |l| {
                 let v: serde_json::Value = serde_json::from_str(l).ok()?;
                 (v["event"] == "error"
                     && v["message"]
-                        == format!("error: reverse connection for 9200 -> 127.0.0.1:{target_port}: {want}"))
+                        == format!(
+                            "error: reverse connection for 9200 -> 127.0.0.1:{target_port}: {want}"
+                        ))
                 .then_some(())
             })?;
             // The target comes up: the same session serves the next connection.
@@ -509,7 +531,10 @@ fn listener_is_gone_when_the_session_ends() {
         let netns = pod_netns(&cluster, "default", "sleeper")?;
         let echo = EchoServer::start(0)?;
         let spec = format!("9300:127.0.0.1:{}", echo.port);
-        ensure!(!pod_port_open(&netns, 9300)?, "port 9300 open before the session");
+        ensure!(
+            !pod_port_open(&netns, 9300)?,
+            "port 9300 open before the session"
+        );
 
         let mut client = start_reverse(&cluster, "reverse-kill", &["sleeper", "--reverse", &spec])?;
         pod_echo(&netns, 9300, 1, 1024)?;
@@ -518,15 +543,141 @@ fn listener_is_gone_when_the_session_ends() {
         let took = wait_pod_port_closed(&netns, 9300, Duration::from_secs(15))?;
         eprintln!("listener closed {took:?} after SIGKILL of the client");
 
-        let mut client = start_reverse(&cluster, "reverse-ctrlc", &["sleeper", "--reverse", &spec])?;
+        // A client that stops answering (SIGSTOP keeps its TCP connection open, so only the
+        // node's keepalive PINGs can tell): closed within the node's 5 s + 10 s.
+        let mut client = start_reverse(&cluster, "reverse-stop", &["sleeper", "--reverse", &spec])?;
+        pod_echo(&netns, 9300, 1, 1024)?;
+        client.signal(Signal::SIGSTOP)?;
+        let closed = wait_pod_port_closed(&netns, 9300, Duration::from_secs(20));
+        client.signal(Signal::SIGKILL)?;
+        client.signal(Signal::SIGCONT)?;
+        client.wait_timeout(Duration::from_secs(10))?;
+        let took = closed?;
+        eprintln!("listener closed {took:?} after the client stopped answering");
+        ensure!(
+            took >= Duration::from_secs(4),
+            "closed after {took:?}: before any keepalive could fail?"
+        );
+
+        let mut client =
+            start_reverse(&cluster, "reverse-ctrlc", &["sleeper", "--reverse", &spec])?;
         pod_echo(&netns, 9300, 1, 1024)?;
         let status = client.interrupt(Duration::from_secs(20))?;
-        ensure!(status.success(), "Ctrl-C exit status {status}\n{}", client.report());
+        ensure!(
+            status.success(),
+            "Ctrl-C exit status {status}\n{}",
+            client.report()
+        );
         let took = wait_pod_port_closed(&netns, 9300, Duration::from_secs(2))?;
         eprintln!("listener closed {took:?} after Ctrl-C of the client");
         Ok(())
     })();
     porthole_test::finish(cluster, res);
+}
+
+/// The node agent and the API server are each SIGKILLed and restarted, and the pod is
+/// replaced, under a running reverse forward: each time the client re-establishes the session
+/// by itself and the pod's connections reach the user's side again.
+#[test]
+fn reverse_survives_restarts_and_pod_replacement() {
+    if !porthole_test::require_root("reverse_survives_restarts_and_pod_replacement") {
+        return;
+    }
+    let work = TempDir::new("reverse-resilience").unwrap();
+    let mut roles = Roles::start(Path::new(BIN), work.path()).unwrap();
+    let res = (|| -> Result<()> {
+        roles.kubectl(&[
+            "wait",
+            "--for=condition=Ready",
+            "node/porthole-node",
+            "--timeout=60s",
+        ])?;
+        let sleeper = write_file(work.path(), "sleeper.yaml", SLEEPER)?;
+        let sleeper = sleeper.display().to_string();
+        roles.kubectl(&["create", "-f", &sleeper])?;
+        roles.kubectl(&[
+            "wait",
+            "--for=condition=Ready",
+            "pod/sleeper",
+            "--timeout=90s",
+        ])?;
+        let echo = EchoServer::start(0)?;
+        let spec = format!("9500:127.0.0.1:{}", echo.port);
+        let mut cmd = Command::new(BIN);
+        cmd.env("KUBECONFIG", roles.data_dir.join("kubeconfig"))
+            .args([
+                "port-forward",
+                "--server",
+                &roles.server,
+                "sleeper",
+                "--reverse",
+                &spec,
+            ]);
+        let mut client = Child::spawn("reverse-resilient", cmd, work.path())?;
+        let run = (|| -> Result<()> {
+            client.wait_for_line(Duration::from_secs(60), |l| {
+                l.starts_with("Reverse forwarding from pod sleeper 127.0.0.1:9500")
+                    .then_some(())
+            })?;
+            let netns_of = |roles: &Roles| -> Result<PathBuf> {
+                let uid =
+                    roles.kubectl(&["get", "pod", "sleeper", "-o", "jsonpath={.metadata.uid}"])?;
+                netns_files(&roles.data_dir)
+                    .into_iter()
+                    .find(|p| p.file_name().is_some_and(|n| n == uid.trim()))
+                    .ok_or_else(|| anyhow!("no network namespace for pod sleeper ({uid})"))
+            };
+            // The pod's connections work again: the client reconnects with back-off, and the
+            // echo succeeding is the signal (bounded).
+            let works_again = |roles: &Roles, what: &str| -> Result<()> {
+                let start = std::time::Instant::now();
+                loop {
+                    let attempt = netns_of(roles)
+                        .and_then(|ns| pod_port_open(&ns, 9500).map(|open| (ns, open)));
+                    if let Ok((ns, true)) = attempt {
+                        if pod_echo(&ns, 9500, 2, 256 * 1024).is_ok() {
+                            return Ok(());
+                        }
+                    }
+                    ensure!(
+                        start.elapsed() < Duration::from_secs(90),
+                        "reverse forward not back within 90 s {what}"
+                    );
+                    // Polls a condition with a deadline; it orders nothing.
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            };
+            works_again(&roles, "at first")?;
+            roles.kill_node()?;
+            roles.start_node()?;
+            works_again(&roles, "after the node agent restarted")?;
+            let listen = roles.server.trim_start_matches("https://").to_string();
+            roles.kill_apiserver()?;
+            roles.start_apiserver(&listen)?;
+            works_again(&roles, "after the API server restarted")?;
+            roles.kubectl(&["delete", "pod", "sleeper", "--wait=true", "--timeout=60s"])?;
+            roles.kubectl(&["create", "-f", &sleeper])?;
+            works_again(&roles, "after the pod was replaced")?;
+            ensure!(
+                client
+                    .report()
+                    .contains("Reconnected reverse forwarding to pod sleeper"),
+                "no reconnect notice"
+            );
+            Ok(())
+        })();
+        let report = client.report();
+        let status = client.interrupt(Duration::from_secs(20));
+        run.map_err(|e| anyhow!("{e:#}\n{report}"))?;
+        ensure!(status?.success(), "Ctrl-C exit status\n{report}");
+        Ok(())
+    })();
+    let report = roles.report();
+    let stopped = roles.stop();
+    if let Err(e) = res {
+        panic!("{e:#}\n\n{report}");
+    }
+    stopped.unwrap();
 }
 
 /// A user allowed `pods/portforward` but not `pods/reverseforward` (examples/rbac.yaml's
@@ -547,7 +698,11 @@ fn reverse_needs_its_own_rbac_rule_and_is_audited() {
         let spec = format!("9400:127.0.0.1:{}", echo.port);
 
         // Alone: Forbidden, kubectl's words, exit 1.
-        let stderr = run_failing(&cluster, Some(&developer), &["-n", "dev", "web", "--reverse", &spec])?;
+        let stderr = run_failing(
+            &cluster,
+            Some(&developer),
+            &["-n", "dev", "web", "--reverse", &spec],
+        )?;
         ensure!(
             stderr.lines().any(|l| l.starts_with(r#"Error from server (Forbidden): pods "web" is forbidden: User "developer" cannot "#)
                 && l.ends_with(r#"resource "pods/reverseforward" in API group "" in the namespace "dev""#)),
@@ -557,7 +712,15 @@ fn reverse_needs_its_own_rbac_rule_and_is_audited() {
         // With a forward: the forward works, the reverse spec is refused.
         let mut cmd = cluster.porthole_cmd();
         cmd.env("KUBECONFIG", &developer).args([
-            "port-forward", "-n", "dev", "web", ":8000", "-o", "json", "--reverse", &spec,
+            "port-forward",
+            "-n",
+            "dev",
+            "web",
+            ":8000",
+            "-o",
+            "json",
+            "--reverse",
+            &spec,
         ]);
         let mut client = Child::spawn("developer-reverse", cmd, &cluster.work)?;
         let run = (|| -> Result<()> {
@@ -570,7 +733,9 @@ fn reverse_needs_its_own_rbac_rule_and_is_audited() {
                         local_port = v["local_port"].as_u64().map(|p| p as u16)
                     }
                     "error" => {
-                        forbidden |= v["message"].as_str()?.starts_with("Error from server (Forbidden)")
+                        forbidden |= v["message"]
+                            .as_str()?
+                            .starts_with("Error from server (Forbidden)")
                     }
                     _ => {}
                 }
@@ -578,7 +743,10 @@ fn reverse_needs_its_own_rbac_rule_and_is_audited() {
             })?;
             let (status, _) = http_get(local_port.expect("set above"), "/")?;
             ensure!(status == 200, "the developer's forward: {status}");
-            ensure!(!pod_port_open(&netns, 9400)?, "a forbidden reverse listens in the pod");
+            ensure!(
+                !pod_port_open(&netns, 9400)?,
+                "a forbidden reverse listens in the pod"
+            );
             Ok(())
         })();
         let report = client.report();
@@ -590,8 +758,14 @@ fn reverse_needs_its_own_rbac_rule_and_is_audited() {
         let grant = write_file(&cluster.work, "reverse-rbac.yaml", REVERSE_GRANT)?;
         cluster.kubectl(&["apply", "-f", &grant.display().to_string()])?;
         let mut cmd = cluster.porthole_cmd();
-        cmd.env("KUBECONFIG", &developer)
-            .args(["port-forward", "-n", "dev", "web", "--reverse", &spec]);
+        cmd.env("KUBECONFIG", &developer).args([
+            "port-forward",
+            "-n",
+            "dev",
+            "web",
+            "--reverse",
+            &spec,
+        ]);
         let mut client = Child::spawn("developer-reverse-granted", cmd, &cluster.work)?;
         client.wait_for_line(Duration::from_secs(60), |l| {
             l.starts_with("Reverse forwarding from pod web 127.0.0.1:9400 -> ")
@@ -599,7 +773,11 @@ fn reverse_needs_its_own_rbac_rule_and_is_audited() {
         })?;
         pod_echo(&netns, 9400, 1, 4096)?;
         let status = client.interrupt(Duration::from_secs(20))?;
-        ensure!(status.success(), "Ctrl-C exit status {status}\n{}", client.report());
+        ensure!(
+            status.success(),
+            "Ctrl-C exit status {status}\n{}",
+            client.report()
+        );
 
         // The audit log: the refusals as requests, the session as a reverseforward record
         // (written when the session ends, so wait for it).
@@ -607,8 +785,10 @@ fn reverse_needs_its_own_rbac_rule_and_is_audited() {
         let start = std::time::Instant::now();
         let records = loop {
             let text = std::fs::read_to_string(&audit).context("read the audit log")?;
-            let records: Vec<serde_json::Value> =
-                text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+            let records: Vec<serde_json::Value> = text
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
             let session = records.iter().any(|r| {
                 r["kind"] == "reverseforward"
                     && r["user"] == "developer"
