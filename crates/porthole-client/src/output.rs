@@ -320,6 +320,38 @@ mod tests {
             serde_json::json!({"time": "T", "event": "reconnected", "pod": "web-1", "transport": "spdy"})
         );
         assert_eq!(
+            json(&Event::ReverseListening {
+                pod: "web".into(),
+                pod_port: 9000,
+                local: "localhost:5432".into()
+            }),
+            serde_json::json!({"time": "T", "event": "reverse_listening", "pod": "web",
+                               "pod_port": 9000, "local": "localhost:5432"})
+        );
+        assert_eq!(
+            json(&Event::ReverseConnectionOpened {
+                id: 0,
+                pod_port: 9000,
+                local: "localhost:5432".into(),
+                pod: "web".into()
+            }),
+            serde_json::json!({"time": "T", "event": "reverse_connection_opened", "id": 0,
+                               "pod_port": 9000, "local": "localhost:5432", "pod": "web"})
+        );
+        assert_eq!(
+            json(&Event::ReverseConnectionClosed {
+                id: 0,
+                pod_port: 9000,
+                pod: "web".into(),
+                bytes_to_pod: 3,
+                bytes_from_pod: 4,
+                error: Some("dial tcp 127.0.0.1:5432: connect: connection refused".into())
+            }),
+            serde_json::json!({"time": "T", "event": "reverse_connection_closed", "id": 0,
+                               "pod_port": 9000, "pod": "web", "bytes_to_pod": 3, "bytes_from_pod": 4,
+                               "error": "dial tcp 127.0.0.1:5432: connect: connection refused"})
+        );
+        assert_eq!(
             json(&Event::Error {
                 message: "boom".into(),
                 fatal: true

@@ -415,11 +415,7 @@ async fn resolve_and_open(ctx: &Arc<Context>, spec: &ReverseSpec) -> Result<Sess
         message: "error: no pod to reverse-forward from".into(),
         permanent: false,
     })?;
-    let mut session = open(ctx, pod.pod_name(), spec.pod_port).await?;
-    // The old session's listener may outlive it on the node for up to its keepalive
-    // timeout: retry a port in use instead of giving up.
-    session.pod = pod.pod_name().to_string();
-    Ok(session)
+    open(ctx, pod.pod_name(), spec.pod_port).await
 }
 
 /// Upgrades `pods/{pod}/reverseforward?ports=PORT`: the WebSocket tunnel first, then SPDY,

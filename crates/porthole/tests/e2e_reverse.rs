@@ -5,6 +5,9 @@
 //! (nsenter on the namespace file the node agent keeps), Python clients in the pod, the RBAC
 //! example user.
 
+// Blocking test code (threads, child processes), not tokio: std time is the right clock here.
+#![allow(clippy::disallowed_types)]
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -676,6 +679,127 @@ fn reverse_survives_restarts_and_pod_replacement() {
     let stopped = roles.stop();
     if let Err(e) = res {
         panic!("{e:#}\n\n{report}");
+    }
+    stopped.unwrap();
+}
+
+/// Reverse forwarding to a node that the API server reaches only through the tunnel the node
+/// dialed (`porthole node --tunnel`): the upgrade and the reversed session cross the tunnel
+/// like any port-forward.
+#[test]
+fn reverse_through_a_node_tunnel() {
+    if !porthole_test::require_root("reverse_through_a_node_tunnel") {
+        return;
+    }
+    let work = TempDir::new("reverse-tunnel").unwrap();
+    let mut roles = Roles::start(Path::new(BIN), work.path()).unwrap();
+    let mut tunnel_node: Option<Child> = None;
+    let res = (|| -> Result<()> {
+        // The same node again, now with --tunnel (Roles' node is started without it).
+        roles.kill_node()?;
+        let pki = |f: &str| roles.data_dir.join("pki").join(f).display().to_string();
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "node",
+            "--tunnel",
+            "--listen=127.0.0.1:0",
+            "--node-name=porthole-node",
+            &format!("--data-dir={}", roles.data_dir.display()),
+            &format!("--api-server={}", roles.server),
+            &format!("--api-ca-file={}", pki("ca.crt")),
+            &format!(
+                "--client-cert-file={}",
+                pki("node-porthole-node-client.crt")
+            ),
+            &format!("--client-key-file={}", pki("node-porthole-node-client.key")),
+            &format!("--tls-cert-file={}", pki("node-porthole-node.crt")),
+            &format!("--tls-private-key-file={}", pki("node-porthole-node.key")),
+            &format!("--client-ca-file={}", pki("ca.crt")),
+        ]);
+        let mut node = Child::spawn("tunnel-node", cmd, work.path())?;
+        node.wait_for_line(Duration::from_secs(60), |l| {
+            l.starts_with("porthole node porthole-node listening on ")
+                .then_some(())
+        })?;
+        tunnel_node = Some(node);
+        roles.kubectl(&[
+            "wait",
+            "--for=condition=Ready",
+            "node/porthole-node",
+            "--timeout=60s",
+        ])?;
+        let annotation = roles.kubectl(&[
+            "get",
+            "node",
+            "porthole-node",
+            "-o",
+            r#"jsonpath={.metadata.annotations.porthole\.io/tunnel}"#,
+        ])?;
+        ensure!(
+            annotation == "true",
+            "the node is not marked as tunnelled: {annotation:?}"
+        );
+        let sleeper = write_file(work.path(), "sleeper.yaml", SLEEPER)?;
+        roles.kubectl(&["create", "-f", &sleeper.display().to_string()])?;
+        roles.kubectl(&[
+            "wait",
+            "--for=condition=Ready",
+            "pod/sleeper",
+            "--timeout=90s",
+        ])?;
+        let uid = roles.kubectl(&["get", "pod", "sleeper", "-o", "jsonpath={.metadata.uid}"])?;
+        let netns = netns_files(&roles.data_dir)
+            .into_iter()
+            .find(|p| p.file_name().is_some_and(|n| n == uid.trim()))
+            .ok_or_else(|| anyhow!("no network namespace for pod sleeper"))?;
+        let echo = EchoServer::start(0)?;
+        for transport in ["websocket", "spdy"] {
+            let spec = format!("9600:127.0.0.1:{}", echo.port);
+            let mut cmd = Command::new(BIN);
+            cmd.env("KUBECONFIG", roles.data_dir.join("kubeconfig"))
+                .args([
+                    "port-forward",
+                    "--server",
+                    &roles.server,
+                    "sleeper",
+                    "--transport",
+                    transport,
+                    "--reverse",
+                    &spec,
+                ]);
+            let mut client =
+                Child::spawn(&format!("reverse-tunnel-{transport}"), cmd, work.path())?;
+            let run = client
+                .wait_for_line(Duration::from_secs(60), |l| {
+                    l.starts_with("Reverse forwarding from pod sleeper 127.0.0.1:9600")
+                        .then_some(())
+                })
+                .and_then(|()| pod_echo(&netns, 9600, 3, 512 * 1024));
+            let report = client.report();
+            let status = client.interrupt(Duration::from_secs(20));
+            run.map_err(|e| anyhow!("{transport}: {e:#}\n{report}"))?;
+            ensure!(
+                status?.success(),
+                "{transport}: Ctrl-C exit status\n{report}"
+            );
+            wait_pod_port_closed(&netns, 9600, Duration::from_secs(5))?;
+        }
+        Ok(())
+    })();
+    let node_report = tunnel_node.as_ref().map(Child::report).unwrap_or_default();
+    if let Some(mut node) = tunnel_node {
+        // The node stops its pods on SIGTERM; Roles::stop then finds no node to stop.
+        let stopped = node
+            .signal(Signal::SIGTERM)
+            .and_then(|()| node.wait_timeout(Duration::from_secs(30)));
+        if let Err(e) = stopped {
+            panic!("stopping the tunnel node: {e:#}\n{node_report}");
+        }
+    }
+    let report = roles.report();
+    let stopped = roles.stop();
+    if let Err(e) = res {
+        panic!("{e:#}\n\n{report}\n\n{node_report}");
     }
     stopped.unwrap();
 }
