@@ -14,7 +14,7 @@ use serde::Serialize;
 pub struct PortForwardRecord {
     /// RFC 3339 time the session started.
     pub start: String,
-    /// Always `portforward`.
+    /// `portforward`, or `reverseforward` for `pods/{pod}/reverseforward`.
     pub kind: &'static str,
     /// User name.
     pub user: String,

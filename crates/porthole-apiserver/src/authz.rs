@@ -528,4 +528,39 @@ mod tests {
             .any(|r| rule_allows(r, &a("create", "portforward", "x"))));
         assert!(!nodes.iter().any(|r| rule_allows(r, &a("create", "", "x"))));
     }
+
+    /// Reverse forwarding is its own subresource: a role that grants port-forward (even
+    /// `pods/*` verbs on `portforward` only) does not grant it; admins and `pods/*` do; nodes
+    /// never.
+    #[test]
+    fn reverseforward_needs_its_own_rule() {
+        let a = |verb: &str, sub: &str| Attributes {
+            verb: verb.into(),
+            resource: Some(ResourceAttrs {
+                resource: "pods".into(),
+                subresource: sub.into(),
+                namespace: "dev".into(),
+                name: "web".into(),
+                ..Default::default()
+            }),
+            path: String::new(),
+        };
+        let forward_only = rule(&["get", "create"], &[""], &["pods", "pods/portforward"]);
+        assert!(rule_allows(&forward_only, &a("create", "portforward")));
+        assert!(!rule_allows(&forward_only, &a("create", "reverseforward")));
+        assert!(!rule_allows(&forward_only, &a("get", "reverseforward")));
+        let reverse = rule(&["create"], &[""], &["pods/reverseforward"]);
+        assert!(rule_allows(&reverse, &a("create", "reverseforward")));
+        assert!(!rule_allows(&reverse, &a("create", "portforward")));
+        assert!(rule_allows(
+            &rule(&["create"], &[""], &["pods/*"]),
+            &a("create", "reverseforward")
+        ));
+        assert!(builtin_rules("system:masters")
+            .iter()
+            .any(|r| rule_allows(r, &a("create", "reverseforward"))));
+        assert!(!builtin_rules("system:nodes")
+            .iter()
+            .any(|r| rule_allows(r, &a("create", "reverseforward"))));
+    }
 }

@@ -671,7 +671,7 @@ fn metric_labels<B>(req: &Request<B>) -> (&'static str, &'static str) {
         Ok(Route::Resource(r)) => {
             let query = Query::parse(req.uri().query());
             let k8s_verb = request::verb(method, &r, &query).unwrap_or("");
-            let connect = matches!(r.subresource.as_str(), "portforward" | "proxy");
+            let connect = request::is_connect(&r.subresource);
             let apply = req
                 .headers()
                 .get(http::header::CONTENT_TYPE)
@@ -775,11 +775,12 @@ async fn dispatch(
                 .map(|resp| (verb.to_string(), resp))
                 .map_err(fail)
         }
-        "portforward" | "proxy" => {
-            if method != Method::GET && method != Method::POST && r.subresource == "portforward" {
+        "portforward" | "reverseforward" | "proxy" => {
+            let to_pod = r.subresource != "proxy";
+            if method != Method::GET && method != Method::POST && to_pod {
                 return Err(fail(ApiError::MethodNotAllowed));
             }
-            if r.subresource == "portforward" && verb != "create" {
+            if to_pod && verb != "create" {
                 // Kubernetes 1.35 (AuthorizePodWebsocketUpgradeCreatePermission): the WebSocket
                 // GET also needs `create`, so "read-only" roles cannot forward ports.
                 authz::authorize(
@@ -789,10 +790,11 @@ async fn dispatch(
                 )
                 .map_err(fail)?;
             }
-            let target = if r.subresource == "portforward" {
+            let target = if to_pod {
                 portforward::Target::Pod {
                     namespace: r.namespace.clone(),
                     pod: r.name.clone(),
+                    reverse: r.subresource == "reverseforward",
                 }
             } else {
                 portforward::Target::NodeProxy {

@@ -38,12 +38,15 @@ const MAX_NODE_ERROR_BODY: usize = 1024 * 1024;
 /// What the client asked to reach.
 #[derive(Debug, Clone)]
 pub enum Target {
-    /// `/api/v1/namespaces/{ns}/pods/{pod}/portforward`.
+    /// `/api/v1/namespaces/{ns}/pods/{pod}/portforward`, or `.../reverseforward`.
     Pod {
         /// Namespace.
         namespace: String,
         /// Pod name.
         pod: String,
+        /// `reverseforward`: the node listens inside the pod (`/reverseForward/...`, one
+        /// port); the same upgrade proxy otherwise.
+        reverse: bool,
     },
     /// `/api/v1/nodes/{node}/proxy/{rest}` or `/proxy/nodes/{node}/{rest}`.
     NodeProxy {
@@ -219,16 +222,27 @@ pub async fn serve(
         source: remote.to_string(),
         ..Default::default()
     };
-    if let Target::Pod { namespace, pod } = &target {
+    if let Target::Pod {
+        namespace,
+        pod,
+        reverse,
+    } = &target
+    {
         record.namespace = namespace.clone();
         record.pod = pod.clone();
+        if *reverse {
+            record.kind = "reverseforward";
+        }
     }
     if let Target::NodeProxy { node, rest } = &target {
         record.node = node.clone();
         let segs: Vec<&str> = rest.split('/').collect();
-        if let ["portForward", ns, pod, ..] = segs.as_slice() {
+        if let [kind @ ("portForward" | "reverseForward"), ns, pod, ..] = segs.as_slice() {
             record.namespace = ns.to_string();
             record.pod = pod.to_string();
+            if *kind == "reverseForward" {
+                record.kind = "reverseforward";
+            }
         }
     }
     let client_upgrade = hyper::upgrade::on(&mut req);
@@ -280,9 +294,19 @@ async fn prepare(
     record: &mut PortForwardRecord,
 ) -> Result<(kubelet::NodeEndpoint, String), ApiError> {
     match target {
-        Target::Pod { namespace, pod } => {
+        Target::Pod {
+            namespace,
+            pod,
+            reverse,
+        } => {
             let ports = parse_ports(query)?;
             record.ports = ports.clone();
+            if *reverse && ports.len() != 1 {
+                return Err(ApiError::BadRequest(format!(
+                    "reverse forwarding takes exactly one pod port (ports=P), got {}",
+                    ports.len()
+                )));
+            }
             if !crate::http_util::is_upgrade(req.headers()) {
                 return Err(ApiError::BadRequest("Upgrade request required".into()));
             }
@@ -314,7 +338,12 @@ async fn prepare(
             }
             let ep = kubelet::endpoint(state.store.as_ref(), node)?;
             let mut path = format!(
-                "/portForward/{}/{}",
+                "/{}/{}/{}",
+                if *reverse {
+                    "reverseForward"
+                } else {
+                    "portForward"
+                },
                 percent_encoding::utf8_percent_encode(
                     namespace,
                     percent_encoding::NON_ALPHANUMERIC

@@ -168,7 +168,7 @@ pub fn verb(
     req: &ResourceRequest,
     query: &Query,
 ) -> Result<&'static str, ApiError> {
-    let connect = matches!(req.subresource.as_str(), "portforward" | "proxy");
+    let connect = is_connect(&req.subresource);
     Ok(match *method {
         Method::GET if connect => "get",
         Method::GET if req.name.is_empty() && query.flag("watch") => "watch",
@@ -181,6 +181,12 @@ pub fn verb(
         Method::DELETE => "delete",
         _ => return Err(ApiError::MethodNotAllowed),
     })
+}
+
+/// Whether a subresource is a streaming upgrade (Kubernetes' `CONNECT` kind): its GET is
+/// authorized as `get`, never `list`.
+pub fn is_connect(subresource: &str) -> bool {
+    matches!(subresource, "portforward" | "reverseforward" | "proxy")
 }
 
 /// RBAC attributes of a resource request.
@@ -221,6 +227,14 @@ mod tests {
             ),
             ("pods", "default", "web", "portforward")
         );
+        let r = res("/api/v1/namespaces/default/pods/web/reverseforward");
+        assert_eq!(
+            (r.info.plural, r.subresource.as_str()),
+            ("pods", "reverseforward")
+        );
+        let q = Query::parse(Some("ports=9000"));
+        assert_eq!(verb(&Method::GET, &r, &q).expect("verb"), "get");
+        assert_eq!(verb(&Method::POST, &r, &q).expect("verb"), "create");
         let r = res("/api/v1/namespaces/kube-system");
         assert_eq!(
             (r.info.plural, r.namespace.as_str(), r.name.as_str()),

@@ -94,6 +94,13 @@ pub static RESOURCES: &[ResourceInfo] = &[
             ("status", "Pod", STATUS_VERBS),
             ("log", "Pod", &["get"]),
             ("portforward", "PodPortForwardOptions", &["create", "get"]),
+            // porthole's reverse forwarding: its own subresource, so RBAC can allow
+            // port-forward without it.
+            (
+                "reverseforward",
+                "PodPortForwardOptions",
+                &["create", "get"],
+            ),
             ("binding", "Binding", &["create"]),
         ],
     },

@@ -18,6 +18,7 @@
 //! - [`transport`]: the upgrade, WebSocket tunnel then SPDY (§2.2, §2.4, §2.5);
 //! - [`forward`]: listeners, connection tasks and the reconnecting supervisor;
 //! - [`udp`]: `/udp` forwards (porthole extension): sockets, flows, idle timeout;
+//! - [`reverse`]: `--reverse POD_PORT:LOCAL_HOST:LOCAL_PORT`, the pod's connections to us;
 //! - [`output`]: kubectl's lines or JSON events.
 
 use std::process::ExitCode;
@@ -34,6 +35,7 @@ pub mod kubeconfig;
 pub mod listen;
 pub mod output;
 pub mod ports;
+pub mod reverse;
 pub mod target;
 pub mod transport;
 pub mod udp;
@@ -99,7 +101,15 @@ fn parse_bool(s: &str) -> Result<bool, String> {
     long_about = "Forward one or more local ports to a pod. Works like `kubectl port-forward` \
                   (same arguments, output and exit codes) but keeps the local ports open and \
                   reconnects when the session to the pod is lost. Use --reconnect=false for \
-                  kubectl's exact behaviour."
+                  kubectl's exact behaviour.\n\n\
+                  With --reverse POD_PORT:LOCAL_HOST:LOCAL_PORT (repeatable, with or without \
+                  forward ports) it also works the other way: a connection made inside the pod \
+                  to its 127.0.0.1:POD_PORT reaches LOCAL_HOST:LOCAL_PORT on this machine. \
+                  This needs RBAC `create` on `pods/reverseforward`.",
+    after_help = "Examples:\n  \
+                  porthole port-forward pod/web 8080:8000\n  \
+                  porthole port-forward pod/web --reverse 9000:localhost:5432\n  \
+                  porthole port-forward deploy/api 8080:http --reverse 6379:127.0.0.1:6379"
 )]
 pub struct Args {
     /// TYPE/NAME (pod, deployment/deploy, service/svc, statefulset/sts, replicaset/rs, ...)
@@ -129,6 +139,13 @@ pub struct Args {
     #[arg(long, default_value = "true", num_args = 0..=1, default_missing_value = "true",
           require_equals = true, value_parser = parse_bool, env = "PORTHOLE_RECONNECT")]
     pub reconnect: bool,
+
+    /// Reverse forward POD_PORT:LOCAL_HOST:LOCAL_PORT (ssh -R): connections made inside the
+    /// pod to its 127.0.0.1:POD_PORT (and [::1]:POD_PORT) reach LOCAL_HOST:LOCAL_PORT from
+    /// here. Repeatable; may be used without forward ports.
+    #[arg(long = "reverse", value_name = "POD_PORT:LOCAL_HOST:LOCAL_PORT",
+          action = clap::ArgAction::Append, value_delimiter = ',', env = "PORTHOLE_REVERSE")]
+    pub reverse: Vec<String>,
 
     /// Spread new connections across every Ready pod behind a deployment/service (one session
     /// per pod) instead of using one pod.
@@ -192,13 +209,20 @@ struct Validated {
     target: TargetRef,
     specs: Vec<PortSpec>,
     addresses: Vec<listen::ListenAddress>,
+    reverse: Vec<reverse::ReverseSpec>,
 }
 
 fn validate(args: &Args) -> Result<Validated, String> {
     // kubectl's usage errors carry a pointer to the help.
     let usage =
         |msg: &str| format!("error: {msg}\nSee 'porthole port-forward -h' for help and examples");
-    if args.args.len() < 2 {
+    let reverse = args
+        .reverse
+        .iter()
+        .map(|s| reverse::ReverseSpec::parse(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| usage(&e))?;
+    if args.args.is_empty() || (args.args.len() < 2 && reverse.is_empty()) {
         return Err(usage(
             "TYPE/NAME and list of ports are required for port-forward",
         ));
@@ -220,6 +244,7 @@ fn validate(args: &Args) -> Result<Validated, String> {
         target,
         specs,
         addresses,
+        reverse,
     })
 }
 
@@ -469,7 +494,12 @@ async fn run_inner(
     let connector = KubeConnector {
         client: client.clone(),
         server: server.clone(),
-        resolver: Resolver::new(client, namespace, v.target.clone(), v.specs.clone()),
+        resolver: Resolver::new(
+            client.clone(),
+            namespace.clone(),
+            v.target.clone(),
+            v.specs.clone(),
+        ),
         transport: args.transport,
         keepalive,
     };
@@ -497,6 +527,32 @@ async fn run_inner(
             Err(e) => return Err(refused_text(&server, &e).unwrap_or_else(|| e.to_string())),
         }
     };
+
+    // Reverse forwards: one session per spec to the pod the forwards use (re-resolved on
+    // reconnect). Alone, they are the whole command.
+    let reverse_ctx = (!v.reverse.is_empty()).then(|| {
+        Arc::new(reverse::Context {
+            client: client.clone(),
+            resolver: Resolver::new(
+                client.clone(),
+                namespace.clone(),
+                v.target.clone(),
+                Vec::new(),
+            ),
+            transport: args.transport,
+            keepalive,
+            output: output.clone(),
+            reconnect: args.reconnect,
+        })
+    });
+    let reverse_pod = choices[0].pod_name().to_string();
+    if v.specs.is_empty() {
+        let Some(ctx) = reverse_ctx else {
+            return Err("error: TYPE/NAME and list of ports are required for port-forward".into());
+        };
+        let end = reverse::run(ctx, v.reverse, reverse_pod, true, shutdown).await;
+        return Ok(reverse::exit_code(end, &output));
+    }
 
     // 2. Upgrade (kubectl dials before it listens, §7.5).
     let mut initial = Vec::new();
@@ -606,16 +662,46 @@ async fn run_inner(
         idle_timeout: args.udp_idle_timeout,
         ..Default::default()
     };
-    Ok(forward::serve_with_udp(
+    let forward_stop = shutdown.child_token();
+    let serve = forward::serve_with_udp(
         listeners,
         (udp_listeners, udp_options),
         initial,
         Arc::new(connector),
         options,
-        output,
-        shutdown,
-    )
-    .await)
+        output.clone(),
+        forward_stop.clone(),
+    );
+    let Some(ctx) = reverse_ctx else {
+        return Ok(serve.await);
+    };
+    // The reverse specs run beside the forwards; only a fatal end of theirs (with
+    // --reconnect=false) ends the forwards too.
+    let reverse_stop = shutdown.child_token();
+    let mut reverse = tokio::spawn(reverse::run(
+        ctx,
+        v.reverse,
+        reverse_pod,
+        false,
+        reverse_stop.clone(),
+    ));
+    tokio::pin!(serve);
+    tokio::select! {
+        code = &mut serve => {
+            reverse_stop.cancel();
+            let _ = reverse.await;
+            Ok(code)
+        }
+        end = &mut reverse => match end {
+            Ok(Err(line)) => {
+                output.fatal(&line);
+                forward_stop.cancel();
+                let _ = serve.await;
+                Ok(ExitCode::FAILURE)
+            }
+            _ => Ok(serve.await),
+        },
+    }
 }
 
 #[cfg(test)]

@@ -115,6 +115,42 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// A reverse forward is listening inside the pod (`Reverse forwarding from pod ...`).
+    ReverseListening {
+        /// The pod listening.
+        pod: String,
+        /// The port inside the pod (127.0.0.1, and ::1 where the pod has it).
+        pod_port: u16,
+        /// The local target (`localhost:5432`).
+        local: String,
+    },
+    /// A connection made inside the pod arrived (`Handling reverse connection for`).
+    ReverseConnectionOpened {
+        /// Per-spec connection number, starting at 0.
+        id: u64,
+        /// The pod port it was made to.
+        pod_port: u16,
+        /// The local target it goes to.
+        local: String,
+        /// The pod it came from.
+        pod: String,
+    },
+    /// A reverse connection ended.
+    ReverseConnectionClosed {
+        /// Matches [`Event::ReverseConnectionOpened::id`].
+        id: u64,
+        /// The pod port.
+        pod_port: u16,
+        /// The pod.
+        pod: String,
+        /// Bytes from the local target to the pod.
+        bytes_to_pod: u64,
+        /// Bytes from the pod to the local target.
+        bytes_from_pod: u64,
+        /// Why it failed, if it did (e.g. the local target refused).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
     /// An error (per connection or fatal).
     Error {
         /// The message, as it would be printed in text mode.
@@ -158,7 +194,7 @@ impl Output {
         self.format == OutputFormat::Json
     }
 
-    fn stdout_line(line: &str) {
+    pub(crate) fn stdout_line(line: &str) {
         let mut out = std::io::stdout().lock();
         // Flushed per line: scripts (and tests) wait for these lines through a pipe. A closed
         // stdout is not a reason to stop forwarding.
@@ -335,6 +371,38 @@ mod tests {
                 transport: "spdy".into()
             }),
             serde_json::json!({"time": "T", "event": "reconnected", "pod": "web-1", "transport": "spdy"})
+        );
+        assert_eq!(
+            json(&Event::ReverseListening {
+                pod: "web".into(),
+                pod_port: 9000,
+                local: "localhost:5432".into()
+            }),
+            serde_json::json!({"time": "T", "event": "reverse_listening", "pod": "web",
+                               "pod_port": 9000, "local": "localhost:5432"})
+        );
+        assert_eq!(
+            json(&Event::ReverseConnectionOpened {
+                id: 0,
+                pod_port: 9000,
+                local: "localhost:5432".into(),
+                pod: "web".into()
+            }),
+            serde_json::json!({"time": "T", "event": "reverse_connection_opened", "id": 0,
+                               "pod_port": 9000, "local": "localhost:5432", "pod": "web"})
+        );
+        assert_eq!(
+            json(&Event::ReverseConnectionClosed {
+                id: 0,
+                pod_port: 9000,
+                pod: "web".into(),
+                bytes_to_pod: 3,
+                bytes_from_pod: 4,
+                error: Some("dial tcp 127.0.0.1:5432: connect: connection refused".into())
+            }),
+            serde_json::json!({"time": "T", "event": "reverse_connection_closed", "id": 0,
+                               "pod_port": 9000, "pod": "web", "bytes_to_pod": 3, "bytes_from_pod": 4,
+                               "error": "dial tcp 127.0.0.1:5432: connect: connection refused"})
         );
         assert_eq!(
             json(&Event::Error {

@@ -202,7 +202,7 @@ pub async fn dial(
 
 /// Sends an upgrade request; on a non-101 answer returns the body as well (bounded, for the
 /// error text).
-async fn send(
+pub(crate) async fn send(
     client: &kube::Client,
     method: Method,
     path: &str,

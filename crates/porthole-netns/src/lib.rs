@@ -9,6 +9,9 @@
 //!   (PROTOCOL.md §8.5) without moving any tokio thread: the namespace thread only calls
 //!   `socket()`, because a socket belongs to the namespace it was *created* in and keeps it for
 //!   life. The connect itself (with its timeout) then runs on tokio from any thread.
+//! - [`NetNs::listen`] / [`NetNs::listen_loopback`] listen inside the namespace the same way
+//!   (reverse forwarding: the socket is made on the namespace thread, bound and listened on
+//!   tokio).
 //! - [`NetNs::enter_on_spawn`] makes a `Command` join the namespace between `fork` and `exec`.
 //! - [`NetNs::remove`] unmounts and unlinks the file; [`cleanup_dir`] does the same for files
 //!   left behind by a previous run.
@@ -33,7 +36,7 @@ use std::time::Duration;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 mod sys;
 
@@ -122,6 +125,27 @@ impl std::fmt::Display for DialError {
 }
 
 impl std::error::Error for DialError {}
+
+/// Backlog of the listeners [`NetNs::listen_loopback`] makes.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// Why [`NetNs::listen_loopback`] could not listen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ListenError {
+    /// Something inside the namespace already holds `127.0.0.1:port` (or a wildcard address
+    /// on that port).
+    #[error("port {port} is already in use")]
+    InUse {
+        /// The port asked for.
+        port: u16,
+    },
+    /// Any other failure (the namespace is closed, out of descriptors, ...).
+    #[error("{cause}")]
+    Other {
+        /// The full cause text.
+        cause: String,
+    },
+}
 
 /// A request to the namespace thread: make `count` nonblocking TCP sockets of this family
 /// (fewer if it fails part way; an error only if none could be made).
@@ -498,6 +522,53 @@ impl NetNs {
                 describe_io_error(&v6_err),
             ),
         })
+    }
+
+    /// Listens on `addr` inside the namespace. As for [`NetNs::connect`], only the socket is
+    /// made on the namespace thread (a socket keeps the namespace it was created in); the
+    /// bind and listen run here. `SO_REUSEADDR` lets a new session take a port back while the
+    /// previous session's connections sit in TIME_WAIT; an active listener still refuses it.
+    pub async fn listen(&self, addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+        let family = match addr {
+            SocketAddr::V4(_) => AddressFamily::Inet,
+            SocketAddr::V6(_) => AddressFamily::Inet6,
+        };
+        let fd = self.socket(family).await?;
+        let sock = TcpSocket::from_std_stream(std::net::TcpStream::from(fd));
+        sock.set_reuseaddr(true)?;
+        sock.bind(addr)?;
+        sock.listen(backlog)
+    }
+
+    /// Listens on `port` on the namespace's loopback: `127.0.0.1:port`, and `[::1]:port`
+    /// too when the namespace has IPv6 loopback. The IPv4 listener is required; a failure on
+    /// `::1` alone only leaves that family out (IPv6 disabled, or an app holding `[::1]:port`).
+    pub async fn listen_loopback(&self, port: u16) -> Result<Vec<TcpListener>, ListenError> {
+        let v4 = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let first = self.listen(v4, LISTEN_BACKLOG).await.map_err(|e| {
+            if e.kind() == io::ErrorKind::AddrInUse {
+                ListenError::InUse { port }
+            } else {
+                ListenError::Other {
+                    cause: format!(
+                        "listen on {v4} inside namespace {:?}: {}",
+                        self.inner.name,
+                        describe_io_error(&e)
+                    ),
+                }
+            }
+        })?;
+        let mut listeners = vec![first];
+        let v6 = SocketAddr::from((Ipv6Addr::LOCALHOST, port));
+        match self.listen(v6, LISTEN_BACKLOG).await {
+            Ok(l) => listeners.push(l),
+            Err(e) => tracing::debug!(
+                netns = %self.inner.name,
+                error = %describe_io_error(&e),
+                "no IPv6 loopback listener; serving {v4} only"
+            ),
+        }
+        Ok(listeners)
     }
 
     /// Makes `cmd` run inside this namespace: the child calls `setns` after `fork`, before
@@ -906,6 +977,52 @@ mod tests {
             .await
             .expect_err("closed");
         assert!(err.cause.contains("is closed"), "{err}");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    /// A loopback listener made for reverse forwarding lives inside the namespace only, a
+    /// second one on the same port is refused as in use, and dropping it frees the port.
+    #[tokio::test]
+    async fn loopback_listener_lives_in_the_namespace_until_dropped() {
+        if skip_unless_root("loopback_listener_lives_in_the_namespace_until_dropped") {
+            return;
+        }
+        let dir = tempdir("listen");
+        let ns = NetNs::create(&dir.join("ns1"), "pod-uid-listen").expect("create namespace");
+        // A free port inside the namespace: bind 0, read it, let it go.
+        let port = ns
+            .listen(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), 1)
+            .await
+            .expect("listen on port 0")
+            .local_addr()
+            .expect("local addr")
+            .port();
+        let listeners = ns.listen_loopback(port).await.expect("listen");
+        assert_eq!(listeners.len(), 2, "127.0.0.1 and ::1");
+        // Not on the host: the port is free there.
+        assert!(tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err());
+        let mut conn = ns.dial(port, DEFAULT_CONNECT_TIMEOUT).await.expect("dial");
+        let (mut accepted, _) = listeners[0].accept().await.expect("accept");
+        conn.write_all(b"ping").await.expect("write");
+        let mut buf = [0u8; 4];
+        accepted.read_exact(&mut buf).await.expect("read");
+        assert_eq!(&buf, b"ping");
+        assert_eq!(
+            ns.listen_loopback(port).await.expect_err("in use"),
+            ListenError::InUse { port }
+        );
+        drop(listeners);
+        let err = ns
+            .dial(port, DEFAULT_CONNECT_TIMEOUT)
+            .await
+            .expect_err("refused after drop");
+        assert!(err.cause.contains("connection refused"), "{err}");
+        // With a connection of the old listener still open, the port can be taken again.
+        let again = ns.listen_loopback(port).await.expect("listen again");
+        drop((again, conn, accepted));
+        ns.remove().expect("remove");
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 

@@ -28,6 +28,7 @@ pub mod runtime;
 mod agent;
 mod join;
 mod metrics;
+mod reverse;
 mod server;
 mod session;
 mod tls;

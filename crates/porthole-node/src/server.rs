@@ -1,5 +1,6 @@
 //! The node's HTTPS endpoint (the kubelet's port 10250 equivalent, PROTOCOL.md §6.8):
-//! `GET|POST /portForward/{ns}/{pod}[/{uid}]`, `GET /containerLogs/{ns}/{pod}/{container}`,
+//! `GET|POST /portForward/{ns}/{pod}[/{uid}]`, `GET|POST /reverseForward/{ns}/{pod}[/{uid}]`
+//! (see [`crate::reverse`]), `GET /containerLogs/{ns}/{pod}/{container}`,
 //! `GET /metrics`, and the health paths `GET /healthz`, `/livez`, `/readyz` (registered with
 //! the API server, when there is one).
 //!
@@ -265,6 +266,9 @@ async fn route(
             resp
         }
         (Some("portForward"), 3 | 4) => port_forward(req, ep, &segs[1], &segs[2], segs.get(3)),
+        (Some("reverseForward"), 3 | 4) => {
+            crate::reverse::serve(req, ep, &segs[1], &segs[2], segs.get(3)).await
+        }
         (Some("containerLogs"), 4) => {
             if req.method() != Method::GET {
                 return text(StatusCode::METHOD_NOT_ALLOWED, "use GET for /containerLogs");
