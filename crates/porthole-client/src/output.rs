@@ -68,6 +68,14 @@ pub enum Event {
         /// Why it ended.
         reason: String,
     },
+    /// The first session of a run is up (before its listeners open); later sessions are
+    /// [`Event::Reconnected`].
+    Connected {
+        /// The pod served.
+        pod: String,
+        /// `websocket` or `spdy`.
+        transport: String,
+    },
     /// A session (re)connected.
     Reconnected {
         /// The pod now served.
@@ -99,12 +107,28 @@ pub struct Output {
     /// Every event is also sent here (tests and embedders observe the run without parsing
     /// stdout).
     tap: Option<tokio::sync::mpsc::UnboundedSender<Event>>,
+    /// Print nothing; the tap is the only output (a forward set renders its own view).
+    silent: bool,
 }
 
 impl Output {
     /// A printer for `format`.
     pub fn new(format: OutputFormat) -> Output {
-        Output { format, tap: None }
+        Output {
+            format,
+            tap: None,
+            silent: false,
+        }
+    }
+
+    /// A printer that prints nothing and sends every [`Event`] to `tap` (`porthole forward`
+    /// runs many forwards and shows their events in one view of its own).
+    pub fn tap_only(tap: tokio::sync::mpsc::UnboundedSender<Event>) -> Output {
+        Output {
+            format: OutputFormat::Text,
+            tap: Some(tap),
+            silent: true,
+        }
     }
 
     /// Also sends every [`Event`] to `tap`, in either format.
@@ -118,7 +142,10 @@ impl Output {
         self.format == OutputFormat::Json
     }
 
-    fn stdout_line(line: &str) {
+    fn stdout_line(&self, line: &str) {
+        if self.silent {
+            return;
+        }
         let mut out = std::io::stdout().lock();
         // Flushed per line: scripts (and tests) wait for these lines through a pipe. A closed
         // stdout is not a reason to stop forwarding.
@@ -128,6 +155,9 @@ impl Output {
 
     /// Prints a line on stderr (human messages in either format).
     pub fn stderr_line(&self, line: &str) {
+        if self.silent {
+            return;
+        }
         let mut err = std::io::stderr().lock();
         let _ = writeln!(err, "{line}");
     }
@@ -140,7 +170,7 @@ impl Output {
                 event: &event,
             };
             match serde_json::to_string(&stamped) {
-                Ok(line) => Self::stdout_line(&line),
+                Ok(line) => self.stdout_line(&line),
                 Err(e) => self.stderr_line(&format!("error: cannot encode output event: {e}")),
             }
         }
@@ -153,7 +183,7 @@ impl Output {
     pub fn listening(&self, address: &str, local_port: u16, remote_port: u16) {
         if !self.is_json() {
             let hp = crate::listen::join_host_port(address, local_port);
-            Self::stdout_line(&format!("Forwarding from {hp} -> {remote_port}"));
+            self.stdout_line(&format!("Forwarding from {hp} -> {remote_port}"));
         }
         self.event(Event::Listening {
             address: address.to_string(),
@@ -165,7 +195,7 @@ impl Output {
     /// A local connection was accepted: kubectl's `Handling connection for 8080` (text mode).
     pub fn accepted(&self, local_port: u16) {
         if !self.is_json() {
-            Self::stdout_line(&format!("Handling connection for {local_port}"));
+            self.stdout_line(&format!("Handling connection for {local_port}"));
         }
     }
 
