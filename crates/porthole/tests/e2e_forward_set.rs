@@ -94,7 +94,9 @@ forwards:
 
 /// `[NAME] forwarding 127.0.0.1:PORT -> REMOTE` → (NAME, PORT).
 fn forwarding_line(line: &str) -> Option<(String, u16)> {
-    let (name, rest) = line.strip_prefix('[')?.split_once("] forwarding 127.0.0.1:")?;
+    let (name, rest) = line
+        .strip_prefix('[')?
+        .split_once("] forwarding 127.0.0.1:")?;
     let (port, _) = rest.split_once(" -> ")?;
     Some((name.to_string(), port.parse().ok()?))
 }
@@ -148,16 +150,20 @@ fn forward_of<'a>(status: &'a serde_json::Value, name: &str) -> Result<&'a serde
 
 /// Polls `GET /status` until `ok` holds (connection counters are updated when the close event
 /// arrives, a moment after the client saw the end of the answer).
-fn wait_status(addr: &str, mut ok: impl FnMut(&serde_json::Value) -> bool) -> Result<serde_json::Value> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+fn wait_status(
+    addr: &str,
+    mut ok: impl FnMut(&serde_json::Value) -> bool,
+) -> Result<serde_json::Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let s = status_json(addr, "/status")?;
         if ok(&s) {
             return Ok(s);
         }
-        if std::time::Instant::now() > deadline {
+        if tokio::time::Instant::now() > deadline {
             bail!("status never matched: {s:#}");
         }
+        // Polling a condition (HTTP has no change notification); bounded by the deadline.
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -218,16 +224,30 @@ fn a_set_of_six_survives_a_lost_pod_with_status_json_and_a_live_table() {
     )
     .unwrap();
     let res = (|| -> Result<()> {
-        for (ns, pod) in [("default", "web"), ("default", "echo"), ("other", "web2"), ("other", "victim")] {
+        for (ns, pod) in [
+            ("default", "web"),
+            ("default", "echo"),
+            ("other", "web2"),
+            ("other", "victim"),
+        ] {
             cluster.wait_pod_ready(ns, pod)?;
         }
-        cluster.kubectl(&["wait", "--for=condition=Ready", "pod", "-l", "app=web-app", "--timeout=90s"])?;
+        cluster.kubectl(&[
+            "wait",
+            "--for=condition=Ready",
+            "pod",
+            "-l",
+            "app=web-app",
+            "--timeout=90s",
+        ])?;
         let set = write_file(work.path(), "forwards.yaml", SET)?;
         let names = ["web", "echo", "svc", "deploy", "web2", "victim"];
 
         // Plain lines (stdout is a pipe) and the status server.
         let mut cmd = cluster.porthole_cmd();
-        cmd.args(["forward", "-f"]).arg(&set).args(["--status-addr", "127.0.0.1:0"]);
+        cmd.args(["forward", "-f"])
+            .arg(&set)
+            .args(["--status-addr", "127.0.0.1:0"]);
         let mut fwd = Child::spawn("forward-plain", cmd, work.path())?;
         let status_addr = fwd.wait_for_line(WAIT, |l| {
             l.strip_prefix("porthole forward: status at http://")?
@@ -250,14 +270,22 @@ fn a_set_of_six_survives_a_lost_pod_with_status_json_and_a_live_table() {
         let want_total = echo_before["connections_total"].as_u64().unwrap() + 3;
         let want_bytes = echo_before["bytes_to_pod"].as_u64().unwrap() + 3000;
         let after = wait_status(&status_addr, |s| {
-            forward_of(s, "echo").is_ok_and(|e| {
-                e["connections_total"] == want_total && e["connections_open"] == 0
-            })
+            forward_of(s, "echo")
+                .is_ok_and(|e| e["connections_total"] == want_total && e["connections_open"] == 0)
         })?;
         let echo = forward_of(&after, "echo")?;
-        ensure!(echo["bytes_to_pod"] == want_bytes, "echo bytes_to_pod: {echo}");
-        ensure!(echo["bytes_from_pod"] == want_bytes, "echo bytes_from_pod: {echo}");
-        ensure!(echo["state"] == "ready" && echo["pod"] == "echo", "echo: {echo}");
+        ensure!(
+            echo["bytes_to_pod"] == want_bytes,
+            "echo bytes_to_pod: {echo}"
+        );
+        ensure!(
+            echo["bytes_from_pod"] == want_bytes,
+            "echo bytes_from_pod: {echo}"
+        );
+        ensure!(
+            echo["state"] == "ready" && echo["pod"] == "echo",
+            "echo: {echo}"
+        );
         ensure!(echo["namespace"] == "default", "echo: {echo}");
         for name in names {
             let f = forward_of(&after, name)?;
@@ -267,24 +295,40 @@ fn a_set_of_six_survives_a_lost_pod_with_status_json_and_a_live_table() {
 
         // The victim's pod goes away: it reconnects, the others keep answering meanwhile.
         cluster.kubectl(&["delete", "pod", "-n", "other", "victim", "--wait=true"])?;
-        fwd.wait_for_line(WAIT, |l| l.starts_with("[victim] reconnecting: lost pod victim").then_some(()))?;
+        fwd.wait_for_line(WAIT, |l| {
+            l.starts_with("[victim] reconnecting: lost pod victim")
+                .then_some(())
+        })?;
         let during = status_json(&status_addr, "/status")?;
         let v = forward_of(&during, "victim")?;
-        ensure!(v["state"] == "reconnecting", "victim during the outage: {v}");
+        ensure!(
+            v["state"] == "reconnecting",
+            "victim during the outage: {v}"
+        );
         for (name, port) in ports.iter().filter(|(n, _)| *n != "victim") {
             check(name, *port).context("during the victim's outage")?;
         }
         cluster.kubectl(&["apply", "-f", &victim.display().to_string()])?;
         cluster.wait_pod_ready("other", "victim")?;
-        fwd.wait_for_line(WAIT, |l| l.starts_with("[victim] ready: reconnected to pod victim").then_some(()))?;
+        fwd.wait_for_line(WAIT, |l| {
+            l.starts_with("[victim] ready: reconnected to pod victim")
+                .then_some(())
+        })?;
         for (name, port) in &ports {
             check(name, *port).context("after the victim came back")?;
         }
         let back = status_json(&status_addr, "/status")?;
         let v = forward_of(&back, "victim")?;
-        ensure!(v["state"] == "ready" && v["reconnects"] == 1, "victim after: {v}");
+        ensure!(
+            v["state"] == "ready" && v["reconnects"] == 1,
+            "victim after: {v}"
+        );
         let status = fwd.interrupt(Duration::from_secs(30))?;
-        ensure!(status.success(), "forward exited with {status}\n{}", fwd.report());
+        ensure!(
+            status.success(),
+            "forward exited with {status}\n{}",
+            fwd.report()
+        );
 
         // -o json: the engine's events, each with the forward's name.
         let mut cmd = cluster.porthole_cmd();
@@ -295,7 +339,10 @@ fn a_set_of_six_survives_a_lost_pod_with_status_json_and_a_live_table() {
             let (name, port) = json.wait_for_line(WAIT, |l| {
                 let v: serde_json::Value = serde_json::from_str(l).ok()?;
                 (v["event"] == "listening" && v["address"] == "127.0.0.1").then(|| {
-                    (v["forward"].as_str().unwrap_or("").to_string(), v["local_port"].as_u64().unwrap_or(0) as u16)
+                    (
+                        v["forward"].as_str().unwrap_or("").to_string(),
+                        v["local_port"].as_u64().unwrap_or(0) as u16,
+                    )
                 })
             })?;
             json_ports.insert(name, port);
@@ -305,8 +352,14 @@ fn a_set_of_six_survives_a_lost_pod_with_status_json_and_a_live_table() {
             let v: serde_json::Value = serde_json::from_str(l).ok()?;
             (v["event"] == "connection_closed").then_some(v)
         })?;
-        ensure!(closed["forward"] == "web2" && closed["pod"] == "web2", "{closed}");
-        ensure!(closed["bytes_from_pod"].as_u64().unwrap_or(0) > 0, "{closed}");
+        ensure!(
+            closed["forward"] == "web2" && closed["pod"] == "web2",
+            "{closed}"
+        );
+        ensure!(
+            closed["bytes_from_pod"].as_u64().unwrap_or(0) > 0,
+            "{closed}"
+        );
         ensure!(closed["time"].is_string(), "{closed}");
         let status = json.interrupt(Duration::from_secs(30))?;
         ensure!(status.success(), "json forward exited with {status}");
@@ -339,7 +392,10 @@ fn a_set_of_six_survives_a_lost_pod_with_status_json_and_a_live_table() {
         }
         ensure!(tty_ports["web"].1 == "web", "{tty_ports:?}");
         ensure!(tty_ports["web2"].1 == "web2", "{tty_ports:?}");
-        ensure!(tty_ports["deploy"].1.starts_with("web-app-"), "{tty_ports:?}");
+        ensure!(
+            tty_ports["deploy"].1.starts_with("web-app-"),
+            "{tty_ports:?}"
+        );
         check("web", tty_ports["web"].0)?;
         let grown = tty.wait_for_line(WAIT, |l| {
             let cols = row_of(l, "web")?;
@@ -348,7 +404,9 @@ fn a_set_of_six_survives_a_lost_pod_with_status_json_and_a_live_table() {
         ensure!(grown[1] == "ready", "{grown:?}");
         // The header line names the count.
         ensure!(
-            tty.stdout_lines().iter().any(|l| strip_ansi(l).starts_with("porthole forward: 6 forwards, 6 ready")),
+            tty.stdout_lines()
+                .iter()
+                .any(|l| strip_ansi(l).starts_with("porthole forward: 6 forwards, 6 ready")),
             "no header line\n{}",
             tty.report()
         );
@@ -357,13 +415,19 @@ fn a_set_of_six_survives_a_lost_pod_with_status_json_and_a_live_table() {
             .into_iter()
             .map(|p| p.pid)
             .filter(|pid| {
-                fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "porthole")
+                fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() == "porthole")
             })
             .collect();
         ensure!(porthole.len() == 1, "porthole under script: {porthole:?}");
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(porthole[0] as i32), Signal::SIGTERM)?;
-        tty.wait_for_line(WAIT, |l| (l.contains("\x1b[?7h") && l.contains("\x1b[?25h")).then_some(()))
-            .context("the terminal is restored on exit")?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(porthole[0] as i32),
+            Signal::SIGTERM,
+        )?;
+        tty.wait_for_line(WAIT, |l| {
+            (l.contains("\x1b[?7h") && l.contains("\x1b[?25h")).then_some(())
+        })
+        .context("the terminal is restored on exit")?;
         let status = tty.wait_timeout(Duration::from_secs(30))?;
         ensure!(status.success(), "tty forward exited with {status}");
         Ok(())
@@ -407,29 +471,57 @@ fn all_services_etc_hosts_and_the_readme_example() {
     let cluster = Cluster::up(
         Path::new(BIN),
         work.path(),
-        &[example("web.yaml"), example("echo.yaml"), example("deployment.yaml"), echo_svc],
+        &[
+            example("web.yaml"),
+            example("echo.yaml"),
+            example("deployment.yaml"),
+            echo_svc,
+        ],
     )
     .unwrap();
     let res = (|| -> Result<()> {
         cluster.wait_pod_ready("default", "web")?;
         cluster.wait_pod_ready("default", "echo")?;
-        cluster.kubectl(&["wait", "--for=condition=Ready", "pod", "-l", "app=web-app", "--timeout=90s"])?;
+        cluster.kubectl(&[
+            "wait",
+            "--for=condition=Ready",
+            "pod",
+            "-l",
+            "app=web-app",
+            "--timeout=90s",
+        ])?;
 
         // The README's example, through the kubectl plugin path.
         let (yaml, commands) = readme_example();
         let shipped = fs::read_to_string(example("forwards.yaml"))?;
-        ensure!(shipped.ends_with(&yaml), "examples/forwards.yaml is not README's example");
-        // Local port 8080 may be taken on a test machine: a free one instead.
-        ensure!(yaml.contains("\"8080:8000\""), "README example forwards 8080:8000");
-        let file = write_file(work.path(), "forwards.yaml", &yaml.replace("\"8080:8000\"", "\":8000\""))?;
         ensure!(
-            commands.iter().any(|c| c == "kubectl porthole forward -f forwards.yaml"),
+            shipped.ends_with(&yaml),
+            "examples/forwards.yaml is not README's example"
+        );
+        // Local port 8080 may be taken on a test machine: a free one instead.
+        ensure!(
+            yaml.contains("\"8080:8000\""),
+            "README example forwards 8080:8000"
+        );
+        write_file(
+            work.path(),
+            "forwards.yaml",
+            &yaml.replace("\"8080:8000\"", "\":8000\""),
+        )?;
+        ensure!(
+            commands
+                .iter()
+                .any(|c| c == "kubectl porthole forward -f forwards.yaml"),
             "README shows the plugin command: {commands:?}"
         );
         let plugins = work.path().join("plugins");
         fs::create_dir_all(&plugins)?;
         symlink(BIN, plugins.join("kubectl-porthole"))?;
-        let path = format!("{}:{}", plugins.display(), std::env::var("PATH").unwrap_or_default());
+        let path = format!(
+            "{}:{}",
+            plugins.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
         // As a user types it: kubectl finds kubectl-porthole on PATH (global kubectl flags
         // may not come before a plugin's name, so KUBECONFIG says where the cluster is).
         let mut cmd2 = Command::new(&cluster.kubectl);
@@ -439,7 +531,8 @@ fn all_services_etc_hosts_and_the_readme_example() {
             .args(["porthole", "forward", "-f", "forwards.yaml"]);
         let entries: Vec<String> = yaml
             .lines()
-            .filter_map(|l| l.trim().strip_prefix("- name: ").map(str::to_string))
+            .filter_map(|l| l.trim().strip_prefix("- name: "))
+            .map(|n| n.split('#').next().unwrap_or(n).trim().to_string())
             .collect();
         ensure!(entries.len() >= 3, "README example entries: {entries:?}");
         let mut plugin = Child::spawn("kubectl-porthole", cmd2, work.path())?;
@@ -450,7 +543,11 @@ fn all_services_etc_hosts_and_the_readme_example() {
             check(name, *port)?;
         }
         let status = plugin.interrupt(Duration::from_secs(30))?;
-        ensure!(status.success(), "plugin exited with {status}\n{}", plugin.report());
+        ensure!(
+            status.success(),
+            "plugin exited with {status}\n{}",
+            plugin.report()
+        );
 
         // --all-services on free ports: the map and every port.
         let mut cmd = cluster.porthole_cmd();
@@ -482,8 +579,15 @@ fn all_services_etc_hosts_and_the_readme_example() {
             "127.0.0.1 localhost\n# BEGIN porthole forward (pid 999999999)\n127.0.0.9 stale\n# END porthole forward (pid 999999999)\n::1 localhost\n",
         )?;
         let mut cmd = cluster.porthole_cmd();
-        cmd.args(["forward", "--all-services", "-n", "default", "--etc-hosts", "--hosts-file"])
-            .arg(&hosts);
+        cmd.args([
+            "forward",
+            "--all-services",
+            "-n",
+            "default",
+            "--etc-hosts",
+            "--hosts-file",
+        ])
+        .arg(&hosts);
         let mut named = Child::spawn("forward-hosts", cmd, work.path())?;
         named.wait_for_line(WAIT, |l| l.contains("removed 1 block(s)").then_some(()))?;
         let mut addrs = BTreeMap::new();
@@ -507,10 +611,21 @@ fn all_services_etc_hosts_and_the_readme_example() {
         };
         for (svc, (addr, port)) in &addrs {
             let short = svc.trim_start_matches("default/");
-            for name in [short.to_string(), format!("{short}.default"), format!("{short}.default.svc.cluster.local")] {
-                ensure!(lookup(&name).as_ref() == Some(addr), "{name} -> {:?}, want {addr}\n{text}", lookup(&name));
+            for name in [
+                short.to_string(),
+                format!("{short}.default"),
+                format!("{short}.default.svc.cluster.local"),
+            ] {
+                ensure!(
+                    lookup(&name).as_ref() == Some(addr),
+                    "{name} -> {:?}, want {addr}\n{text}",
+                    lookup(&name)
+                );
             }
-            ensure!(addr.starts_with("127.0.0.") && addr != "127.0.0.1", "{svc}: {addr}");
+            ensure!(
+                addr.starts_with("127.0.0.") && addr != "127.0.0.1",
+                "{svc}: {addr}"
+            );
             // Own port numbers on the service's own address.
             let want_port = if short == "web-svc" { 80 } else { 7000 };
             ensure!(*port == want_port, "{svc} on port {port}");
@@ -533,27 +648,50 @@ fn all_services_etc_hosts_and_the_readme_example() {
         let status = named.interrupt(Duration::from_secs(30))?;
         ensure!(status.success(), "etc-hosts run exited with {status}");
         let after = fs::read_to_string(&hosts)?;
-        ensure!(after == "127.0.0.1 localhost\n::1 localhost\n", "hosts after exit:\n{after}");
+        ensure!(
+            after == "127.0.0.1 localhost\n::1 localhost\n",
+            "hosts after exit:\n{after}"
+        );
 
         // A killed run leaves its block; the next run removes it.
         let mut cmd = cluster.porthole_cmd();
-        cmd.args(["forward", "--all-services", "-n", "default", "--etc-hosts", "--hosts-file"])
-            .arg(&hosts);
+        cmd.args([
+            "forward",
+            "--all-services",
+            "-n",
+            "default",
+            "--etc-hosts",
+            "--hosts-file",
+        ])
+        .arg(&hosts);
         let mut killed = Child::spawn("forward-killed", cmd, work.path())?;
         killed.wait_for_line(WAIT, |l| l.starts_with("map: ").then_some(()))?;
         killed.signal(Signal::SIGKILL)?;
         killed.wait_timeout(Duration::from_secs(10))?;
-        ensure!(fs::read_to_string(&hosts)?.contains("# BEGIN porthole forward"), "no block after SIGKILL");
+        ensure!(
+            fs::read_to_string(&hosts)?.contains("# BEGIN porthole forward"),
+            "no block after SIGKILL"
+        );
         let mut cmd = cluster.porthole_cmd();
-        cmd.args(["forward", "--all-services", "-n", "default", "--etc-hosts", "--hosts-file"])
-            .arg(&hosts);
+        cmd.args([
+            "forward",
+            "--all-services",
+            "-n",
+            "default",
+            "--etc-hosts",
+            "--hosts-file",
+        ])
+        .arg(&hosts);
         let mut next = Child::spawn("forward-next", cmd, work.path())?;
         next.wait_for_line(WAIT, |l| l.contains("removed 1 block(s)").then_some(()))?;
         next.wait_for_line(WAIT, |l| l.starts_with("map: ").then_some(()))?;
         let status = next.interrupt(Duration::from_secs(30))?;
         ensure!(status.success(), "next run exited with {status}");
         let after = fs::read_to_string(&hosts)?;
-        ensure!(after == "127.0.0.1 localhost\n::1 localhost\n", "hosts after the next run:\n{after}");
+        ensure!(
+            after == "127.0.0.1 localhost\n::1 localhost\n",
+            "hosts after the next run:\n{after}"
+        );
         Ok(())
     })();
     porthole_test::finish(cluster, res);
@@ -592,10 +730,17 @@ fn bad_forwards_files_name_the_file_entry_and_field() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{file}: {stderr}");
         let want = format!("error: {}: {want}", path.display());
-        assert!(stderr.starts_with(&want), "{file}:\n got: {stderr}\nwant: {want}");
+        assert!(
+            stderr.starts_with(&want),
+            "{file}:\n got: {stderr}\nwant: {want}"
+        );
     }
     // Neither a file nor --all-services.
-    let out = Command::new(BIN).arg("forward").stdin(Stdio::null()).output().unwrap();
+    let out = Command::new(BIN)
+        .arg("forward")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: give a forwards file"));
 }

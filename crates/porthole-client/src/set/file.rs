@@ -157,7 +157,9 @@ pub fn parse(path: &Path, text: &str, reverse_supported: bool) -> Result<Vec<Ent
             if r.split(':').count() != 3 {
                 return Err(field(
                     "reverse",
-                    format!("{r:?}: want POD_PORT:LOCAL_HOST:LOCAL_PORT such as 9000:localhost:5432"),
+                    format!(
+                        "{r:?}: want POD_PORT:LOCAL_HOST:LOCAL_PORT such as 9000:localhost:5432"
+                    ),
                 ));
             }
         }
@@ -241,10 +243,19 @@ mod tests {
 
     #[test]
     fn errors_name_file_entry_and_field() {
-        let e = parse_err("forwards:\n- name: web\n  target: pod/web\n  ports: ['80']\n  tagret: x\n");
-        assert!(e.starts_with("error: f.yaml: forwards[0] (name \"web\"): unknown field `tagret`"), "{e}");
-        let e = parse_err("forwards:\n- target: pod/web\n  ports: ['80']\n- name: db\n  ports: ['80']\n");
-        assert!(e.starts_with("error: f.yaml: forwards[1] (name \"db\"): missing field `target`"), "{e}");
+        let e =
+            parse_err("forwards:\n- name: web\n  target: pod/web\n  ports: ['80']\n  tagret: x\n");
+        assert!(
+            e.starts_with("error: f.yaml: forwards[0] (name \"web\"): unknown field `tagret`"),
+            "{e}"
+        );
+        let e = parse_err(
+            "forwards:\n- target: pod/web\n  ports: ['80']\n- name: db\n  ports: ['80']\n",
+        );
+        assert!(
+            e.starts_with("error: f.yaml: forwards[1] (name \"db\"): missing field `target`"),
+            "{e}"
+        );
         let e = parse_err("forwards:\n- name: web\n  target: pod/web\n  ports: ['80', '1:2:3']\n");
         assert_eq!(e, "error: f.yaml: forwards[0] (name \"web\"): field `ports`: \"1:2:3\": invalid port format '1:2:3'");
         let e = parse_err("forwards:\n- target: pod/web\n  ports: []\n");
@@ -253,12 +264,24 @@ mod tests {
         assert!(e.contains("forwards[0]: field `target`: arguments in resource/name form may not have more than one slash"), "{e}");
         let e = parse_err("forwards:\n- target: web\n  ports: ['80']\n  address: nope\n");
         assert!(e.contains("field `address`: nope is not a valid IP"), "{e}");
-        let e = parse_err("forwards:\n- target: web\n  ports: ['80']\n  reverse: ['9:localhost:5']\n");
-        assert!(e.contains("field `reverse`: this build of porthole cannot forward in reverse"), "{e}");
-        let e = parse_err("forwards:\n- target: web\n  ports: ['80']\n- target: web\n  ports: ['81']\n");
-        assert!(e.contains("forwards[1]: field `name`: \"web\" is used by an earlier entry"), "{e}");
+        let e =
+            parse_err("forwards:\n- target: web\n  ports: ['80']\n  reverse: ['9:localhost:5']\n");
+        assert!(
+            e.contains("field `reverse`: this build of porthole cannot forward in reverse"),
+            "{e}"
+        );
+        let e = parse_err(
+            "forwards:\n- target: web\n  ports: ['80']\n- target: web\n  ports: ['81']\n",
+        );
+        assert!(
+            e.contains("forwards[1]: field `name`: \"web\" is used by an earlier entry"),
+            "{e}"
+        );
         let e = parse_err("forward:\n- target: web\n");
-        assert!(e.starts_with("error: f.yaml: unknown field `forward`"), "{e}");
+        assert!(
+            e.starts_with("error: f.yaml: unknown field `forward`"),
+            "{e}"
+        );
         let e = parse_err("forwards: []\n");
         assert!(e.contains("`forwards` is empty"), "{e}");
     }

@@ -27,7 +27,9 @@ pub struct HostsBlock {
 #[derive(Debug, thiserror::Error)]
 pub enum HostsError {
     /// Reading failed.
-    #[error("cannot read the hosts file {path} (run as root to change /etc/hosts, or set --hosts-file)")]
+    #[error(
+        "cannot read the hosts file {path} (run as root to change /etc/hosts, or set --hosts-file)"
+    )]
     Read {
         /// The file.
         path: String,
@@ -151,7 +153,9 @@ mod tests {
         );
         // Cut short: everything after the begin marker goes.
         assert_eq!(
-            without_blocks("a\n# BEGIN porthole forward (pid 9)\n127.0.0.2 x\n", |_| true),
+            without_blocks("a\n# BEGIN porthole forward (pid 9)\n127.0.0.2 x\n", |_| {
+                true
+            }),
             "a\n"
         );
     }

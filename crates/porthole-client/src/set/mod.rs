@@ -235,7 +235,12 @@ const RESTART_MAX: Duration = Duration::from_secs(30);
 const TABLE_REFRESH: Duration = Duration::from_millis(250);
 
 /// Runs one entry until shutdown, again after each failure.
-async fn run_entry(index: usize, args: Args, tx: mpsc::UnboundedSender<Msg>, shutdown: CancellationToken) {
+async fn run_entry(
+    index: usize,
+    args: Args,
+    tx: mpsc::UnboundedSender<Msg>,
+    shutdown: CancellationToken,
+) {
     let mut delay = RESTART_INITIAL;
     loop {
         let (tap, mut events) = mpsc::unbounded_channel();
@@ -295,7 +300,9 @@ async fn run_inner(args: ForwardArgs, shutdown: CancellationToken) -> Result<Exi
         ));
     }
     if args.all_namespaces && !args.namespace.is_empty() {
-        return Err(usage("give either -n NAMESPACE or --all-namespaces, not both"));
+        return Err(usage(
+            "give either -n NAMESPACE or --all-namespaces, not both",
+        ));
     }
     if args.pod_running_timeout.is_zero() {
         return Err(usage("--pod-running-timeout must be higher than zero"));
@@ -337,8 +344,13 @@ async fn run_inner(args: ForwardArgs, shutdown: CancellationToken) -> Result<Exi
             own_address: args.etc_hosts,
             address: args.address.clone(),
         };
-        let found = services::discover(&client, &namespaces, args.kube.context.as_deref(), &placement)
-            .await?;
+        let found = services::discover(
+            &client,
+            &namespaces,
+            args.kube.context.as_deref(),
+            &placement,
+        )
+        .await?;
         for why in &found.skipped {
             view::notice(
                 mode,
@@ -404,7 +416,8 @@ async fn run_inner(args: ForwardArgs, shutdown: CancellationToken) -> Result<Exi
                 ),
             );
         }
-        let block = hosts::add(&args.hosts_file, &hosts_lines).map_err(|e| format!("error: {e}"))?;
+        let block =
+            hosts::add(&args.hosts_file, &hosts_lines).map_err(|e| format!("error: {e}"))?;
         for (address, names) in &hosts_lines {
             view::notice(
                 mode,

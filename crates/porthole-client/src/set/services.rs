@@ -60,9 +60,10 @@ pub async fn discover(
     let mut services: Vec<(String, Service)> = Vec::new();
     for ns in namespaces {
         let api: kube::Api<Service> = kube::Api::namespaced(client.clone(), ns);
-        let list = api.list(&Default::default()).await.map_err(|e| {
-            format!("error: cannot list the services of namespace {ns}: {e}")
-        })?;
+        let list = api
+            .list(&Default::default())
+            .await
+            .map_err(|e| format!("error: cannot list the services of namespace {ns}: {e}"))?;
         services.extend(list.items.into_iter().map(|s| (ns.clone(), s)));
     }
     Ok(plan(services, context, placement))
@@ -74,9 +75,8 @@ fn plan(
     context: Option<&str>,
     placement: &Placement,
 ) -> Discovered {
-    services.sort_by(|(a_ns, a), (b_ns, b)| {
-        (a_ns, &a.metadata.name).cmp(&(b_ns, &b.metadata.name))
-    });
+    services
+        .sort_by(|(a_ns, a), (b_ns, b)| (a_ns, &a.metadata.name).cmp(&(b_ns, &b.metadata.name)));
     // A short name (`db`) only when one namespace has a service of that name.
     let mut name_count: BTreeMap<String, usize> = BTreeMap::new();
     for (_, s) in &services {
@@ -185,7 +185,10 @@ mod tests {
         let services = vec![
             ("b".to_string(), svc("db", &[(5432, "TCP")], true)),
             ("a".to_string(), svc("db", &[(5432, "TCP")], true)),
-            ("a".to_string(), svc("web", &[(80, "TCP"), (53, "UDP")], true)),
+            (
+                "a".to_string(),
+                svc("web", &[(80, "TCP"), (53, "UDP")], true),
+            ),
             ("a".to_string(), svc("ext", &[(80, "TCP")], false)),
         ];
         let free = Placement {
@@ -215,7 +218,11 @@ mod tests {
             vec![
                 (
                     "127.0.0.2".to_string(),
-                    vec!["db.a".into(), "db.a.svc".into(), "db.a.svc.cluster.local".into()]
+                    vec![
+                        "db.a".into(),
+                        "db.a.svc".into(),
+                        "db.a.svc.cluster.local".into()
+                    ]
                 ),
                 (
                     "127.0.0.3".to_string(),
@@ -228,7 +235,11 @@ mod tests {
                 ),
                 (
                     "127.0.0.4".to_string(),
-                    vec!["db.b".into(), "db.b.svc".into(), "db.b.svc.cluster.local".into()]
+                    vec![
+                        "db.b".into(),
+                        "db.b.svc".into(),
+                        "db.b.svc.cluster.local".into()
+                    ]
                 ),
             ]
         );

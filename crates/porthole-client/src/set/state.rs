@@ -237,7 +237,10 @@ mod tests {
             bytes_from_pod: 2000,
             error: None,
         });
-        assert_eq!((s.connections_open, s.bytes_to_pod, s.bytes_from_pod), (0, 10, 2000));
+        assert_eq!(
+            (s.connections_open, s.bytes_to_pod, s.bytes_from_pod),
+            (0, 10, 2000)
+        );
         s.apply(&Event::Reconnecting {
             pod: "web".into(),
             reason: "pod web was deleted".into(),

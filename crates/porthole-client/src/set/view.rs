@@ -215,21 +215,26 @@ pub fn table_lines(states: &[ForwardState], header_extra: &str) -> Vec<String> {
 
 /// Draws frames in place.
 pub struct TableWriter {
-    previous_lines: usize,
+    previous: Vec<String>,
 }
 
 impl TableWriter {
     /// Nothing drawn yet.
     pub fn new() -> TableWriter {
-        TableWriter { previous_lines: 0 }
+        TableWriter {
+            previous: Vec::new(),
+        }
     }
 
-    /// Replaces the previous frame with `lines`.
+    /// Replaces the previous frame with `lines` (nothing is written when they are the same).
     pub fn draw(&mut self, lines: &[String]) {
+        if self.previous == lines {
+            return;
+        }
         let mut frame = String::new();
-        if self.previous_lines > 0 {
+        if !self.previous.is_empty() {
             // To the first column of the previous frame's first line.
-            frame.push_str(&format!("\x1b[{}F", self.previous_lines));
+            frame.push_str(&format!("\x1b[{}F", self.previous.len()));
         }
         for l in lines {
             frame.push_str(l);
@@ -239,7 +244,7 @@ impl TableWriter {
         let mut out = std::io::stdout().lock();
         let _ = out.write_all(frame.as_bytes());
         let _ = out.flush();
-        self.previous_lines = lines.len();
+        self.previous = lines.to_vec();
     }
 }
 
@@ -272,10 +277,26 @@ mod tests {
             lines[0],
             "porthole forward: 2 forwards, 1 ready, 1 connecting · status http://127.0.0.1:1/status · Ctrl-C stops"
         );
-        assert!(lines[1].starts_with("NAME      STATE       POD  PORTS (LOCAL->POD)"), "{}", lines[1]);
-        assert!(lines[2].starts_with("web       ready       web  127.0.0.1:8080->8000"), "{}", lines[2]);
-        assert!(lines[2].contains("0/0               2.0KiB    0B         -"), "{}", lines[2]);
-        assert!(lines[3].starts_with("database  connecting  -    -"), "{}", lines[3]);
+        assert!(
+            lines[1].starts_with("NAME      STATE       POD  PORTS (LOCAL->POD)"),
+            "{}",
+            lines[1]
+        );
+        assert!(
+            lines[2].starts_with("web       ready       web  127.0.0.1:8080->8000"),
+            "{}",
+            lines[2]
+        );
+        assert!(
+            lines[2].contains("0/0               2.0KiB    0B         -"),
+            "{}",
+            lines[2]
+        );
+        assert!(
+            lines[3].starts_with("database  connecting  -    -"),
+            "{}",
+            lines[3]
+        );
     }
 
     #[test]
