@@ -558,7 +558,9 @@ fn all_services_etc_hosts_and_the_readme_example() {
             let (svc, port) = all.wait_for_line(WAIT, |l| {
                 let rest = l.strip_prefix("map: ")?;
                 let (name, rest) = rest.split_once(" port ")?;
-                let (_, local) = rest.split_once(" -> 127.0.0.1:")?;
+                let (service_port, local) = rest.split_once(" -> 127.0.0.1:")?;
+                let want = if name == "default/web-svc" { "80" } else { "7000" };
+                (service_port == want).then_some(())?;
                 Some((name.to_string(), local.parse::<u16>().ok()?))
             })?;
             map.insert(svc, port);

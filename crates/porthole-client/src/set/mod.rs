@@ -485,8 +485,19 @@ async fn run_inner(args: ForwardArgs, shutdown: CancellationToken) -> Result<Exi
     drop(tx);
     tracker.close();
 
-    let show_map = args.all_services;
-    keep_states(rx, &states, mode, &header_extra, show_map, &shutdown).await;
+    // The port each spec asked for (the service port for --all-services), for the map.
+    let map = args.all_services.then(|| {
+        entries
+            .iter()
+            .map(|e| {
+                e.ports
+                    .iter()
+                    .map(|p| p.rsplit(':').next().unwrap_or(p).to_string())
+                    .collect()
+            })
+            .collect()
+    });
+    keep_states(rx, &states, mode, &header_extra, map, &shutdown).await;
 
     // Shut down: the forwards close their listeners and sessions.
     if tokio::time::timeout(Duration::from_secs(10), tracker.wait())
@@ -510,14 +521,14 @@ async fn keep_states(
     states: &SharedStates,
     mode: ViewMode,
     header_extra: &str,
-    show_map: bool,
+    map: Option<Vec<Vec<String>>>,
     shutdown: &CancellationToken,
 ) {
     let _guard = (mode == ViewMode::Table).then(view::TableGuard::start);
     let mut table = view::TableWriter::new();
     let mut tick = tokio::time::interval(TABLE_REFRESH);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut map_shown = !show_map;
+    let mut map_shown = map.is_none();
     let draw = |table: &mut view::TableWriter| {
         let lines = {
             let s = states.lock().expect("state lock: no panics while held");
@@ -560,7 +571,7 @@ async fn keep_states(
                 if !map_shown && s.iter().all(|f| f.state != Phase::Connecting) {
                     map_shown = true;
                     if mode != ViewMode::Table {
-                        print_map(&s, mode);
+                        print_map(&s, map.as_deref().unwrap_or_default(), mode);
                     }
                 }
             }
@@ -571,17 +582,33 @@ async fn keep_states(
     }
 }
 
-/// `--all-services`: the service → local address map, once every forward has started.
-fn print_map(states: &[ForwardState], mode: ViewMode) {
-    for s in states {
+/// `--all-services`: the service port → local address map, once every forward has started.
+/// `asked[i]` holds the remote port of each spec of forward `i`: listeners open in spec order,
+/// so the n-th distinct local port belongs to the n-th spec (the pod port in the events is the
+/// service's target port, not the port users know the service by).
+fn print_map(states: &[ForwardState], asked: &[Vec<String>], mode: ViewMode) {
+    for (i, s) in states.iter().enumerate() {
+        let mut local_ports: Vec<u16> = Vec::new();
         for p in &s.ports {
+            if !local_ports.contains(&p.local_port) {
+                local_ports.push(p.local_port);
+            }
+        }
+        let specs = asked.get(i).filter(|a| a.len() == local_ports.len());
+        for p in &s.ports {
+            let spec_port = specs
+                .and_then(|a| {
+                    let n = local_ports.iter().position(|l| *l == p.local_port)?;
+                    a.get(n).cloned()
+                })
+                .unwrap_or_else(|| p.remote_port.to_string());
             let local = crate::listen::join_host_port(&p.address, p.local_port);
             view::notice(
                 mode,
                 "map",
-                serde_json::json!({ "forward": s.name, "target": s.target,
-                    "remote_port": p.remote_port, "address": p.address, "local_port": p.local_port }),
-                &format!("map: {} port {} -> {local}", s.name, p.remote_port),
+                serde_json::json!({ "forward": s.name, "target": s.target, "port": spec_port,
+                    "pod_port": p.remote_port, "address": p.address, "local_port": p.local_port }),
+                &format!("map: {} port {spec_port} -> {local}", s.name),
             );
         }
         if s.ports.is_empty() {
