@@ -18,6 +18,7 @@
 //! - [`transport`]: the upgrade, WebSocket tunnel then SPDY (§2.2, §2.4, §2.5);
 //! - [`forward`]: listeners, connection tasks and the reconnecting supervisor;
 //! - [`output`]: kubectl's lines or JSON events;
+//! - [`progress`]: byte counts of open connections, for the live view;
 //! - [`set`]: `porthole forward`, many forwards at once (a file or every Service) with a live
 //!   view, a status endpoint and optional /etc/hosts names.
 
@@ -35,6 +36,7 @@ pub mod kubeconfig;
 pub mod listen;
 pub mod output;
 pub mod ports;
+pub mod progress;
 pub mod set;
 pub mod target;
 pub mod transport;

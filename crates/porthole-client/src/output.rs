@@ -61,6 +61,22 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// An open connection's byte counts so far, at most once a second while they move; only
+    /// for `porthole forward` (see [`Output::wants_progress`]).
+    ConnectionProgress {
+        /// Matches [`Event::ConnectionOpened::id`].
+        id: u64,
+        /// Local port.
+        local_port: u16,
+        /// Pod port.
+        remote_port: u16,
+        /// The pod serving it.
+        pod: String,
+        /// Bytes from the local socket so far.
+        bytes_to_pod: u64,
+        /// Bytes to the local socket so far.
+        bytes_from_pod: u64,
+    },
     /// The session to a pod was lost; a new one is being established.
     Reconnecting {
         /// The pod whose session ended.
@@ -135,6 +151,12 @@ impl Output {
     pub fn with_tap(mut self, tap: tokio::sync::mpsc::UnboundedSender<Event>) -> Output {
         self.tap = Some(tap);
         self
+    }
+
+    /// Whether open connections should report [`Event::ConnectionProgress`] (a forward set's
+    /// live view does; `port-forward`'s output stays as it was).
+    pub fn wants_progress(&self) -> bool {
+        self.silent && self.tap.is_some()
     }
 
     /// Whether JSON events are printed instead of kubectl's lines.

@@ -31,7 +31,10 @@ fn version_and_help() {
     ] {
         assert!(help.contains(sub), "--help lists {sub}:\n{help}");
     }
-    let out = Command::new(BIN).args(["forward", "--help"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["forward", "--help"])
+        .output()
+        .unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
     for text in [
         "--filename",

@@ -402,6 +402,21 @@ fn a_set_of_six_survives_a_lost_pod_with_status_json_and_a_live_table() {
             (cols[4] == "0/1" && cols[5] != "0B" && cols[6] != "0B").then_some(cols)
         })?;
         ensure!(grown[1] == "ready", "{grown:?}");
+        // An open connection's bytes show while it stays open: 5000 bytes each way through
+        // echo, the connection kept.
+        let mut held = std::net::TcpStream::connect(("127.0.0.1", tty_ports["echo"].0))?;
+        held.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let payload = pattern(5000, 3);
+        std::io::Write::write_all(&mut held, &payload)?;
+        let mut back = vec![0u8; payload.len()];
+        std::io::Read::read_exact(&mut held, &mut back)?;
+        ensure!(back == payload, "echo through the tty run");
+        let open = tty.wait_for_line(WAIT, |l| {
+            let cols = row_of(l, "echo")?;
+            (cols[4] == "1/1" && cols[5] == "4.9KiB" && cols[6] == "4.9KiB").then_some(cols)
+        })?;
+        ensure!(open[2] == "echo", "{open:?}");
+        drop(held);
         // The header line names the count.
         ensure!(
             tty.stdout_lines()
@@ -559,7 +574,11 @@ fn all_services_etc_hosts_and_the_readme_example() {
                 let rest = l.strip_prefix("map: ")?;
                 let (name, rest) = rest.split_once(" port ")?;
                 let (service_port, local) = rest.split_once(" -> 127.0.0.1:")?;
-                let want = if name == "default/web-svc" { "80" } else { "7000" };
+                let want = if name == "default/web-svc" {
+                    "80"
+                } else {
+                    "7000"
+                };
                 (service_port == want).then_some(())?;
                 Some((name.to_string(), local.parse::<u16>().ok()?))
             })?;

@@ -549,7 +549,11 @@ async fn keep_states(
                         st.apply(&ev);
                         match mode {
                             ViewMode::Json => view::stdout_line(&view::json_line(&st.name, &ev)),
-                            ViewMode::Plain => view::stdout_line(&view::plain_line(&st.name, &ev)),
+                            ViewMode::Plain => {
+                                if let Some(line) = view::plain_line(&st.name, &ev) {
+                                    view::stdout_line(&line);
+                                }
+                            }
                             ViewMode::Table => {}
                         }
                     }

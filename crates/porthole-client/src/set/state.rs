@@ -1,6 +1,8 @@
 //! What a forward of a set is doing, folded from the engine's [`Event`]s: the row of the live
 //! view and the object of `GET /status`.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use crate::output::Event;
@@ -64,14 +66,21 @@ pub struct ForwardState {
     pub connections_open: u64,
     /// Forwarded connections since the start.
     pub connections_total: u64,
-    /// Bytes from local clients to the pod, counted when each connection closes.
+    /// Bytes from local clients to the pod: closed connections plus what open ones reported
+    /// (once a second while they move).
     pub bytes_to_pod: u64,
-    /// Bytes from the pod to local clients, counted when each connection closes.
+    /// Bytes from the pod to local clients, counted the same way.
     pub bytes_from_pod: u64,
     /// Lost sessions so far.
     pub reconnects: u64,
     /// The last error or reason for a lost session.
     pub last_error: Option<String>,
+    /// Bytes of closed connections: `(to_pod, from_pod)`.
+    #[serde(skip)]
+    closed_bytes: (u64, u64),
+    /// Last reported bytes of open connections, by connection id.
+    #[serde(skip)]
+    open_bytes: BTreeMap<u64, (u64, u64)>,
 }
 
 impl ForwardState {
@@ -96,7 +105,20 @@ impl ForwardState {
             bytes_from_pod: 0,
             reconnects: 0,
             last_error: None,
+            closed_bytes: (0, 0),
+            open_bytes: BTreeMap::new(),
         }
+    }
+
+    /// Totals: closed connections plus what open ones reported so far.
+    fn sum_bytes(&mut self) {
+        let (mut to_pod, mut from_pod) = self.closed_bytes;
+        for (t, f) in self.open_bytes.values() {
+            to_pod += t;
+            from_pod += f;
+        }
+        self.bytes_to_pod = to_pod;
+        self.bytes_from_pod = from_pod;
     }
 
     /// The forward is started (again, after a failure): its listeners are gone.
@@ -104,6 +126,13 @@ impl ForwardState {
         self.state = Phase::Connecting;
         self.ports.clear();
         self.connections_open = 0;
+        // Connection ids start again in the new run; what the old one moved is kept.
+        let open = std::mem::take(&mut self.open_bytes);
+        for (t, f) in open.values() {
+            self.closed_bytes.0 += t;
+            self.closed_bytes.1 += f;
+        }
+        self.sum_bytes();
     }
 
     /// Folds one engine event in.
@@ -130,15 +159,29 @@ impl ForwardState {
                 self.connections_total += 1;
                 self.pod = Some(pod.clone());
             }
+            Event::ConnectionProgress {
+                id,
+                bytes_to_pod,
+                bytes_from_pod,
+                ..
+            } => {
+                self.open_bytes
+                    .insert(*id, (*bytes_to_pod, *bytes_from_pod));
+                self.sum_bytes();
+            }
             Event::ConnectionClosed {
+                id,
                 bytes_to_pod,
                 bytes_from_pod,
                 error,
                 ..
             } => {
                 self.connections_open = self.connections_open.saturating_sub(1);
-                self.bytes_to_pod += bytes_to_pod;
-                self.bytes_from_pod += bytes_from_pod;
+                // A failed connection reports 0 bytes at close; what it moved before counts.
+                let (t, f) = self.open_bytes.remove(id).unwrap_or_default();
+                self.closed_bytes.0 += t.max(*bytes_to_pod);
+                self.closed_bytes.1 += f.max(*bytes_from_pod);
+                self.sum_bytes();
                 if let Some(e) = error {
                     self.last_error = Some(e.clone());
                 }
@@ -228,6 +271,15 @@ mod tests {
             pod: "web".into(),
         });
         assert_eq!((s.connections_open, s.connections_total), (1, 1));
+        s.apply(&Event::ConnectionProgress {
+            id: 0,
+            local_port: 8080,
+            remote_port: 80,
+            pod: "web".into(),
+            bytes_to_pod: 10,
+            bytes_from_pod: 1000,
+        });
+        assert_eq!((s.bytes_to_pod, s.bytes_from_pod), (10, 1000));
         s.apply(&Event::ConnectionClosed {
             id: 0,
             local_port: 8080,

@@ -68,9 +68,11 @@ pub fn json_line(name: &str, event: &Event) -> String {
     })
 }
 
-/// The plain line for an event, if it is worth one.
-pub fn plain_line(name: &str, event: &Event) -> String {
+/// The plain line for an event, if it is worth one (progress of open connections is not: the
+/// table and `/status` show it).
+pub fn plain_line(name: &str, event: &Event) -> Option<String> {
     let text = match event {
+        Event::ConnectionProgress { .. } => return None,
         Event::Connected { pod, transport } => format!("connected to pod {pod} ({transport})"),
         Event::Listening {
             address,
@@ -118,7 +120,7 @@ pub fn plain_line(name: &str, event: &Event) -> String {
             }
         }
     };
-    format!("[{name}] {text}")
+    Some(format!("[{name}] {text}"))
 }
 
 /// Restores the terminal when the table ends, however it ends.
@@ -306,7 +308,7 @@ mod tests {
             reason: "pod web was deleted".into(),
         };
         assert_eq!(
-            plain_line("web", &ev),
+            plain_line("web", &ev).unwrap(),
             "[web] reconnecting: lost pod web: pod web was deleted"
         );
         let v: serde_json::Value = serde_json::from_str(&json_line("web", &ev)).unwrap();
