@@ -586,10 +586,19 @@ async fn handle_connection(
         if prefix.is_none() && live.forwarder.sends_early_data() {
             prefix = Some(take_ready_bytes(&stream));
         }
-        let result = live
-            .forwarder
-            .forward_with_prefix(&mut stream, port.remote, prefix.as_deref().unwrap_or(&[]))
-            .await;
+        let counts = crate::progress::LiveBytes::with_prefix(prefix.as_ref().map_or(0, Vec::len));
+        let forward = live.forwarder.forward_with_prefix(
+            crate::progress::Counted::new(&mut stream, &counts),
+            port.remote,
+            prefix.as_deref().unwrap_or(&[]),
+        );
+        let of = crate::progress::ProgressOf {
+            id,
+            local_port,
+            remote_port: port.remote,
+            pod: live.pod.clone(),
+        };
+        let result = crate::progress::forward_reporting(forward, &counts, output, of).await;
         let session_died = matches!(
             result,
             Err(ForwardError::CreateErrorStream(_) | ForwardError::CreateDataStream(_))

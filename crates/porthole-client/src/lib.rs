@@ -19,7 +19,10 @@
 //! - [`forward`]: listeners, connection tasks and the reconnecting supervisor;
 //! - [`udp`]: `/udp` forwards (porthole extension): sockets, flows, idle timeout;
 //! - [`reverse`]: `--reverse POD_PORT:LOCAL_HOST:LOCAL_PORT`, the pod's connections to us;
-//! - [`output`]: kubectl's lines or JSON events.
+//! - [`output`]: kubectl's lines or JSON events;
+//! - [`progress`]: byte counts of open connections, for the live view;
+//! - [`set`]: `porthole forward`, many forwards at once (a file or every Service) with a live
+//!   view, a status endpoint and optional /etc/hosts names.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -35,7 +38,9 @@ pub mod kubeconfig;
 pub mod listen;
 pub mod output;
 pub mod ports;
+pub mod progress;
 pub mod reverse;
+pub mod set;
 pub mod target;
 pub mod transport;
 pub mod udp;
@@ -188,6 +193,12 @@ pub struct Args {
     /// Kubeconfig and API server overrides.
     #[command(flatten)]
     pub kube: kubeconfig::KubeconfigArgs,
+
+    /// `POD_PORT:LOCAL_HOST:LOCAL_PORT` reverse forwards, set by `porthole forward` from a
+    /// forwards file. Not a flag of this build: reverse forwarding is another branch's work, and
+    /// [`set`] refuses reverse entries until a `--reverse` flag exists.
+    #[arg(skip)]
+    pub reverse: Vec<String>,
 }
 
 impl Args {
@@ -569,6 +580,10 @@ async fn run_inner(
                     flow_control = d.flow_control,
                     "connected"
                 );
+                output.event(output::Event::Connected {
+                    pod: c.pod_name().to_string(),
+                    transport: d.transport.to_string(),
+                });
                 initial.push(NewSession {
                     pod: c.pod_name().to_string(),
                     ports: c.ports.clone(),

@@ -61,12 +61,36 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// An open connection's byte counts so far, at most once a second while they move; only
+    /// for `porthole forward` (see [`Output::wants_progress`]).
+    ConnectionProgress {
+        /// Matches [`Event::ConnectionOpened::id`].
+        id: u64,
+        /// Local port.
+        local_port: u16,
+        /// Pod port.
+        remote_port: u16,
+        /// The pod serving it.
+        pod: String,
+        /// Bytes from the local socket so far.
+        bytes_to_pod: u64,
+        /// Bytes to the local socket so far.
+        bytes_from_pod: u64,
+    },
     /// The session to a pod was lost; a new one is being established.
     Reconnecting {
         /// The pod whose session ended.
         pod: String,
         /// Why it ended.
         reason: String,
+    },
+    /// The first session of a run is up (before its listeners open); later sessions are
+    /// [`Event::Reconnected`].
+    Connected {
+        /// The pod served.
+        pod: String,
+        /// `websocket` or `spdy`.
+        transport: String,
     },
     /// A session (re)connected.
     Reconnected {
@@ -175,12 +199,28 @@ pub struct Output {
     /// Every event is also sent here (tests and embedders observe the run without parsing
     /// stdout).
     tap: Option<tokio::sync::mpsc::UnboundedSender<Event>>,
+    /// Print nothing; the tap is the only output (a forward set renders its own view).
+    silent: bool,
 }
 
 impl Output {
     /// A printer for `format`.
     pub fn new(format: OutputFormat) -> Output {
-        Output { format, tap: None }
+        Output {
+            format,
+            tap: None,
+            silent: false,
+        }
+    }
+
+    /// A printer that prints nothing and sends every [`Event`] to `tap` (`porthole forward`
+    /// runs many forwards and shows their events in one view of its own).
+    pub fn tap_only(tap: tokio::sync::mpsc::UnboundedSender<Event>) -> Output {
+        Output {
+            format: OutputFormat::Text,
+            tap: Some(tap),
+            silent: true,
+        }
     }
 
     /// Also sends every [`Event`] to `tap`, in either format.
@@ -189,12 +229,21 @@ impl Output {
         self
     }
 
+    /// Whether open connections should report [`Event::ConnectionProgress`] (a forward set's
+    /// live view does; `port-forward`'s output stays as it was).
+    pub fn wants_progress(&self) -> bool {
+        self.silent && self.tap.is_some()
+    }
+
     /// Whether JSON events are printed instead of kubectl's lines.
     pub fn is_json(&self) -> bool {
         self.format == OutputFormat::Json
     }
 
-    pub(crate) fn stdout_line(line: &str) {
+    pub(crate) fn stdout_line(&self, line: &str) {
+        if self.silent {
+            return;
+        }
         let mut out = std::io::stdout().lock();
         // Flushed per line: scripts (and tests) wait for these lines through a pipe. A closed
         // stdout is not a reason to stop forwarding.
@@ -204,6 +253,9 @@ impl Output {
 
     /// Prints a line on stderr (human messages in either format).
     pub fn stderr_line(&self, line: &str) {
+        if self.silent {
+            return;
+        }
         let mut err = std::io::stderr().lock();
         let _ = writeln!(err, "{line}");
     }
@@ -216,7 +268,7 @@ impl Output {
                 event: &event,
             };
             match serde_json::to_string(&stamped) {
-                Ok(line) => Self::stdout_line(&line),
+                Ok(line) => self.stdout_line(&line),
                 Err(e) => self.stderr_line(&format!("error: cannot encode output event: {e}")),
             }
         }
@@ -229,7 +281,7 @@ impl Output {
     pub fn listening(&self, address: &str, local_port: u16, remote_port: u16) {
         if !self.is_json() {
             let hp = crate::listen::join_host_port(address, local_port);
-            Self::stdout_line(&format!("Forwarding from {hp} -> {remote_port}"));
+            self.stdout_line(&format!("Forwarding from {hp} -> {remote_port}"));
         }
         self.event(Event::Listening {
             address: address.to_string(),
@@ -242,7 +294,7 @@ impl Output {
     pub fn listening_udp(&self, address: &str, local_port: u16, remote_port: u16) {
         if !self.is_json() {
             let hp = crate::listen::join_host_port(address, local_port);
-            Self::stdout_line(&format!("Forwarding from {hp} -> {remote_port}/udp"));
+            self.stdout_line(&format!("Forwarding from {hp} -> {remote_port}/udp"));
         }
         self.event(Event::UdpListening {
             address: address.to_string(),
@@ -254,7 +306,7 @@ impl Output {
     /// A local connection was accepted: kubectl's `Handling connection for 8080` (text mode).
     pub fn accepted(&self, local_port: u16) {
         if !self.is_json() {
-            Self::stdout_line(&format!("Handling connection for {local_port}"));
+            self.stdout_line(&format!("Handling connection for {local_port}"));
         }
     }
 

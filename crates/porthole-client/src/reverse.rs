@@ -210,7 +210,7 @@ async fn run_spec(
 fn listening(output: &Output, pod: &str, spec: &ReverseSpec) {
     let local = spec.local();
     if !output.is_json() {
-        Output::stdout_line(&format!(
+        output.stdout_line(&format!(
             "Reverse forwarding from pod {pod} 127.0.0.1:{} -> {local}",
             spec.pod_port
         ));
@@ -274,7 +274,7 @@ async fn handle(
 ) {
     let output = &ctx.output;
     if !output.is_json() {
-        Output::stdout_line(&format!(
+        output.stdout_line(&format!(
             "Handling reverse connection for {}",
             spec.pod_port
         ));

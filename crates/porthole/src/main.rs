@@ -5,6 +5,7 @@
 //! | subcommand | what runs |
 //! |---|---|
 //! | `porthole port-forward` | [`porthole_client::run`], a drop-in for `kubectl port-forward` |
+//! | `porthole forward` | [`porthole_client::set::run`], many forwards at once with a live view |
 //! | `porthole apiserver` | [`porthole_apiserver::run`] on the `--listen` socket |
 //! | `porthole node` | [`porthole_node::run`] on the `--listen` socket |
 //! | `porthole up` | both of the above in this process, plus PKI and kubeconfig ([`up`]) |
@@ -60,6 +61,8 @@ struct Cli {
 enum Command {
     /// Forward one or more local ports to a pod, like `kubectl port-forward`.
     PortForward(porthole_client::Args),
+    /// Run many forwards at once (a file, or every Service) with a live view.
+    Forward(porthole_client::set::ForwardArgs),
     /// Run the Kubernetes-compatible API server.
     Apiserver(porthole_apiserver::Args),
     /// Run the node agent (pods, logs, the kubelet port-forward endpoint).
@@ -136,6 +139,7 @@ fn main() -> ExitCode {
 async fn run(command: Command, shutdown: CancellationToken) -> anyhow::Result<ExitCode> {
     match command {
         Command::PortForward(args) => porthole_client::run(args, shutdown).await,
+        Command::Forward(args) => Ok(porthole_client::set::run(args, shutdown).await),
         Command::Apiserver(args) => {
             // The API server's flags include --listen; the binary binds it so that run() gets
             // a listener, as Contract 2 has it.
@@ -198,6 +202,7 @@ fn install_tracing(cli: &Cli) {
         // `port-forward` prints what kubectl prints and nothing more unless asked: its own
         // kubectl-style `-v=N` maps to a filter.
         (Command::PortForward(args), 0) => args.log_filter(),
+        (Command::Forward(args), 0) => args.log_filter(),
         // A joining node reads cluster-info without verifying the server on purpose (the CA
         // is then checked against --ca-cert-hash); kube warns about that on every join.
         (Command::Node(_), 0) => "info,kube_client::client::tls=error",

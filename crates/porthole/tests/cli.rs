@@ -21,6 +21,7 @@ fn version_and_help() {
     let help = String::from_utf8_lossy(&out.stdout);
     for sub in [
         "port-forward",
+        "forward",
         "apiserver",
         "node",
         "up",
@@ -29,6 +30,21 @@ fn version_and_help() {
         "version",
     ] {
         assert!(help.contains(sub), "--help lists {sub}:\n{help}");
+    }
+    let out = Command::new(BIN)
+        .args(["forward", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for text in [
+        "--filename",
+        "--all-services",
+        "--etc-hosts",
+        "--status-addr",
+        "porthole forward -f forwards.yaml",
+        "kubectl porthole forward",
+    ] {
+        assert!(help.contains(text), "forward --help shows {text}:\n{help}");
     }
     let out = Command::new(BIN).args(["up", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
