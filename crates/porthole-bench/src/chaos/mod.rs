@@ -536,14 +536,22 @@ fn print_leaks(leaks: &Value) {
         if m["leaked"] == json!(true) {
             eprintln!(
                 "  leaked: memory of {} pid {}: {} KiB → {} KiB (+{} KiB, limit {} KiB)",
-                m["role"], m["pid"], m["steady_kib"], m["end_kib"], m["growth_kib"], leaks["rss_leak_kib"]
+                m["role"],
+                m["pid"],
+                m["steady_kib"],
+                m["end_kib"],
+                m["growth_kib"],
+                leaks["rss_leak_kib"]
             );
         }
     }
     let new = leaks["processes_new_since_steady_state"].as_array();
     if leaks["counters"]["processes"]["leaked"] != json!(0) {
         for p in new.into_iter().flatten() {
-            eprintln!("  process new since the steady state: {}", p.as_str().unwrap_or_default());
+            eprintln!(
+                "  process new since the steady state: {}",
+                p.as_str().unwrap_or_default()
+            );
         }
     }
 }
