@@ -94,9 +94,52 @@ fn rootless_forced_runs_the_pods_and_leaves_nothing() {
             );
             Ok(())
         })?;
+
+        // One namespace helper (a fork of `up`) and one namespace thread per pod, both gone
+        // once the pod is deleted.
+        let up = cluster.child.pid();
+        ensure!(
+            helpers_and_threads(up) == (1, 1),
+            "one helper and one thread for the web pod: {:?}",
+            helpers_and_threads(up)
+        );
+        cluster.kubectl(&["delete", "pod", "web", "--wait=true"])?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while helpers_and_threads(up) != (0, 0) && tokio::time::Instant::now() < deadline {
+            // Polling /proc for the reaping to finish, bounded; nothing to wait on instead.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        ensure!(
+            helpers_and_threads(up) == (0, 0),
+            "helper processes and namespace threads left after the pod was deleted: {:?}",
+            helpers_and_threads(up)
+        );
         Ok(())
     })();
     porthole_test::finish(cluster, res);
+}
+
+/// Rootless namespace helpers of `porthole up` (`pid`): its live child processes that are
+/// forks of it (same command line, no exec); and its threads named `netns-*`.
+fn helpers_and_threads(pid: u32) -> (usize, usize) {
+    let cmdline = |p: u32| std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+    let own = cmdline(pid);
+    let helpers = porthole_test::descendants(pid)
+        .into_iter()
+        .filter(|p| porthole_test::alive(*p) && cmdline(p.pid) == own)
+        .count();
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.starts_with("netns-"))
+                })
+                .count()
+        })
+        .unwrap_or(0);
+    (helpers, threads)
 }
 
 #[test]
