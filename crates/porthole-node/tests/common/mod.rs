@@ -268,6 +268,7 @@ impl Pki {
             heartbeat_interval: Duration::from_secs(10),
             in_process: None,
             join: None,
+            pod_isolation: porthole_node::PodIsolation::Auto,
         }
     }
 
