@@ -239,8 +239,9 @@ def main():
                 except Exception as e:  # noqa: BLE001 — recorded, and fails the run at the end
                     failures.append(f"rep {rep} {m}: {e}")
             print(f"bench/rootless: rep {rep + 1}/{a.reps}: " + ", ".join(
-                f"{m} {results[m]['thr1_MBps'][-1:]} MB/s {results[m]['conn1_per_s'][-1:]} conn/s"
-                for m in MODES), flush=True)
+                f"{m} " + " ".join(f"{v[-1]:,.0f} {unit}" for v, unit in (
+                    (results[m]["thr1_MBps"], "MB/s"), (results[m]["conn1_per_s"], "conn/s"))
+                    if v) for m in MODES), flush=True)
     except Exception as e:  # noqa: BLE001
         failures.append(str(e))
     finally:

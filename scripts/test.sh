@@ -95,6 +95,10 @@ if [ -f bench/tunnel.sh ]; then
   step "tunnel bench smoke (bench/tunnel.sh --smoke)"
   bash bench/tunnel.sh --smoke --no-build || hooks_rc=$?
 fi
+if [ -f bench/rootless.sh ]; then
+  step "rootless bench smoke (bench/rootless.sh --smoke)"
+  bash bench/rootless.sh --smoke --no-build || hooks_rc=$?
+fi
 if [ -f bench/store.sh ]; then
   step "store bench smoke (bench/store.sh --smoke)"
   bash bench/store.sh --smoke || hooks_rc=$?

@@ -207,7 +207,12 @@ pub async fn run(
             .await
             .context("the pod isolation check panicked")??
     };
-    tracing::info!("{}", config::isolation_line(isolation, cfg.pod_isolation));
+    // A target of its own, so that a log filter can keep this line alone.
+    tracing::info!(
+        target: "porthole_node::isolation",
+        "{}",
+        config::isolation_line(isolation, cfg.pod_isolation)
+    );
     let runtime = Runtime::new(
         &cfg.state_dir,
         &cfg.node_name,

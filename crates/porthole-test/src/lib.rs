@@ -110,6 +110,17 @@ pub fn expected_isolation_line() -> &'static str {
     }
 }
 
+/// The test's `RUST_LOG` (default `info`) plus the node agent's isolation line (its own log
+/// target), so that [`Child::expect_isolation_line`] finds it whatever the filter.
+pub fn log_filter_keeping_isolation_line() -> String {
+    match std::env::var("RUST_LOG") {
+        Ok(filter) if !filter.trim().is_empty() => {
+            format!("{filter},porthole_node::isolation=info")
+        }
+        _ => "info".into(),
+    }
+}
+
 /// The `porthole` binary for tests: `PORTHOLE_TEST_BIN` when set (the rootless run uses a copy
 /// its user can read), else `compiled` (`env!("CARGO_BIN_EXE_porthole")`).
 pub fn porthole_bin(compiled: &'static str) -> &'static str {
@@ -552,10 +563,7 @@ impl Cluster {
             cmd.arg("-f").arg(f);
         }
         cmd.args(extra);
-        cmd.env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-        );
+        cmd.env("RUST_LOG", log_filter_keeping_isolation_line());
         let n = fs::read_dir(work).map(|d| d.count()).unwrap_or(0);
         let mut child = Child::spawn(&format!("porthole-up-{n}"), cmd, work)?;
         let kubeconfig = child.wait_for_line(READY_TIMEOUT, |line| {
@@ -1032,6 +1040,7 @@ impl Roles {
             ),
             &format!("--client-ca-file={}", self.pki("ca.crt")),
         ]);
+        cmd.env("RUST_LOG", log_filter_keeping_isolation_line());
         self.starts += 1;
         let mut child = Child::spawn(&format!("node-{}", self.starts), cmd, &self.work)?;
         self.node_url = child.wait_for_line(READY_TIMEOUT, |l| {
