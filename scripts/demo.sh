@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# porthole's main job, end to end, on a fresh Debian machine as root:
+# porthole's main job, end to end, on a fresh Debian machine:
 #   bash scripts/demo.sh
-# installs what is missing (apt), builds porthole, starts `porthole up -f examples/web.yaml` in
+# installs what is missing (apt; only this step needs root), builds porthole, starts `porthole up -f examples/web.yaml` in
 # the background, waits for its kubeconfig, runs `porthole port-forward web 8080:8000` and
 # fetches the page through it with curl. Stops everything on exit.
 #
@@ -20,11 +20,13 @@ command -v protoc >/dev/null || missing+=(protobuf-compiler)
 command -v python3 >/dev/null || missing+=(python3)
 command -v curl >/dev/null || missing+=(curl)
 if [ ${#missing[@]} -gt 0 ]; then
+  [ "$(id -u)" = 0 ] || die "missing ${missing[*]}: install them as root (apt-get install ${missing[*]}), or run this script as root once"
   say "installing ${missing[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null \
     || die "apt-get install ${missing[*]}"
 fi
-[ "$(id -u)" = 0 ] || die "run as root: every pod gets its own network namespace"
+# Pods run as any user: as root in bind-mounted network namespaces, otherwise rootless (user
+# namespaces); `porthole up` says which, and why not when neither works.
 
 # 2. Build (or use a given binary).
 if [ -n "${PORTHOLE_BIN:-}" ]; then

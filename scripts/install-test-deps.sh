@@ -36,7 +36,9 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null || die "apt-get install ${missing[*]}"
 }
 # iperf3, openssh-server and socat are the benchmark suite's peers (bench/run.sh --smoke runs in CI).
-apt_install build-essential pkg-config ca-certificates curl socat procps python3 python3-venv git iperf3 openssh-server openssh-client iproute2 util-linux
+# util-linux (unshare, setpriv, runuser) and passwd (useradd): the rootless run of the end-to-end
+# tests (scripts/test-rootless.sh) and its user namespaces of its own.
+apt_install build-essential pkg-config ca-certificates curl socat procps python3 python3-venv git iperf3 openssh-server openssh-client iproute2 util-linux passwd
 # The cluster: protoc builds the etcd client's gRPC code; etcd, haproxy and nftables are real
 # components of the multi-host tests (simulated hosts in network namespaces); iptables adds the
 # NFQUEUE rule that emulates delay on kernels without netem (nft_queue is often not built).

@@ -3,7 +3,9 @@
 #   bash scripts/test.sh
 # 1. installs the test clients (scripts/install-test-deps.sh: apt, pip venv, kubectl 1.20 aside)
 # 2. cargo fmt --check, cargo clippy -D warnings
-# 3. cargo build --release, cargo test --workspace (end-to-end tests need root: CI is root)
+# 3. cargo build --release, cargo test --workspace (as root in CI: pods privileged, simulated
+#    hosts), then the end-to-end suite of `porthole up` again as an unprivileged user, pods
+#    rootless (scripts/test-rootless.sh)
 # 4. the public smoke check ../shared/acceptance/smoke.sh, when it is there
 # 5. fuzz and bench smoke runs and a 3-minute chaos soak, when their scripts exist
 # Any failure fails the run; a missing tool is an error, never a skip.
@@ -28,7 +30,7 @@ source "${PORTHOLE_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/porthole-tools}/en
 for tool in cargo python3 curl pgrep "$PORTHOLE_KUBECTL" "$PORTHOLE_KUBECTL_137" "$PORTHOLE_KUBECTL_120" "$PORTHOLE_PYTHON"; do
   command -v "$tool" >/dev/null || die "required tool $tool is missing"
 done
-[ "$(id -u)" = 0 ] || echo "test.sh: WARNING: not root: pods need network namespaces, so the end-to-end tests will fail" >&2
+[ "$(id -u)" = 0 ] || echo "test.sh: WARNING: not root: pods run rootless, and the tests of simulated hosts (joins, etcd, haproxy) print SKIPPED" >&2
 
 step "cargo fmt --check"
 cargo fmt --all --check || die "cargo fmt --check (run cargo fmt --all)"
@@ -54,6 +56,19 @@ cargo test --release -p porthole-node --test portforward --test bench_memory -- 
 release_rc=${PIPESTATUS[0]}
 set -e
 [ "$release_rc" = 0 ] || test_rc=$release_rc
+
+# The same `porthole up` suite as an unprivileged user: pods in user namespaces, every client,
+# the leak checks; nothing may skip there.
+step "end-to-end suite as an unprivileged user (scripts/test-rootless.sh)"
+if [ "$(id -u)" = 0 ]; then
+  set +e
+  bash scripts/test-rootless.sh 2>&1 | tee -a "$log"
+  rootless_rc=${PIPESTATUS[0]}
+  set -e
+  [ "$rootless_rc" = 0 ] || test_rc=$rootless_rc
+else
+  echo "test.sh: not root: the run above already ran pods rootless; the second run as another user needs root to create that user"
+fi
 
 smoke_rc=0
 if [ -f ../shared/acceptance/smoke.sh ]; then
@@ -87,6 +102,10 @@ fi
 if [ -f bench/udp.sh ]; then
   step "UDP forwarding bench smoke (bench/udp.sh --smoke)"
   bash bench/udp.sh --smoke --no-build || hooks_rc=$?
+fi
+if [ -f bench/rootless.sh ]; then
+  step "rootless bench smoke (bench/rootless.sh --smoke)"
+  bash bench/rootless.sh --smoke --no-build || hooks_rc=$?
 fi
 if [ -f bench/store.sh ]; then
   step "store bench smoke (bench/store.sh --smoke)"

@@ -16,11 +16,15 @@
 //! - [`NetNs::remove`] unmounts and unlinks the file; [`cleanup_dir`] does the same for files
 //!   left behind by a previous run.
 //!
-//! - Without CAP_SYS_ADMIN, [`NetNs::create`] falls back to [`NetNs::create_rootless`]: a
-//!   forked helper process unshares a user namespace (the agent's uid/gid mapped to 0) and a
-//!   network namespace and hands out sockets over SCM_RIGHTS; children join both namespaces.
-//!   Nothing is mounted and the helper dies with the agent. If user namespaces are disabled
-//!   too, the error says which sysctl is missing.
+//! - Two ways to make a namespace, the agent's [`Isolation`], chosen once at its start (no
+//!   fallback per pod, so an error of the chosen way is the one reported):
+//!   [`Isolation::Privileged`] (root) bind-mounts it as above; [`Isolation::Rootless`]
+//!   ([`NetNs::create_rootless`]) has a forked helper process unshare a user namespace (the
+//!   agent's uid/gid mapped to 0) and a network namespace and hand out sockets over
+//!   SCM_RIGHTS; children join both namespaces. Nothing is mounted and the helper dies with
+//!   the agent. [`Isolation::probe`] checks at start that the chosen way works; when the host
+//!   forbids unprivileged user namespaces its error names the setting to change
+//!   ([`NetnsError::UserNamespace`]).
 //!
 //! Linux only. This is the only crate in porthole allowed `unsafe`, confined to `sys.rs`.
 
@@ -40,6 +44,8 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 mod sys;
 
+pub use sys::HelperStep;
+
 /// Default per-address connect timeout for [`NetNs::dial`] (containerd uses 5 s, §8.2).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -49,6 +55,17 @@ pub enum NetnsError {
     /// The process may not create network namespaces.
     #[error("{0}")]
     NotPermitted(String),
+    /// The kernel refused the user namespace a rootless namespace needs; `hint` names the
+    /// host setting responsible and how to change it.
+    #[error("{hint} ({}: {})", step.map_or("start the namespace helper", sys::HelperStep::describe), describe_io_error(cause))]
+    UserNamespace {
+        /// The helper's step that failed (`None`: starting the helper).
+        step: Option<sys::HelperStep>,
+        /// The error of that step.
+        cause: io::Error,
+        /// What to change, for the operator.
+        hint: String,
+    },
     /// `unshare(CLONE_NEWNET)` failed for another reason.
     #[error("create network namespace: unshare(CLONE_NEWNET)")]
     Unshare(#[source] io::Error),
@@ -215,6 +232,48 @@ enum Kind {
     },
 }
 
+/// How pod network namespaces are made; an agent uses one for all its pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// Bind-mounted network namespaces under the node's state dir: needs root
+    /// (CAP_SYS_ADMIN); they survive an agent crash and are cleaned up at the next start.
+    Privileged,
+    /// Each pod in a user namespace owned by the agent's user, around its network namespace:
+    /// needs no privilege, only unprivileged user namespaces (on by default in most kernels).
+    Rootless,
+}
+
+impl Isolation {
+    /// What an agent uses unless told otherwise: [`Isolation::Privileged`] as root,
+    /// [`Isolation::Rootless`] otherwise.
+    pub fn for_this_process() -> Isolation {
+        if nix::unistd::geteuid().is_root() {
+            Isolation::Privileged
+        } else {
+            Isolation::Rootless
+        }
+    }
+
+    /// The name used in flags and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isolation::Privileged => "privileged",
+            Isolation::Rootless => "rootless",
+        }
+    }
+
+    /// Makes one namespace this way and removes it again, so that a host where it cannot
+    /// work is found at start, with the reason, rather than at the first pod. `dir` (which must
+    /// exist) holds the short-lived bind mount of [`Isolation::Privileged`].
+    ///
+    /// Blocks for the few system calls it takes.
+    pub fn probe(self, dir: &Path) -> Result<(), NetnsError> {
+        let name = format!("probe-{}", std::process::id());
+        let ns = NetNs::create(&dir.join(format!(".{name}")), &name, self)?;
+        ns.remove()
+    }
+}
+
 /// A network namespace owned by this process, persisted as a bind mount at [`NetNs::path`].
 ///
 /// Cheap to clone. The namespace is removed (unmounted, file unlinked) by [`NetNs::remove`],
@@ -234,29 +293,19 @@ impl std::fmt::Debug for NetNs {
 }
 
 impl NetNs {
-    /// Creates a namespace with only `lo` (up) and persists it at `path` (the parent directory
-    /// must exist). `name` (the pod UID) appears in thread names and dial errors.
+    /// Creates a namespace with only `lo` (up) the way `isolation` says. `name` (the pod UID)
+    /// appears in thread names and dial errors.
+    ///
+    /// [`Isolation::Privileged`] bind-mounts it at `path` (the parent directory must exist);
+    /// [`Isolation::Rootless`] ignores `path` ([`NetNs::create_rootless`]). There is no
+    /// fallback from one to the other: the error is the chosen way's.
     ///
     /// Blocks for the few system calls it takes; call it from `spawn_blocking` in async code.
-    ///
-    /// As root this bind-mounts the namespace at `path`. Without CAP_SYS_ADMIN it falls back to
-    /// a rootless namespace ([`NetNs::create_rootless`]) when the kernel allows unprivileged
-    /// user namespaces, and otherwise says what is missing.
-    pub fn create(path: &Path, name: &str) -> Result<NetNs, NetnsError> {
-        let mounted_err = if nix::unistd::geteuid().is_root() {
-            match NetNs::create_mounted(path, name) {
-                Err(NetnsError::NotPermitted(msg)) => msg,
-                other => return other,
-            }
-        } else {
-            privilege_hint()
-        };
-        NetNs::create_rootless(name).map_err(|e| {
-            NetnsError::NotPermitted(format!(
-                "{mounted_err}; the rootless fallback (user namespace) failed too: {}",
-                error_chain(&e)
-            ))
-        })
+    pub fn create(path: &Path, name: &str, isolation: Isolation) -> Result<NetNs, NetnsError> {
+        match isolation {
+            Isolation::Privileged => NetNs::create_mounted(path, name),
+            Isolation::Rootless => NetNs::create_rootless(name),
+        }
     }
 
     /// Creates a namespace held by a helper process inside a new user namespace (the
@@ -264,7 +313,8 @@ impl NetNs {
     /// the helper dies with the agent, so a crash leaves nothing behind. [`NetNs::path`] is the
     /// helper's `/proc/PID/ns/net`.
     pub fn create_rootless(name: &str) -> Result<NetNs, NetnsError> {
-        let (ready_tx, ready_rx) = mpsc::sync_channel::<io::Result<nix::unistd::Pid>>(1);
+        let (ready_tx, ready_rx) =
+            mpsc::sync_channel::<Result<nix::unistd::Pid, sys::HelperError>>(1);
         let (req_tx, req_rx) = mpsc::channel::<SocketRequest>();
         let thread_name: String = format!("netns-{name}").chars().take(15).collect();
         std::thread::Builder::new()
@@ -276,7 +326,7 @@ impl NetNs {
             })?;
         let pid = match ready_rx.recv() {
             Ok(Ok(pid)) => pid,
-            Ok(Err(e)) => return Err(NetnsError::Unshare(e)),
+            Ok(Err(e)) => return Err(user_namespace_error(e)),
             Err(_) => {
                 return Err(NetnsError::Thread {
                     name: name.to_owned(),
@@ -708,7 +758,7 @@ fn make_sockets(
 /// to this thread's life), then relay socket requests to it until every sender is gone; then
 /// close the helper's socket and reap it.
 fn rootless_thread(
-    ready: mpsc::SyncSender<io::Result<nix::unistd::Pid>>,
+    ready: mpsc::SyncSender<Result<nix::unistd::Pid, sys::HelperError>>,
     requests: mpsc::Receiver<SocketRequest>,
 ) {
     let helper = match sys::spawn_rootless_helper() {
@@ -739,32 +789,78 @@ fn rootless_thread(
     let _ = nix::sys::wait::waitpid(helper.pid, None);
 }
 
-/// Explains what is missing when namespaces cannot be created, for the operator.
+/// Explains what is missing when bind-mounted namespaces cannot be created, for the operator.
 fn privilege_hint() -> String {
     let euid = nix::unistd::geteuid();
     if euid.is_root() {
         return "creating a network namespace was refused (EPERM) although running as root: \
                 the process lacks CAP_SYS_ADMIN (a restricted container or seccomp profile?); \
-                run porthole node with CAP_SYS_ADMIN"
+                give porthole CAP_SYS_ADMIN, or run its pods rootless (user namespaces)"
             .into();
     }
-    let userns = std::fs::read_to_string("/proc/sys/kernel/unprivileged_userns_clone")
-        .map(|s| s.trim() != "0")
-        .unwrap_or(true)
-        && std::fs::read_to_string("/proc/sys/user/max_user_namespaces")
-            .map(|s| s.trim() != "0")
-            .unwrap_or(true);
-    let userns_text = if userns {
-        ""
-    } else {
-        "; unprivileged user namespaces are disabled on this host \
-         (kernel.unprivileged_userns_clone=0 or user.max_user_namespaces=0): enable them for \
-         rootless pods"
-    };
     format!(
-        "porthole node runs as uid {euid} without CAP_SYS_ADMIN, so it cannot create \
-         bind-mounted network namespaces (run it as root for that){userns_text}"
+        "porthole runs as uid {euid} without CAP_SYS_ADMIN, so it cannot create \
+         bind-mounted network namespaces: run it as root, or run its pods rootless \
+         (user namespaces)"
     )
+}
+
+/// Reads a sysctl under /proc/sys (`None` if the kernel has no such setting).
+fn sysctl(path: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/sys/{path}"))
+        .ok()
+        .map(|s| s.trim().to_owned())
+}
+
+/// Names the host setting that refused the rootless helper's user namespace, and the fix.
+fn user_namespace_error(e: sys::HelperError) -> NetnsError {
+    use sys::HelperStep;
+    let errno = e.error.raw_os_error().map(nix::errno::Errno::from_raw);
+    let max = sysctl("user/max_user_namespaces");
+    let clone = sysctl("kernel/unprivileged_userns_clone");
+    let apparmor = sysctl("kernel/apparmor_restrict_unprivileged_userns");
+    let all = "unprivileged user namespaces are forbidden on this host; check \
+               kernel.unprivileged_userns_clone (must be 1 where it exists), \
+               user.max_user_namespaces (must be above 0) and \
+               kernel.apparmor_restrict_unprivileged_userns (must be 0, or give porthole an \
+               AppArmor profile allowing `userns`)";
+    let hint = match (e.step, errno) {
+        (Some(HelperStep::Unshare), Some(nix::errno::Errno::ENOSPC)) => format!(
+            "the kernel allows no more user namespaces: user.max_user_namespaces is {} here \
+             (0 forbids them); raise it, e.g. `sudo sysctl -w user.max_user_namespaces=15000`, \
+             to run pods rootless (or run porthole as root)",
+            max.as_deref().unwrap_or("unknown")
+        ),
+        (Some(HelperStep::Unshare), Some(nix::errno::Errno::EPERM))
+            if clone.as_deref() == Some("0") =>
+        {
+            "unprivileged user namespaces are disabled: kernel.unprivileged_userns_clone is 0; \
+             enable them with `sudo sysctl -w kernel.unprivileged_userns_clone=1` to run pods \
+             rootless (or run porthole as root)"
+                .to_owned()
+        }
+        (Some(HelperStep::UidMap | HelperStep::GidMap | HelperStep::Loopback), _)
+            if apparmor.as_deref() == Some("1") =>
+        {
+            "AppArmor restricts unprivileged user namespaces: \
+             kernel.apparmor_restrict_unprivileged_userns is 1; set it to 0 with `sudo sysctl -w \
+             kernel.apparmor_restrict_unprivileged_userns=0`, or give porthole an AppArmor \
+             profile allowing `userns`, to run pods rootless (or run porthole as root)"
+                .to_owned()
+        }
+        (Some(HelperStep::Unshare), Some(nix::errno::Errno::EUSERS)) => {
+            "user namespaces are nested 32 deep already, the kernel's limit: run porthole \
+             from an outer namespace (or as root)"
+                .to_owned()
+        }
+        (None, _) => "could not start the rootless namespace helper".to_owned(),
+        _ => format!("{all}; or run porthole as root"),
+    };
+    NetnsError::UserNamespace {
+        step: e.step,
+        cause: e.error,
+        hint,
+    }
 }
 
 /// Unmounts `path` if it is a mount point and unlinks it. Missing files are fine.
@@ -936,7 +1032,8 @@ mod tests {
         }
         let dir = tempdir("dial");
         let path = dir.join("ns1");
-        let ns = NetNs::create(&path, "pod-uid-1").expect("create namespace (needs root)");
+        let ns = NetNs::create(&path, "pod-uid-1", Isolation::Privileged)
+            .expect("create namespace (needs root)");
         assert!(is_mounted(&path).expect("mountinfo"));
 
         // A server inside the namespace that upper-cases one message.
@@ -1034,7 +1131,8 @@ mod tests {
             return;
         }
         let dir = tempdir("spare");
-        let ns = NetNs::create(&dir.join("ns1"), "pod-uid-2").expect("create namespace");
+        let ns = NetNs::create(&dir.join("ns1"), "pod-uid-2", Isolation::Privileged)
+            .expect("create namespace");
         const N: usize = SOCKET_BATCH * 2 + 3;
         const BURST: usize = 40;
         let (mut child, port) = python_server_in(
@@ -1081,7 +1179,8 @@ mod tests {
         }
         let dir = tempdir("cleanup");
         let path = dir.join("leftover");
-        let ns = NetNs::create(&path, "leftover").expect("create namespace (needs root)");
+        let ns = NetNs::create(&path, "leftover", Isolation::Privileged)
+            .expect("create namespace (needs root)");
         // Simulate a crash: the handle is forgotten, the mount stays.
         std::mem::forget(ns);
         assert!(is_mounted(&path).expect("mountinfo"));

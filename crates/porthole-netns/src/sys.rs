@@ -79,14 +79,56 @@ pub(crate) struct Helper {
     pub(crate) sock: std::os::fd::OwnedFd,
 }
 
-/// Steps of the helper's setup, reported with errno when one fails.
-const STEP_NAMES: [&str; 5] = [
-    "",
-    "unshare(CLONE_NEWUSER|CLONE_NEWNET)",
-    "write /proc/self/uid_map",
-    "write /proc/self/gid_map",
-    "bring up loopback",
-];
+/// A step of the rootless helper's setup, as it reports it (the byte value is the wire code
+/// between helper and agent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HelperStep {
+    /// `unshare(CLONE_NEWUSER|CLONE_NEWNET)`.
+    Unshare = 1,
+    /// Writing `/proc/self/uid_map`.
+    UidMap = 2,
+    /// Writing `/proc/self/gid_map`.
+    GidMap = 3,
+    /// Bringing `lo` up in the new network namespace.
+    Loopback = 4,
+}
+
+impl HelperStep {
+    fn from_code(code: u8) -> Option<HelperStep> {
+        [
+            HelperStep::Unshare,
+            HelperStep::UidMap,
+            HelperStep::GidMap,
+            HelperStep::Loopback,
+        ]
+        .into_iter()
+        .find(|s| *s as u8 == code)
+    }
+
+    /// What the step does, for error messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            HelperStep::Unshare => "unshare(CLONE_NEWUSER|CLONE_NEWNET)",
+            HelperStep::UidMap => "write /proc/self/uid_map",
+            HelperStep::GidMap => "write /proc/self/gid_map",
+            HelperStep::Loopback => "bring up loopback",
+        }
+    }
+}
+
+/// Why the rootless helper could not be set up: the step that failed (`None`: before or
+/// outside the steps, e.g. `fork`) and the error.
+#[derive(Debug)]
+pub(crate) struct HelperError {
+    pub(crate) step: Option<HelperStep>,
+    pub(crate) error: io::Error,
+}
+
+impl From<io::Error> for HelperError {
+    fn from(error: io::Error) -> Self {
+        HelperError { step: None, error }
+    }
+}
 
 /// Starts the rootless helper: a forked child that unshares a user namespace (mapping the
 /// agent's uid/gid to 0) and a network namespace, brings `lo` up, then creates sockets on
@@ -95,7 +137,7 @@ const STEP_NAMES: [&str; 5] = [
 ///
 /// A user namespace cannot be entered by a multi-threaded process, which is why this is a
 /// process and not a thread.
-pub(crate) fn spawn_rootless_helper() -> io::Result<Helper> {
+pub(crate) fn spawn_rootless_helper() -> Result<Helper, HelperError> {
     use nix::sys::socket::socketpair;
     // Prepared before fork: the child must not allocate.
     let uid_map = format!("0 {} 1", nix::unistd::getuid());
@@ -112,7 +154,7 @@ pub(crate) fn spawn_rootless_helper() -> io::Result<Helper> {
     // prepared before the fork, and never returns (it `_exit`s).
     let pid = unsafe { libc::fork() };
     if pid < 0 {
-        return Err(io::Error::last_os_error());
+        return Err(io::Error::last_os_error().into());
     }
     if pid == 0 {
         drop(parent);
@@ -128,14 +170,12 @@ pub(crate) fn spawn_rootless_helper() -> io::Result<Helper> {
     }
     let _ = nix::sys::wait::waitpid(pid, None);
     if n < 2 {
-        return Err(io::Error::other("the namespace helper exited during setup"));
+        return Err(io::Error::other("the namespace helper exited during setup").into());
     }
-    let step = STEP_NAMES
-        .get(status[0] as usize)
-        .copied()
-        .unwrap_or("setup");
-    let errno = io::Error::from_raw_os_error(i32::from(status[1]));
-    Err(io::Error::new(errno.kind(), format!("{step}: {errno}")))
+    Err(HelperError {
+        step: HelperStep::from_code(status[0]),
+        error: io::Error::from_raw_os_error(i32::from(status[1])),
+    })
 }
 
 /// Writes `data` to the file at `path` with raw system calls.
@@ -179,19 +219,19 @@ unsafe fn helper_main(sock: RawFd, uid_map: &[u8], gid_map: &[u8]) -> ! {
             0,
         );
         if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET) != 0 {
-            report(1);
+            report(HelperStep::Unshare as u8);
         }
         // Required before an unprivileged gid_map write; harmless if it fails.
         write_file(c"/proc/self/setgroups", b"deny");
         if !write_file(c"/proc/self/uid_map", uid_map) {
-            report(2);
+            report(HelperStep::UidMap as u8);
         }
         if !write_file(c"/proc/self/gid_map", gid_map) {
-            report(3);
+            report(HelperStep::GidMap as u8);
         }
     }
     if loopback_up().is_err() {
-        report(4);
+        report(HelperStep::Loopback as u8);
     }
     let ok = [0u8, 0];
     // SAFETY: two bytes from a stack buffer.

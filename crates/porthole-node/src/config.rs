@@ -96,6 +96,78 @@ pub struct Args {
     /// `--join` or `--api-server`; the address may be a load balancer.
     #[arg(long, env = "PORTHOLE_NODE_TUNNEL", default_value_t = false)]
     pub tunnel: bool,
+    /// How pods get their network namespaces: `privileged` (bind-mounted, needs root),
+    /// `rootless` (each pod in a user namespace owned by this user, no privilege needed) or
+    /// `auto` (privileged as root, rootless otherwise). Checked once at start.
+    #[arg(
+        long,
+        env = "PORTHOLE_POD_ISOLATION",
+        value_enum,
+        default_value_t = PodIsolation::Auto
+    )]
+    pub pod_isolation: PodIsolation,
+}
+
+/// `--pod-isolation`: what the operator asked for; [`PodIsolation::resolve`] turns it into the
+/// [`porthole_netns::Isolation`] the pods use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PodIsolation {
+    /// Privileged as root, rootless otherwise.
+    Auto,
+    /// Bind-mounted network namespaces (root, CAP_SYS_ADMIN).
+    Privileged,
+    /// User namespaces owned by the agent's user.
+    Rootless,
+}
+
+impl PodIsolation {
+    /// The way pods will be isolated, after checking that it works here by making one
+    /// namespace that way (in `probe_dir`, which must exist). The error is that way's own:
+    /// `auto` as root never hides a privileged failure behind a rootless attempt.
+    ///
+    /// Blocks for the few system calls it takes.
+    pub fn resolve(self, probe_dir: &Path) -> anyhow::Result<porthole_netns::Isolation> {
+        use porthole_netns::Isolation;
+        let (isolation, why) = match self {
+            PodIsolation::Auto => {
+                let isolation = Isolation::for_this_process();
+                let why = if isolation == Isolation::Privileged {
+                    "root; --pod-isolation rootless runs them without privilege"
+                } else {
+                    "not root; --pod-isolation privileged needs root"
+                };
+                (isolation, why)
+            }
+            PodIsolation::Privileged => (Isolation::Privileged, "--pod-isolation privileged"),
+            PodIsolation::Rootless => (Isolation::Rootless, "--pod-isolation rootless"),
+        };
+        isolation
+            .probe(probe_dir)
+            .with_context(|| format!("cannot run pods {} ({why})", isolation.name()))?;
+        Ok(isolation)
+    }
+}
+
+/// The line the node agent logs once at start, naming how its pods run.
+pub fn isolation_line(isolation: porthole_netns::Isolation, requested: PodIsolation) -> String {
+    let how = match isolation {
+        porthole_netns::Isolation::Privileged => "bind-mounted network namespaces",
+        porthole_netns::Isolation::Rootless => "user namespaces",
+    };
+    let why = match (requested, nix::unistd::geteuid().is_root()) {
+        (PodIsolation::Auto, true) => "root".to_owned(),
+        (PodIsolation::Auto, false) => "not root".to_owned(),
+        (forced, _) => format!("--pod-isolation {}", isolation_flag_value(forced)),
+    };
+    format!("pods run {}: {how} ({why})", isolation.name())
+}
+
+fn isolation_flag_value(p: PodIsolation) -> &'static str {
+    match p {
+        PodIsolation::Auto => "auto",
+        PodIsolation::Privileged => "privileged",
+        PodIsolation::Rootless => "rootless",
+    }
 }
 
 /// Where and how the node reaches the API server.
@@ -159,6 +231,8 @@ pub struct Config {
     /// Join with a bootstrap token first (the certificate paths above are then the files the
     /// join writes).
     pub join: Option<JoinConfig>,
+    /// `--pod-isolation`, resolved at start.
+    pub pod_isolation: PodIsolation,
 }
 
 impl Config {
@@ -261,6 +335,7 @@ impl Config {
             heartbeat_interval: Duration::from_secs(10),
             in_process: None,
             join,
+            pod_isolation: args.pod_isolation,
         })
     }
 }

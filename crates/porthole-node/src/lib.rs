@@ -43,7 +43,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{ApiConfig, Args, Config, JoinConfig};
+pub use config::{ApiConfig, Args, Config, JoinConfig, PodIsolation};
+pub use porthole_netns::Isolation;
 pub use runtime::{PodHandle, Runtime};
 
 /// The node side of an in-process link to an API server running in the same process
@@ -198,7 +199,27 @@ pub async fn run(
         &cfg.tls_private_key_file,
         &cfg.client_ca_file,
     )?;
-    let runtime = Runtime::new(&cfg.state_dir, &cfg.node_name, &cfg.node_ip.to_string())?;
+    let isolation = {
+        let netns_dir = cfg.state_dir.join("netns");
+        std::fs::create_dir_all(&netns_dir)
+            .with_context(|| format!("create node state directory {}", netns_dir.display()))?;
+        let requested = cfg.pod_isolation;
+        tokio::task::spawn_blocking(move || requested.resolve(&netns_dir))
+            .await
+            .context("the pod isolation check panicked")??
+    };
+    // A target of its own, so that a log filter can keep this line alone.
+    tracing::info!(
+        target: "porthole_node::isolation",
+        "{}",
+        config::isolation_line(isolation, cfg.pod_isolation)
+    );
+    let runtime = Runtime::new(
+        &cfg.state_dir,
+        &cfg.node_name,
+        &cfg.node_ip.to_string(),
+        isolation,
+    )?;
 
     let registration = Arc::new(metrics::Registration::new(client.is_some()));
     let server_stop = CancellationToken::new();

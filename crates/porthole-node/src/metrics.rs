@@ -164,7 +164,13 @@ mod tests {
     fn streams_and_bytes_are_counted_per_forward() {
         let dir =
             std::env::temp_dir().join(format!("porthole-node-metrics-{}", std::process::id()));
-        let runtime = Runtime::new(&dir, "n1", "127.0.0.1").expect("runtime");
+        let runtime = Runtime::new(
+            &dir,
+            "n1",
+            "127.0.0.1",
+            porthole_netns::Isolation::for_this_process(),
+        )
+        .expect("runtime");
         let m = NodeMetrics::new();
         let session = m.session();
         m.stream_opened();

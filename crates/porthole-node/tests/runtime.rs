@@ -379,8 +379,13 @@ async fn crash_child() {
     let Ok(state) = std::env::var("PORTHOLE_NODE_CRASH_STATE") else {
         return;
     };
-    let rt = porthole_node::Runtime::new(std::path::Path::new(&state), "test", "127.0.0.1")
-        .expect("runtime");
+    let rt = porthole_node::Runtime::new(
+        std::path::Path::new(&state),
+        "test",
+        "127.0.0.1",
+        porthole_node::Isolation::for_this_process(),
+    )
+    .expect("runtime");
     let h = rt
         .apply(&shell_pod(
             "orphan",
@@ -447,13 +452,23 @@ async fn leftovers_of_a_crashed_agent_are_cleaned_up() {
     let mounted_before = std::fs::read_to_string("/proc/self/mountinfo")
         .expect("mountinfo")
         .contains(&*state.to_string_lossy());
-    assert!(
-        mounted_before,
-        "the namespace mount should have outlived the agent"
+    // A privileged namespace is a bind mount that outlives the agent; a rootless one is held
+    // by a helper that dies with it, so nothing is mounted.
+    let privileged =
+        porthole_node::Isolation::for_this_process() == porthole_node::Isolation::Privileged;
+    assert_eq!(
+        mounted_before, privileged,
+        "the namespace mount should have outlived the agent (privileged) or never existed (rootless)"
     );
 
     // A new agent on the same state dir cleans everything up before running anything.
-    let rt = porthole_node::Runtime::new(&state, "test", "127.0.0.1").expect("runtime");
+    let rt = porthole_node::Runtime::new(
+        &state,
+        "test",
+        "127.0.0.1",
+        porthole_node::Isolation::for_this_process(),
+    )
+    .expect("runtime");
     // SIGKILLed processes are reaped by their new parent; wait for that without sleeping
     // blindly: poll /proc with a bounded number of yields.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

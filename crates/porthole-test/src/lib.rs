@@ -45,21 +45,87 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long a clean stop (SIGINT) may take: pods get SIGTERM and a grace period.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// True when running as root, which pods (network namespaces) need.
+/// True when running as root, which bind-mounted pod namespaces and simulated hosts need.
 pub fn is_root() -> bool {
     fs::metadata("/proc/self")
         .map(|m| m.uid() == 0)
         .unwrap_or(false)
 }
 
-/// For tests that need root: returns false and prints a loud SKIPPED line when not root.
-/// CI runs as root, where this never skips.
+/// Set to 1 by `scripts/test.sh` for its second run of the end-to-end suite, as an unprivileged
+/// user: then no selected test may skip. A test that needs root, or whose pods cannot run,
+/// fails instead, and every cluster must say that its pods run rootless.
+pub const ROOTLESS_RUN_VAR: &str = "PORTHOLE_TEST_ROOTLESS";
+
+/// Whether this is the rootless run ([`ROOTLESS_RUN_VAR`]).
+pub fn rootless_run() -> bool {
+    std::env::var_os(ROOTLESS_RUN_VAR).is_some_and(|v| v == "1")
+}
+
+/// For tests that need root by nature (simulated hosts, joins on a testbed): returns false and
+/// prints a loud SKIPPED line when not root. CI runs them as root, where this never skips; in
+/// the rootless run such a test was selected by mistake, which fails it.
 pub fn require_root(test: &str) -> bool {
     if is_root() {
         return true;
     }
-    eprintln!("\n*** SKIPPED {test}: needs root (pods get their own network namespaces); CI runs as root ***\n");
+    if rootless_run() {
+        panic!("{test} needs root but was selected for the rootless run ({ROOTLESS_RUN_VAR}=1): leave it out of that run's filters");
+    }
+    eprintln!("\n*** SKIPPED {test}: needs root (simulated hosts are network namespaces); CI runs as root ***\n");
     false
+}
+
+/// For tests that run pods (`porthole up`, the node agent): they run as root (privileged
+/// namespaces) and as any other user whose kernel allows unprivileged user namespaces
+/// (rootless). Returns false with a loud SKIPPED line when neither holds; in the rootless run
+/// that fails the test, as does running it as root there.
+pub fn require_pods(test: &str) -> bool {
+    if is_root() {
+        assert!(
+            !rootless_run(),
+            "{test}: {ROOTLESS_RUN_VAR}=1 but running as root; the rootless run must run as an unprivileged user"
+        );
+        return true;
+    }
+    let probe = porthole_netns::Isolation::Rootless.probe(&std::env::temp_dir());
+    let Err(e) = probe else {
+        return true;
+    };
+    let why = format!("{e}");
+    if rootless_run() {
+        panic!("{test}: pods cannot run rootless here: {why}");
+    }
+    eprintln!("\n*** SKIPPED {test}: not root and pods cannot run rootless: {why} ***\n");
+    false
+}
+
+/// The log line of a node agent (or `porthole up`) naming how its pods run, expected for this
+/// user: `pods run privileged` as root, `pods run rootless` otherwise.
+pub fn expected_isolation_line() -> &'static str {
+    if is_root() {
+        "pods run privileged: "
+    } else {
+        "pods run rootless: "
+    }
+}
+
+/// The test's `RUST_LOG` (default `info`) plus the node agent's isolation line (its own log
+/// target), so that [`Child::expect_isolation_line`] finds it whatever the filter.
+pub fn log_filter_keeping_isolation_line() -> String {
+    match std::env::var("RUST_LOG") {
+        Ok(filter) if !filter.trim().is_empty() => {
+            format!("{filter},porthole_node::isolation=info")
+        }
+        _ => "info".into(),
+    }
+}
+
+/// The `porthole` binary for tests: `PORTHOLE_TEST_BIN` when set (the rootless run uses a copy
+/// its user can read), else `compiled` (`env!("CARGO_BIN_EXE_porthole")`).
+pub fn porthole_bin(compiled: &'static str) -> &'static str {
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| std::env::var("PORTHOLE_TEST_BIN").unwrap_or_else(|_| compiled.to_owned()))
 }
 
 /// A unique directory under the system temp dir, removed (with its contents) on drop.
@@ -208,6 +274,27 @@ impl Child {
             self.name,
             tail.join("\n")
         )
+    }
+
+    /// Everything written to stderr so far.
+    pub fn stderr_text(&self) -> String {
+        fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Fails unless the process logged how its pods run, as expected for this user
+    /// ([`expected_isolation_line`]); the line comes before the ready line.
+    pub fn expect_isolation_line(&self) -> Result<()> {
+        let want = expected_isolation_line();
+        let stderr = self.stderr_text();
+        if !stderr.contains(want) {
+            bail!(
+                "{} did not log {want:?} (uid {})\n{}",
+                self.name,
+                nix::unistd::geteuid(),
+                self.report()
+            );
+        }
+        Ok(())
     }
 
     /// Stdout lines printed so far.
@@ -476,16 +563,16 @@ impl Cluster {
             cmd.arg("-f").arg(f);
         }
         cmd.args(extra);
-        cmd.env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-        );
+        cmd.env("RUST_LOG", log_filter_keeping_isolation_line());
         let n = fs::read_dir(work).map(|d| d.count()).unwrap_or(0);
         let mut child = Child::spawn(&format!("porthole-up-{n}"), cmd, work)?;
         let kubeconfig = child.wait_for_line(READY_TIMEOUT, |line| {
             line.strip_prefix("porthole up: cluster ready, kubeconfig at ")
                 .map(PathBuf::from)
         })?;
+        if !extra.iter().any(|a| a.starts_with("--pod-isolation")) {
+            child.expect_isolation_line()?;
+        }
         let expected = fs::canonicalize(data_dir)?.join("kubeconfig");
         if kubeconfig != expected {
             bail!(
@@ -595,10 +682,39 @@ pub fn check_no_leftovers(marker: &Path, before: &BTreeSet<ProcId>) -> Result<()
             entry.display()
         ));
     }
+    // Whoever ran the cluster can remove what it left (the rootless run's pods, uid 0 in
+    // their user namespace, write as this user).
+    let me = nix::unistd::geteuid().as_raw();
+    for (path, uid) in files_owned_by_others(Path::new(&*marker), me) {
+        problems.push(format!(
+            "{} is owned by uid {uid}, not by uid {me} who ran the cluster",
+            path.display()
+        ));
+    }
     if !problems.is_empty() {
         bail!("left behind after stop:\n  {}", problems.join("\n  "));
     }
     Ok(())
+}
+
+/// Files and directories under `dir` (and `dir` itself) whose owner is not `uid`.
+pub fn files_owned_by_others(dir: &Path, uid: u32) -> Vec<(PathBuf, u32)> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.uid() != uid {
+            found.push((path.clone(), meta.uid()));
+        }
+        if meta.is_dir() {
+            if let Ok(entries) = fs::read_dir(&path) {
+                stack.extend(entries.flatten().map(|e| e.path()));
+            }
+        }
+    }
+    found
 }
 
 /// Entries of every directory named `netns` under `dir` (where the node agent keeps the
@@ -809,8 +925,12 @@ pub fn example(name: &str) -> PathBuf {
     repo_root().join("examples").join(name)
 }
 
-/// The workspace root (two levels above this crate).
+/// The workspace root: `PORTHOLE_TEST_REPO` when set (the rootless run uses a copy its user
+/// can read), else two levels above this crate.
 pub fn repo_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("PORTHOLE_TEST_REPO") {
+        return PathBuf::from(dir);
+    }
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
         .canonicalize()
@@ -920,12 +1040,14 @@ impl Roles {
             ),
             &format!("--client-ca-file={}", self.pki("ca.crt")),
         ]);
+        cmd.env("RUST_LOG", log_filter_keeping_isolation_line());
         self.starts += 1;
         let mut child = Child::spawn(&format!("node-{}", self.starts), cmd, &self.work)?;
         self.node_url = child.wait_for_line(READY_TIMEOUT, |l| {
             l.strip_prefix("porthole node porthole-node listening on ")
                 .map(str::to_string)
         })?;
+        child.expect_isolation_line()?;
         self.node = Some(child);
         Ok(())
     }

@@ -2,6 +2,8 @@
 //!
 //! Order of events (the ready line is the contract scripts and tests wait for):
 //!
+//! 0. check that pods can run the way `--pod-isolation` says (root, or user namespaces),
+//!    before anything is created;
 //! 1. take an exclusive `flock` on `DIR/up.lock` (a second `up` on the same dir is refused,
 //!    naming the pid holding it), and remove a stale `DIR/kubeconfig`, whose presence means
 //!    "this cluster is up";
@@ -88,11 +90,30 @@ pub struct Args {
     /// slower: one more encrypted hop on every byte).
     #[arg(long, env = "PORTHOLE_NODE_OVER_TLS", value_parser = clap::builder::BoolishValueParser::new())]
     pub node_over_tls: bool,
+
+    /// How pods get their network namespaces: `auto` (privileged as root, rootless
+    /// otherwise), `privileged` (bind-mounted, needs root) or `rootless` (user namespaces
+    /// owned by this user). Checked before anything is created.
+    #[arg(
+        long,
+        env = "PORTHOLE_POD_ISOLATION",
+        value_enum,
+        default_value_t = porthole_node::PodIsolation::Auto,
+        value_name = "MODE"
+    )]
+    pub pod_isolation: porthole_node::PodIsolation,
 }
 
 /// Runs the cluster until `shutdown` is cancelled.
 pub async fn run(args: Args, shutdown: CancellationToken) -> Result<()> {
     validate_node_name(&args.node_name)?;
+    // Before anything is created: a host where pods cannot run (no root, user namespaces
+    // forbidden) fails here with the setting to change, and leaves no data dir behind. The
+    // node agent checks again in its own state dir and says which way its pods run.
+    let requested = args.pod_isolation;
+    tokio::task::spawn_blocking(move || requested.resolve(&std::env::temp_dir()))
+        .await
+        .context("the pod isolation check panicked")??;
     fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("create the data dir {}", args.data_dir.display()))?;
     let dir = fs::canonicalize(&args.data_dir)
@@ -133,6 +154,7 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> Result<()> {
 
     let mut api_cfg = apiserver_config(&dir, &pki, &token_file)?;
     let mut node_cfg = node_config(&dir, &pki, &args.node_name, &server)?;
+    node_cfg.pod_isolation = args.pod_isolation;
     if !args.node_over_tls {
         // Both roles live in this process: the API server hands its node connections over in
         // memory. The node's TLS listener stays up (its address is in the Node object).

@@ -5,18 +5,21 @@ use std::process::Command;
 
 use porthole_test::TempDir;
 
-const BIN: &str = env!("CARGO_BIN_EXE_porthole");
+/// The `porthole` binary (a copy its user can read in the rootless run).
+fn bin() -> &'static str {
+    porthole_test::porthole_bin(env!("CARGO_BIN_EXE_porthole"))
+}
 
 #[test]
 fn version_and_help() {
-    let out = Command::new(BIN).arg("version").output().unwrap();
+    let out = Command::new(bin()).arg("version").output().unwrap();
     assert!(out.status.success());
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         format!("porthole {}", env!("CARGO_PKG_VERSION"))
     );
 
-    let out = Command::new(BIN).arg("--help").output().unwrap();
+    let out = Command::new(bin()).arg("--help").output().unwrap();
     assert_eq!(out.status.code(), Some(0), "--help is not an error");
     let help = String::from_utf8_lossy(&out.stdout);
     for sub in [
@@ -31,7 +34,7 @@ fn version_and_help() {
     ] {
         assert!(help.contains(sub), "--help lists {sub}:\n{help}");
     }
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .args(["forward", "--help"])
         .output()
         .unwrap();
@@ -46,7 +49,7 @@ fn version_and_help() {
     ] {
         assert!(help.contains(text), "forward --help shows {text}:\n{help}");
     }
-    let out = Command::new(BIN).args(["up", "--help"]).output().unwrap();
+    let out = Command::new(bin()).args(["up", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
     for flag in ["--filename", "--data-dir", "--listen", "--node-name"] {
         assert!(help.contains(flag), "up --help lists {flag}:\n{help}");
@@ -60,7 +63,7 @@ fn bad_usage_exits_64() {
         &["up", "--listen", "not-an-address"],
         &[],
     ] {
-        let out = Command::new(BIN).args(args).output().unwrap();
+        let out = Command::new(bin()).args(args).output().unwrap();
         assert_eq!(
             out.status.code(),
             Some(64),
@@ -77,7 +80,7 @@ fn bad_usage_exits_64() {
 #[test]
 fn up_rejects_bad_files_before_starting() {
     let dir = TempDir::new("badfile").unwrap();
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .args(["up", "--listen", "127.0.0.1:0", "-f"])
         .arg(dir.path().join("missing.yaml"))
         .arg("--data-dir")
@@ -94,7 +97,7 @@ fn up_rejects_bad_files_before_starting() {
 fn a_tunnel_needs_an_api_server_to_dial() {
     let dir = TempDir::new("tunnel-flag").unwrap();
     let pki = dir.path().join("pki");
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .args([
             "node",
             "--tunnel",
@@ -129,7 +132,7 @@ fn works_as_a_kubectl_plugin() {
         Err(e) => panic!("{e:#}"),
     };
     let dir = TempDir::new("plugin").unwrap();
-    std::os::unix::fs::symlink(BIN, dir.path().join("kubectl-porthole")).unwrap();
+    std::os::unix::fs::symlink(bin(), dir.path().join("kubectl-porthole")).unwrap();
     let path = format!(
         "{}:{}",
         dir.path().display(),

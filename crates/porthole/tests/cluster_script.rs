@@ -12,7 +12,10 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use porthole_test::{repo_root, testbed, Child, TempDir};
 
-const BIN: &str = env!("CARGO_BIN_EXE_porthole");
+/// The `porthole` binary (a copy its user can read in the rootless run).
+fn bin() -> &'static str {
+    porthole_test::porthole_bin(env!("CARGO_BIN_EXE_porthole"))
+}
 
 /// How long `up` may take (each of its own waits is bounded by 90 s; this turns a hang into a
 /// failure).
@@ -90,7 +93,7 @@ fn cluster_script_up_status_down() {
 
     let res = (|| -> Result<()> {
         let mut up = script("up", &name, &dir);
-        up.arg("--bin").arg(BIN);
+        up.arg("--bin").arg(bin());
         let mut up = Child::spawn("cluster-up", up, work.path())?;
         let kubeconfig = up.wait_for_line(UP_TIMEOUT, |l| {
             l.trim().strip_prefix("kubeconfig: ").map(PathBuf::from)

@@ -15,12 +15,15 @@ use porthole_test::{
     echo_roundtrip, example, http_get, pattern, Clients, Cluster, Forward, TempDir,
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_porthole");
+/// The `porthole` binary (a copy its user can read in the rootless run).
+fn bin() -> &'static str {
+    porthole_test::porthole_bin(env!("CARGO_BIN_EXE_porthole"))
+}
 const BLOB_LEN: usize = 3 * 1024 * 1024 + 17;
 
 #[test]
 fn every_client_forwards_to_the_example_pods() {
-    if !porthole_test::require_root("every_client_forwards_to_the_example_pods") {
+    if !porthole_test::require_pods("every_client_forwards_to_the_example_pods") {
         return;
     }
     let clients = Clients::from_env().expect("test clients");
@@ -39,7 +42,7 @@ fn every_client_forwards_to_the_example_pods() {
 
     let work = TempDir::new("clients").unwrap();
     let cluster = Cluster::up(
-        Path::new(BIN),
+        Path::new(bin()),
         work.path(),
         &[example("web.yaml"), example("echo.yaml")],
     )

@@ -23,7 +23,10 @@ use porthole_test::ha::{eventually, http_get_on, HaCluster, JoinLine, Layout};
 use porthole_test::{write_file, Child, Clients};
 use tokio::time::Instant;
 
-const BIN: &str = env!("CARGO_BIN_EXE_porthole");
+/// The `porthole` binary (a copy its user can read in the rootless run).
+fn bin() -> &'static str {
+    porthole_test::porthole_bin(env!("CARGO_BIN_EXE_porthole"))
+}
 
 /// A pod pinned to `node` whose HTTP server on 127.0.0.1:8000 answers with its own name.
 fn pinned_pod(name: &str, node: &str) -> String {
@@ -86,7 +89,7 @@ fn on_cluster(name: &str, nodes: usize, test: impl FnOnce(&mut HaCluster) -> Res
         nodes,
         etcd_members: 1,
     };
-    porthole_test::ha::on_cluster(Path::new(BIN), name, layout, test);
+    porthole_test::ha::on_cluster(Path::new(bin()), name, layout, test);
 }
 
 #[test]

@@ -14,11 +14,14 @@ use nix::sys::signal::Signal;
 use porthole_test::etcd::Etcd;
 use porthole_test::{example, http_get, Child, Cluster, Forward, TempDir};
 
-const BIN: &str = env!("CARGO_BIN_EXE_porthole");
+/// The `porthole` binary (a copy its user can read in the rootless run).
+fn bin() -> &'static str {
+    porthole_test::porthole_bin(env!("CARGO_BIN_EXE_porthole"))
+}
 
 /// The PKI of Contract 3, from one `porthole up` run.
 fn pki(work: &Path) -> PathBuf {
-    Cluster::up(Path::new(BIN), work, &[])
+    Cluster::up(Path::new(bin()), work, &[])
         .unwrap()
         .stop()
         .unwrap();
@@ -26,7 +29,7 @@ fn pki(work: &Path) -> PathBuf {
 }
 
 fn apiserver(name: &str, data: &Path, etcd: &str, log_dir: &Path) -> Result<(Child, String)> {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(bin());
     cmd.args([
         "apiserver",
         "--listen=127.0.0.1:0",
@@ -45,7 +48,7 @@ fn apiserver(name: &str, data: &Path, etcd: &str, log_dir: &Path) -> Result<(Chi
 
 fn node(data: &Path, server: &str, log_dir: &Path) -> Result<Child> {
     let p = |f: &str| data.join("pki").join(f).display().to_string();
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(bin());
     cmd.args([
         "node",
         "--listen=127.0.0.1:0",
@@ -189,7 +192,7 @@ fn two_apiservers_share_one_etcd() {
                 Ok(())
             })?;
         }
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(bin());
         cmd.env("KUBECONFIG", &k.kubeconfig).args([
             "port-forward",
             "--server",
@@ -270,7 +273,7 @@ fn unreachable_etcd_at_start_is_a_clear_error() {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     std::fs::write(data.join("s.crt"), cert.cert.pem()).unwrap();
     std::fs::write(data.join("s.key"), cert.signing_key.serialize_pem()).unwrap();
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .args([
             "apiserver",
             "--listen=127.0.0.1:0",

@@ -9,7 +9,10 @@ use std::time::Duration;
 use anyhow::{ensure, Result};
 use porthole_test::ha::{eventually, on_cluster, HaCluster, Layout};
 
-const BIN: &str = env!("CARGO_BIN_EXE_porthole");
+/// The `porthole` binary (a copy its user can read in the rootless run).
+fn bin() -> &'static str {
+    porthole_test::porthole_bin(env!("CARGO_BIN_EXE_porthole"))
+}
 
 fn config_maps(cluster: &HaCluster) -> Result<Vec<String>> {
     Ok(cluster
@@ -25,7 +28,7 @@ fn one_member_down_is_invisible_two_down_is_a_clear_503_and_recovery_loses_nothi
         nodes: 1,
         etcd_members: 3,
     };
-    on_cluster(Path::new(BIN), "etcd-members", layout, |cluster| {
+    on_cluster(Path::new(bin()), "etcd-members", layout, |cluster| {
         cluster.kubectl(&["create", "configmap", "before", "--from-literal=k=v"])?;
 
         // One member gone: every request still succeeds, through both servers.

@@ -14,14 +14,17 @@ use nix::sys::signal::Signal;
 use porthole_test::etcd::{Etcd, EtcdTls};
 use porthole_test::{expect_success, Child, Cluster, TempDir};
 
-const BIN: &str = env!("CARGO_BIN_EXE_porthole");
+/// The `porthole` binary (a copy its user can read in the rootless run).
+fn bin() -> &'static str {
+    porthole_test::porthole_bin(env!("CARGO_BIN_EXE_porthole"))
+}
 
 /// How long a failing start may take: two rounds of `--etcd-request-timeout=2s` and change.
 const FAIL_FAST: Duration = Duration::from_secs(20);
 
 /// The PKI of Contract 3, from one `porthole up` run.
 fn pki(work: &Path) -> PathBuf {
-    Cluster::up(Path::new(BIN), work, &[])
+    Cluster::up(Path::new(bin()), work, &[])
         .unwrap()
         .stop()
         .unwrap();
@@ -176,7 +179,7 @@ fn etcd_pki(dir: &Path) -> Result<EtcdPki> {
 
 /// `porthole apiserver` on `etcd` with the API server's PKI from `data` and `etcd_flags`.
 fn apiserver_cmd(data: &Path, etcd: &str, etcd_flags: &[String]) -> Command {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(bin());
     cmd.args([
         "apiserver",
         "--listen=127.0.0.1:0",

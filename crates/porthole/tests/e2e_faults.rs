@@ -22,14 +22,17 @@ use porthole_test::{write_file, Child};
 use serde_json::Value;
 use tokio::time::Instant;
 
-const BIN: &str = env!("CARGO_BIN_EXE_porthole");
+/// The `porthole` binary (a copy its user can read in the rootless run).
+fn bin() -> &'static str {
+    porthole_test::porthole_bin(env!("CARGO_BIN_EXE_porthole"))
+}
 
 fn on_cluster(name: &str, nodes: usize, test: impl FnOnce(&mut HaCluster) -> Result<()>) {
     let layout = Layout {
         nodes,
         etcd_members: 1,
     };
-    porthole_test::ha::on_cluster(Path::new(BIN), name, layout, test);
+    porthole_test::ha::on_cluster(Path::new(bin()), name, layout, test);
 }
 
 /// Waits for a JSON event `event` of the forward; returns it.

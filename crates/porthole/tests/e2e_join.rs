@@ -15,7 +15,10 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use nix::sys::signal::Signal;
 use porthole_test::{example, http_get, write_file, Child, Forward, TempDir};
 
-const BIN: &str = env!("CARGO_BIN_EXE_porthole");
+/// The `porthole` binary (a copy its user can read in the rootless run).
+fn bin() -> &'static str {
+    porthole_test::porthole_bin(env!("CARGO_BIN_EXE_porthole"))
+}
 
 /// A control plane: the PKI of `porthole certs create` and one `porthole apiserver`.
 struct ControlPlane {
@@ -28,7 +31,7 @@ struct ControlPlane {
 }
 
 fn porthole(args: &[&str]) -> Result<Output> {
-    Command::new(BIN)
+    Command::new(bin())
         .args(args)
         .env_remove("KUBECONFIG")
         .stdin(Stdio::null())
@@ -52,7 +55,7 @@ impl ControlPlane {
             ])?,
         )?;
         let p = |name: &str| pki.join(name).display().to_string();
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(bin());
         cmd.args([
             "apiserver",
             "--listen=127.0.0.1:0",
@@ -172,7 +175,7 @@ impl ControlPlane {
 
     /// `porthole node` with the join command's arguments plus ours.
     fn node_command(&self, args: &[String], node: &str, data_dir: &Path) -> Command {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(bin());
         cmd.args(args)
             .arg(format!("--node-name={node}"))
             .arg(format!("--data-dir={}", data_dir.display()))

@@ -9,18 +9,21 @@ use std::time::Duration;
 use anyhow::{ensure, Result};
 use porthole_test::{example, http_get, Cluster, Forward, TempDir};
 
-const BIN: &str = env!("CARGO_BIN_EXE_porthole");
+/// The `porthole` binary (a copy its user can read in the rootless run).
+fn bin() -> &'static str {
+    porthole_test::porthole_bin(env!("CARGO_BIN_EXE_porthole"))
+}
 
 #[test]
 fn kubectl_get_logs_wait_delete_and_a_deployment_behind_a_service() {
-    if !porthole_test::require_root(
+    if !porthole_test::require_pods(
         "kubectl_get_logs_wait_delete_and_a_deployment_behind_a_service",
     ) {
         return;
     }
     let work = TempDir::new("kubectl").unwrap();
     let cluster = Cluster::up(
-        Path::new(BIN),
+        Path::new(bin()),
         work.path(),
         &[example("echo.yaml"), example("deployment.yaml")],
     )
@@ -103,13 +106,13 @@ fn kubectl_get_logs_wait_delete_and_a_deployment_behind_a_service() {
 
 #[test]
 fn ctrl_c_cleans_up_and_a_restart_brings_the_pods_back() {
-    if !porthole_test::require_root("ctrl_c_cleans_up_and_a_restart_brings_the_pods_back") {
+    if !porthole_test::require_pods("ctrl_c_cleans_up_and_a_restart_brings_the_pods_back") {
         return;
     }
     let work = TempDir::new("restart").unwrap();
     let data = work.path().join("data");
     let first = Cluster::up_with(
-        Path::new(BIN),
+        Path::new(bin()),
         work.path(),
         &data,
         &[example("web.yaml")],
@@ -123,7 +126,7 @@ fn ctrl_c_cleans_up_and_a_restart_brings_the_pods_back() {
     ensure_pod_process(&first);
 
     // A second `up` on the same data dir is refused while the first runs.
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&data)
         .output()
@@ -143,7 +146,7 @@ fn ctrl_c_cleans_up_and_a_restart_brings_the_pods_back() {
         .any(|m| m.contains("netns")));
 
     // Restart without -f: the pod comes back from the stored state, same object.
-    let second = Cluster::up_with(Path::new(BIN), work.path(), &data, &[], &[]).unwrap();
+    let second = Cluster::up_with(Path::new(bin()), work.path(), &data, &[], &[]).unwrap();
     let res = (|| -> Result<()> {
         second.wait_pod_ready("default", "web")?;
         let uid_after = second.kubectl(&["get", "pod", "web", "-o", "jsonpath={.metadata.uid}"])?;
@@ -180,7 +183,7 @@ fn ensure_pod_process(cluster: &Cluster) {
 /// kubeconfig it had written (so nobody waits on a dead cluster) and leaves nothing running.
 #[test]
 fn a_bad_object_stops_up_cleanly() {
-    if !porthole_test::require_root("a_bad_object_stops_up_cleanly") {
+    if !porthole_test::require_pods("a_bad_object_stops_up_cleanly") {
         return;
     }
     let work = TempDir::new("badobject").unwrap();
@@ -194,7 +197,7 @@ fn a_bad_object_stops_up_cleanly() {
     let mut child = porthole_test::Child::spawn(
         "porthole-up-bad",
         {
-            let mut cmd = Command::new(BIN);
+            let mut cmd = Command::new(bin());
             cmd.args(["up", "--listen", "127.0.0.1:0", "-f"])
                 .arg(&file)
                 .arg("--data-dir")

@@ -12,7 +12,10 @@ use anyhow::{bail, ensure, Context, Result};
 use nix::sys::signal::Signal;
 use porthole_test::{Roles, TempDir};
 
-const BIN: &str = env!("CARGO_BIN_EXE_porthole");
+/// The `porthole` binary (a copy its user can read in the rootless run).
+fn bin() -> &'static str {
+    porthole_test::porthole_bin(env!("CARGO_BIN_EXE_porthole"))
+}
 
 /// `curl` against the API server: (HTTP status, body). `auth` adds curl's credential flags.
 fn curl(roles: &Roles, path: &str, auth: &[String]) -> Result<(u16, String)> {
@@ -115,11 +118,11 @@ fn is_micro_time(s: &str) -> bool {
 
 #[test]
 fn health_metrics_and_the_controllers_lease() {
-    if !porthole_test::require_root("health_metrics_and_the_controllers_lease") {
+    if !porthole_test::require_pods("health_metrics_and_the_controllers_lease") {
         return;
     }
     let work = TempDir::new("ops").unwrap();
-    let mut roles = Roles::start(Path::new(BIN), work.path()).unwrap();
+    let mut roles = Roles::start(Path::new(bin()), work.path()).unwrap();
     let res = (|| -> Result<()> {
         // Health without credentials: what haproxy's `http-check` gets.
         for path in ["/livez", "/readyz", "/healthz"] {
@@ -282,11 +285,11 @@ fn health_metrics_and_the_controllers_lease() {
 
 #[test]
 fn leader_election_durations_are_validated() {
-    if !porthole_test::require_root("leader_election_durations_are_validated") {
+    if !porthole_test::require_pods("leader_election_durations_are_validated") {
         return;
     }
     let work = TempDir::new("ops-flags").unwrap();
-    porthole_test::Cluster::up(Path::new(BIN), work.path(), &[])
+    porthole_test::Cluster::up(Path::new(bin()), work.path(), &[])
         .unwrap()
         .stop()
         .unwrap();
@@ -302,7 +305,7 @@ fn leader_election_durations_are_validated() {
             "--leader-elect-retry-period (10s) must be shorter than --leader-elect-renew-deadline (10s)",
         ),
     ] {
-        let out = Command::new(BIN)
+        let out = Command::new(bin())
             .args([
                 "apiserver",
                 "--listen=127.0.0.1:0",

@@ -13,7 +13,10 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use porthole_test::{example, write_file, Cluster, TempDir};
 
-const BIN: &str = env!("CARGO_BIN_EXE_porthole");
+/// The `porthole` binary (a copy its user can read in the rootless run).
+fn bin() -> &'static str {
+    porthole_test::porthole_bin(env!("CARGO_BIN_EXE_porthole"))
+}
 
 /// A pod the scheduler never binds, so it stays Pending.
 const PENDING_POD: &str = r#"apiVersion: v1
@@ -63,13 +66,13 @@ fn run_failing(mut cmd: Command) -> Result<Output> {
 
 #[test]
 fn errors_and_exit_codes_match_kubectl() {
-    if !porthole_test::require_root("errors_and_exit_codes_match_kubectl") {
+    if !porthole_test::require_pods("errors_and_exit_codes_match_kubectl") {
         return;
     }
     let work = TempDir::new("output").unwrap();
     let pending = write_file(work.path(), "pending.yaml", PENDING_POD).unwrap();
     let cluster = Cluster::up(
-        Path::new(BIN),
+        Path::new(bin()),
         work.path(),
         &[example("web.yaml"), example("deployment.yaml"), pending],
     )

@@ -6,16 +6,19 @@ use std::path::Path;
 use anyhow::{ensure, Result};
 use porthole_test::{example, http_get, Cluster, Forward, TempDir};
 
-const BIN: &str = env!("CARGO_BIN_EXE_porthole");
+/// The `porthole` binary (a copy its user can read in the rootless run).
+fn bin() -> &'static str {
+    porthole_test::porthole_bin(env!("CARGO_BIN_EXE_porthole"))
+}
 
 #[test]
 fn developer_may_port_forward_in_dev_only() {
-    if !porthole_test::require_root("developer_may_port_forward_in_dev_only") {
+    if !porthole_test::require_pods("developer_may_port_forward_in_dev_only") {
         return;
     }
     let work = TempDir::new("rbac").unwrap();
     let cluster = Cluster::up(
-        Path::new(BIN),
+        Path::new(bin()),
         work.path(),
         &[example("rbac.yaml"), example("web.yaml")],
     )

@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use porthole_test::{example, http_get, Cluster, Forward, Roles, TempDir};
 
-const BIN: &str = env!("CARGO_BIN_EXE_porthole");
+/// The `porthole` binary (a copy its user can read in the rootless run).
+fn bin() -> &'static str {
+    porthole_test::porthole_bin(env!("CARGO_BIN_EXE_porthole"))
+}
 
 /// How long a forward may take to work again after a restart.
 const RECOVERY: Duration = Duration::from_secs(90);
@@ -79,11 +82,11 @@ fn port_of_url(url: &str) -> Result<u16> {
 
 #[test]
 fn forward_survives_node_and_apiserver_restarts() {
-    if !porthole_test::require_root("forward_survives_node_and_apiserver_restarts") {
+    if !porthole_test::require_pods("forward_survives_node_and_apiserver_restarts") {
         return;
     }
     let work = TempDir::new("resilience").unwrap();
-    let mut roles = Roles::start(Path::new(BIN), work.path()).unwrap();
+    let mut roles = Roles::start(Path::new(bin()), work.path()).unwrap();
     let res = (|| -> Result<()> {
         roles.kubectl(&[
             "wait",
@@ -94,7 +97,7 @@ fn forward_survives_node_and_apiserver_restarts() {
         roles.kubectl(&["create", "-f", &example("web.yaml").display().to_string()])?;
         roles.kubectl(&["wait", "--for=condition=Ready", "pod/web", "--timeout=90s"])?;
 
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(bin());
         cmd.env("KUBECONFIG", roles.data_dir.join("kubeconfig"))
             .args(["port-forward", "--server", &roles.server, "web", ":8000"]);
         let fwd = Forward::start("porthole-pf", cmd, work.path(), 8000)?;
@@ -163,11 +166,12 @@ fn pod_watches(cluster: &Cluster) -> Result<usize> {
 
 #[test]
 fn forward_moves_to_the_replacement_pod() {
-    if !porthole_test::require_root("forward_moves_to_the_replacement_pod") {
+    if !porthole_test::require_pods("forward_moves_to_the_replacement_pod") {
         return;
     }
     let work = TempDir::new("replace").unwrap();
-    let cluster = Cluster::up(Path::new(BIN), work.path(), &[example("deployment.yaml")]).unwrap();
+    let cluster =
+        Cluster::up(Path::new(bin()), work.path(), &[example("deployment.yaml")]).unwrap();
     let res = (|| -> Result<()> {
         cluster.kubectl(&["scale", "deployment/web-app", "--replicas=1"])?;
         cluster.kubectl(&[

@@ -11,24 +11,27 @@ use anyhow::{ensure, Result};
 use nix::sys::signal::Signal;
 use porthole_test::{echo_roundtrip, example, http_get, pattern, Child, Cluster, Forward, TempDir};
 
-const BIN: &str = env!("CARGO_BIN_EXE_porthole");
+/// The `porthole` binary (a copy its user can read in the rootless run).
+fn bin() -> &'static str {
+    porthole_test::porthole_bin(env!("CARGO_BIN_EXE_porthole"))
+}
 
 #[test]
 fn apiserver_and_node_as_separate_processes() {
-    if !porthole_test::require_root("apiserver_and_node_as_separate_processes") {
+    if !porthole_test::require_pods("apiserver_and_node_as_separate_processes") {
         return;
     }
     let work = TempDir::new("roles").unwrap();
     let data = work.path().join("data");
     // `up` once, for the PKI of Contract 3 and the kubeconfig.
-    Cluster::up(Path::new(BIN), work.path(), &[])
+    Cluster::up(Path::new(bin()), work.path(), &[])
         .unwrap()
         .stop()
         .unwrap();
     let pki = data.join("pki");
     let p = |name: &str| pki.join(name).display().to_string();
 
-    let mut apiserver_cmd = Command::new(BIN);
+    let mut apiserver_cmd = Command::new(bin());
     apiserver_cmd.args([
         "apiserver",
         "--listen=127.0.0.1:0",
@@ -56,7 +59,7 @@ fn apiserver_and_node_as_separate_processes() {
         "{server}"
     );
 
-    let mut node_cmd = Command::new(BIN);
+    let mut node_cmd = Command::new(bin());
     node_cmd.args([
         "node",
         "--listen=127.0.0.1:0",
@@ -101,7 +104,7 @@ fn apiserver_and_node_as_separate_processes() {
         ])?;
         kubectl(&["create", "-f", &example("web.yaml").display().to_string()])?;
         kubectl(&["wait", "--for=condition=Ready", "pod/web", "--timeout=90s"])?;
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(bin());
         cmd.env("KUBECONFIG", data.join("kubeconfig")).args([
             "port-forward",
             "--server",
@@ -146,7 +149,7 @@ fn stop_both(node: &mut Child, apiserver: &mut Child) -> Result<()> {
 /// Both carry porthole's and kubectl's forwards, byte for byte.
 #[test]
 fn up_with_and_without_the_in_process_node_link() {
-    if !porthole_test::require_root("up_with_and_without_the_in_process_node_link") {
+    if !porthole_test::require_pods("up_with_and_without_the_in_process_node_link") {
         return;
     }
     let work = TempDir::new("node-link").unwrap();
@@ -154,7 +157,7 @@ fn up_with_and_without_the_in_process_node_link() {
         let dir = work.path().join(format!("run{i}"));
         std::fs::create_dir_all(&dir).unwrap();
         let cluster = Cluster::up_with(
-            Path::new(BIN),
+            Path::new(bin()),
             &dir,
             &dir.join("data"),
             &[example("echo.yaml")],

@@ -24,7 +24,10 @@ use porthole_test::ha::{eventually, http_get_on, HaCluster, JoinLine, Layout};
 use porthole_test::testbed::Host;
 use porthole_test::{expect_success, write_file, Child, Clients};
 
-const BIN: &str = env!("CARGO_BIN_EXE_porthole");
+/// The `porthole` binary (a copy its user can read in the rootless run).
+fn bin() -> &'static str {
+    porthole_test::porthole_bin(env!("CARGO_BIN_EXE_porthole"))
+}
 const NAT_NODE: &str = "natnode";
 const POD: &str = "behind-nat";
 
@@ -418,7 +421,7 @@ fn a_node_behind_nat_serves_every_client_through_its_tunnels() {
         nodes: 1,
         etcd_members: 1,
     };
-    porthole_test::ha::on_cluster(Path::new(BIN), "tunnel", layout, |cluster| {
+    porthole_test::ha::on_cluster(Path::new(bin()), "tunnel", layout, |cluster| {
         let join = cluster.token_create(&[])?;
         let (host, _) = start_nat_node(cluster, &join)?;
         let nodes = cluster.kubectl(&["get", "nodes", "-o", "wide"])?;

@@ -18,7 +18,10 @@ use std::process::Command;
 
 use porthole_test::{repo_root, TempDir};
 
-const BIN: &str = env!("CARGO_BIN_EXE_porthole");
+/// The `porthole` binary (a copy its user can read in the rootless run).
+fn bin() -> &'static str {
+    porthole_test::porthole_bin(env!("CARGO_BIN_EXE_porthole"))
+}
 const DEMO: &str = "bash scripts/demo.sh";
 const TESTS: &str = "bash scripts/test.sh";
 
@@ -62,7 +65,7 @@ fn readme_quick_start_is_the_two_scripts_and_ci_runs_the_same() {
 
 #[test]
 fn demo_works_from_a_fresh_copy() {
-    if !porthole_test::require_root("demo_works_from_a_fresh_copy") {
+    if !porthole_test::require_pods("demo_works_from_a_fresh_copy") {
         return;
     }
     let root = repo_root();
@@ -78,7 +81,7 @@ fn demo_works_from_a_fresh_copy() {
     let out = Command::new("bash")
         .args(["-c", &demo])
         .current_dir(&dest)
-        .env("PORTHOLE_BIN", BIN)
+        .env("PORTHOLE_BIN", bin())
         .env("DEMO_LOCAL_PORT", "0") // 8080 may be taken on a test machine
         .env_remove("KUBECONFIG")
         .output()

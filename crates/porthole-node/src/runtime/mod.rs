@@ -54,6 +54,7 @@ pub struct Runtime {
 }
 
 struct RtInner {
+    isolation: porthole_netns::Isolation,
     pods_dir: PathBuf,
     netns_dir: PathBuf,
     host_ip: String,
@@ -224,7 +225,13 @@ fn new_record(c: &Container, reason: &str) -> ContainerRecord {
 impl Runtime {
     /// Opens the runtime at `root` (created if missing), first cleaning up whatever a previous
     /// run left there: processes recorded in state files, namespace mounts, pod directories.
-    pub fn new(root: &Path, node_name: &str, host_ip: &str) -> anyhow::Result<Runtime> {
+    /// Pods get their network namespaces the way `isolation` says.
+    pub fn new(
+        root: &Path,
+        node_name: &str,
+        host_ip: &str,
+        isolation: porthole_netns::Isolation,
+    ) -> anyhow::Result<Runtime> {
         let pods_dir = root.join("pods");
         let netns_dir = root.join("netns");
         for dir in [&pods_dir, &netns_dir] {
@@ -234,6 +241,7 @@ impl Runtime {
         recovery::cleanup_previous_run(&pods_dir, &netns_dir)?;
         Ok(Runtime {
             inner: Arc::new(RtInner {
+                isolation,
                 pods_dir,
                 netns_dir,
                 host_ip: host_ip.to_owned(),
@@ -433,7 +441,9 @@ async fn run_pod(h: Arc<PodHandle>) {
     // (the namespace file itself is found by scanning the netns directory).
     h.write_state();
     let uid = h.uid.clone();
-    let created = tokio::task::spawn_blocking(move || NetNs::create(&ns_path, &uid)).await;
+    let isolation = h.rt.isolation;
+    let created =
+        tokio::task::spawn_blocking(move || NetNs::create(&ns_path, &uid, isolation)).await;
     let ns = match created {
         Ok(Ok(ns)) => ns,
         Ok(Err(e)) => {

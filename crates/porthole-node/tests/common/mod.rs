@@ -268,6 +268,7 @@ impl Pki {
             heartbeat_interval: Duration::from_secs(10),
             in_process: None,
             join: None,
+            pod_isolation: porthole_node::PodIsolation::Auto,
         }
     }
 
@@ -331,7 +332,13 @@ impl Node {
         let pki = Pki::generate(&dir.join("pki"));
         let state = dir.join("state");
         let cfg = pki.node_config(&state);
-        let rt = Runtime::new(&state, "test", "127.0.0.1").expect("runtime (needs root)");
+        let rt = Runtime::new(
+            &state,
+            "test",
+            "127.0.0.1",
+            porthole_node::Isolation::for_this_process(),
+        )
+        .expect("runtime (needs root)");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
