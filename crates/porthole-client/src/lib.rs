@@ -193,12 +193,6 @@ pub struct Args {
     /// Kubeconfig and API server overrides.
     #[command(flatten)]
     pub kube: kubeconfig::KubeconfigArgs,
-
-    /// `POD_PORT:LOCAL_HOST:LOCAL_PORT` reverse forwards, set by `porthole forward` from a
-    /// forwards file. Not a flag of this build: reverse forwarding is another branch's work, and
-    /// [`set`] refuses reverse entries until a `--reverse` flag exists.
-    #[arg(skip)]
-    pub reverse: Vec<String>,
 }
 
 impl Args {

@@ -1085,7 +1085,8 @@ mod tests {
             return;
         }
         let dir = tempdir("listen");
-        let ns = NetNs::create(&dir.join("ns1"), "pod-uid-listen").expect("create namespace");
+        let ns = NetNs::create(&dir.join("ns1"), "pod-uid-listen", Isolation::Privileged)
+            .expect("create namespace");
         // A free port inside the namespace: bind 0, read it, let it go.
         let port = ns
             .listen(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), 1)

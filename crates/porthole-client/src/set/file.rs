@@ -47,6 +47,7 @@ struct RawEntry {
     context: Option<String>,
     namespace: Option<String>,
     target: String,
+    #[serde(default)]
     ports: Vec<String>,
     address: Option<OneOrMany>,
     #[serde(default)]
@@ -77,20 +78,19 @@ pub struct Entry {
 #[error("error: {0}")]
 pub struct FileError(pub String);
 
-/// Reads and checks `path`. `reverse_supported` says whether this build can forward in
-/// reverse (entries with `reverse` are refused otherwise, rather than silently ignored).
-pub fn load(path: &Path, reverse_supported: bool) -> Result<Vec<Entry>, FileError> {
+/// Reads and checks `path`.
+pub fn load(path: &Path) -> Result<Vec<Entry>, FileError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         FileError(format!(
             "cannot read the forwards file {}: {e}",
             path.display()
         ))
     })?;
-    parse(path, &text, reverse_supported)
+    parse(path, &text)
 }
 
 /// Checks the text of a forwards file (`path` is for messages).
-pub fn parse(path: &Path, text: &str, reverse_supported: bool) -> Result<Vec<Entry>, FileError> {
+pub fn parse(path: &Path, text: &str) -> Result<Vec<Entry>, FileError> {
     let file = path.display();
     let doc: FileDoc = serde_yaml::from_str(text).map_err(|e| {
         FileError(format!(
@@ -128,10 +128,12 @@ pub fn parse(path: &Path, text: &str, reverse_supported: bool) -> Result<Vec<Ent
                 format!("{e} (want TYPE/NAME such as pod/web, svc/db, deploy/api)"),
             )
         })?;
-        if raw.ports.is_empty() {
+        if raw.ports.is_empty() && raw.reverse.is_empty() {
             return Err(field(
                 "ports",
-                "no ports; give at least one [LOCAL_PORT:]REMOTE_PORT such as \"8080:80\"".into(),
+                "no ports; give at least one [LOCAL_PORT:]REMOTE_PORT such as \"8080:80\" (or a \
+                 `reverse` list)"
+                    .into(),
             ));
         }
         for p in &raw.ports {
@@ -145,23 +147,8 @@ pub fn parse(path: &Path, text: &str, reverse_supported: bool) -> Result<Vec<Ent
         if !address.is_empty() {
             crate::listen::parse_addresses(&address).map_err(|e| field("address", e))?;
         }
-        if !raw.reverse.is_empty() && !reverse_supported {
-            return Err(field(
-                "reverse",
-                "this build of porthole cannot forward in reverse (`porthole port-forward \
-                 --reverse`); remove the field or use a build that has it"
-                    .into(),
-            ));
-        }
         for r in &raw.reverse {
-            if r.split(':').count() != 3 {
-                return Err(field(
-                    "reverse",
-                    format!(
-                        "{r:?}: want POD_PORT:LOCAL_HOST:LOCAL_PORT such as 9000:localhost:5432"
-                    ),
-                ));
-            }
+            crate::reverse::ReverseSpec::parse(r).map_err(|e| field("reverse", e))?;
         }
         let name = raw.name.clone().unwrap_or_else(|| match &raw.namespace {
             Some(ns) => format!("{ns}/{}", raw.target),
@@ -190,10 +177,10 @@ pub fn parse(path: &Path, text: &str, reverse_supported: bool) -> Result<Vec<Ent
 }
 
 /// Where `-f` files are read from: each file's entries in order, names unique across files.
-pub fn load_all(paths: &[PathBuf], reverse_supported: bool) -> Result<Vec<Entry>, FileError> {
+pub fn load_all(paths: &[PathBuf]) -> Result<Vec<Entry>, FileError> {
     let mut all: Vec<Entry> = Vec::new();
     for path in paths {
-        for e in load(path, reverse_supported)? {
+        for e in load(path)? {
             if all.iter().any(|o| o.name == e.name) {
                 return Err(FileError(format!(
                     "{}: entry name {:?} is also used in an earlier file; names must be unique",
@@ -212,13 +199,11 @@ mod tests {
     use super::*;
 
     fn parse_ok(text: &str) -> Vec<Entry> {
-        parse(Path::new("f.yaml"), text, true).unwrap()
+        parse(Path::new("f.yaml"), text).unwrap()
     }
 
     fn parse_err(text: &str) -> String {
-        parse(Path::new("f.yaml"), text, false)
-            .unwrap_err()
-            .to_string()
+        parse(Path::new("f.yaml"), text).unwrap_err().to_string()
     }
 
     #[test]
@@ -264,12 +249,16 @@ mod tests {
         assert!(e.contains("forwards[0]: field `target`: arguments in resource/name form may not have more than one slash"), "{e}");
         let e = parse_err("forwards:\n- target: web\n  ports: ['80']\n  address: nope\n");
         assert!(e.contains("field `address`: nope is not a valid IP"), "{e}");
-        let e =
-            parse_err("forwards:\n- target: web\n  ports: ['80']\n  reverse: ['9:localhost:5']\n");
+        let e = parse_err("forwards:\n- target: web\n  ports: ['80']\n  reverse: ['9:5']\n");
         assert!(
-            e.contains("field `reverse`: this build of porthole cannot forward in reverse"),
+            e.contains(
+                "field `reverse`: invalid --reverse '9:5': expected POD_PORT:LOCAL_HOST:LOCAL_PORT"
+            ),
             "{e}"
         );
+        // An entry may be reverse only, like `porthole port-forward web --reverse ...`.
+        let e = parse_ok("forwards:\n- target: web\n  ports: []\n  reverse: ['9000:[::1]:5432']\n");
+        assert_eq!(e[0].reverse, vec!["9000:[::1]:5432"]);
         let e = parse_err(
             "forwards:\n- target: web\n  ports: ['80']\n- target: web\n  ports: ['81']\n",
         );
@@ -284,5 +273,105 @@ mod tests {
         );
         let e = parse_err("forwards: []\n");
         assert!(e.contains("`forwards` is empty"), "{e}");
+    }
+}
+
+/// The fuzz entry point for forwards files (`fuzz/fuzz_targets/forward_set_file.rs`), also
+/// called by the unit tests on odd inputs. Beyond not panicking: a file that is accepted has
+/// unique, non-empty names and entries whose every target, port, reverse spec and address
+/// parses on its own, and writing the entries back as a file and reading that gives the same
+/// entries; a refused file's message names the file.
+pub mod fuzz_logic {
+    use std::path::Path;
+
+    use super::{parse, Entry};
+
+    /// Checks one input (any bytes; non-UTF-8 is refused as a file would be).
+    pub fn forwards_file(data: &[u8]) {
+        let Ok(text) = std::str::from_utf8(data) else {
+            return;
+        };
+        let path = Path::new("fuzz.yaml");
+        let entries = match parse(path, text) {
+            Ok(entries) => entries,
+            Err(e) => {
+                assert!(e.0.starts_with("fuzz.yaml"), "message names the file: {e}");
+                return;
+            }
+        };
+        assert!(!entries.is_empty(), "an accepted file has entries");
+        let mut names = std::collections::HashSet::new();
+        for e in &entries {
+            assert!(!e.name.is_empty());
+            assert!(names.insert(e.name.clone()), "duplicate name {:?}", e.name);
+            assert!(crate::target::TargetRef::parse(&e.target).is_ok());
+            assert!(!e.ports.is_empty() || !e.reverse.is_empty());
+            for p in &e.ports {
+                assert!(crate::ports::PortSpec::parse(p).is_ok(), "{p:?}");
+            }
+            for r in &e.reverse {
+                assert!(crate::reverse::ReverseSpec::parse(r).is_ok(), "{r:?}");
+            }
+            if !e.address.is_empty() {
+                assert!(crate::listen::parse_addresses(&e.address).is_ok());
+            }
+        }
+        let again = parse(path, &write(&entries)).expect("a file written from accepted entries");
+        assert_eq!(again, entries, "entries survive being written back");
+    }
+
+    /// The entries as a forwards file, every field spelled out.
+    fn write(entries: &[Entry]) -> String {
+        let list: Vec<serde_yaml::Value> = entries
+            .iter()
+            .map(|e| {
+                let mut m = serde_yaml::Mapping::new();
+                let mut put = |k: &str, v: serde_yaml::Value| {
+                    m.insert(k.into(), v);
+                };
+                put("name", e.name.clone().into());
+                if let Some(c) = &e.context {
+                    put("context", c.clone().into());
+                }
+                if let Some(n) = &e.namespace {
+                    put("namespace", n.clone().into());
+                }
+                put("target", e.target.clone().into());
+                put("ports", strings(&e.ports));
+                if !e.address.is_empty() {
+                    put("address", strings(&e.address));
+                }
+                put("reverse", strings(&e.reverse));
+                serde_yaml::Value::Mapping(m)
+            })
+            .collect();
+        let mut doc = serde_yaml::Mapping::new();
+        doc.insert("forwards".into(), serde_yaml::Value::Sequence(list));
+        serde_yaml::to_string(&doc).expect("a mapping of strings serialises")
+    }
+
+    fn strings(v: &[String]) -> serde_yaml::Value {
+        serde_yaml::Value::Sequence(v.iter().cloned().map(Into::into).collect())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn odd_files() {
+            for text in [
+                "",
+                "forwards: []",
+                "forwards:\n- target: pod/web\n  ports: ['8080:80', ':53/udp']\n",
+                "forwards:\n- {name: 'a: b', target: web, ports: ['1'], address: ['::1', localhost]}\n",
+                "forwards:\n- target: web\n  reverse: ['9000:[::1]:5432']\n",
+                "forwards:\n- target: web\n  ports: ['80']\n  namespace: ''\n",
+                "forwards:\n- target: web\n  ports: [80]\n",
+                "forwards:\n- target: web\n  ports: ['80']\n  name: 'yes'\n- target: web\n  ports: ['81']\n  name: 'true'\n",
+                "\u{feff}forwards:\n- target: web\n  ports: ['80']\n",
+            ] {
+                super::forwards_file(text.as_bytes());
+            }
+            super::forwards_file(&[0xff, 0xfe]);
+        }
     }
 }

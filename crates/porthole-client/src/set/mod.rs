@@ -182,14 +182,6 @@ impl ForwardArgs {
     }
 }
 
-/// Whether this build's port-forward has `--reverse` (a forwards file's `reverse` needs it).
-fn reverse_supported() -> bool {
-    use clap::Args as _;
-    Args::augment_args(clap::Command::new("port-forward"))
-        .get_arguments()
-        .any(|a| a.get_long() == Some("reverse"))
-}
-
 #[derive(clap::Parser)]
 struct PortForwardCli {
     #[command(flatten)]
@@ -318,8 +310,7 @@ async fn run_inner(args: ForwardArgs, shutdown: CancellationToken) -> Result<Exi
         (_, ViewChoice::Auto) => ViewMode::Plain,
     };
 
-    let mut entries =
-        file::load_all(&args.files, reverse_supported()).map_err(|e| e.to_string())?;
+    let mut entries = file::load_all(&args.files).map_err(|e| e.to_string())?;
     let mut hosts_lines = Vec::new();
     if args.all_services {
         let config = kubeconfig::load(&args.kube)

@@ -103,14 +103,17 @@ fn plan(
         let mut ports = Vec::new();
         for p in spec.ports.iter().flatten() {
             let protocol = p.protocol.as_deref().unwrap_or("TCP");
-            if protocol != "TCP" {
-                // Forwarded as `PORT/udp` once UDP forwarding is in the engine.
-                out.skipped.push(format!(
-                    "service {ns}/{name} port {}: {protocol} is not forwarded",
-                    p.port
-                ));
-                continue;
-            }
+            let suffix = match protocol {
+                "TCP" => "",
+                "UDP" => "/udp",
+                _ => {
+                    out.skipped.push(format!(
+                        "service {ns}/{name} port {}: {protocol} is not forwarded (TCP and UDP are)",
+                        p.port
+                    ));
+                    continue;
+                }
+            };
             let Ok(port) = u16::try_from(p.port) else {
                 continue;
             };
@@ -119,7 +122,7 @@ fn plan(
             } else {
                 0
             };
-            ports.push(format!("{local}:{port}"));
+            ports.push(format!("{local}:{port}{suffix}"));
         }
         if ports.is_empty() {
             continue;

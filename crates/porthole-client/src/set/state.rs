@@ -43,6 +43,8 @@ pub struct PortMap {
     pub local_port: u16,
     /// The pod port.
     pub remote_port: u16,
+    /// `tcp` or `udp`.
+    pub protocol: &'static str,
 }
 
 /// One forward's state (a row of the view, an element of `GET /status`).
@@ -62,6 +64,8 @@ pub struct ForwardState {
     pub pod: Option<String>,
     /// Bound local addresses.
     pub ports: Vec<PortMap>,
+    /// Reverse forwards listening in the pod: `9000->localhost:5432`.
+    pub reverse: Vec<String>,
     /// Forwarded connections still open.
     pub connections_open: u64,
     /// Forwarded connections since the start.
@@ -99,6 +103,7 @@ impl ForwardState {
             state: Phase::Connecting,
             pod: None,
             ports: Vec::new(),
+            reverse: Vec::new(),
             connections_open: 0,
             connections_total: 0,
             bytes_to_pod: 0,
@@ -125,6 +130,7 @@ impl ForwardState {
     pub fn restarting(&mut self) {
         self.state = Phase::Connecting;
         self.ports.clear();
+        self.reverse.clear();
         self.connections_open = 0;
         // Connection ids start again in the new run; what the old one moved is kept.
         let open = std::mem::take(&mut self.open_bytes);
@@ -143,21 +149,51 @@ impl ForwardState {
                 address,
                 local_port,
                 remote_port,
+            } => self.listening(address, *local_port, *remote_port, "tcp"),
+            Event::UdpListening {
+                address,
+                local_port,
+                remote_port,
+            } => self.listening(address, *local_port, *remote_port, "udp"),
+            Event::ReverseListening {
+                pod,
+                pod_port,
+                local,
             } => {
-                let map = PortMap {
-                    address: address.clone(),
-                    local_port: *local_port,
-                    remote_port: *remote_port,
-                };
-                if !self.ports.contains(&map) {
-                    self.ports.push(map);
+                let text = format!("{pod_port}->{local}");
+                if !self.reverse.contains(&text) {
+                    self.reverse.push(text);
                 }
+                self.pod = Some(pod.clone());
                 self.state = Phase::Ready;
             }
-            Event::ConnectionOpened { pod, .. } => {
+            // A UDP flow and a connection made inside the pod count as connections too.
+            Event::ConnectionOpened { pod, .. }
+            | Event::UdpFlowOpened { pod, .. }
+            | Event::ReverseConnectionOpened { pod, .. } => {
                 self.connections_open += 1;
                 self.connections_total += 1;
                 self.pod = Some(pod.clone());
+            }
+            Event::UdpFlowClosed { error, .. } => {
+                self.connections_open = self.connections_open.saturating_sub(1);
+                if let Some(e) = error {
+                    self.last_error = Some(e.clone());
+                }
+            }
+            Event::ReverseConnectionClosed {
+                bytes_to_pod,
+                bytes_from_pod,
+                error,
+                ..
+            } => {
+                self.connections_open = self.connections_open.saturating_sub(1);
+                self.closed_bytes.0 += bytes_to_pod;
+                self.closed_bytes.1 += bytes_from_pod;
+                self.sum_bytes();
+                if let Some(e) = error {
+                    self.last_error = Some(e.clone());
+                }
             }
             Event::ConnectionProgress {
                 id,
@@ -204,24 +240,46 @@ impl ForwardState {
         }
     }
 
-    /// `127.0.0.1:8080->80, ...`: one item per local port (IPv4 shown when both are bound).
+    fn listening(
+        &mut self,
+        address: &str,
+        local_port: u16,
+        remote_port: u16,
+        protocol: &'static str,
+    ) {
+        let map = PortMap {
+            address: address.to_string(),
+            local_port,
+            remote_port,
+            protocol,
+        };
+        if !self.ports.contains(&map) {
+            self.ports.push(map);
+        }
+        self.state = Phase::Ready;
+    }
+
+    /// `127.0.0.1:8080->80, ...`: one item per local port (IPv4 shown when both are bound),
+    /// `/udp` after UDP ports, then the reverse forwards (`rev 9000->localhost:5432`).
     pub fn ports_text(&self) -> String {
         let mut items: Vec<String> = Vec::new();
         for p in &self.ports {
             let text = format!(
-                "{}->{}",
+                "{}->{}{}",
                 crate::listen::join_host_port(&p.address, p.local_port),
-                p.remote_port
+                p.remote_port,
+                if p.protocol == "udp" { "/udp" } else { "" }
             );
-            let same_port_shown = self
-                .ports
-                .iter()
-                .take_while(|q| *q != p)
-                .any(|q| q.local_port == p.local_port && q.remote_port == p.remote_port);
+            let same_port_shown = self.ports.iter().take_while(|q| *q != p).any(|q| {
+                q.local_port == p.local_port
+                    && q.remote_port == p.remote_port
+                    && q.protocol == p.protocol
+            });
             if !same_port_shown {
                 items.push(text);
             }
         }
+        items.extend(self.reverse.iter().map(|r| format!("rev {r}")));
         items.join(", ")
     }
 }

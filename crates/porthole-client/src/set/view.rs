@@ -106,6 +106,65 @@ pub fn plain_line(name: &str, event: &Event) -> Option<String> {
             }
             s
         }
+        Event::UdpListening {
+            address,
+            local_port,
+            remote_port,
+        } => format!(
+            "forwarding {} -> {remote_port}/udp",
+            crate::listen::join_host_port(address, *local_port)
+        ),
+        Event::UdpFlowOpened {
+            id,
+            local_port,
+            remote_port,
+            peer,
+            pod,
+        } => format!(
+            "udp flow {id} from {peer} on port {local_port} to pod {pod} port {remote_port}/udp"
+        ),
+        Event::UdpFlowClosed {
+            id,
+            datagrams_to_pod,
+            datagrams_from_pod,
+            dropped,
+            error,
+            ..
+        } => {
+            let mut s = format!(
+                "udp flow {id} closed: {datagrams_to_pod} datagrams to the pod, {datagrams_from_pod} from it, {dropped} dropped"
+            );
+            if let Some(e) = error {
+                s.push_str(&format!(" (error: {e})"));
+            }
+            s
+        }
+        Event::ReverseListening {
+            pod,
+            pod_port,
+            local,
+        } => format!("reverse forwarding from pod {pod} port {pod_port} -> {local}"),
+        Event::ReverseConnectionOpened {
+            id,
+            pod_port,
+            local,
+            pod,
+        } => format!("reverse connection {id} from pod {pod} port {pod_port} to {local}"),
+        Event::ReverseConnectionClosed {
+            id,
+            bytes_to_pod,
+            bytes_from_pod,
+            error,
+            ..
+        } => {
+            let mut s = format!(
+                "reverse connection {id} closed: {bytes_to_pod} bytes to the pod, {bytes_from_pod} bytes from it"
+            );
+            if let Some(e) = error {
+                s.push_str(&format!(" (error: {e})"));
+            }
+            s
+        }
         Event::Reconnecting { pod, reason } => {
             format!("reconnecting: lost pod {pod}: {reason}")
         }
