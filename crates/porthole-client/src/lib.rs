@@ -531,6 +531,7 @@ async fn run_inner(
             keepalive,
             output: output.clone(),
             reconnect: args.reconnect,
+            pod_running_timeout: args.pod_running_timeout,
         })
     });
     let reverse_pod = choices[0].pod_name().to_string();

@@ -573,6 +573,29 @@ fn listener_is_gone_when_the_session_ends() {
         );
         let took = wait_pod_port_closed(&netns, 9300, Duration::from_secs(2))?;
         eprintln!("listener closed {took:?} after Ctrl-C of the client");
+
+        // The pod is deleted and does not come back: the session ends with the pod, and the
+        // client gives up after --pod-running-timeout, as its forwards do.
+        let mut client = start_reverse(
+            &cluster,
+            "reverse-pod-gone",
+            &["sleeper", "--pod-running-timeout=3s", "--reverse", &spec],
+        )?;
+        pod_echo(&netns, 9300, 1, 1024)?;
+        cluster.kubectl(&["delete", "pod", "sleeper", "--wait=false"])?;
+        let status = client.wait_timeout(Duration::from_secs(60))?;
+        let stderr = std::fs::read_to_string(cluster.work.join("reverse-pod-gone.stderr"))?;
+        ensure!(
+            status.code() == Some(1),
+            "exit status {status} after the pod was deleted\n{}",
+            client.report()
+        );
+        ensure!(
+            stderr
+                .lines()
+                .any(|l| l == r#"Error from server (NotFound): pods "sleeper" not found"#),
+            "stderr: {stderr}"
+        );
         Ok(())
     })();
     porthole_test::finish(cluster, res);
