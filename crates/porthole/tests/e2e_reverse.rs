@@ -674,7 +674,33 @@ fn reverse_survives_restarts_and_pod_replacement() {
                 }
             };
             works_again(&roles, "at first")?;
+            // Beside it, a client in kubectl's mode, which must exit when its session is lost.
+            let strict_spec = format!("9501:127.0.0.1:{}", echo.port);
+            let mut cmd = Command::new(BIN);
+            cmd.env("KUBECONFIG", roles.data_dir.join("kubeconfig"))
+                .args([
+                    "port-forward",
+                    "--server",
+                    &roles.server,
+                    "sleeper",
+                    "--reconnect=false",
+                    "--reverse",
+                    &strict_spec,
+                ]);
+            let mut strict = Child::spawn("reverse-strict", cmd, work.path())?;
+            strict.wait_for_line(Duration::from_secs(60), |l| {
+                l.starts_with("Reverse forwarding from pod sleeper 127.0.0.1:9501")
+                    .then_some(())
+            })?;
             roles.kill_node()?;
+            let status = strict.wait_timeout(Duration::from_secs(30))?;
+            let stderr = std::fs::read_to_string(work.path().join("reverse-strict.stderr"))?;
+            ensure!(
+                status.code() == Some(1)
+                    && stderr.lines().any(|l| l == "error: lost connection to pod"),
+                "--reconnect=false after the node died: {status}\n{}",
+                strict.report()
+            );
             roles.start_node()?;
             works_again(&roles, "after the node agent restarted")?;
             let listen = roles.server.trim_start_matches("https://").to_string();
