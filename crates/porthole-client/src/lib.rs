@@ -106,11 +106,7 @@ fn parse_bool(s: &str) -> Result<bool, String> {
     long_about = "Forward one or more local ports to a pod. Works like `kubectl port-forward` \
                   (same arguments, output and exit codes) but keeps the local ports open and \
                   reconnects when the session to the pod is lost. Use --reconnect=false for \
-                  kubectl's exact behaviour.\n\n\
-                  With --reverse POD_PORT:LOCAL_HOST:LOCAL_PORT (repeatable, with or without \
-                  forward ports) it also works the other way: a connection made inside the pod \
-                  to its 127.0.0.1:POD_PORT reaches LOCAL_HOST:LOCAL_PORT on this machine. \
-                  This needs RBAC `create` on `pods/reverseforward`.",
+                  kubectl's exact behaviour.",
     after_help = "Examples:\n  \
                   porthole port-forward pod/web 8080:8000\n  \
                   porthole port-forward pod/web --reverse 9000:localhost:5432\n  \
@@ -147,7 +143,8 @@ pub struct Args {
 
     /// Reverse forward POD_PORT:LOCAL_HOST:LOCAL_PORT (ssh -R): connections made inside the
     /// pod to its 127.0.0.1:POD_PORT (and [::1]:POD_PORT) reach LOCAL_HOST:LOCAL_PORT from
-    /// here. Repeatable; may be used without forward ports.
+    /// here. Repeatable; may be used without forward ports. Needs RBAC `create` (and `get`
+    /// for the WebSocket transport) on `pods/reverseforward`.
     #[arg(long = "reverse", value_name = "POD_PORT:LOCAL_HOST:LOCAL_PORT",
           action = clap::ArgAction::Append, value_delimiter = ',', env = "PORTHOLE_REVERSE")]
     pub reverse: Vec<String>,
@@ -548,6 +545,7 @@ async fn run_inner(
             keepalive,
             output: output.clone(),
             reconnect: args.reconnect,
+            pod_running_timeout: args.pod_running_timeout,
         })
     });
     let reverse_pod = choices[0].pod_name().to_string();

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::output::{Event, Output};
-use crate::target::Resolver;
+use crate::target::{ResolveError, Resolver};
 use crate::transport::{self, Keepalive, TransportMode};
 
 /// How long dialing the local target may take.
@@ -100,6 +100,8 @@ pub(crate) struct Context {
     pub(crate) keepalive: Keepalive,
     pub(crate) output: Output,
     pub(crate) reconnect: bool,
+    /// How long the target may stay deleted before a spec gives up.
+    pub(crate) pod_running_timeout: Duration,
 }
 
 /// Why a reverse session could not be opened.
@@ -109,6 +111,9 @@ struct OpenError {
     message: String,
     /// Retrying cannot help (forbidden, not supported by the server, bad request).
     permanent: bool,
+    /// The target object does not exist (any more); after `--pod-running-timeout` of this
+    /// the spec gives up, as the forwards do.
+    gone: bool,
 }
 
 /// An open reverse session.
@@ -372,6 +377,7 @@ async fn reopen(
         }
     }
     let mut last_message = String::new();
+    let mut gone_since: Option<Instant> = None;
     loop {
         let attempt = tokio::select! {
             _ = stop.cancelled() => return Ok(None),
@@ -381,6 +387,14 @@ async fn reopen(
             Ok(s) => return Ok(Some(s)),
             Err(e) if e.permanent => return Err(e.message),
             Err(e) => {
+                if e.gone {
+                    let since = *gone_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= ctx.pod_running_timeout {
+                        return Err(e.message);
+                    }
+                } else {
+                    gone_since = None;
+                }
                 if e.message != last_message {
                     ctx.output.notice(
                         &format!(
@@ -408,13 +422,14 @@ async fn reopen(
 
 async fn resolve_and_open(ctx: &Arc<Context>, spec: &ReverseSpec) -> Result<Session, OpenError> {
     let choices = ctx.resolver.resolve(1).await.map_err(|e| OpenError {
-        message: format!("error: {e}"),
+        // ResolveError's text is already the whole line, kubectl's prefix included.
+        message: e.to_string(),
         permanent: false,
+        gone: matches!(e, ResolveError::NotFound(_)),
     })?;
-    let pod = choices.first().ok_or_else(|| OpenError {
-        message: "error: no pod to reverse-forward from".into(),
-        permanent: false,
-    })?;
+    let pod = choices
+        .first()
+        .ok_or_else(|| transient("error: no pod to reverse-forward from".into()))?;
     open(ctx, pod.pod_name(), spec.pod_port).await
 }
 
@@ -487,6 +502,7 @@ fn transient(message: String) -> OpenError {
     OpenError {
         message,
         permanent: false,
+        gone: false,
     }
 }
 
@@ -522,10 +538,12 @@ fn refusal(status: StatusCode, body: &[u8], pod: &str, pod_port: u16) -> OpenErr
         StatusCode::FORBIDDEN => OpenError {
             message: format!("Error from server (Forbidden): {message}"),
             permanent: true,
+            gone: false,
         },
         StatusCode::UNAUTHORIZED => OpenError {
             message: "error: You must be logged in to the server (Unauthorized)".into(),
             permanent: true,
+            gone: false,
         },
         StatusCode::NOT_FOUND if not_supported(&text, &message) => OpenError {
             message: format!(
@@ -534,16 +552,19 @@ fn refusal(status: StatusCode, body: &[u8], pod: &str, pod_port: u16) -> OpenErr
                  server and node agent with reverse forwarding"
             ),
             permanent: true,
+            gone: false,
         },
         StatusCode::NOT_FOUND => OpenError {
             message: format!("Error from server (NotFound): {message}"),
             permanent: false,
+            gone: false,
         },
         StatusCode::CONFLICT => OpenError {
             message: format!("error: {message}"),
             // Permanent at the first connect (run_spec gives up); on a reconnect the old
             // session's listener may still be closing, which `reopen` rides out.
             permanent: false,
+            gone: false,
         },
         StatusCode::BAD_REQUEST => OpenError {
             message: format!("error: reverse forwarding of pod port {pod_port}: {message}"),
@@ -551,6 +572,7 @@ fn refusal(status: StatusCode, body: &[u8], pod: &str, pod_port: u16) -> OpenErr
             // the request is wrong for good.
             permanent: !(message.contains("not running")
                 || message.contains("does not have a host")),
+            gone: false,
         },
         s => OpenError {
             message: format!(
@@ -559,6 +581,7 @@ fn refusal(status: StatusCode, body: &[u8], pod: &str, pod_port: u16) -> OpenErr
                 s.canonical_reason().unwrap_or("")
             ),
             permanent: false,
+            gone: false,
         },
     }
 }

@@ -198,11 +198,19 @@ fn pod_port_open(netns: &Path, port: u16) -> Result<bool> {
 }
 
 /// Waits until 127.0.0.1:`port` inside the pod refuses connections, at most `within`.
-fn wait_pod_port_closed(netns: &Path, port: u16, within: Duration) -> Result<Duration> {
+/// Returns how long that took and how many probes it needed (a probe is a process start in
+/// the pod, whose own time depends on the machine's load).
+fn wait_pod_port_closed_probes(
+    netns: &Path,
+    port: u16,
+    within: Duration,
+) -> Result<(Duration, u32)> {
     let start = std::time::Instant::now();
+    let mut probes = 0;
     loop {
+        probes += 1;
         if !pod_port_open(netns, port)? {
-            return Ok(start.elapsed());
+            return Ok((start.elapsed(), probes));
         }
         ensure!(
             start.elapsed() < within,
@@ -211,6 +219,10 @@ fn wait_pod_port_closed(netns: &Path, port: u16, within: Duration) -> Result<Dur
         // Polls a condition with a deadline; it orders nothing.
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+fn wait_pod_port_closed(netns: &Path, port: u16, within: Duration) -> Result<Duration> {
+    wait_pod_port_closed_probes(netns, port, within).map(|(took, _)| took)
 }
 
 /// Starts `porthole port-forward ARGS` and waits for one `Reverse forwarding from pod` line per
@@ -551,7 +563,7 @@ fn listener_is_gone_when_the_session_ends() {
         let mut client = start_reverse(&cluster, "reverse-stop", &["sleeper", "--reverse", &spec])?;
         pod_echo(&netns, 9300, 1, 1024)?;
         client.signal(Signal::SIGSTOP)?;
-        let closed = wait_pod_port_closed(&netns, 9300, Duration::from_secs(20));
+        let closed = wait_pod_port_closed(&netns, 9300, Duration::from_secs(25));
         client.signal(Signal::SIGKILL)?;
         client.signal(Signal::SIGCONT)?;
         client.wait_timeout(Duration::from_secs(10))?;
@@ -571,8 +583,37 @@ fn listener_is_gone_when_the_session_ends() {
             "Ctrl-C exit status {status}\n{}",
             client.report()
         );
-        let took = wait_pod_port_closed(&netns, 9300, Duration::from_secs(2))?;
-        eprintln!("listener closed {took:?} after Ctrl-C of the client");
+        // At once: the first probe after the client exited finds the port closed (one retry
+        // allowed for the node reading the connection's end concurrently with the probe).
+        let (took, probes) = wait_pod_port_closed_probes(&netns, 9300, Duration::from_secs(10))?;
+        eprintln!("listener closed {took:?} ({probes} probe(s)) after Ctrl-C of the client");
+        ensure!(
+            probes <= 2,
+            "the listener outlived Ctrl-C by {probes} probes ({took:?})"
+        );
+
+        // The pod is deleted and does not come back: the session ends with the pod, and the
+        // client gives up after --pod-running-timeout, as its forwards do.
+        let mut client = start_reverse(
+            &cluster,
+            "reverse-pod-gone",
+            &["sleeper", "--pod-running-timeout=3s", "--reverse", &spec],
+        )?;
+        pod_echo(&netns, 9300, 1, 1024)?;
+        cluster.kubectl(&["delete", "pod", "sleeper", "--wait=false"])?;
+        let status = client.wait_timeout(Duration::from_secs(60))?;
+        let stderr = std::fs::read_to_string(cluster.work.join("reverse-pod-gone.stderr"))?;
+        ensure!(
+            status.code() == Some(1),
+            "exit status {status} after the pod was deleted\n{}",
+            client.report()
+        );
+        ensure!(
+            stderr
+                .lines()
+                .any(|l| l == r#"Error from server (NotFound): pods "sleeper" not found"#),
+            "stderr: {stderr}"
+        );
         Ok(())
     })();
     porthole_test::finish(cluster, res);
@@ -651,7 +692,33 @@ fn reverse_survives_restarts_and_pod_replacement() {
                 }
             };
             works_again(&roles, "at first")?;
+            // Beside it, a client in kubectl's mode, which must exit when its session is lost.
+            let strict_spec = format!("9501:127.0.0.1:{}", echo.port);
+            let mut cmd = Command::new(BIN);
+            cmd.env("KUBECONFIG", roles.data_dir.join("kubeconfig"))
+                .args([
+                    "port-forward",
+                    "--server",
+                    &roles.server,
+                    "sleeper",
+                    "--reconnect=false",
+                    "--reverse",
+                    &strict_spec,
+                ]);
+            let mut strict = Child::spawn("reverse-strict", cmd, work.path())?;
+            strict.wait_for_line(Duration::from_secs(60), |l| {
+                l.starts_with("Reverse forwarding from pod sleeper 127.0.0.1:9501")
+                    .then_some(())
+            })?;
             roles.kill_node()?;
+            let status = strict.wait_timeout(Duration::from_secs(30))?;
+            let stderr = std::fs::read_to_string(work.path().join("reverse-strict.stderr"))?;
+            ensure!(
+                status.code() == Some(1)
+                    && stderr.lines().any(|l| l == "error: lost connection to pod"),
+                "--reconnect=false after the node died: {status}\n{}",
+                strict.report()
+            );
             roles.start_node()?;
             works_again(&roles, "after the node agent restarted")?;
             let listen = roles.server.trim_start_matches("https://").to_string();
