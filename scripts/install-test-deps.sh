@@ -39,6 +39,8 @@ apt_install() {
 # util-linux (unshare, setpriv, runuser) and passwd (useradd): the rootless run of the end-to-end
 # tests (scripts/test-rootless.sh) and its user namespaces of its own.
 apt_install build-essential pkg-config ca-certificates curl socat procps python3 python3-venv git iperf3 openssh-server openssh-client iproute2 util-linux passwd
+# `script` (bsdutils) gives `porthole forward`'s live table a pseudo-terminal (e2e_forward_set).
+apt_install bsdutils
 # The cluster: protoc builds the etcd client's gRPC code; etcd, haproxy and nftables are real
 # components of the multi-host tests (simulated hosts in network namespaces); iptables adds the
 # NFQUEUE rule that emulates delay on kernels without netem (nft_queue is often not built).

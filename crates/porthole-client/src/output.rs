@@ -418,6 +418,25 @@ mod tests {
             serde_json::json!({"time": "T", "event": "reconnecting", "pod": "web-0", "reason": "EOF"})
         );
         assert_eq!(
+            json(&Event::Connected {
+                pod: "web-0".into(),
+                transport: "websocket".into()
+            }),
+            serde_json::json!({"time": "T", "event": "connected", "pod": "web-0", "transport": "websocket"})
+        );
+        assert_eq!(
+            json(&Event::ConnectionProgress {
+                id: 3,
+                local_port: 8080,
+                remote_port: 80,
+                pod: "web-0".into(),
+                bytes_to_pod: 5,
+                bytes_from_pod: 7,
+            }),
+            serde_json::json!({"time": "T", "event": "connection_progress", "id": 3, "local_port": 8080,
+                               "remote_port": 80, "pod": "web-0", "bytes_to_pod": 5, "bytes_from_pod": 7})
+        );
+        assert_eq!(
             json(&Event::Reconnected {
                 pod: "web-1".into(),
                 transport: "spdy".into()

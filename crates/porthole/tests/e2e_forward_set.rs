@@ -706,8 +706,17 @@ fn all_services_etc_hosts_and_the_readme_example() {
         let mut next = Child::spawn("forward-next", cmd, work.path())?;
         next.wait_for_line(WAIT, |l| l.contains("removed 1 block(s)").then_some(()))?;
         next.wait_for_line(WAIT, |l| l.starts_with("map: ").then_some(()))?;
-        let status = next.interrupt(Duration::from_secs(30))?;
-        ensure!(status.success(), "next run exited with {status}");
+        ensure!(
+            fs::read_to_string(&hosts)?.contains("# BEGIN porthole forward"),
+            "no block in the next run"
+        );
+        // SIGTERM (a service manager's stop) removes the block as Ctrl-C does.
+        next.signal(Signal::SIGTERM)?;
+        let status = next.wait_timeout(Duration::from_secs(30))?;
+        ensure!(
+            status.success(),
+            "next run exited with {status} after SIGTERM"
+        );
         let after = fs::read_to_string(&hosts)?;
         ensure!(
             after == "127.0.0.1 localhost\n::1 localhost\n",

@@ -523,7 +523,9 @@ async fn keep_states(
     let draw = |table: &mut view::TableWriter| {
         let lines = {
             let s = states.lock().expect("state lock: no panics while held");
-            view::table_lines(&s, header_extra)
+            // One line spare: the cursor rests below the frame.
+            let max = view::terminal_lines().map(|n| n.saturating_sub(1));
+            view::table_lines(&s, header_extra, max)
         };
         table.draw(&lines);
     };

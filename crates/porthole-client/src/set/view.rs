@@ -205,8 +205,19 @@ impl Drop for TableGuard {
 
 const MAX_ERROR_CHARS: usize = 70;
 
-/// The header and rows of one frame.
-pub fn table_lines(states: &[ForwardState], header_extra: &str) -> Vec<String> {
+/// The terminal's height in lines, if stdout is a terminal that says.
+pub fn terminal_lines() -> Option<usize> {
+    let size = rustix::termios::tcgetwinsize(std::io::stdout()).ok()?;
+    (size.ws_row > 0).then_some(usize::from(size.ws_row))
+}
+
+/// The header and rows of one frame, at most `max_lines` of them: a frame taller than the
+/// terminal could not be redrawn in place, so the rows that do not fit are counted instead.
+pub fn table_lines(
+    states: &[ForwardState],
+    header_extra: &str,
+    max_lines: Option<usize>,
+) -> Vec<String> {
     let count = |p: Phase| states.iter().filter(|s| s.state == p).count();
     let mut summary = format!(
         "porthole forward: {} forwards, {} ready",
@@ -271,6 +282,16 @@ pub fn table_lines(states: &[ForwardState], header_extra: &str) -> Vec<String> {
         }
         lines.push(line.trim_end().to_string());
     }
+    if let Some(max) = max_lines {
+        // Header, column names and the "more" line stay.
+        if lines.len() > max && max >= 3 {
+            let hidden = lines.len() - (max - 1);
+            lines.truncate(max - 1);
+            lines.push(format!(
+                "… {hidden} more forwards not shown (a taller terminal, --view plain or --status-addr shows them)"
+            ));
+        }
+    }
     lines
 }
 
@@ -333,7 +354,7 @@ mod tests {
         });
         a.bytes_from_pod = 2048;
         let b = ForwardState::new("database".into(), None, None, "svc/db".into());
-        let lines = table_lines(&[a, b], "status http://127.0.0.1:1/status");
+        let lines = table_lines(&[a.clone(), b], "status http://127.0.0.1:1/status", None);
         assert_eq!(
             lines[0],
             "porthole forward: 2 forwards, 1 ready, 1 connecting · status http://127.0.0.1:1/status · Ctrl-C stops"
@@ -357,6 +378,14 @@ mod tests {
             lines[3].starts_with("database  connecting  -    -"),
             "{}",
             lines[3]
+        );
+        let many: Vec<ForwardState> = (0..6).map(|_| a.clone()).collect();
+        let lines = table_lines(&many, "", Some(5));
+        assert_eq!(lines.len(), 5);
+        assert!(
+            lines[4].starts_with("… 4 more forwards not shown"),
+            "{}",
+            lines[4]
         );
     }
 
