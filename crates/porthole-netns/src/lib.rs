@@ -242,7 +242,10 @@ impl Isolation {
     ///
     /// Blocks for the few system calls it takes.
     pub fn probe(self, dir: &Path) -> Result<(), NetnsError> {
-        let name = format!("probe-{}", std::process::id());
+        // Unique per call: probes may run at once (threads of one test binary).
+        static PROBES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = PROBES.fetch_add(1, Ordering::Relaxed);
+        let name = format!("probe-{}-{n}", std::process::id());
         let ns = NetNs::create(&dir.join(format!(".{name}")), &name, self)?;
         ns.remove()
     }
