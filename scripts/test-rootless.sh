@@ -105,11 +105,12 @@ git ls-files -z --cached --others --exclude-standard -- README.md .ci scripts ex
 # shellcheck disable=SC1091
 source "${PORTHOLE_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/porthole-tools}/env.sh"
 T=$WORK/tools
-link_or_copy "$PORTHOLE_KUBECTL_137" "$T/bin/kubectl-1.37"
-link_or_copy "$PORTHOLE_KUBECTL_120" "$T/bin/kubectl-1.20"
+# Resolved first: a symlink (install-test-deps.sh's $TOOLS/bin/kubectl) may point under /root.
+link_or_copy "$(readlink -f "$PORTHOLE_KUBECTL_137")" "$T/bin/kubectl-1.37"
+link_or_copy "$(readlink -f "$PORTHOLE_KUBECTL_120")" "$T/bin/kubectl-1.20"
 case $PORTHOLE_KUBECTL in
   /usr/*|/bin/*) KUBECTL=$PORTHOLE_KUBECTL ;;   # the system's, readable by everyone
-  *) link_or_copy "$PORTHOLE_KUBECTL" "$T/bin/kubectl"; KUBECTL=$T/bin/kubectl ;;
+  *) link_or_copy "$(readlink -f "$PORTHOLE_KUBECTL")" "$T/bin/kubectl"; KUBECTL=$T/bin/kubectl ;;
 esac
 JS_DIR=""
 if [ -n "${PORTHOLE_JS_CLIENT_DIR:-}" ]; then link_or_copy "$PORTHOLE_JS_CLIENT_DIR" "$T/js"; JS_DIR=$T/js; fi
