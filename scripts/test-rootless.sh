@@ -44,6 +44,9 @@ RL_HOME=$(getent passwd "$RL_USER" | cut -d: -f6)
 [ -n "$RL_HOME" ] || die "no home directory for $RL_USER"
 mkdir -p "$RL_HOME" && chown "$RL_USER:" "$RL_HOME" && chmod 700 "$RL_HOME"
 as_user() { runuser -u "$RL_USER" -- "$@"; }
+# Hard links where the file system allows (no data written: the clients' tools are ~12,000
+# files), else copies. Everything linked stays root's and read-only to the user.
+link_or_copy() { cp -al "$@" 2>/dev/null || cp -a "$@"; }
 
 # --- the test binaries and porthole, built as root --------------------------------------------
 say "cargo test --no-run (${TESTS[*]})"
@@ -86,14 +89,15 @@ WORK=$RL_HOME/run
 rm -rf "$WORK"
 mkdir -p "$WORK/bin" "$WORK/tests" "$WORK/repo" "$WORK/tools/bin"
 while read -r name path; do
-  if [ "$name" = bin ]; then cp "$path" "$WORK/bin/porthole"
-  else mkdir -p "$WORK/tests/${name%%/*}" && cp "$path" "$WORK/tests/$name"; fi
+  if [ "$name" = bin ]; then link_or_copy "$path" "$WORK/bin/porthole"
+  else mkdir -p "$WORK/tests/${name%%/*}" && link_or_copy "$path" "$WORK/tests/$name"; fi
 done <<< "$artifacts"
 [ -x "$WORK/bin/porthole" ] || die "cargo built no porthole binary"
 for t in "${TESTS[@]}"; do [ -x "$WORK/tests/$t" ] || die "no test binary $t"; done
 
-# --- the repository's files (what a clone has), a git repository of the user's own ----------
-git ls-files -z --cached --others --exclude-standard \
+# --- the repository's files the tests read (what a clone has of them: examples, scripts,
+# README.md, .ci/run), in a git repository of the user's own (the README test lists it) -------
+git ls-files -z --cached --others --exclude-standard -- README.md .ci scripts examples \
   | python3 -c 'import os, sys; [sys.stdout.buffer.write(p + b"\0") for p in sys.stdin.buffer.read().split(b"\0") if p and os.path.isfile(p)]' \
   | tar --null -T - -cf - | tar -xf - -C "$WORK/repo" || die "copy the repository"
 
@@ -101,14 +105,15 @@ git ls-files -z --cached --others --exclude-standard \
 # shellcheck disable=SC1091
 source "${PORTHOLE_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/porthole-tools}/env.sh"
 T=$WORK/tools
-cp "$PORTHOLE_KUBECTL_137" "$T/bin/kubectl-1.37"
-cp "$PORTHOLE_KUBECTL_120" "$T/bin/kubectl-1.20"
+# Resolved first: a symlink (install-test-deps.sh's $TOOLS/bin/kubectl) may point under /root.
+link_or_copy "$(readlink -f "$PORTHOLE_KUBECTL_137")" "$T/bin/kubectl-1.37"
+link_or_copy "$(readlink -f "$PORTHOLE_KUBECTL_120")" "$T/bin/kubectl-1.20"
 case $PORTHOLE_KUBECTL in
   /usr/*|/bin/*) KUBECTL=$PORTHOLE_KUBECTL ;;   # the system's, readable by everyone
-  *) cp "$PORTHOLE_KUBECTL" "$T/bin/kubectl"; KUBECTL=$T/bin/kubectl ;;
+  *) link_or_copy "$(readlink -f "$PORTHOLE_KUBECTL")" "$T/bin/kubectl"; KUBECTL=$T/bin/kubectl ;;
 esac
 JS_DIR=""
-if [ -n "${PORTHOLE_JS_CLIENT_DIR:-}" ]; then cp -a "$PORTHOLE_JS_CLIENT_DIR" "$T/js"; JS_DIR=$T/js; fi
+if [ -n "${PORTHOLE_JS_CLIENT_DIR:-}" ]; then link_or_copy "$PORTHOLE_JS_CLIENT_DIR" "$T/js"; JS_DIR=$T/js; fi
 # The clients' venv may be made from a python under /root (pyenv): a venv of the python the
 # user finds on PATH, with the same packages.
 USER_PATH=/usr/local/bin:/usr/bin:/bin
@@ -116,8 +121,9 @@ user_python=$(as_user env PATH="$USER_PATH" sh -c 'command -v python3') || die "
 "$user_python" -m venv --without-pip "$T/venv" || die "$user_python -m venv"
 src_site=$("$PORTHOLE_PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 dst_site=$("$T/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-cp -a "$src_site/." "$dst_site/"
-chown -R "$RL_USER:" "$WORK"
+link_or_copy "$src_site/." "$dst_site/"
+chmod 755 "$WORK"
+chown -R "$RL_USER:" "$WORK/repo"
 as_user env HOME="$RL_HOME" "$T/venv/bin/python" -c 'import kubernetes' \
   || die "the Python client does not import with $user_python for $RL_USER (venv packages from $PORTHOLE_PYTHON)"
 as_user env HOME="$RL_HOME" sh -c "cd '$WORK/repo' && git init -q && git add -A" || die "git init the repository copy"

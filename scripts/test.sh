@@ -60,12 +60,12 @@ set -e
 # The same `porthole up` suite as an unprivileged user: pods in user namespaces, every client,
 # the leak checks; nothing may skip there.
 step "end-to-end suite as an unprivileged user (scripts/test-rootless.sh)"
+rootless_rc=0
 if [ "$(id -u)" = 0 ]; then
   set +e
   bash scripts/test-rootless.sh 2>&1 | tee -a "$log"
   rootless_rc=${PIPESTATUS[0]}
   set -e
-  [ "$rootless_rc" = 0 ] || test_rc=$rootless_rc
 else
   echo "test.sh: not root: the run above already ran pods rootless; the second run as another user needs root to create that user"
 fi
@@ -125,7 +125,8 @@ read -r passed failed ignored < <(awk '/^test result:/ { for (i = 1; i <= NF; i+
 rm -f "$log"
 step "done"
 [ "$test_rc" = 0 ] || echo "test.sh: FAILED: cargo test exited $test_rc" >&2
+[ "$rootless_rc" = 0 ] || echo "test.sh: FAILED: the rootless run (scripts/test-rootless.sh) exited $rootless_rc" >&2
 [ "$smoke_rc" = 0 ] || echo "test.sh: FAILED: the acceptance smoke check exited $smoke_rc" >&2
 [ "$hooks_rc" = 0 ] || echo "test.sh: FAILED: a fuzz/bench smoke run exited $hooks_rc" >&2
 echo "cargo-test: $passed passed, $failed failed, $ignored skipped"
-[ "$test_rc" = 0 ] && [ "$smoke_rc" = 0 ] && [ "$hooks_rc" = 0 ]
+[ "$test_rc" = 0 ] && [ "$rootless_rc" = 0 ] && [ "$smoke_rc" = 0 ] && [ "$hooks_rc" = 0 ]

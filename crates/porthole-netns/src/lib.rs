@@ -268,7 +268,10 @@ impl Isolation {
     ///
     /// Blocks for the few system calls it takes.
     pub fn probe(self, dir: &Path) -> Result<(), NetnsError> {
-        let name = format!("probe-{}", std::process::id());
+        // Unique per call: probes may run at once (threads of one test binary).
+        static PROBES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = PROBES.fetch_add(1, Ordering::Relaxed);
+        let name = format!("probe-{}-{n}", std::process::id());
         let ns = NetNs::create(&dir.join(format!(".{name}")), &name, self)?;
         ns.remove()
     }
@@ -812,54 +815,86 @@ fn sysctl(path: &str) -> Option<String> {
         .map(|s| s.trim().to_owned())
 }
 
+/// The host settings that allow or forbid unprivileged user namespaces, as read from
+/// /proc/sys (`None`: the kernel has no such setting).
+#[derive(Debug, Default)]
+struct UserNsSettings {
+    /// `user.max_user_namespaces`.
+    max_user_namespaces: Option<String>,
+    /// `kernel.unprivileged_userns_clone` (Debian and older Ubuntu kernels).
+    unprivileged_userns_clone: Option<String>,
+    /// `kernel.apparmor_restrict_unprivileged_userns` (Ubuntu 23.10 and later).
+    apparmor_restrict: Option<String>,
+}
+
+impl UserNsSettings {
+    fn read() -> UserNsSettings {
+        UserNsSettings {
+            max_user_namespaces: sysctl("user/max_user_namespaces"),
+            unprivileged_userns_clone: sysctl("kernel/unprivileged_userns_clone"),
+            apparmor_restrict: sysctl("kernel/apparmor_restrict_unprivileged_userns"),
+        }
+    }
+}
+
 /// Names the host setting that refused the rootless helper's user namespace, and the fix.
 fn user_namespace_error(e: sys::HelperError) -> NetnsError {
-    use sys::HelperStep;
     let errno = e.error.raw_os_error().map(nix::errno::Errno::from_raw);
-    let max = sysctl("user/max_user_namespaces");
-    let clone = sysctl("kernel/unprivileged_userns_clone");
-    let apparmor = sysctl("kernel/apparmor_restrict_unprivileged_userns");
-    let all = "unprivileged user namespaces are forbidden on this host; check \
-               kernel.unprivileged_userns_clone (must be 1 where it exists), \
-               user.max_user_namespaces (must be above 0) and \
-               kernel.apparmor_restrict_unprivileged_userns (must be 0, or give porthole an \
-               AppArmor profile allowing `userns`)";
-    let hint = match (e.step, errno) {
-        (Some(HelperStep::Unshare), Some(nix::errno::Errno::ENOSPC)) => format!(
+    NetnsError::UserNamespace {
+        step: e.step,
+        hint: user_namespace_hint(e.step, errno, &UserNsSettings::read()),
+        cause: e.error,
+    }
+}
+
+/// Which setting to change, from the failed step, its errno and the host's settings:
+/// `max_user_namespaces` reached gives ENOSPC at unshare; `unprivileged_userns_clone=0` gives
+/// EPERM at unshare; AppArmor's restriction lets unshare succeed without capabilities in the
+/// new namespace, so the uid_map write (or unshare itself, by policy) gets EPERM.
+fn user_namespace_hint(
+    step: Option<sys::HelperStep>,
+    errno: Option<nix::errno::Errno>,
+    host: &UserNsSettings,
+) -> String {
+    use nix::errno::Errno;
+    use sys::HelperStep;
+    let or_root = "to run pods rootless (or run porthole as root)";
+    let denied = matches!(errno, Some(Errno::EPERM | Errno::EACCES));
+    match (step, errno) {
+        (None, _) => "could not start the rootless namespace helper".to_owned(),
+        (Some(HelperStep::Unshare), Some(Errno::ENOSPC)) => format!(
             "the kernel allows no more user namespaces: user.max_user_namespaces is {} here \
              (0 forbids them); raise it, e.g. `sudo sysctl -w user.max_user_namespaces=15000`, \
-             to run pods rootless (or run porthole as root)",
-            max.as_deref().unwrap_or("unknown")
+             {or_root}",
+            host.max_user_namespaces.as_deref().unwrap_or("unknown")
         ),
-        (Some(HelperStep::Unshare), Some(nix::errno::Errno::EPERM))
-            if clone.as_deref() == Some("0") =>
-        {
-            "unprivileged user namespaces are disabled: kernel.unprivileged_userns_clone is 0; \
-             enable them with `sudo sysctl -w kernel.unprivileged_userns_clone=1` to run pods \
-             rootless (or run porthole as root)"
-                .to_owned()
-        }
-        (Some(HelperStep::UidMap | HelperStep::GidMap | HelperStep::Loopback), _)
-            if apparmor.as_deref() == Some("1") =>
-        {
-            "AppArmor restricts unprivileged user namespaces: \
-             kernel.apparmor_restrict_unprivileged_userns is 1; set it to 0 with `sudo sysctl -w \
-             kernel.apparmor_restrict_unprivileged_userns=0`, or give porthole an AppArmor \
-             profile allowing `userns`, to run pods rootless (or run porthole as root)"
-                .to_owned()
-        }
-        (Some(HelperStep::Unshare), Some(nix::errno::Errno::EUSERS)) => {
+        (Some(HelperStep::Unshare), Some(Errno::EUSERS)) => {
             "user namespaces are nested 32 deep already, the kernel's limit: run porthole \
              from an outer namespace (or as root)"
                 .to_owned()
         }
-        (None, _) => "could not start the rootless namespace helper".to_owned(),
-        _ => format!("{all}; or run porthole as root"),
-    };
-    NetnsError::UserNamespace {
-        step: e.step,
-        cause: e.error,
-        hint,
+        (Some(HelperStep::Unshare), _)
+            if denied && host.unprivileged_userns_clone.as_deref() == Some("0") =>
+        {
+            format!(
+                "unprivileged user namespaces are disabled: kernel.unprivileged_userns_clone is \
+                 0; enable them with `sudo sysctl -w kernel.unprivileged_userns_clone=1` \
+                 {or_root}"
+            )
+        }
+        (Some(_), _) if denied && host.apparmor_restrict.as_deref() == Some("1") => format!(
+            "AppArmor restricts unprivileged user namespaces: \
+             kernel.apparmor_restrict_unprivileged_userns is 1; set it to 0 with `sudo sysctl \
+             -w kernel.apparmor_restrict_unprivileged_userns=0`, or give porthole an AppArmor \
+             profile allowing `userns`, {or_root}"
+        ),
+        (Some(_), _) => format!(
+            "unprivileged user namespaces are refused on this host; check \
+             kernel.unprivileged_userns_clone (1 where it exists), user.max_user_namespaces \
+             (above 0) and kernel.apparmor_restrict_unprivileged_userns (0, or an AppArmor \
+             profile for porthole allowing `userns`), or a seccomp profile or container that \
+             forbids unshare(CLONE_NEWUSER), {or_root}"
+        ),
     }
 }
 
@@ -984,6 +1019,65 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create temp dir");
         dir
+    }
+
+    #[test]
+    fn user_namespace_hints_name_the_setting() {
+        use nix::errno::Errno;
+        use sys::HelperStep;
+        let set = |max: &str, clone: Option<&str>, apparmor: Option<&str>| UserNsSettings {
+            max_user_namespaces: Some(max.to_owned()),
+            unprivileged_userns_clone: clone.map(str::to_owned),
+            apparmor_restrict: apparmor.map(str::to_owned),
+        };
+        let hint =
+            |step, errno, host: &UserNsSettings| user_namespace_hint(Some(step), Some(errno), host);
+        let h = hint(HelperStep::Unshare, Errno::ENOSPC, &set("0", None, None));
+        assert!(h.contains("user.max_user_namespaces is 0 here"), "{h}");
+        assert!(
+            h.contains("sudo sysctl -w user.max_user_namespaces=15000"),
+            "{h}"
+        );
+        let h = hint(
+            HelperStep::Unshare,
+            Errno::EPERM,
+            &set("1000", Some("0"), None),
+        );
+        assert!(
+            h.contains("sudo sysctl -w kernel.unprivileged_userns_clone=1"),
+            "{h}"
+        );
+        // AppArmor: unshare succeeds, the new namespace has no capabilities.
+        let h = hint(
+            HelperStep::UidMap,
+            Errno::EPERM,
+            &set("1000", None, Some("1")),
+        );
+        assert!(
+            h.contains("sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0"),
+            "{h}"
+        );
+        let h = hint(
+            HelperStep::Unshare,
+            Errno::EACCES,
+            &set("1000", Some("1"), Some("1")),
+        );
+        assert!(h.contains("AppArmor restricts"), "{h}");
+        // Nothing in the settings explains it: all three are named.
+        let h = hint(
+            HelperStep::Unshare,
+            Errno::EPERM,
+            &set("1000", None, Some("0")),
+        );
+        for name in [
+            "kernel.unprivileged_userns_clone",
+            "user.max_user_namespaces",
+            "kernel.apparmor_restrict_unprivileged_userns",
+        ] {
+            assert!(h.contains(name), "{name} in {h}");
+        }
+        let h = hint(HelperStep::Unshare, Errno::EUSERS, &set("1000", None, None));
+        assert!(h.contains("nested 32 deep"), "{h}");
     }
 
     #[test]

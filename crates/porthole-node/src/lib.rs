@@ -1,8 +1,10 @@
 //! porthole-node: the kubelet of porthole.
 //!
-//! It runs pods as real host processes, each pod in its own network namespace, and serves the
-//! kubelet-compatible streaming endpoint that the API server proxies port-forward requests to
-//! (PROTOCOL.md §6.8, §8; ARCHITECTURE.md Contracts 2 and 4).
+//! It runs pods as real host processes, each pod in its own network namespace (privileged as
+//! root, or rootless in a user namespace of its own: `--pod-isolation`, [`PodIsolation`],
+//! decided and logged once at start), and serves the kubelet-compatible streaming endpoint
+//! that the API server proxies port-forward requests to (PROTOCOL.md §6.8, §8;
+//! ARCHITECTURE.md Contracts 2 and 4).
 //!
 //! Layout:
 //! - [`config`]: flags ([`Args`]) and the validated [`Config`].
