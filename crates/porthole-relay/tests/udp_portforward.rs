@@ -26,9 +26,15 @@ impl PodDialer for Loopback {
     fn dial_udp(&self, port: u16, ipv6: bool) -> UdpDialFuture {
         Box::pin(async move {
             let (bind, to): (SocketAddr, SocketAddr) = if ipv6 {
-                ((Ipv6Addr::LOCALHOST, 0).into(), (Ipv6Addr::LOCALHOST, port).into())
+                (
+                    (Ipv6Addr::LOCALHOST, 0).into(),
+                    (Ipv6Addr::LOCALHOST, port).into(),
+                )
             } else {
-                ((Ipv4Addr::LOCALHOST, 0).into(), (Ipv4Addr::LOCALHOST, port).into())
+                (
+                    (Ipv4Addr::LOCALHOST, 0).into(),
+                    (Ipv4Addr::LOCALHOST, port).into(),
+                )
             };
             let fail = |e: std::io::Error| DialError {
                 cause: format!("udp socket to {to}: {e}"),
@@ -132,7 +138,9 @@ async fn a_refused_port_ends_the_flow_with_an_error_and_not_the_session() {
     match flow.finish().await {
         Err(ForwardError::Remote(text)) => {
             assert!(
-                text.starts_with(&format!("error forwarding port {port} to pod pod-udp, uid : ")),
+                text.starts_with(&format!(
+                    "error forwarding port {port} to pod pod-udp, uid : "
+                )),
                 "{text}"
             );
             assert!(text.contains("connection refused"), "{text}");
@@ -152,14 +160,20 @@ async fn a_refused_port_ends_the_flow_with_an_error_and_not_the_session() {
 async fn without_the_extension_the_server_ignores_the_protocol_header() {
     let (a, b) = tokio::io::duplex(1 << 20);
     assert!(!ServerConfig::default().udp);
-    tokio::spawn(spdy_server::serve(b, Arc::new(Loopback), ServerConfig::default()));
+    tokio::spawn(spdy_server::serve(
+        b,
+        Arc::new(Loopback),
+        ServerConfig::default(),
+    ));
     // A client that wrongly believes UDP was granted.
     let pf = PortForwarder::new(a, Config::client()).with_udp(true);
     let mut flow = pf.open_udp(53).await.unwrap();
     let _ = flow.send(b"query").await;
     let _ = tokio::time::timeout(Duration::from_secs(10), flow.recv()).await;
     match flow.finish().await {
-        Err(ForwardError::Remote(text)) => assert!(text.contains("no TCP in this test (port 53)"), "{text}"),
+        Err(ForwardError::Remote(text)) => {
+            assert!(text.contains("no TCP in this test (port 53)"), "{text}")
+        }
         other => panic!("expected the TCP dial's error, got {other:?}"),
     }
 }
