@@ -305,6 +305,7 @@ fn udp_through_a_node_behind_nat() {
                 "dig over {transport} answered {answer:?}\n{}",
                 child.report()
             );
+            eprintln!("dig over {transport} to the pod behind NAT: {}", answer.trim());
             let status = child.interrupt(Duration::from_secs(20))?;
             ensure!(status.success(), "port-forward exited {status}");
         }
