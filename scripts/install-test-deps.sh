@@ -47,6 +47,9 @@ apt_install bsdutils
 apt_install protobuf-compiler etcd-server etcd-client haproxy nftables iptables
 # The chaos soak's pods and load: redis-server in pods, redis-benchmark on the client host.
 apt_install redis-server redis-tools
+# UDP forwarding's real apps (crates/porthole/tests/e2e_udp.rs): dnsmasq in a pod, queried with dig
+# (iperf3, installed above, is the other).
+apt_install dnsmasq bind9-dnsutils
 
 command -v cargo >/dev/null || die "cargo not found: install a stable Rust toolchain (rustup) first"
 

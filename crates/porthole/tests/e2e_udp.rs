@@ -135,10 +135,12 @@ fn dns_over(cluster: &Cluster, work: &Path, transport: &str) -> Result<()> {
 }
 
 /// A refused UDP port ends its flow with the pod's error, reported as an event; the session
-/// and the DNS forward of the same command go on.
+/// and the DNS forward of the same command go on; an idle flow ends after
+/// `--udp-idle-timeout` and the next datagram opens a new one.
 fn refused(cluster: &Cluster, work: &Path) -> Result<()> {
     let mut cmd = cluster.porthole_cmd();
-    cmd.args(["port-forward", "pod/dns", ":53/udp", ":9/udp", "-o", "json"]);
+    cmd.args(["port-forward", "pod/dns", ":53/udp", ":9/udp", "-o", "json"])
+        .arg("--udp-idle-timeout=2s");
     let mut child = Child::spawn("pf-refused", cmd, work)?;
     let mut ports = std::collections::HashMap::new();
     child.wait_for_line(Duration::from_secs(60), |l| {
@@ -167,6 +169,25 @@ fn refused(cluster: &Cluster, work: &Path) -> Result<()> {
         ensure!(
             answer == "198.18.100.7",
             "dig answered {answer:?} after the refusal"
+        );
+        // dig's flow ends on its own after the idle timeout, cleanly, having carried one
+        // query and one answer.
+        let closed = child.wait_for_line(Duration::from_secs(30), |l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            (v["event"] == "udp_flow_closed" && v["remote_port"] == 53).then_some(v)
+        })?;
+        ensure!(
+            closed["error"].is_null()
+                && closed["datagrams_to_pod"] == 1
+                && closed["datagrams_from_pod"] == 1
+                && closed["dropped"] == 0,
+            "idle flow closed as {closed}"
+        );
+        // A new flow for the next query.
+        let answer = dig(ports[&53], "again.porthole.test")?;
+        ensure!(
+            answer == "198.18.100.7",
+            "dig answered {answer:?} after the idle timeout"
         );
         Ok(())
     })();
@@ -304,6 +325,10 @@ fn udp_through_a_node_behind_nat() {
                 answer.trim() == "198.18.100.7",
                 "dig over {transport} answered {answer:?}\n{}",
                 child.report()
+            );
+            eprintln!(
+                "dig over {transport} to the pod behind NAT: {}",
+                answer.trim()
             );
             let status = child.interrupt(Duration::from_secs(20))?;
             ensure!(status.success(), "port-forward exited {status}");
