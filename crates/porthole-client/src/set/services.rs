@@ -190,7 +190,7 @@ mod tests {
             ("a".to_string(), svc("db", &[(5432, "TCP")], true)),
             (
                 "a".to_string(),
-                svc("web", &[(80, "TCP"), (53, "UDP")], true),
+                svc("web", &[(80, "TCP"), (53, "UDP"), (9, "SCTP")], true),
             ),
             ("a".to_string(), svc("ext", &[(80, "TCP")], false)),
         ];
@@ -202,7 +202,7 @@ mod tests {
         let d = plan(services.clone(), None, &free);
         let names: Vec<&str> = d.entries.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(names, ["a/db", "a/web", "b/db"]);
-        assert_eq!(d.entries[1].ports, ["0:80"]);
+        assert_eq!(d.entries[1].ports, ["0:80", "0:53/udp"]);
         assert_eq!(d.entries[1].target, "svc/web");
         assert_eq!(d.skipped.len(), 2, "{:?}", d.skipped);
         assert!(d.hosts.is_empty());
