@@ -12,6 +12,8 @@
 //! - [`NetNs::listen`] / [`NetNs::listen_loopback`] listen inside the namespace the same way
 //!   (reverse forwarding: the socket is made on the namespace thread, bound and listened on
 //!   tokio).
+//! - [`NetNs::udp_connect`] does the same for a UDP socket (UDP forwarding): made by the
+//!   namespace thread (or the rootless helper), connected to the pod's loopback on tokio.
 //! - [`NetNs::enter_on_spawn`] makes a `Command` join the namespace between `fork` and `exec`.
 //! - [`NetNs::remove`] unmounts and unlinks the file; [`cleanup_dir`] does the same for files
 //!   left behind by a previous run.
@@ -1326,5 +1328,65 @@ mod tests {
             std::thread::yield_now();
         }
         assert!(!helper_ns.exists(), "helper process still alive");
+    }
+
+    /// A UDP socket made by the namespace's thread (or the rootless helper) reaches a UDP
+    /// echo that exists only inside the namespace, and a port with no listener refuses.
+    async fn udp_echo_through(ns: &NetNs) {
+        let mut cmd = std::process::Command::new("python3");
+        cmd.args([
+            "-c",
+            "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+             s.bind(('127.0.0.1',0))\nprint(s.getsockname()[1],flush=True)\n\
+             d,a=s.recvfrom(100)\ns.sendto(d.upper(),a)",
+        ])
+        .stdout(std::process::Stdio::piped());
+        ns.enter_on_spawn(&mut cmd);
+        let mut child = cmd.spawn().expect("spawn python3");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+            &mut line,
+        )
+        .expect("read port");
+        let port: u16 = line.trim().parse().expect("port");
+        let sock = ns
+            .udp_connect(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+            .await
+            .expect("udp socket in the namespace");
+        sock.send(b"datagram").await.expect("send");
+        let mut buf = [0u8; 100];
+        let n = tokio::time::timeout(Duration::from_secs(10), sock.recv(&mut buf))
+            .await
+            .expect("an answer")
+            .expect("recv");
+        assert_eq!(&buf[..n], b"DATAGRAM");
+        child.wait().expect("wait python");
+        // Nothing listens now: the ICMP port unreachable shows as ECONNREFUSED.
+        sock.send(b"again").await.expect("send");
+        let err = tokio::time::timeout(Duration::from_secs(10), sock.recv(&mut buf))
+            .await
+            .expect("the refusal")
+            .expect_err("refused");
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);
+    }
+
+    #[tokio::test]
+    async fn udp_sockets_are_made_inside_the_namespace() {
+        if skip_unless_root("udp_sockets_are_made_inside_the_namespace") {
+            return;
+        }
+        let dir = tempdir("udp");
+        let ns = NetNs::create(&dir.join("ns1"), "pod-uid-udp").expect("create namespace");
+        udp_echo_through(&ns).await;
+        ns.remove().expect("remove");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[tokio::test]
+    async fn rootless_udp_sockets_come_from_the_helper() {
+        let ns = NetNs::create_rootless("rootless-udp").expect("rootless namespace");
+        udp_echo_through(&ns).await;
+        ns.remove().expect("remove");
     }
 }
