@@ -1377,7 +1377,8 @@ mod tests {
             return;
         }
         let dir = tempdir("udp");
-        let ns = NetNs::create(&dir.join("ns1"), "pod-uid-udp").expect("create namespace");
+        let ns = NetNs::create(&dir.join("ns1"), "pod-uid-udp", Isolation::Privileged)
+            .expect("create namespace");
         udp_echo_through(&ns).await;
         ns.remove().expect("remove");
         std::fs::remove_dir_all(&dir).expect("cleanup");
