@@ -195,6 +195,40 @@ unsafe fn write_file(path: &std::ffi::CStr, data: &[u8]) -> bool {
     n == data.len() as isize
 }
 
+/// Closes every descriptor above stderr except `keep`: `close_range(2)` where the kernel has
+/// it (5.9+), else one `close` per possible descriptor up to the limit.
+///
+/// # Safety
+/// Only async-signal-safe calls (a forked child of a multi-threaded process).
+unsafe fn close_inherited(keep: RawFd) {
+    let close_range = |first: RawFd, last: RawFd| -> bool {
+        if first > last {
+            return true;
+        }
+        // SAFETY: close_range only closes descriptors of this process; no memory is touched.
+        unsafe { libc::syscall(libc::SYS_close_range, first as u32, last as u32, 0u32) == 0 }
+    };
+    if close_range(3, keep - 1) && close_range(keep + 1, RawFd::MAX) {
+        return;
+    }
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the stack value above.
+    let max = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        limit.rlim_cur.min(1 << 20) as RawFd
+    } else {
+        1 << 16
+    };
+    for fd in 3..max {
+        if fd != keep {
+            // SAFETY: closing a descriptor number that may or may not be open.
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
 /// The helper process body. Never returns.
 ///
 /// # Safety
@@ -209,6 +243,12 @@ unsafe fn helper_main(sock: RawFd, uid_map: &[u8], gid_map: &[u8]) -> ! {
             libc::_exit(1)
         }
     };
+    // The fork copied every descriptor the agent had open at that moment: its listeners, its
+    // API connections, and connections to other pods (a readiness probe in flight). Kept here
+    // they would outlive the agent's own close, so a pod's server never saw EOF: dnsmasq,
+    // which serves TCP inline, hung on a probe connection that this helper held open.
+    // SAFETY: only raw system calls; see `close_inherited`.
+    unsafe { close_inherited(sock) };
     // SAFETY: plain system calls on valid arguments; see each comment in the caller.
     unsafe {
         libc::prctl(
@@ -375,5 +415,51 @@ pub(crate) fn setns_user_then_net_before_exec(
     // SAFETY: the hook only performs async-signal-safe system calls.
     unsafe {
         cmd.pre_exec(hook);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    use super::*;
+
+    /// The helper keeps none of the descriptors the agent had open when it forked (a listener
+    /// here; in the agent, probe and API connections): only stdio and its own socket.
+    #[test]
+    fn helper_holds_nothing_it_inherited() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let fd_link = |pid: String, fd: &str| std::fs::read_link(format!("/proc/{pid}/fd/{fd}"));
+        let inherited = fd_link("self".into(), &listener.as_raw_fd().to_string()).expect("link");
+        let helper = match spawn_rootless_helper() {
+            Ok(h) => h,
+            // A host without unprivileged user namespaces; the isolation probe's tests cover it.
+            Err(e) if !nix::unistd::geteuid().is_root() => {
+                eprintln!("SKIPPED helper_holds_nothing_it_inherited: {e:?}");
+                return;
+            }
+            Err(e) => panic!("start the rootless helper: {e:?}"),
+        };
+        let dir = format!("/proc/{}/fd", helper.pid);
+        let held: Vec<(String, std::path::PathBuf)> = std::fs::read_dir(&dir)
+            .expect("list the helper's descriptors")
+            .filter_map(|e| {
+                let name = e.ok()?.file_name().to_string_lossy().into_owned();
+                let link = fd_link(helper.pid.to_string(), &name).ok()?;
+                Some((name, link))
+            })
+            .collect();
+        assert!(
+            held.iter().all(|(_, link)| *link != inherited),
+            "the helper still holds the agent's listener: {held:?}"
+        );
+        let beyond_stdio: Vec<_> = held
+            .iter()
+            .filter(|(n, _)| n.parse::<i32>().is_ok_and(|n| n > 2))
+            .collect();
+        assert_eq!(beyond_stdio.len(), 1, "only its own socket: {held:?}");
+        let pid = helper.pid;
+        drop(helper);
+        let _ = nix::sys::wait::waitpid(pid, None);
     }
 }

@@ -22,7 +22,10 @@ use porthole_test::{
     echo_roundtrip, example, http_get, pattern, repo_root, write_file, Child, Cluster, TempDir,
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_porthole");
+/// The `porthole` binary (a copy its user can read in the rootless run).
+fn bin() -> &'static str {
+    porthole_test::porthole_bin(env!("CARGO_BIN_EXE_porthole"))
+}
 const WAIT: Duration = Duration::from_secs(90);
 
 /// Namespace `other` with two http.server pods; `victim` is deleted and created again.
@@ -205,14 +208,14 @@ fn row_of(line: &str, name: &str) -> Option<Vec<String>> {
 
 #[test]
 fn a_set_of_six_survives_a_lost_pod_with_status_json_and_a_live_table() {
-    if !porthole_test::require_root("a_set_of_six_survives_a_lost_pod") {
+    if !porthole_test::require_pods("a_set_of_six_survives_a_lost_pod") {
         return;
     }
     let work = TempDir::new("fwdset").unwrap();
     let other = write_file(work.path(), "other.yaml", OTHER_NS).unwrap();
     let victim = write_file(work.path(), "victim.yaml", VICTIM).unwrap();
     let cluster = Cluster::up(
-        Path::new(BIN),
+        Path::new(bin()),
         work.path(),
         &[
             example("web.yaml"),
@@ -367,8 +370,9 @@ fn a_set_of_six_survives_a_lost_pod_with_status_json_and_a_live_table() {
         // The live table on a pseudo-terminal: `script` gives porthole a terminal and copies
         // the screen output to our pipe.
         let command = format!(
-            "KUBECONFIG={} {BIN} forward -f {}",
+            "KUBECONFIG={} {} forward -f {}",
             cluster.kubeconfig.display(),
+            bin(),
             set.display()
         );
         let mut cmd = Command::new("script");
@@ -478,13 +482,13 @@ fn readme_example() -> (String, Vec<String>) {
 
 #[test]
 fn all_services_etc_hosts_and_the_readme_example() {
-    if !porthole_test::require_root("all_services_etc_hosts_and_the_readme_example") {
+    if !porthole_test::require_pods("all_services_etc_hosts_and_the_readme_example") {
         return;
     }
     let work = TempDir::new("fwdsvc").unwrap();
     let echo_svc = write_file(work.path(), "echo-svc.yaml", ECHO_SVC).unwrap();
     let cluster = Cluster::up(
-        Path::new(BIN),
+        Path::new(bin()),
         work.path(),
         &[
             example("web.yaml"),
@@ -531,7 +535,7 @@ fn all_services_etc_hosts_and_the_readme_example() {
         );
         let plugins = work.path().join("plugins");
         fs::create_dir_all(&plugins)?;
-        symlink(BIN, plugins.join("kubectl-porthole"))?;
+        symlink(bin(), plugins.join("kubectl-porthole"))?;
         let path = format!(
             "{}:{}",
             plugins.display(),
@@ -750,7 +754,7 @@ fn bad_forwards_files_name_the_file_entry_and_field() {
     for (file, text, want) in cases {
         let path = write_file(work.path(), file, text).unwrap();
         // No cluster: the file is checked before anything connects.
-        let out = Command::new(BIN)
+        let out = Command::new(bin())
             .args(["forward", "-f"])
             .arg(&path)
             .env("KUBECONFIG", work.path().join("none"))
@@ -766,7 +770,7 @@ fn bad_forwards_files_name_the_file_entry_and_field() {
         );
     }
     // Neither a file nor --all-services.
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .arg("forward")
         .stdin(Stdio::null())
         .output()

@@ -13,7 +13,10 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use porthole_test::{example, finish, write_file, Child, Cluster, TempDir};
 
-const BIN: &str = env!("CARGO_BIN_EXE_porthole");
+/// The `porthole` binary (a copy its user can read in the rootless run).
+fn bin() -> &'static str {
+    porthole_test::porthole_bin(env!("CARGO_BIN_EXE_porthole"))
+}
 
 /// The iperf3 server pod (TCP control and UDP data both on 5201).
 const IPERF_POD: &str = r#"
@@ -252,12 +255,13 @@ fn iperf_udp(cluster: &Cluster, work: &Path) -> Result<()> {
 
 #[test]
 fn udp_forwarding_with_dnsmasq_and_iperf3() {
-    if !porthole_test::require_root("udp_forwarding_with_dnsmasq_and_iperf3") {
+    if !porthole_test::require_pods("udp_forwarding_with_dnsmasq_and_iperf3") {
         return;
     }
     let work = TempDir::new("udp").unwrap();
     let iperf = write_file(work.path(), "iperf.yaml", IPERF_POD).unwrap();
-    let cluster = Cluster::up(Path::new(BIN), work.path(), &[example("dns.yaml"), iperf]).unwrap();
+    let cluster =
+        Cluster::up(Path::new(bin()), work.path(), &[example("dns.yaml"), iperf]).unwrap();
     let res = (|| -> Result<()> {
         cluster.wait_pod_ready("default", "dns")?;
         cluster.wait_pod_ready("default", "iperf")?;
@@ -279,7 +283,7 @@ fn udp_through_a_node_behind_nat() {
         nodes: 1,
         etcd_members: 1,
     };
-    on_cluster(Path::new(BIN), "udp-tunnel", layout, |cluster| {
+    on_cluster(Path::new(bin()), "udp-tunnel", layout, |cluster| {
         let join = cluster.token_create(&[])?;
         cluster.start_nat_node("natnode", &join)?;
         cluster.kubectl(&[
