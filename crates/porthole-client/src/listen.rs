@@ -131,29 +131,47 @@ pub struct PortListeners {
 pub fn listen_port(
     addresses: &[ListenAddress],
     requested: u16,
-    mut on_bound: impl FnMut(&str, u16),
+    on_bound: impl FnMut(&str, u16),
 ) -> Result<PortListeners, String> {
+    let (local_port, listeners) = bind_each(addresses, requested, "tcp", bind, on_bound)?;
+    Ok(PortListeners {
+        local_port,
+        listeners,
+    })
+}
+
+/// Binds one port on every address with kubectl's rules, whatever the socket (`proto` is
+/// `tcp` or `udp`, for messages): `localhost` needs one of its two addresses, explicit
+/// addresses all; port 0 is chosen by the kernel on the first address and reused for the
+/// rest. `on_bound(address_text, local_port)` runs after each bind.
+pub(crate) fn bind_each<S: SocketLocalAddr>(
+    addresses: &[ListenAddress],
+    requested: u16,
+    proto: &str,
+    mut bind: impl FnMut(IpAddr, u16) -> io::Result<S>,
+    mut on_bound: impl FnMut(&str, u16),
+) -> Result<(u16, Vec<(String, S)>), String> {
     let mut port = requested;
-    let mut listeners = Vec::new();
+    let mut sockets = Vec::new();
     let mut errors = Vec::new();
     let (mut all_ok, mut all_failed, mut any_failed) = (0, 0, 0);
     for addr in addresses {
-        let proto = if addr.ip.is_ipv4() { "tcp4" } else { "tcp6" };
+        let family = if addr.ip.is_ipv4() { "4" } else { "6" };
         match bind(addr.ip, port) {
-            Ok(l) => {
+            Ok(sock) => {
                 // local port 0: the first address's kernel choice is reused for the rest.
-                if let Ok(bound) = l.local_addr() {
+                if let Ok(bound) = sock.local_addr() {
                     port = bound.port();
                 }
                 on_bound(&addr.text, port);
-                listeners.push((addr.text.clone(), l));
+                sockets.push((addr.text.clone(), sock));
                 if addr.mode == FailureMode::All {
                     all_ok += 1;
                 }
             }
             Err(e) => {
                 errors.push(format!(
-                    "unable to create listener: Error listen {proto} {}: {e}",
+                    "unable to create listener: Error listen {proto}{family} {}: {e}",
                     join_host_port(&addr.text, port)
                 ));
                 match addr.mode {
@@ -169,10 +187,25 @@ pub fn listen_port(
             errors.join(" ")
         ));
     }
-    Ok(PortListeners {
-        local_port: port,
-        listeners,
-    })
+    Ok((port, sockets))
+}
+
+/// A bound socket's own address (tokio's TCP listener and UDP socket alike).
+pub(crate) trait SocketLocalAddr {
+    /// The address the socket is bound to.
+    fn local_addr(&self) -> io::Result<std::net::SocketAddr>;
+}
+
+impl SocketLocalAddr for TcpListener {
+    fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+        TcpListener::local_addr(self)
+    }
+}
+
+impl SocketLocalAddr for tokio::net::UdpSocket {
+    fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+        tokio::net::UdpSocket::local_addr(self)
+    }
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::forward::Live;
-use crate::listen::{go_errno_text, join_host_port, FailureMode, ListenAddress};
+use crate::listen::{go_errno_text, ListenAddress};
 use crate::output::{Event, Output};
 
 /// Receive buffer asked for on each local UDP socket.
@@ -95,44 +95,10 @@ fn bind(ip: IpAddr, port: u16) -> io::Result<UdpSocket> {
 pub fn bind_port(
     addresses: &[ListenAddress],
     requested: u16,
-    mut on_bound: impl FnMut(&str, u16),
+    on_bound: impl FnMut(&str, u16),
 ) -> Result<(u16, Vec<UdpSocket>), String> {
-    let mut port = requested;
-    let mut sockets = Vec::new();
-    let mut errors = Vec::new();
-    let (mut all_ok, mut all_failed, mut any_failed) = (0, 0, 0);
-    for addr in addresses {
-        let proto = if addr.ip.is_ipv4() { "udp4" } else { "udp6" };
-        match bind(addr.ip, port) {
-            Ok(s) => {
-                if let Ok(bound) = s.local_addr() {
-                    port = bound.port();
-                }
-                on_bound(&addr.text, port);
-                sockets.push(s);
-                if addr.mode == FailureMode::All {
-                    all_ok += 1;
-                }
-            }
-            Err(e) => {
-                errors.push(format!(
-                    "unable to create listener: Error listen {proto} {}: {e}",
-                    join_host_port(&addr.text, port)
-                ));
-                match addr.mode {
-                    FailureMode::All => all_failed += 1,
-                    FailureMode::Any => any_failed += 1,
-                }
-            }
-        }
-    }
-    if (all_ok == 0 && all_failed > 0) || any_failed > 0 {
-        return Err(format!(
-            "Listeners failed to create with the following errors: [{}]",
-            errors.join(" ")
-        ));
-    }
-    Ok((port, sockets))
+    let (port, sockets) = crate::listen::bind_each(addresses, requested, "udp", bind, on_bound)?;
+    Ok((port, sockets.into_iter().map(|(_, s)| s).collect()))
 }
 
 /// The error printed when a server did not grant the `udp` extension.

@@ -433,15 +433,7 @@ impl NetNs {
     /// Creates an unconnected nonblocking TCP socket of `family` inside the namespace: a spare
     /// one if there is, else a batch from the namespace thread.
     async fn socket(&self, family: AddressFamily) -> io::Result<OwnedFd> {
-        let closed = || {
-            io::Error::new(
-                io::ErrorKind::NotConnected,
-                format!(
-                    "network namespace for sandbox {:?} is closed",
-                    self.inner.name
-                ),
-            )
-        };
+        let closed = || self.closed();
         let spare = |inner: &Inner| {
             inner
                 .spare
@@ -458,23 +450,7 @@ impl NetNs {
         let batch = !self.inner.refilling.swap(true, Ordering::AcqRel);
         let count = if batch { SOCKET_BATCH } else { 1 };
         let _refill_done = batch.then(|| RefillDone(&self.inner.refilling));
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        {
-            let guard = self
-                .inner
-                .requests
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            let tx = guard.as_ref().ok_or_else(closed)?;
-            tx.send(SocketRequest {
-                family,
-                kind: SockType::Stream,
-                count,
-                reply,
-            })
-            .map_err(|_| closed())?;
-        }
-        let mut fds = rx.await.map_err(|_| closed())??;
+        let mut fds = self.make_sockets(family, SockType::Stream, count).await?;
         let fd = fds.pop().ok_or_else(closed)?;
         // Removed meanwhile: drop the rest rather than keep the namespace alive with them
         // (checked under the lock `remove` holds while it empties the spares).
@@ -489,13 +465,47 @@ impl NetNs {
         Ok(fd)
     }
 
+    /// The error of a request to a namespace that is gone (removed, or its thread ended).
+    fn closed(&self) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::NotConnected,
+            format!(
+                "network namespace for sandbox {:?} is closed",
+                self.inner.name
+            ),
+        )
+    }
+
+    /// One trip to the namespace thread (or the rootless helper): `count` new nonblocking
+    /// sockets of `family` and `kind`, made inside the namespace.
+    async fn make_sockets(
+        &self,
+        family: AddressFamily,
+        kind: SockType,
+        count: usize,
+    ) -> io::Result<Vec<OwnedFd>> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        {
+            let guard = self
+                .inner
+                .requests
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let tx = guard.as_ref().ok_or_else(|| self.closed())?;
+            tx.send(SocketRequest {
+                family,
+                kind,
+                count,
+                reply,
+            })
+            .map_err(|_| self.closed())?;
+        }
+        rx.await.map_err(|_| self.closed())?
+    }
+
     /// Connects to `addr` from inside the namespace, giving up after `timeout`.
     pub async fn connect(&self, addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
-        let family = match addr {
-            SocketAddr::V4(_) => AddressFamily::Inet,
-            SocketAddr::V6(_) => AddressFamily::Inet6,
-        };
-        let fd = self.socket(family).await?;
+        let fd = self.socket(family_of(addr)).await?;
         // The socket was created nonblocking (SOCK_NONBLOCK), as tokio requires.
         let sock = TcpSocket::from_std_stream(std::net::TcpStream::from(fd));
         match tokio::time::timeout(timeout, sock.connect(addr)).await {
@@ -511,37 +521,12 @@ impl NetNs {
     /// only fixes the peer: whether anything listens shows on the first send or receive
     /// (`ECONNREFUSED` after the ICMP port unreachable).
     pub async fn udp_connect(&self, addr: SocketAddr) -> io::Result<tokio::net::UdpSocket> {
-        let family = match addr {
-            SocketAddr::V4(_) => AddressFamily::Inet,
-            SocketAddr::V6(_) => AddressFamily::Inet6,
-        };
-        let closed = || {
-            io::Error::new(
-                io::ErrorKind::NotConnected,
-                format!(
-                    "network namespace for sandbox {:?} is closed",
-                    self.inner.name
-                ),
-            )
-        };
         // One socket per flow, no spares: flows are long-lived, unlike TCP connections.
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        {
-            let guard = self
-                .inner
-                .requests
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            let tx = guard.as_ref().ok_or_else(closed)?;
-            tx.send(SocketRequest {
-                family,
-                kind: SockType::Datagram,
-                count: 1,
-                reply,
-            })
-            .map_err(|_| closed())?;
-        }
-        let fd = rx.await.map_err(|_| closed())??.pop().ok_or_else(closed)?;
+        let fd = self
+            .make_sockets(family_of(addr), SockType::Datagram, 1)
+            .await?
+            .pop()
+            .ok_or_else(|| self.closed())?;
         // Created nonblocking (SOCK_NONBLOCK), as tokio requires.
         let sock = tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(fd))?;
         sock.connect(addr).await?;
@@ -584,11 +569,7 @@ impl NetNs {
     /// bind and listen run here. `SO_REUSEADDR` lets a new session take a port back while the
     /// previous session's connections sit in TIME_WAIT; an active listener still refuses it.
     pub async fn listen(&self, addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
-        let family = match addr {
-            SocketAddr::V4(_) => AddressFamily::Inet,
-            SocketAddr::V6(_) => AddressFamily::Inet6,
-        };
-        let fd = self.socket(family).await?;
+        let fd = self.socket(family_of(addr)).await?;
         let sock = TcpSocket::from_std_stream(std::net::TcpStream::from(fd));
         sock.set_reuseaddr(true)?;
         sock.bind(addr)?;
@@ -678,6 +659,14 @@ impl Drop for Inner {
         if let Err(e) = self.remove() {
             tracing::error!(error = %error_chain(&e), "removing network namespace on drop");
         }
+    }
+}
+
+/// The address family of `addr`.
+fn family_of(addr: SocketAddr) -> AddressFamily {
+    match addr {
+        SocketAddr::V4(_) => AddressFamily::Inet,
+        SocketAddr::V6(_) => AddressFamily::Inet6,
     }
 }
 

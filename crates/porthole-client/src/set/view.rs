@@ -98,13 +98,12 @@ pub fn plain_line(name: &str, event: &Event) -> Option<String> {
             error,
             ..
         } => {
-            let mut s = format!(
-                "connection {id} closed: {bytes_to_pod} bytes to the pod, {bytes_from_pod} bytes from it"
-            );
-            if let Some(e) = error {
-                s.push_str(&format!(" (error: {e})"));
-            }
-            s
+            with_error(
+                format!(
+                    "connection {id} closed: {bytes_to_pod} bytes to the pod, {bytes_from_pod} bytes from it"
+                ),
+                error,
+            )
         }
         Event::UdpListening {
             address,
@@ -131,13 +130,12 @@ pub fn plain_line(name: &str, event: &Event) -> Option<String> {
             error,
             ..
         } => {
-            let mut s = format!(
-                "udp flow {id} closed: {datagrams_to_pod} datagrams to the pod, {datagrams_from_pod} from it, {dropped} dropped"
-            );
-            if let Some(e) = error {
-                s.push_str(&format!(" (error: {e})"));
-            }
-            s
+            with_error(
+                format!(
+                    "udp flow {id} closed: {datagrams_to_pod} datagrams to the pod, {datagrams_from_pod} from it, {dropped} dropped"
+                ),
+                error,
+            )
         }
         Event::ReverseListening {
             pod,
@@ -157,13 +155,12 @@ pub fn plain_line(name: &str, event: &Event) -> Option<String> {
             error,
             ..
         } => {
-            let mut s = format!(
-                "reverse connection {id} closed: {bytes_to_pod} bytes to the pod, {bytes_from_pod} bytes from it"
-            );
-            if let Some(e) = error {
-                s.push_str(&format!(" (error: {e})"));
-            }
-            s
+            with_error(
+                format!(
+                    "reverse connection {id} closed: {bytes_to_pod} bytes to the pod, {bytes_from_pod} bytes from it"
+                ),
+                error,
+            )
         }
         Event::Reconnecting { pod, reason } => {
             format!("reconnecting: lost pod {pod}: {reason}")
@@ -180,6 +177,14 @@ pub fn plain_line(name: &str, event: &Event) -> Option<String> {
         }
     };
     Some(format!("[{name}] {text}"))
+}
+
+/// `text`, then ` (error: E)` when there was one.
+fn with_error(mut text: String, error: &Option<String>) -> String {
+    if let Some(e) = error {
+        text.push_str(&format!(" (error: {e})"));
+    }
+    text
 }
 
 /// Restores the terminal when the table ends, however it ends.
