@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::live::Live;
 use crate::output::{Event, Output};
 use crate::ports::ResolvedPort;
 
@@ -112,34 +113,19 @@ pub struct Listener {
     pub sockets: Vec<TcpListener>,
 }
 
-/// A connected session (shared with the UDP flows in [`crate::udp`]).
-pub(crate) struct Live {
-    pub(crate) id: u64,
-    pub(crate) pod: String,
-    pub(crate) ports: Vec<ResolvedPort>,
-    pub(crate) forwarder: PortForwarder,
-    connected_at: Instant,
-}
-
 /// A session that ends sooner than this after connecting counts as flapping: the next
 /// reconnect waits (growing back-off) instead of hammering a server that accepts and drops.
 const STABLE_SESSION: Duration = Duration::from_secs(10);
 
 fn push_live(lives: &mut Vec<Arc<Live>>, next_id: &mut u64, s: NewSession) {
-    lives.push(Arc::new(Live {
-        id: *next_id,
-        pod: s.pod,
-        ports: s.ports,
-        forwarder: s.forwarder,
-        connected_at: Instant::now(),
-    }));
+    lives.push(Arc::new(Live::new(*next_id, s.pod, s.ports, s.forwarder)));
     *next_id += 1;
 }
 
 /// The back-off to apply before reconnecting after `live` ended: none after a stable session,
 /// otherwise the previous one doubled (capped).
 fn next_flap_delay(live: &Live, previous: Option<Duration>, options: &Options) -> Option<Duration> {
-    if live.connected_at.elapsed() >= STABLE_SESSION {
+    if live.connected_for() >= STABLE_SESSION {
         return None;
     }
     Some(previous.map_or(options.backoff_initial, |d| {
@@ -690,13 +676,12 @@ mod tests {
     async fn flapping_sessions_back_off() {
         let options = Options::default();
         let (io, _peer) = tokio::io::duplex(64);
-        let live = Live {
-            id: 0,
-            pod: "p".into(),
-            ports: Vec::new(),
-            forwarder: PortForwarder::new(io, porthole_relay::spdy::Config::default()),
-            connected_at: Instant::now(),
-        };
+        let live = Live::new(
+            0,
+            "p".into(),
+            Vec::new(),
+            PortForwarder::new(io, porthole_relay::spdy::Config::default()),
+        );
         let first = next_flap_delay(&live, None, &options);
         assert_eq!(first, Some(options.backoff_initial));
         assert_eq!(

@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 pub mod forward;
 pub mod kubeconfig;
 pub mod listen;
+mod live;
 pub mod output;
 pub mod ports;
 pub mod progress;

@@ -27,8 +27,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::forward::Live;
 use crate::listen::{go_errno_text, ListenAddress};
+use crate::live::Live;
 use crate::output::{Event, Output};
 
 /// Receive buffer asked for on each local UDP socket.

@@ -28,6 +28,7 @@ pub mod config;
 pub mod runtime;
 
 mod agent;
+mod endpoint;
 mod join;
 mod metrics;
 mod reverse;
@@ -125,7 +126,7 @@ async fn serve(
         &cfg.client_ca_file,
     )?;
     let tasks = TaskTracker::new();
-    let ep = Arc::new(server::Endpoint {
+    let ep = Arc::new(endpoint::Endpoint {
         runtime,
         allowed_names: cfg
             .apiserver_client_names

@@ -29,7 +29,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::server::{Body, Endpoint};
+use crate::endpoint::{Body, Endpoint};
 
 /// Keepalive of the node's end: a PING every 5 s, the client declared dead when one stays
 /// unanswered 10 s (the client PINGs too, so both ends notice a dead peer).

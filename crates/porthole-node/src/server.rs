@@ -11,7 +11,6 @@
 //! and, after the 101, served by porthole-relay's protocol servers with a dialer that connects
 //! inside the pod's network namespace.
 
-use std::collections::HashSet;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,7 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use porthole_netns::NetNs;
@@ -27,35 +26,14 @@ use porthole_proto::handshake::negotiate_server;
 use porthole_relay::dial::{DialError, DialFuture, ForwardBytes, PodDialer, UdpDialFuture};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
-use crate::metrics::{NodeMetrics, Registration};
-use crate::runtime::{LogOptions, Runtime};
-
-/// Response body type of every handler.
-pub(crate) type Body = BoxBody<Bytes, std::io::Error>;
+use crate::endpoint::{Body, Endpoint};
+use crate::metrics::NodeMetrics;
+use crate::runtime::LogOptions;
 
 /// How long a client may take to complete the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Settings shared by every connection.
-pub(crate) struct Endpoint {
-    pub(crate) runtime: Runtime,
-    pub(crate) allowed_names: HashSet<String>,
-    pub(crate) idle_timeout: Duration,
-    pub(crate) stream_creation_timeout: Duration,
-    pub(crate) node_name: String,
-    /// Cancelled at shutdown: ends upgraded sessions and open log streams.
-    pub(crate) shutdown: CancellationToken,
-    /// Tracks connection and session tasks, so shutdown can wait for them.
-    pub(crate) tasks: TaskTracker,
-    /// What `/metrics` shows.
-    pub(crate) metrics: Arc<NodeMetrics>,
-    /// What `/readyz` checks.
-    pub(crate) registration: Arc<Registration>,
-}
 
 /// Who is calling, from the TLS handshake.
 #[derive(Debug, Clone)]

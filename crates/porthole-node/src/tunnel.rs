@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::config::ApiConfig;
-use crate::server::Endpoint;
+use crate::endpoint::Endpoint;
 
 /// Connect + TLS + upgrade, each attempt.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
