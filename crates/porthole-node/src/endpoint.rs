@@ -3,11 +3,14 @@
 //! reverse forwarding in `reverse`) take it without importing each other.
 
 use std::collections::HashSet;
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::{header, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -16,6 +19,25 @@ use crate::runtime::Runtime;
 
 /// Response body type of every handler.
 pub(crate) type Body = BoxBody<Bytes, std::io::Error>;
+
+/// A whole response: `status`, `content_type` and `body` (plain texts and Status objects).
+pub(crate) fn full_response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
+    let mut resp = Response::new(
+        Full::new(body.into())
+            .map_err(|never: Infallible| match never {})
+            .boxed(),
+    );
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    resp
+}
 
 /// Settings shared by every connection.
 pub(crate) struct Endpoint {

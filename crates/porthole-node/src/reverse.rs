@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -29,7 +29,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::endpoint::{Body, Endpoint};
+use crate::endpoint::{full_response, Body, Endpoint};
 
 /// Keepalive of the node's end: a PING every 5 s, the client declared dead when one stays
 /// unanswered 10 s (the client PINGs too, so both ends notice a dead peer).
@@ -47,17 +47,7 @@ fn status(code: StatusCode, reason: &str, message: &str) -> Response<Body> {
         "reason": reason,
         "code": code.as_u16(),
     });
-    let mut resp = Response::new(
-        Full::new(Bytes::from(body.to_string()))
-            .map_err(|never: Infallible| match never {})
-            .boxed(),
-    );
-    *resp.status_mut() = code;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
-    resp
+    full_response(code, "application/json", body.to_string())
 }
 
 /// The one pod port of `?port=P`.

@@ -28,7 +28,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument as _;
 
-use crate::endpoint::{Body, Endpoint};
+use crate::endpoint::{full_response, Body, Endpoint};
 use crate::metrics::NodeMetrics;
 use crate::runtime::LogOptions;
 
@@ -48,17 +48,7 @@ enum Caller {
 }
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
-    let mut resp = Response::new(
-        Full::new(Bytes::from(body.into()))
-            .map_err(|never: Infallible| match never {})
-            .boxed(),
-    );
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
+    full_response(status, "text/plain; charset=utf-8", body.into())
 }
 
 /// Accepts connections on `listener` until `ep.shutdown` is cancelled.

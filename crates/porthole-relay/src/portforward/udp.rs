@@ -36,7 +36,7 @@ pub(crate) async fn forward_pair(
 ) {
     let Pair {
         port,
-        mut error,
+        error,
         mut data,
         ..
     } = pair;
@@ -51,19 +51,7 @@ pub(crate) async fn forward_pair(
             r = relay(&mut data, &dialer, port) => r,
         }
     };
-    match outcome {
-        Ok(()) => {
-            let _ = data.shutdown().await;
-            let _ = error.shutdown().await;
-        }
-        Err(cause) => {
-            let text = pf::forward_error_text(port, &pod_id, &cause);
-            tracing::debug!(%text, "udp flow failed");
-            let _ = error.write_all(text.as_bytes()).await;
-            data.reset();
-            error.reset();
-        }
-    }
+    super::spdy_server::finish_pair(data, error, outcome, port, &pod_id).await;
 }
 
 /// What woke the relay loop.
