@@ -554,9 +554,7 @@ pub fn on_cluster(
     layout: Layout,
     test: impl FnOnce(&mut HaCluster) -> Result<()>,
 ) {
-    if !crate::require_root(name) {
-        return;
-    }
+    crate::require_root(name);
     let work = crate::TempDir::new(name).expect("create the test's directory");
     let mut cluster = HaCluster::start_with(bin, work.path(), layout)
         .unwrap_or_else(|e| panic!("starting the cluster: {e:#}"));

@@ -75,10 +75,9 @@ impl Drop for Down {
 }
 
 #[test]
+#[ignore = "needs root (simulated hosts are network namespaces): sudo cargo test -- --ignored; scripts/test.sh runs it"]
 fn cluster_script_up_status_down() {
-    if !porthole_test::require_root("cluster_script_up_status_down") {
-        return;
-    }
+    porthole_test::require_root("cluster_script_up_status_down");
     let work = TempDir::new("cluster-script").unwrap();
     // A directory of its own that `up` creates (and `down` removes); the test's logs stay in
     // `work`.

@@ -23,6 +23,7 @@ fn config_maps(cluster: &HaCluster) -> Result<Vec<String>> {
 }
 
 #[test]
+#[ignore = "needs root (simulated hosts are network namespaces): sudo cargo test -- --ignored; scripts/test.sh runs it"]
 fn one_member_down_is_invisible_two_down_is_a_clear_503_and_recovery_loses_nothing() {
     let layout = Layout {
         nodes: 1,

@@ -545,6 +545,16 @@ fn print_leaks(leaks: &Value) {
             );
         }
     }
+    if let Some(pools) = leaks["runtime_threads_not_counted"].as_object() {
+        let line: Vec<String> = pools
+            .iter()
+            .map(|(role, v)| format!("{role} {} → {}", v["steady"], v["end"]))
+            .collect();
+        eprintln!(
+            "  runtime pool threads (not counted as leaks): {}",
+            line.join(", ")
+        );
+    }
     let new = leaks["processes_new_since_steady_state"].as_array();
     if leaks["counters"]["processes"]["leaked"] != json!(0) {
         for p in new.into_iter().flatten() {

@@ -88,6 +88,15 @@ pub struct Config {
     /// wait behind that FIFO, so it is what a small request waits behind while other streams
     /// upload (head-of-line latency ≈ session_window / throughput).
     pub session_window: usize,
+    /// Under flow control, the most the session and stream windows grow to (0: they never
+    /// grow). A window sized for one machine's loopback caps a long path at window / round
+    /// trip (64 KiB at 10 ms is 6.5 MB/s), so each window grows, when its credit goes back,
+    /// to the bandwidth-delay product of the path at [`WINDOW_GROWTH_RATE`] and the smallest
+    /// round trip measured (a PING at the start, then the keepalives). The smallest, not the
+    /// latest: queueing behind a full window inflates the latest and would grow the window
+    /// that causes it; on loopback the product stays below the configured windows, so
+    /// nothing changes there.
+    pub max_window: usize,
     /// Largest DATA frame written.
     pub max_data_frame: usize,
     /// `write` frames straight into the transmit buffer only below this; beyond it, data
@@ -114,6 +123,7 @@ impl Default for Config {
             // 8-stream upload at ~0.15 ms (1 MiB: 3.4 ms; unbounded: 10 ms) for ~20% less bulk
             // throughput on a CPU-bound machine.
             session_window: 256 * 1024,
+            max_window: 16 << 20,
             max_data_frame: 32 * 1024,
             send_buffer: 256 * 1024,
             max_incoming_streams: 65_536,
@@ -267,6 +277,8 @@ struct StreamState {
     send_window: i64,
     recv_window: i64,
     recv_unacked: u32,
+    /// The receive window this stream was given (starts at `stream_buffer`, may grow).
+    recv_window_size: u32,
     notify_queued: bool,
     /// The application's last write found the send queue full: notify when it drains.
     write_blocked: bool,
@@ -287,6 +299,7 @@ struct StreamState {
 
 impl StreamState {
     fn new(local: bool, send_window: i64, recv_window: i64) -> Self {
+        let recv_window_size = recv_window.clamp(0, MAX_WINDOW) as u32;
         StreamState {
             local,
             replied: false,
@@ -299,6 +312,7 @@ impl StreamState {
             send_window,
             recv_window,
             recv_unacked: 0,
+            recv_window_size,
             notify_queued: false,
             write_blocked: false,
             send_q: BytesMut::new(),
@@ -321,6 +335,10 @@ struct PartialData {
 
 /// SPDY/3.1 default initial window (both stream and session).
 const DEFAULT_WINDOW: i64 = 65_536;
+/// The rate a grown window is sized for, in bytes per second ([`Config::max_window`]): twice
+/// 10 Gbit/s, so that a window never caps a path that fast, at 2.5 MB per millisecond of
+/// round trip.
+pub const WINDOW_GROWTH_RATE: u64 = 2_500_000_000;
 const MAX_WINDOW: i64 = 0x7fff_ffff;
 
 /// Bytes one stream may have queued for sending (two Go-sized DATA frames). What a writer
@@ -328,6 +346,18 @@ const MAX_WINDOW: i64 = 0x7fff_ffff;
 const STREAM_SEND_QUEUE: usize = 64 * 1024;
 /// Drained send-queue buffers kept for reuse (at most 512 KiB per connection).
 const SPARE_QUEUES: usize = 8;
+
+/// The window to give when credit goes back, for one now `current` in size: the path's
+/// bandwidth-delay product at [`WINDOW_GROWTH_RATE`] and `min_rtt` when that is larger, at most
+/// `max_window` (see [`Config::max_window`]).
+fn grown_window(current: u64, min_rtt: Option<Duration>, max_window: usize) -> u64 {
+    let Some(rtt) = min_rtt.filter(|_| max_window > 0) else {
+        return current;
+    };
+    let bdp = rtt.as_nanos() * u128::from(WINDOW_GROWTH_RATE) / 1_000_000_000;
+    let cap = (max_window as u64).min(MAX_WINDOW as u64);
+    current.max((bdp.min(u128::from(cap))) as u64)
+}
 
 /// One SPDY/3.1 connection, without I/O.
 #[derive(Debug)]
@@ -354,6 +384,10 @@ pub struct Session {
     peer_initial_window: i64,
     session_send_window: i64,
     session_recv_unacked: u64,
+    /// The session receive window advertised (starts at `session_window`, may grow).
+    session_recv_window_size: u64,
+    /// Smallest PING round trip seen (sizes grown windows, see [`Config::max_window`]).
+    min_rtt: Option<Duration>,
     // Timers.
     last_activity: Instant,
     last_received: Instant,
@@ -391,6 +425,8 @@ impl Session {
             peer_initial_window: DEFAULT_WINDOW,
             session_send_window: DEFAULT_WINDOW,
             session_recv_unacked: 0,
+            session_recv_window_size: 0,
+            min_rtt: None,
             last_activity: now,
             last_received: now,
             next_ping_at: cfg.ping_interval.map(|p| now + p),
@@ -419,8 +455,36 @@ impl Session {
                 }
                 .encode(&mut s.tx);
             }
+            // A round trip to size windows by: a PING now, while nothing queues on the path.
+            // Only porthole peers negotiate flow control, and they answer PINGs.
+            if s.cfg.max_window > 0 {
+                s.send_ping(now);
+            }
         }
+        s.session_recv_window_size = s.session_window() as u64;
         s
+    }
+
+    /// The smallest PING round trip seen on this session.
+    pub fn min_rtt(&self) -> Option<Duration> {
+        self.min_rtt
+    }
+
+    fn grown_window(&self, current: u64) -> u64 {
+        grown_window(current, self.min_rtt, self.cfg.max_window)
+    }
+
+    fn send_ping(&mut self, now: Instant) {
+        let id = self.next_ping_id;
+        self.next_ping_id = if id >= u32::MAX - 2 {
+            2 - id % 2
+        } else {
+            id + 2
+        };
+        Ping { id }.encode(&mut self.tx);
+        if self.outstanding_ping.is_none() {
+            self.outstanding_ping = Some((id, now));
+        }
     }
 
     /// The configuration.
@@ -647,8 +711,11 @@ impl Session {
         if flow {
             self.session_recv_unacked += len as u64;
             // An eighth at a time: credit flows back steadily, the sender rarely runs dry.
-            if self.session_recv_unacked >= (self.session_window() as u64) / 8 {
-                let delta = self.session_recv_unacked as u32;
+            if self.session_recv_unacked >= self.session_recv_window_size / 8 {
+                let grown = self.grown_window(self.session_recv_window_size);
+                let delta = (self.session_recv_unacked + grown - self.session_recv_window_size)
+                    .min(MAX_WINDOW as u64) as u32;
+                self.session_recv_window_size = grown;
                 self.session_recv_unacked = 0;
                 WindowUpdate {
                     stream_id: 0,
@@ -784,7 +851,9 @@ impl Session {
                 } else if let Some((id, sent)) = self.outstanding_ping {
                     if id == f.id {
                         self.outstanding_ping = None;
-                        self.last_rtt = Some(now.saturating_duration_since(sent));
+                        let rtt = now.saturating_duration_since(sent);
+                        self.last_rtt = Some(rtt);
+                        self.min_rtt = Some(self.min_rtt.map_or(rtt, |m| m.min(rtt)));
                     }
                 }
             }
@@ -973,17 +1042,8 @@ impl Session {
         }
         if let (Some(at), Some(period)) = (self.next_ping_at, self.cfg.ping_interval) {
             if now >= at {
-                let id = self.next_ping_id;
-                self.next_ping_id = if id >= u32::MAX - 2 {
-                    2 - id % 2
-                } else {
-                    id + 2
-                };
-                Ping { id }.encode(&mut self.tx);
+                self.send_ping(now);
                 self.activity(now);
-                if self.outstanding_ping.is_none() {
-                    self.outstanding_ping = Some((id, now));
-                }
                 self.next_ping_at = Some(now + period);
             }
         }
@@ -1111,12 +1171,18 @@ impl Session {
             if flow && s.reset.is_none() && !s.recv_fin {
                 s.recv_unacked += n as u32;
                 s.recv_window += n as i64;
-                if u64::from(s.recv_unacked) * 2 >= self.cfg.stream_buffer as u64 {
+                if s.recv_unacked * 2 >= s.recv_window_size {
+                    let size = u64::from(s.recv_window_size);
+                    // Only a stream that moves data grows (an idle one keeps its window).
+                    let grown = grown_window(size, self.min_rtt, self.cfg.max_window);
+                    let extra = (grown - size) as u32;
                     WindowUpdate {
                         stream_id: id,
-                        delta: s.recv_unacked,
+                        delta: s.recv_unacked + extra,
                     }
                     .encode(&mut self.tx);
+                    s.recv_window += i64::from(extra);
+                    s.recv_window_size += extra;
                     s.recv_unacked = 0;
                     self.last_activity = now;
                 }
@@ -1636,6 +1702,87 @@ mod tests {
         pump(&mut s, &mut c, now); // WINDOW_UPDATE 600
         pump(&mut c, &mut s, now);
         assert_eq!(s.readable(id), 400 + 600);
+    }
+
+    /// A flow-controlled pair whose first PINGs were answered `rtt` after they left (so
+    /// each side's smallest round trip is `rtt`), with `max_window` as the growth cap.
+    fn pair_after_first_ping(rtt: Duration, max_window: usize) -> (Session, Session, Instant) {
+        let start = Instant::now();
+        let cfg = |role| Config {
+            role,
+            flow_control: true,
+            max_window,
+            ..Config::default()
+        };
+        let mut c = Session::new(cfg(Role::Client), start);
+        let mut s = Session::new(cfg(Role::Server), start);
+        let now = start + rtt;
+        pump(&mut c, &mut s, now); // c's SETTINGS, WINDOW_UPDATE, PING; s's answer queued
+        pump(&mut s, &mut c, now); // s's own, and the answer to c's PING
+        pump(&mut c, &mut s, now); // the answer to s's PING
+        (c, s, now)
+    }
+
+    #[test]
+    fn windows_grow_to_the_bandwidth_delay_product_of_a_long_round_trip() {
+        // 4 ms: 2.5 MB/ms × 4 = 10 MB, between the configured windows and the 16 MiB cap.
+        let (mut c, mut s, now) = pair_after_first_ping(Duration::from_millis(4), 16 << 20);
+        assert_eq!(c.min_rtt(), Some(Duration::from_millis(4)));
+        assert_eq!(s.min_rtt(), Some(Duration::from_millis(4)));
+        let id = open_streams(&mut c, &mut s, now, 1)[0];
+        let bdp = 10_000_000;
+        // Session: the first credit returned (an eighth of 256 KiB received) opens it to the
+        // product at once; the sender sees the whole of it less what is in flight.
+        let sent = c.write(now, id, &[5u8; 40_000]).unwrap();
+        assert_eq!(sent, 40_000);
+        pump(&mut c, &mut s, now);
+        pump(&mut s, &mut c, now);
+        assert_eq!(s.session_recv_window_size, bdp);
+        // Credit went back for the first 32 KiB frame; the second (7,232 B) waits for more.
+        assert_eq!(c.session_send_window, bdp as i64 - (40_000 - 32 * 1024));
+        // Stream: its first credit (half of 1 MiB read) grows its window the same way.
+        let mut buf = vec![0u8; 1 << 20];
+        let mut read = 0;
+        while read < 600_000 {
+            while c.write(now, id, &[5u8; 64 * 1024]).unwrap() > 0 {}
+            pump(&mut c, &mut s, now);
+            match s.read(now, id, &mut buf) {
+                ReadOutcome::Data(n) => read += n,
+                other => panic!("read: {other:?}"),
+            }
+            pump(&mut s, &mut c, now);
+        }
+        assert_eq!(s.streams[&id].recv_window_size, bdp as u32);
+        let in_flight = c.streams[&id].send_window;
+        assert!(
+            in_flight > (1 << 20),
+            "the sender's stream window grew past 1 MiB: {in_flight}"
+        );
+    }
+
+    #[test]
+    fn windows_stay_as_configured_on_a_short_round_trip_or_with_growth_off() {
+        // Loopback-like: 40 µs is 100 KB, under the 256 KiB session and 1 MiB stream windows.
+        for (rtt, max_window) in [
+            (Duration::from_micros(40), 16 << 20),
+            (Duration::from_millis(50), 0),
+        ] {
+            let (mut c, mut s, now) = pair_after_first_ping(rtt, max_window);
+            let id = open_streams(&mut c, &mut s, now, 1)[0];
+            let mut buf = vec![0u8; 1 << 20];
+            for _ in 0..20 {
+                while c.write(now, id, &[5u8; 64 * 1024]).unwrap() > 0 {}
+                pump(&mut c, &mut s, now);
+                let _ = s.read(now, id, &mut buf);
+                pump(&mut s, &mut c, now);
+            }
+            assert_eq!(s.session_recv_window_size, 256 * 1024, "rtt {rtt:?}");
+            assert_eq!(s.streams[&id].recv_window_size, 1 << 20, "rtt {rtt:?}");
+            // Growth off: no PING is sent to measure anything.
+            if max_window == 0 {
+                assert_eq!(s.min_rtt(), None);
+            }
+        }
     }
 
     /// Opens `n` streams from `c`, accepted by `s`.
