@@ -112,6 +112,10 @@ if [ -f bench/tunnel.sh ]; then
   step "tunnel bench smoke (bench/tunnel.sh --smoke)"
   bash bench/tunnel.sh --smoke --no-build || hooks_rc=$?
 fi
+if [ -f bench/links.sh ]; then
+  step "links bench smoke (bench/links.sh --smoke)"
+  bash bench/links.sh --smoke --no-build || hooks_rc=$?
+fi
 if [ -f bench/sessions.sh ]; then
   step "sessions bench smoke (bench/sessions.sh --smoke)"
   bash bench/sessions.sh --smoke --no-build || hooks_rc=$?

@@ -536,6 +536,10 @@ pub async fn run(
         tasks.spawn(
             async move {
                 let _ = tcp.set_nodelay(true);
+                // Half-open connections left by partitions end (porthole_relay::keepalive).
+                if let Err(e) = porthole_relay::keepalive::enable(&tcp) {
+                    tracing::debug!(error = %e, "TCP keepalive not set");
+                }
                 let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                     Ok(Ok(t)) => t,
                     Ok(Err(e)) => {

@@ -28,6 +28,7 @@
 #![allow(clippy::disallowed_types)]
 
 mod chaos;
+mod links;
 mod load;
 mod relay;
 mod sessions;
@@ -84,6 +85,9 @@ enum Cmd {
     SplitRoles(split::RouteArgs),
     /// A node behind NAT through its tunnel against a direct node, on simulated hosts.
     Tunnel(split::RouteArgs),
+    /// One forwarded connection over links with 1, 10 and 50 ms of round trip at 1 Gbit/s,
+    /// against plain TCP over the same link and kubectl (needs root; bench/links.sh).
+    Links(links::LinksArgs),
     /// UDP forwarding through `porthole up` vs the same UDP echo on loopback: round trips/s,
     /// throughput and loss at a fixed rate.
     Udp(udp::UdpArgs),
@@ -114,6 +118,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Store(a) => store::run(a),
         Cmd::SplitRoles(a) => split::run(a),
         Cmd::Tunnel(a) => tunnel::run(a),
+        Cmd::Links(a) => links::run(a),
         Cmd::Chaos(a) => chaos::run(a),
         Cmd::Sessions(a) => sessions::run(a),
         Cmd::Udp(a) => udp::run(a),

@@ -80,7 +80,7 @@ impl RouteArgs {
 pub(crate) struct Route {
     pub(crate) name: &'static str,
     echo: u16,
-    iperf: u16,
+    pub(crate) iperf: u16,
     _procs: Vec<Child>,
     _balancers: Vec<Haproxy>,
 }
@@ -227,14 +227,19 @@ pub(crate) fn porthole_forward(
     work: &Path,
 ) -> Result<Route> {
     let mut cmd = cluster.porthole_on_client();
-    cmd.args([
-        "port-forward",
-        "--transport",
-        transport,
-        &format!("pod/{pod}"),
-        ":7001",
-        ":5201",
-    ]);
+    cmd.args(["port-forward", "--transport", transport]);
+    forward_route(cmd, pod, name, work)
+}
+
+/// A route through a port-forward command (porthole's or kubectl's) given without its
+/// arguments: `CMD pod/POD :7001 :5201`, ports read from its `Forwarding from` lines.
+pub(crate) fn forward_route(
+    mut cmd: Command,
+    pod: &str,
+    name: &'static str,
+    work: &Path,
+) -> Result<Route> {
+    cmd.args([&format!("pod/{pod}"), ":7001", ":5201"]);
     let mut child = Child::spawn(name, cmd, work)?;
     let mut ports = BTreeMap::new();
     while ports.len() < 2 {
@@ -266,13 +271,31 @@ fn json_of(mut cmd: Command, what: &str) -> Result<Value> {
 
 /// Receiver-side MB/s of one iperf3 test (`reverse`: pod → client).
 fn iperf(client: &Host, port: u16, secs: u32, reverse: bool) -> Result<f64> {
+    iperf_to(client, "127.0.0.1", port, secs, 1, reverse)
+}
+
+/// Receiver-side MB/s of one iperf3 test from `client` to `server:port`, the first `omit`
+/// seconds (slow start) left out (`reverse`: server → client).
+pub(crate) fn iperf_to(
+    client: &Host,
+    server: &str,
+    port: u16,
+    secs: u32,
+    omit: u32,
+    reverse: bool,
+) -> Result<f64> {
     let mut last = None;
     // iperf3's server closes its listener while a test runs and reopens it after: a test that
     // starts right after the previous one can find it busy. Retried a few times, not timed.
     for _ in 0..20 {
         let mut cmd = client.command("iperf3");
-        cmd.args(["-c", "127.0.0.1", "-p", &port.to_string()])
-            .args(["-t", &secs.to_string(), "-O", "1", "-J"]);
+        cmd.args(["-c", server, "-p", &port.to_string()]).args([
+            "-t",
+            &secs.to_string(),
+            "-O",
+            &omit.to_string(),
+            "-J",
+        ]);
         if reverse {
             cmd.arg("-R");
         }
@@ -290,12 +313,12 @@ fn iperf(client: &Host, port: u16, secs: u32, reverse: bool) -> Result<f64> {
             .map(str::to_string)
             .unwrap_or_else(|| String::from_utf8_lossy(&out.stderr).into_owned());
         if !err.contains("busy") && !err.contains("refused") && !err.contains("reset") {
-            bail!("iperf3 through port {port}: {err}");
+            bail!("iperf3 to {server}:{port}: {err}");
         }
         last = Some(err);
         std::thread::sleep(Duration::from_millis(100));
     }
-    bail!("iperf3 through port {port} stayed busy: {last:?}")
+    bail!("iperf3 to {server}:{port} stayed busy: {last:?}")
 }
 
 pub(crate) fn median(mut v: Vec<f64>) -> f64 {

@@ -74,6 +74,10 @@ pub(crate) async fn serve(
             _ = ep.shutdown.cancelled() => return,
         };
         let _ = tcp.set_nodelay(true);
+        // Half-open connections left by partitions end (porthole_relay::keepalive).
+        if let Err(e) = porthole_relay::keepalive::enable(&tcp) {
+            tracing::debug!(error = %e, "TCP keepalive not set");
+        }
         let acceptor = acceptor.clone();
         let ep2 = ep.clone();
         ep.tasks.spawn(

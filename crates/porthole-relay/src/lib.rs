@@ -11,6 +11,7 @@
 
 pub mod copy;
 pub mod dial;
+pub mod keepalive;
 pub mod portforward;
 pub mod spdy;
 pub mod ws;

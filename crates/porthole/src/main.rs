@@ -108,6 +108,11 @@ fn main() -> ExitCode {
 
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
+    // Store calls and file I/O run on the blocking pool. With tokio's default 10 s keep-alive,
+    // the periodic calls of an idle server (lease renewals every 2 s, heartbeats, health
+    // checks) wake its idle threads in turn and keep a handful alive forever; after 1 s they
+    // go, and a new one costs tens of microseconds when the next call comes.
+    builder.thread_keep_alive(std::time::Duration::from_secs(1));
     if let Some(n) = default_worker_threads(&cli.command) {
         if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
             builder.worker_threads(n);

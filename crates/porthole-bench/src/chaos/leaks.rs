@@ -6,8 +6,8 @@
 //! The steady state is measured after a burn-in round of faults, with traffic paused (the
 //! highest of a few samples; for threads, the most seen under fault-free traffic); the end,
 //! with traffic paused after the last fault (the lowest of samples taken until it is back at
-//! the steady state, bounded). A leak is what stays above. Threads of the async runtimes'
-//! pools are reported beside, not counted (see [`ProcStat::runtime_threads`]).
+//! the steady state, bounded). A leak is what stays above. How many of the threads are the async
+//! runtimes' is reported beside (see [`ProcStat::runtime_threads`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -18,8 +18,10 @@ use serde_json::{json, Value};
 const BASELINE_SAMPLES: usize = 5;
 /// Pause between samples.
 const SAMPLE_EVERY: Duration = Duration::from_millis(300);
-/// How long the end may take to come back down (a blocking-pool thread lives 10 s idle).
-const SETTLE: Duration = Duration::from_secs(30);
+/// How long the end may take to come back down: idle blocking-pool threads end after 1 s; a
+/// connection left half-open by a partition ends when TCP keepalive gives up on it, 30 s
+/// after it went silent (porthole_relay::keepalive).
+const SETTLE: Duration = Duration::from_secs(45);
 /// Memory growth of one process beyond which it counts as leaked: allocators keep what they
 /// once used, so some growth after a burst is not a leak; a leak grows with the traffic.
 pub const RSS_LEAK_KIB: u64 = 32 * 1024;
@@ -31,14 +33,13 @@ pub struct ProcStat {
     pub pid: u32,
     /// Open descriptors.
     pub fds: u64,
-    /// Threads of its own (not the async runtime's pools): these must come back.
+    /// Threads, all of them: these must come back to the steady state.
     pub threads: u64,
-    /// Threads of the tokio runtimes' pools (workers and the blocking pool): reported, not
-    /// counted as leaks. Store calls run on the blocking pool, whose idle threads live 10 s; the
-    /// API server's periodic calls (lease renewals every 2 s, node heartbeats) wake the
-    /// longest-idle one each time, so how many stay alive depends on which server took the
-    /// last fail-over, not on anything leaked (seen: 16 at the steady state, 19 at the end,
-    /// every one of them idle). Leaked async work shows in descriptors and memory.
+    /// Of those, the tokio runtimes' (workers and blocking pool), to tell in a report whether
+    /// extra threads are porthole's own or a pool's. Store calls run on the blocking pool;
+    /// porthole's runtimes end an idle pool thread after 1 s (tokio's default, 10 s, let the
+    /// periodic calls of an idle API server, lease renewals and heartbeats, keep a few alive
+    /// in turn: 16 threads at the steady state, 19 at the end, all idle).
     pub runtime_threads: u64,
     /// Resident memory.
     pub rss_kib: u64,
@@ -55,7 +56,7 @@ pub struct Snapshot {
     /// The soak's processes (on its hosts, in its pods): pid and command line (to name what
     /// was left behind).
     pub outside: BTreeMap<u32, String>,
-    /// Runtime pool threads per role (reported only; see [`ProcStat::runtime_threads`]).
+    /// Runtime threads per role (part of the thread counts; see [`ProcStat::runtime_threads`]).
     pub runtime_threads: BTreeMap<String, u64>,
 }
 
@@ -71,13 +72,12 @@ fn proc_stat(pid: u32) -> Option<ProcStat> {
             .parse()
             .ok()
     };
-    let all_threads = field("Threads:")?;
-    let runtime_threads = runtime_threads(pid).min(all_threads);
+    let threads = field("Threads:")?;
     Some(ProcStat {
         pid,
         fds,
-        threads: all_threads - runtime_threads,
-        runtime_threads,
+        threads,
+        runtime_threads: runtime_threads(pid).min(threads),
         rss_kib: field("VmRSS:")?,
     })
 }
@@ -201,7 +201,7 @@ pub fn baseline(roles: &Scope) -> Snapshot {
 }
 
 /// Raises `base`'s thread counts to what `during` shows: threads come and go with load (the
-/// API server's store calls run on tokio's blocking pool, whose threads live 10 s idle), so
+/// API server's store calls run on tokio's blocking pool, whose threads live 1 s idle), so
 /// their steady state is the most seen under the soak's traffic without faults, not a count
 /// taken while idle. Descriptors, processes, namespaces and mounts keep the idle count.
 pub fn with_threads_seen(base: &mut Snapshot, during: &Snapshot) {
@@ -289,7 +289,7 @@ pub fn compare(base: &Snapshot, end: &Snapshot) -> (Value, u64) {
         .collect();
     (
         json!({"counters": counters, "memory": memory, "rss_leak_kib": RSS_LEAK_KIB,
-               "runtime_threads_not_counted": runtime_threads,
+               "runtime_threads": runtime_threads,
                "processes_new_since_steady_state": new_processes,
                "processes_gone_since_steady_state": gone}),
         leaks,

@@ -340,7 +340,7 @@ fn run_faults(
 /// during the burn-in and a fault-free stretch of traffic after it (tokio's blocking pool,
 /// where the API server's store calls run, grows to the most calls at once, as when every
 /// client fails over to one server, and keeps that size while calls keep coming more often
-/// than its 10 s idle timeout); the rest: traffic paused.
+/// than its 1 s idle timeout); the rest: traffic paused.
 fn steady_state(
     cluster: &HaCluster,
     traffic: &Traffic,
@@ -545,13 +545,20 @@ fn print_leaks(leaks: &Value) {
             );
         }
     }
-    if let Some(pools) = leaks["runtime_threads_not_counted"].as_object() {
+    let threads_leaked = leaks["counters"].as_object().is_some_and(|c| {
+        c.iter()
+            .any(|(k, v)| k.ends_with("_threads") && v["leaked"] != json!(0))
+    });
+    if let Some(pools) = leaks["runtime_threads"]
+        .as_object()
+        .filter(|_| threads_leaked)
+    {
         let line: Vec<String> = pools
             .iter()
             .map(|(role, v)| format!("{role} {} → {}", v["steady"], v["end"]))
             .collect();
         eprintln!(
-            "  runtime pool threads (not counted as leaks): {}",
+            "  of the threads, the tokio runtimes' (steady → end): {}",
             line.join(", ")
         );
     }
