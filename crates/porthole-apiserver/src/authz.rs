@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use crate::authn::UserInfo;
 use crate::error::{ApiError, Target};
-use crate::request::{attributes, Attributes, ResourceRequest};
+use crate::request::{attributes, Attributes, ResourceRequest, Verb};
 use crate::store::Store;
 
 fn rule(verbs: &[&str], groups: &[&str], resources: &[&str]) -> PolicyRule {
@@ -109,7 +109,7 @@ fn has(list: &[String], want: &str) -> bool {
 }
 
 fn rule_allows(rule: &PolicyRule, a: &Attributes) -> bool {
-    if !has(&rule.verbs, &a.verb) {
+    if !has(&rule.verbs, a.verb.as_str()) {
         return false;
     }
     match &a.resource {
@@ -295,7 +295,7 @@ fn selected_node(selector: &str) -> Option<&str> {
 pub fn node_restriction(
     store: &dyn Store,
     user: &UserInfo,
-    verb: &str,
+    verb: &Verb,
     req: &ResourceRequest,
     query: &crate::http_util::Query,
 ) -> Result<(), ApiError> {
@@ -312,11 +312,11 @@ pub fn node_restriction(
             target,
         }
     };
-    let reading = matches!(verb, "get" | "list" | "watch");
+    let reading = matches!(verb, Verb::Get | Verb::List | Verb::Watch);
     match req.info.plural {
         "nodes" if reading => Ok(()),
         "nodes" => {
-            if req.name.is_empty() && verb == "create" {
+            if req.name.is_empty() && *verb == Verb::Create {
                 // The name is in the body: checked by `node_create_restriction`.
                 return Ok(());
             }
@@ -330,7 +330,7 @@ pub fn node_restriction(
         }
         "leases" => {
             let own = req.namespace == "kube-node-lease"
-                && (req.name == node_name || (req.name.is_empty() && verb == "create"));
+                && (req.name == node_name || (req.name.is_empty() && *verb == Verb::Create));
             if own {
                 Ok(())
             } else {
@@ -339,7 +339,7 @@ pub fn node_restriction(
                 )))
             }
         }
-        "pods" if req.name.is_empty() && matches!(verb, "list" | "watch") => {
+        "pods" if req.name.is_empty() && matches!(verb, Verb::List | Verb::Watch) => {
             match selected_node(query.get("fieldSelector").unwrap_or("")) {
                 Some(n) if n == node_name => Ok(()),
                 _ => Err(deny(&format!(
@@ -377,14 +377,14 @@ pub fn node_restriction(
 /// after itself.
 pub fn node_create_restriction(
     user: &UserInfo,
-    verb: &str,
+    verb: &Verb,
     req: &ResourceRequest,
     body_name: Option<&str>,
 ) -> Result<(), ApiError> {
     let Some(node_name) = node_of(user) else {
         return Ok(());
     };
-    if verb != "create"
+    if *verb != Verb::Create
         || !matches!(req.info.plural, "nodes" | "leases")
         || body_name == Some(node_name)
     {
@@ -465,7 +465,7 @@ mod tests {
     #[test]
     fn denial_message_forms() {
         let a = Attributes {
-            verb: "create".into(),
+            verb: Verb::Create,
             resource: Some(ResourceAttrs {
                 group: String::new(),
                 resource: "pods".into(),
@@ -483,7 +483,7 @@ mod tests {
             "pods \"web\" is forbidden: User \"bob\" cannot create resource \"pods/portforward\" in API group \"\" in the namespace \"default\""
         );
         let a = Attributes {
-            verb: "list".into(),
+            verb: Verb::List,
             resource: Some(ResourceAttrs {
                 resource: "nodes".into(),
                 ..Default::default()
@@ -501,8 +501,8 @@ mod tests {
 
     #[test]
     fn rule_matching() {
-        let a = |verb: &str, sub: &str, name: &str| Attributes {
-            verb: verb.into(),
+        let a = |verb: Verb, sub: &str, name: &str| Attributes {
+            verb,
             resource: Some(ResourceAttrs {
                 resource: "pods".into(),
                 subresource: sub.into(),
@@ -513,20 +513,22 @@ mod tests {
             path: String::new(),
         };
         let mut r = rule(&["create"], &[""], &["pods/portforward"]);
-        assert!(rule_allows(&r, &a("create", "portforward", "web")));
-        assert!(!rule_allows(&r, &a("get", "portforward", "web")));
-        assert!(!rule_allows(&r, &a("create", "", "web")));
+        assert!(rule_allows(&r, &a(Verb::Create, "portforward", "web")));
+        assert!(!rule_allows(&r, &a(Verb::Get, "portforward", "web")));
+        assert!(!rule_allows(&r, &a(Verb::Create, "", "web")));
         r.resource_names = Some(vec!["db".into()]);
-        assert!(!rule_allows(&r, &a("create", "portforward", "web")));
-        assert!(rule_allows(&r, &a("create", "portforward", "db")));
+        assert!(!rule_allows(&r, &a(Verb::Create, "portforward", "web")));
+        assert!(rule_allows(&r, &a(Verb::Create, "portforward", "db")));
         let nodes = builtin_rules("system:nodes");
         assert!(nodes
             .iter()
-            .any(|r| rule_allows(r, &a("patch", "status", "x"))));
+            .any(|r| rule_allows(r, &a(Verb::Patch, "status", "x"))));
         assert!(!nodes
             .iter()
-            .any(|r| rule_allows(r, &a("create", "portforward", "x"))));
-        assert!(!nodes.iter().any(|r| rule_allows(r, &a("create", "", "x"))));
+            .any(|r| rule_allows(r, &a(Verb::Create, "portforward", "x"))));
+        assert!(!nodes
+            .iter()
+            .any(|r| rule_allows(r, &a(Verb::Create, "", "x"))));
     }
 
     /// Reverse forwarding is its own subresource: a role that grants port-forward (even
@@ -534,8 +536,8 @@ mod tests {
     /// never.
     #[test]
     fn reverseforward_needs_its_own_rule() {
-        let a = |verb: &str, sub: &str| Attributes {
-            verb: verb.into(),
+        let a = |verb: Verb, sub: &str| Attributes {
+            verb,
             resource: Some(ResourceAttrs {
                 resource: "pods".into(),
                 subresource: sub.into(),
@@ -546,21 +548,24 @@ mod tests {
             path: String::new(),
         };
         let forward_only = rule(&["get", "create"], &[""], &["pods", "pods/portforward"]);
-        assert!(rule_allows(&forward_only, &a("create", "portforward")));
-        assert!(!rule_allows(&forward_only, &a("create", "reverseforward")));
-        assert!(!rule_allows(&forward_only, &a("get", "reverseforward")));
+        assert!(rule_allows(&forward_only, &a(Verb::Create, "portforward")));
+        assert!(!rule_allows(
+            &forward_only,
+            &a(Verb::Create, "reverseforward")
+        ));
+        assert!(!rule_allows(&forward_only, &a(Verb::Get, "reverseforward")));
         let reverse = rule(&["create"], &[""], &["pods/reverseforward"]);
-        assert!(rule_allows(&reverse, &a("create", "reverseforward")));
-        assert!(!rule_allows(&reverse, &a("create", "portforward")));
+        assert!(rule_allows(&reverse, &a(Verb::Create, "reverseforward")));
+        assert!(!rule_allows(&reverse, &a(Verb::Create, "portforward")));
         assert!(rule_allows(
             &rule(&["create"], &[""], &["pods/*"]),
-            &a("create", "reverseforward")
+            &a(Verb::Create, "reverseforward")
         ));
         assert!(builtin_rules("system:masters")
             .iter()
-            .any(|r| rule_allows(r, &a("create", "reverseforward"))));
+            .any(|r| rule_allows(r, &a(Verb::Create, "reverseforward"))));
         assert!(!builtin_rules("system:nodes")
             .iter()
-            .any(|r| rule_allows(r, &a("create", "reverseforward"))));
+            .any(|r| rule_allows(r, &a(Verb::Create, "reverseforward"))));
     }
 }

@@ -14,10 +14,11 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, DeleteOptions};
+use crate::registry::{self, DeleteOptions};
 use crate::request::ResourceRequest;
 use crate::resources::{self, RESOURCES};
 use crate::store::{resource_version, Store};
+use crate::time;
 use crate::State;
 
 fn s<'a>(v: &'a Value, p: &str) -> &'a str {
@@ -68,7 +69,7 @@ pub async fn run(state: Arc<State>, node_grace: Duration, stop: CancellationToke
     };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
-        api::run_blocking(|| pass(&state, node_grace));
+        registry::run_blocking(|| pass(&state, node_grace));
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = state.kick_signal.notified() => {}
@@ -128,7 +129,7 @@ fn schedule(store: &dyn Store, nodes: &[Value], pods: &[Value]) {
             if condition(p, "PodScheduled").is_none() {
                 let mut c = p.clone();
                 let cond = json!({"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                    "message": "0/0 nodes are available: no Ready node.", "lastTransitionTime": api::now_rfc3339()});
+                    "message": "0/0 nodes are available: no Ready node.", "lastTransitionTime": time::now_rfc3339()});
                 match c
                     .pointer_mut("/status/conditions")
                     .and_then(Value::as_array_mut)
@@ -145,7 +146,7 @@ fn schedule(store: &dyn Store, nodes: &[Value], pods: &[Value]) {
             continue;
         };
         let node = node.to_string();
-        match api::bind_pod(store, &r, p, &node) {
+        match registry::bind_pod(store, &r, p, &node) {
             Ok(_) => {
                 tracing::debug!(pod = %r.name, namespace = %r.namespace, node = %node, "scheduled");
                 if let Some(c) = load.get_mut(node.as_str()) {
@@ -214,7 +215,7 @@ fn node_lifecycle(
                         cond["status"] = json!("Unknown");
                         cond["reason"] = json!("NodeStatusUnknown");
                         cond["message"] = json!("Kubelet stopped posting node status.");
-                        cond["lastTransitionTime"] = json!(api::now_rfc3339());
+                        cond["lastTransitionTime"] = json!(time::now_rfc3339());
                     }
                 }
             }
@@ -244,7 +245,7 @@ fn node_lifecycle(
                         if t == "Ready" || t == "ContainersReady" {
                             cond["status"] = json!("False");
                             cond["reason"] = json!("NodeNotReady");
-                            cond["lastTransitionTime"] = json!(api::now_rfc3339());
+                            cond["lastTransitionTime"] = json!(time::now_rfc3339());
                         }
                     }
                 }
@@ -293,7 +294,7 @@ fn remove_pod(state: &State, p: &Value, grace: Option<i64>) {
         grace_period_seconds: grace,
         ..Default::default()
     };
-    if let Err(e) = api::delete(state, &req_for("pods", p), &opts) {
+    if let Err(e) = registry::delete(state, &req_for("pods", p), &opts) {
         tracing::debug!(error = %e, pod = %s(p, "/metadata/name"), "deleting a pod failed; will retry");
     }
 }
@@ -343,7 +344,7 @@ fn deployments_pass(state: &State, deployments: &[Value], pods: &[Value]) {
                 m.remove("namespace");
             }
             let pod = json!({"metadata": meta, "spec": template.get("spec").cloned().unwrap_or(json!({}))});
-            match api::prepare_new(pods_info, ns, pod) {
+            match registry::prepare_new(pods_info, ns, pod) {
                 Ok(pod) => {
                     let pname = s(&pod, "/metadata/name").to_string();
                     if let Err(e) = store.create(&pods_info.key(ns, &pname), pod) {
@@ -400,7 +401,7 @@ fn deployments_pass(state: &State, deployments: &[Value], pods: &[Value]) {
             json!({"type": "Available", "status": avail_status,
                 "reason": if available { "MinimumReplicasAvailable" } else { "MinimumReplicasUnavailable" },
                 "message": if available { "Deployment has minimum availability." } else { "Deployment does not have minimum availability." },
-                "lastUpdateTime": api::now_rfc3339(), "lastTransitionTime": api::now_rfc3339()})
+                "lastUpdateTime": time::now_rfc3339(), "lastTransitionTime": time::now_rfc3339()})
         };
         status["conditions"] = json!([cond]);
         let mut cmp_old = old_status.clone();
@@ -474,7 +475,7 @@ fn namespaces(state: &State, namespaces: &[Value]) {
                     subresource: String::new(),
                     rest: String::new(),
                 };
-                if let Err(e) = api::delete(state, &r, &DeleteOptions::default()) {
+                if let Err(e) = registry::delete(state, &r, &DeleteOptions::default()) {
                     tracing::debug!(error = %e, namespace = %name, "namespace cleanup raced; will retry");
                 }
             }

@@ -200,7 +200,7 @@ pub(crate) fn reconcile(store: &dyn Store, services: &[Value], pods: &[Value], n
                     "metadata": { "name": name, "labels": labels },
                     "subsets": want,
                 });
-                match crate::api::prepare_new(info, namespace, object) {
+                match crate::registry::prepare_new(info, namespace, object) {
                     Ok(object) => store.create(&key, object).map(|_| ()),
                     Err(e) => {
                         tracing::warn!(error = ?e, "endpoints object rejected");

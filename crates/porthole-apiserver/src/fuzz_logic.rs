@@ -8,7 +8,7 @@
 //! | [`patch`] | `patch::{merge_patch, strategic_merge_patch, json_patch}` | merge patch idempotent and RFC 7386 shaped; strategic merge idempotent; JSON patch ops meet their post-conditions one by one; the update path validates or errs, and a valid result re-validates identically |
 //! | [`selector`] | `select::{LabelSelector, FieldSelector}` | conjunction: `a,b` matches what both match; `matchLabels/matchExpressions` printed in query syntax select the same labels |
 //! | [`route`] | `request::{route, verb, attributes}`, `Query`, list/watch/port-forward parameters | names in a route are path segments Kubernetes accepts; verbs and attributes agree with the route |
-//! | [`create_object`] | `api::parse_body_as` + `api::prepare_new` (JSON, YAML, protobuf) | a created object is valid, named by the kind's rules, and re-serialises and re-validates identically |
+//! | [`create_object`] | `body::parse_body_as` + `registry::prepare_new` (JSON, YAML, protobuf) | a created object is valid, named by the kind's rules, and re-serialises and re-validates identically |
 //! | [`store_value`] | `store::decode_value` (etcd and redb values) and the readers of stored objects | only objects decode; every reader (get, table, RBAC, bootstrap tokens, CSR controller) survives them |
 //! | [`bootstrap_token`] | `BootstrapToken::parse`, `bootstrap::parse_token_secret`, `bootstrap::authenticate` | authentication succeeds only with the stored secret of a valid, unexpired, authentication token |
 //! | [`csr_request`] | `csr::validate_node_request`, `csr::check_well_formed` | an accepted node request has a valid node name, SANs and usages for its signer, and is well formed |
@@ -251,13 +251,13 @@ fn check_stable(info: &ResourceInfo, obj: &Value) {
     }
 }
 
-/// The update path after a patch (`api::update_with` without the store): merge with the
+/// The update path after a patch (`registry::update_with` without the store): merge with the
 /// current object, normalise, default, validate. Never panics; a valid result is stable.
 fn through_update(info: &ResourceInfo, current: &Value, patched: Value) {
     if !patched.is_object() {
         return; // `require_object` answers 400
     }
-    let merged = crate::api::merge_update(info, "", current, patched);
+    let merged = crate::registry::merge_update(info, "", current, patched);
     let Ok(mut obj) = resources::normalize(info, merged) else {
         return;
     };
@@ -485,7 +485,7 @@ fn check_strategic(target: &Value, patch: &Value) -> Value {
 /// succeeds in turn and then equals their sequence; every successful operation meets its
 /// post-condition (`add`/`replace`/`copy`/`move` put the value where `path` points, `remove`
 /// is undone by adding the removed value back, `test` changes nothing). A failing patch's
-/// partial changes are the handler's to drop: `api::apply_patch` patches a clone.
+/// partial changes are the handler's to drop: `handlers::write::apply_patch` patches a clone.
 fn check_json_patch(target: &Value, ops: &Value) -> Option<Value> {
     let mut whole = target.clone();
     let result = crate::patch::json_patch(&mut whole, ops);
@@ -773,17 +773,18 @@ pub fn route(data: &[u8]) {
     assert!(r.subresource.is_empty() || !r.name.is_empty());
     assert!(r.rest.is_empty() || r.subresource == "proxy");
     if let Ok(verb) = crate::request::verb(&method, &r, &query) {
+        use crate::request::Verb;
         let collection = r.name.is_empty();
         match method.as_str() {
             "GET" if r.subresource.is_empty() && collection => {
-                assert!(verb == "list" || verb == "watch")
+                assert!(matches!(verb, Verb::List | Verb::Watch))
             }
-            "GET" => assert_eq!(verb, "get"),
-            "DELETE" if collection => assert_eq!(verb, "deletecollection"),
-            "DELETE" => assert_eq!(verb, "delete"),
+            "GET" => assert_eq!(verb, Verb::Get),
+            "DELETE" if collection => assert_eq!(verb, Verb::DeleteCollection),
+            "DELETE" => assert_eq!(verb, Verb::Delete),
             _ => {}
         }
-        let attrs = crate::request::attributes(verb, &r);
+        let attrs = crate::request::attributes(&verb, &r);
         let ra = attrs.resource.expect("resource attributes");
         assert_eq!(
             (
@@ -799,7 +800,7 @@ pub fn route(data: &[u8]) {
             "GET" | "POST" | "PUT" | "PATCH" | "DELETE"
         ));
     }
-    // What list and watch read (api.rs `Selection::from_query` and `watch`).
+    // What list and watch read (`handlers::Selection::from_query` and `handlers::read::watch`).
     let _ = LabelSelector::parse(query.get("labelSelector").unwrap_or(""));
     let _ = FieldSelector::parse(query.get("fieldSelector").unwrap_or(""), r.info.kind);
     let _ = query.get("resourceVersion").map(str::parse::<u64>);
@@ -834,7 +835,7 @@ fn create_from(info: &ResourceInfo, namespace: &str, input: Value) {
     }
     let _ = resources::normalize(info, input.clone());
     let namespace = if info.namespaced { namespace } else { "" };
-    let Ok(obj) = crate::api::prepare_new(info, namespace, input) else {
+    let Ok(obj) = crate::registry::prepare_new(info, namespace, input) else {
         return;
     };
     let name = obj
@@ -870,10 +871,10 @@ pub fn create_object(data: &[u8]) {
         header::CONTENT_TYPE,
         HeaderValue::from_static(CONTENT_TYPES[usize::from(first >> 4) % CONTENT_TYPES.len()]),
     );
-    let Ok(input) = crate::api::parse_body_as(&headers, body, info.kind) else {
+    let Ok(input) = crate::body::parse_body_as(&headers, body, info.kind) else {
         return;
     };
-    let _ = crate::api::body_name(&headers, body, info.kind);
+    let _ = crate::body::body_name(&headers, body, info.kind);
     create_from(info, "default", input);
 }
 
@@ -947,7 +948,7 @@ fn user(b: u8) -> UserInfo {
 
 /// A value read back from etcd (or redb): first byte the resource and reader, the rest the
 /// stored bytes. Only JSON objects decode (with the revision as `resourceVersion`); every
-/// reader of stored objects then survives them: `api::get` (which adds `kind`), the Table
+/// reader of stored objects then survives them: `registry::get` (which adds `kind`), the Table
 /// printer `kubectl get` asks for, RBAC (the value as every Role and binding), the bootstrap
 /// token authenticator and the CSR controller. A decoded object re-encodes to itself.
 pub fn store_value(data: &[u8]) {
@@ -990,18 +991,18 @@ pub fn store_value(data: &[u8]) {
         subresource: String::new(),
         rest: String::new(),
     };
-    let got = crate::api::get(&st, &req).expect("the store answers");
+    let got = crate::registry::get(&st, &req).expect("the store answers");
     assert_eq!(got["kind"], json!(info.kind));
     let t = crate::table::table(info, std::slice::from_ref(&got), "7", None, true);
     assert_eq!(t["rows"].as_array().map(Vec::len), Some(1));
     let _ = crate::table::table(info, &[v.clone()], "7", Some("Object"), false);
-    let attrs = crate::request::attributes("get", &req);
+    let attrs = crate::request::attributes(&crate::request::Verb::Get, &req);
     let _ = crate::authz::authorize(&st, &user(first >> 4), &attrs);
     let _ = crate::bootstrap::parse_token_secret(&v);
     let _ = crate::bootstrap::authenticate(&st, "abcdef.0123456789abcdef");
     crate::csr::approve_and_sign(&st, None);
-    let _ = crate::api::merge_update(info, "status", &v, json!({"status": {}}));
-    let _ = crate::api::merge_update(info, "approval", &v, v.clone());
+    let _ = crate::registry::merge_update(info, "status", &v, json!({"status": {}}));
+    let _ = crate::registry::merge_update(info, "approval", &v, v.clone());
 }
 
 /// Equal, except that floats may differ in their last bits. serde_json (built without its

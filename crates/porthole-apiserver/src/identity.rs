@@ -114,7 +114,7 @@ pub fn renew(store: &dyn Store, me: &ServerIdentity, now: Timestamp) -> Result<(
                 },
             });
             set_address(&mut lease, me);
-            let lease = crate::api::prepare_new(leases(), NAMESPACE, lease).map_err(|e| {
+            let lease = crate::registry::prepare_new(leases(), NAMESPACE, lease).map_err(|e| {
                 StoreError::Backend {
                     step: "building the API server identity lease",
                     message: e.to_string(),
@@ -250,7 +250,7 @@ mod tests {
         // Not every lease in kube-system is an identity lease.
         let other = json!({"metadata": {"name": "porthole-controllers", "namespace": NAMESPACE},
                            "spec": {"holderIdentity": "x", "leaseDurationSeconds": 15, "renewTime": micro_time(t0)}});
-        let other = crate::api::prepare_new(leases(), NAMESPACE, other).unwrap();
+        let other = crate::registry::prepare_new(leases(), NAMESPACE, other).unwrap();
         store
             .create(&leases().key(NAMESPACE, "porthole-controllers"), other)
             .unwrap();

@@ -5,7 +5,11 @@
 //! Layout:
 //! - [`store`]: the narrow storage trait and its embedded redb implementation (global
 //!   resourceVersion, watch history);
-//! - [`api`]: routing and resource handlers; [`resources`]: registry, defaulting, validation;
+//! - [`request`]: routing, the Kubernetes [`request::Verb`] and RBAC attributes; `handlers/`:
+//!   the resource handlers, one file per concern (read, write, delete, subresources), over
+//!   `body` (request bodies, object responses) and `registry` (object-level operations with
+//!   Kubernetes' semantics, which controllers and other background tasks call too); `time`:
+//!   timestamps as Kubernetes writes them; [`resources`]: kinds, defaulting, validation;
 //!   [`select`], [`patch`], [`table`]: selectors, patch types, server-side printing;
 //! - [`discovery`]: `/version`, discovery, OpenAPI; [`health`]: `/livez`, `/readyz`,
 //!   `/healthz`; [`metrics`]: `/metrics` and the timing store decorator;
@@ -22,10 +26,10 @@
 //! Specs: `PROTOCOL.md` §2.1, §2.5, §2.6, §6; `CLIENTS.md`; `docs/ARCHITECTURE.md` Contracts
 //! 2–4.
 
-pub mod api;
 pub mod audit;
 pub mod authn;
 pub mod authz;
+mod body;
 pub mod bootstrap;
 pub mod controllers;
 pub mod csr;
@@ -34,6 +38,7 @@ pub mod endpoints;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzz_logic;
+mod handlers;
 pub mod health;
 pub mod http_util;
 pub mod identity;
@@ -45,11 +50,13 @@ pub mod names;
 pub mod patch;
 pub mod portforward;
 pub mod protobuf;
+mod registry;
 pub mod request;
 pub mod resources;
 pub mod select;
 pub mod store;
 pub mod table;
+mod time;
 pub mod tls;
 pub mod tunnel;
 
@@ -73,7 +80,7 @@ use tracing::Instrument as _;
 use crate::authn::{Outcome, TokenFile, UserInfo};
 use crate::error::ApiError;
 use crate::http_util::{Body, Query};
-use crate::request::Route;
+use crate::request::{Route, Verb};
 use crate::store::{EtcdStore, RedbStore, Store, StoreError};
 
 /// Command-line flags of `porthole apiserver` (names follow kube-apiserver where one exists).
@@ -433,7 +440,7 @@ fn bootstrap(store: &dyn Store) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("{e}"))?
             .is_none()
         {
-            let obj = api::prepare_new(info, "", json!({"metadata": {"name": ns}}))
+            let obj = registry::prepare_new(info, "", json!({"metadata": {"name": ns}}))
                 .map_err(|e| anyhow::anyhow!("bootstrap namespace {ns}: {e}"))?;
             match store.create(&info.key("", ns), obj) {
                 // Another API server on the same store got there first.
@@ -623,7 +630,7 @@ async fn authenticated(
     let anonymous = state.anonymous || is_public_discovery(req.method(), &path);
     let outcome = authn::authenticate(req.headers(), cert_user, &state.tokens, anonymous, |t| {
         // Only bootstrap-shaped tokens reach the store.
-        api::run_blocking(|| bootstrap::authenticate(state.store.as_ref(), t))
+        registry::run_blocking(|| bootstrap::authenticate(state.store.as_ref(), t))
     });
     let user = match outcome {
         Outcome::User(u) => u,
@@ -674,7 +681,7 @@ fn metric_labels<B>(req: &Request<B>) -> (&'static str, &'static str) {
     match request::route(req.uri().path()) {
         Ok(Route::Resource(r)) => {
             let query = Query::parse(req.uri().query());
-            let k8s_verb = request::verb(method, &r, &query).unwrap_or("");
+            let k8s_verb = request::verb(method, &r, &query).ok();
             let connect = request::is_connect(&r.subresource);
             let apply = req
                 .headers()
@@ -682,11 +689,11 @@ fn metric_labels<B>(req: &Request<B>) -> (&'static str, &'static str) {
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|ct| ct.starts_with("application/apply-patch"));
             (
-                metrics::reported_verb(method, k8s_verb, connect, apply),
+                metrics::reported_verb(method, k8s_verb.as_ref(), connect, apply),
                 r.info.plural,
             )
         }
-        _ => (metrics::reported_verb(method, "", false, false), ""),
+        _ => (metrics::reported_verb(method, None, false, false), ""),
     }
 }
 
@@ -704,7 +711,7 @@ fn is_public_discovery(method: &Method, path: &str) -> bool {
 
 fn audit_request(state: &State, user: &str, verb: &str, path: &str, code: u16, remote: SocketAddr) {
     state.audit.write(&audit::RequestRecord {
-        time: api::now_rfc3339(),
+        time: time::now_rfc3339(),
         kind: "request",
         user,
         verb,
@@ -728,12 +735,12 @@ async fn dispatch(
     let route = request::route(&path).map_err(|e| (method.as_str().to_lowercase(), e))?;
     let r = match route {
         Route::NonResource => {
-            let verb = method.as_str().to_lowercase();
             let attrs = request::Attributes {
-                verb: verb.clone(),
+                verb: Verb::non_resource(&method),
                 resource: None,
                 path: path.clone(),
             };
+            let verb = attrs.verb.to_string();
             authz::authorize(state.store.as_ref(), user, &attrs).map_err(|e| (verb.clone(), e))?;
             if method != Method::GET && method != Method::HEAD {
                 return Err((verb, ApiError::MethodNotAllowed));
@@ -767,9 +774,9 @@ async fn dispatch(
     let verb =
         request::verb(&method, &r, &query).map_err(|e| (method.as_str().to_lowercase(), e))?;
     let fail = |e: ApiError| (verb.to_string(), e);
-    authz::authorize(state.store.as_ref(), user, &request::attributes(verb, &r)).map_err(fail)?;
-    authz::node_restriction(state.store.as_ref(), user, verb, &r, &query).map_err(fail)?;
-    csr::read_restriction(state.store.as_ref(), user, verb, &r, &query).map_err(fail)?;
+    authz::authorize(state.store.as_ref(), user, &request::attributes(&verb, &r)).map_err(fail)?;
+    authz::node_restriction(state.store.as_ref(), user, &verb, &r, &query).map_err(fail)?;
+    csr::read_restriction(state.store.as_ref(), user, &verb, &r, &query).map_err(fail)?;
     match r.subresource.as_str() {
         "tunnel" => {
             if method != Method::POST {
@@ -784,13 +791,13 @@ async fn dispatch(
             if method != Method::GET && method != Method::POST && to_pod {
                 return Err(fail(ApiError::MethodNotAllowed));
             }
-            if to_pod && verb != "create" {
+            if to_pod && verb != Verb::Create {
                 // Kubernetes 1.35 (AuthorizePodWebsocketUpgradeCreatePermission): the WebSocket
                 // GET also needs `create`, so "read-only" roles cannot forward ports.
                 authz::authorize(
                     state.store.as_ref(),
                     user,
-                    &request::attributes("create", &r),
+                    &request::attributes(&Verb::Create, &r),
                 )
                 .map_err(fail)?;
             }
@@ -809,7 +816,7 @@ async fn dispatch(
             let resp = portforward::serve(
                 state.clone(),
                 user.clone(),
-                verb,
+                &verb,
                 remote,
                 req,
                 target,
@@ -829,12 +836,12 @@ async fn dispatch(
         }
         _ => {
             let (mut parts, body) = req.into_parts();
-            let mut body = api::read_body(body).await.map_err(fail)?;
-            if verb == "create" && matches!(r.info.plural, "nodes" | "leases") {
-                let name = api::body_name(&parts.headers, &body, r.info.kind);
-                authz::node_create_restriction(user, verb, &r, name.as_deref()).map_err(fail)?;
+            let mut body = body::read_body(body).await.map_err(fail)?;
+            if verb == Verb::Create && matches!(r.info.plural, "nodes" | "leases") {
+                let name = body::body_name(&parts.headers, &body, r.info.kind);
+                authz::node_create_restriction(user, &verb, &r, name.as_deref()).map_err(fail)?;
             }
-            if verb == "create"
+            if verb == Verb::Create
                 && r.info.plural == "certificatesigningrequests"
                 && r.subresource.is_empty()
             {
@@ -846,10 +853,14 @@ async fn dispatch(
                     http::HeaderValue::from_static("application/json"),
                 );
             }
-            let resp =
-                api::run_blocking(|| api::handle(state, &r, &method, &parts.headers, &query, body))
-                    .map_err(fail)?;
-            if matches!(verb, "create" | "update" | "patch" | "delete") {
+            let resp = registry::run_blocking(|| {
+                handlers::handle(state, &r, &method, &parts.headers, &query, body)
+            })
+            .map_err(fail)?;
+            if matches!(
+                verb,
+                Verb::Create | Verb::Update | Verb::Patch | Verb::Delete
+            ) {
                 state.kick();
             }
             Ok((verb.to_string(), resp))

@@ -20,7 +20,7 @@ pub async fn serve(
         subresource: String::new(),
         ..req.clone()
     };
-    let pod = crate::api::get(state.store.as_ref(), &main)?;
+    let pod = crate::registry::get(state.store.as_ref(), &main)?;
     let names: Vec<String> = pod
         .pointer("/spec/containers")
         .and_then(Value::as_array)

@@ -17,6 +17,7 @@ use prometheus_client::registry::Registry;
 use serde_json::Value;
 use tokio::time::Instant;
 
+use crate::request::Verb;
 use crate::store::{Store, StoreError, Watch};
 
 /// `Content-Type` of the `/metrics` answer.
@@ -230,10 +231,10 @@ impl ApiMetrics {
 
 /// kube-apiserver's reported verb (`metrics.CleanVerb`): the HTTP method, except `LIST` and
 /// `WATCH` for collection reads, `APPLY` for server-side apply and `CONNECT` for port-forward
-/// and node proxy. `k8s_verb` is the RBAC verb ("" for non-resource requests).
+/// and node proxy. `k8s_verb` is the RBAC verb (`None` for non-resource requests).
 pub fn reported_verb(
     method: &http::Method,
-    k8s_verb: &str,
+    k8s_verb: Option<&Verb>,
     connect: bool,
     apply: bool,
 ) -> &'static str {
@@ -241,9 +242,9 @@ pub fn reported_verb(
         return "CONNECT";
     }
     match k8s_verb {
-        "list" => return "LIST",
-        "watch" => return "WATCH",
-        "patch" if apply => return "APPLY",
+        Some(Verb::List) => return "LIST",
+        Some(Verb::Watch) => return "WATCH",
+        Some(Verb::Patch) if apply => return "APPLY",
         _ => {}
     }
     match *method {
@@ -375,22 +376,36 @@ mod tests {
     #[test]
     fn verbs_follow_kube_apiserver() {
         use http::Method;
-        assert_eq!(reported_verb(&Method::GET, "list", false, false), "LIST");
-        assert_eq!(reported_verb(&Method::GET, "watch", false, false), "WATCH");
-        assert_eq!(reported_verb(&Method::GET, "get", false, false), "GET");
+
+        use crate::request::Verb;
         assert_eq!(
-            reported_verb(&Method::POST, "create", true, false),
+            reported_verb(&Method::GET, Some(&Verb::List), false, false),
+            "LIST"
+        );
+        assert_eq!(
+            reported_verb(&Method::GET, Some(&Verb::Watch), false, false),
+            "WATCH"
+        );
+        assert_eq!(
+            reported_verb(&Method::GET, Some(&Verb::Get), false, false),
+            "GET"
+        );
+        assert_eq!(
+            reported_verb(&Method::POST, Some(&Verb::Create), true, false),
             "CONNECT"
         );
-        assert_eq!(reported_verb(&Method::PATCH, "patch", false, true), "APPLY");
         assert_eq!(
-            reported_verb(&Method::DELETE, "deletecollection", false, false),
+            reported_verb(&Method::PATCH, Some(&Verb::Patch), false, true),
+            "APPLY"
+        );
+        assert_eq!(
+            reported_verb(&Method::DELETE, Some(&Verb::DeleteCollection), false, false),
             "DELETE"
         );
         assert_eq!(
             reported_verb(
                 &Method::from_bytes(b"BREW").expect("method"),
-                "",
+                None,
                 false,
                 false
             ),

@@ -28,6 +28,7 @@ use crate::authn::{UserInfo, WS_BEARER_PREFIX};
 use crate::error::ApiError;
 use crate::http_util::{full, Body, Query};
 use crate::kubelet;
+use crate::request::Verb;
 use crate::State;
 
 /// Copy buffer per direction.
@@ -205,7 +206,7 @@ impl Drop for ActiveSession<'_> {
 pub async fn serve(
     state: Arc<State>,
     user: UserInfo,
-    verb: &str,
+    verb: &Verb,
     remote: std::net::SocketAddr,
     mut req: Request<Incoming>,
     target: Target,
@@ -213,7 +214,7 @@ pub async fn serve(
 ) -> Response<Body> {
     let started = tokio::time::Instant::now();
     let mut record = PortForwardRecord {
-        start: crate::api::now_rfc3339(),
+        start: crate::time::now_rfc3339(),
         kind: "portforward",
         user: user.name.clone(),
         groups: user.groups.clone(),
@@ -317,7 +318,7 @@ async fn prepare(
                 subresource: String::new(),
                 rest: String::new(),
             };
-            let p = crate::api::get(state.store.as_ref(), &r)?;
+            let p = crate::registry::get(state.store.as_ref(), &r)?;
             let node = p
                 .pointer("/spec/nodeName")
                 .and_then(Value::as_str)

@@ -1,7 +1,9 @@
 //! The request model shared by routing, authorization and the handlers: which resource a
-//! path names ([`route`]), the Kubernetes verb of a method on it ([`verb`]) and the RBAC
+//! path names ([`route`]), the Kubernetes [`Verb`] of a method on it ([`verb`]) and the RBAC
 //! attributes authorization decides on ([`attributes`]). Authorization depends on this module
 //! only, never on the handlers.
+
+use std::fmt;
 
 use http::Method;
 
@@ -11,6 +13,60 @@ use crate::resources::{self, ResourceInfo};
 
 /// Longest object name accepted anywhere in a path.
 const MAX_NAME_BYTES: usize = 253;
+
+/// A Kubernetes verb: what RBAC rules, audit records, metrics labels and error messages name.
+/// An enum so that a misspelt verb does not compile; [`Verb::as_str`] gives Kubernetes'
+/// spelling, which is what leaves the process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verb {
+    /// `get`: read one object (also the verb of a streaming subresource's GET).
+    Get,
+    /// `list`: read a collection.
+    List,
+    /// `watch`: follow a collection.
+    Watch,
+    /// `create`: POST.
+    Create,
+    /// `update`: PUT.
+    Update,
+    /// `patch`: PATCH.
+    Patch,
+    /// `delete`: DELETE of one object.
+    Delete,
+    /// `deletecollection`: DELETE of a collection.
+    DeleteCollection,
+    /// A non-resource request (discovery, health, `/metrics`): Kubernetes authorizes the
+    /// lowercase HTTP method, whatever it is, so the method's text is kept.
+    NonResource(String),
+}
+
+impl Verb {
+    /// The verb of a non-resource request: the lowercase HTTP method.
+    pub fn non_resource(method: &Method) -> Self {
+        Self::NonResource(method.as_str().to_lowercase())
+    }
+
+    /// Kubernetes' spelling, as RBAC rules and audit records carry it.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Get => "get",
+            Self::List => "list",
+            Self::Watch => "watch",
+            Self::Create => "create",
+            Self::Update => "update",
+            Self::Patch => "patch",
+            Self::Delete => "delete",
+            Self::DeleteCollection => "deletecollection",
+            Self::NonResource(method) => method,
+        }
+    }
+}
+
+impl fmt::Display for Verb {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Resource part of a request's attributes.
 #[derive(Debug, Clone, Default)]
@@ -31,7 +87,7 @@ pub struct ResourceAttrs {
 #[derive(Debug, Clone)]
 pub struct Attributes {
     /// Kubernetes verb (`get`, `list`, `watch`, `create`, ... or lowercase HTTP method for paths).
-    pub verb: String,
+    pub verb: Verb,
     /// Set for resource requests.
     pub resource: Option<ResourceAttrs>,
     /// Request path, for non-resource requests.
@@ -163,22 +219,18 @@ pub fn route(path: &str) -> Result<Route, ApiError> {
 }
 
 /// The Kubernetes verb of a resource request.
-pub fn verb(
-    method: &Method,
-    req: &ResourceRequest,
-    query: &Query,
-) -> Result<&'static str, ApiError> {
+pub fn verb(method: &Method, req: &ResourceRequest, query: &Query) -> Result<Verb, ApiError> {
     let connect = is_connect(&req.subresource);
     Ok(match *method {
-        Method::GET if connect => "get",
-        Method::GET if req.name.is_empty() && query.flag("watch") => "watch",
-        Method::GET if req.name.is_empty() => "list",
-        Method::GET => "get",
-        Method::POST => "create",
-        Method::PUT => "update",
-        Method::PATCH => "patch",
-        Method::DELETE if req.name.is_empty() => "deletecollection",
-        Method::DELETE => "delete",
+        Method::GET if connect => Verb::Get,
+        Method::GET if req.name.is_empty() && query.flag("watch") => Verb::Watch,
+        Method::GET if req.name.is_empty() => Verb::List,
+        Method::GET => Verb::Get,
+        Method::POST => Verb::Create,
+        Method::PUT => Verb::Update,
+        Method::PATCH => Verb::Patch,
+        Method::DELETE if req.name.is_empty() => Verb::DeleteCollection,
+        Method::DELETE => Verb::Delete,
         _ => return Err(ApiError::MethodNotAllowed),
     })
 }
@@ -190,9 +242,9 @@ pub fn is_connect(subresource: &str) -> bool {
 }
 
 /// RBAC attributes of a resource request.
-pub fn attributes(verb: &str, req: &ResourceRequest) -> Attributes {
+pub fn attributes(verb: &Verb, req: &ResourceRequest) -> Attributes {
     Attributes {
-        verb: verb.to_string(),
+        verb: verb.clone(),
         resource: Some(ResourceAttrs {
             group: req.info.group.to_string(),
             resource: req.info.plural.to_string(),
@@ -233,8 +285,11 @@ mod tests {
             ("pods", "reverseforward")
         );
         let q = Query::parse(Some("ports=9000"));
-        assert_eq!(verb(&Method::GET, &r, &q).expect("verb"), "get");
-        assert_eq!(verb(&Method::POST, &r, &q).expect("verb"), "create");
+        assert_eq!(verb(&Method::GET, &r, &q).expect("verb").as_str(), "get");
+        assert_eq!(
+            verb(&Method::POST, &r, &q).expect("verb").as_str(),
+            "create"
+        );
         let r = res("/api/v1/namespaces/kube-system");
         assert_eq!(
             (r.info.plural, r.namespace.as_str(), r.name.as_str()),

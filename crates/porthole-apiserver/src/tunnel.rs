@@ -173,7 +173,7 @@ pub fn serve(
     h.insert(tunnel::IDENTITY_HEADER, identity);
     // Counted now rather than at the last renewal: servers that started together have not
     // seen each other's leases at their first round.
-    let live = crate::api::run_blocking(|| {
+    let live = crate::registry::run_blocking(|| {
         crate::identity::live(state.store.as_ref(), jiff::Timestamp::now())
     })
     .unwrap_or_else(|_| crate::identity::LiveServers {

@@ -36,6 +36,7 @@ use serde_json::{json, Value};
 use crate::authn::UserInfo;
 use crate::error::{ApiError, Target};
 use crate::http_util::Query;
+use crate::request::Verb;
 use crate::resources;
 use crate::store::{resource_version, Store};
 use crate::State;
@@ -110,7 +111,7 @@ pub fn admit(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Vec<u8>, ApiError> {
-    let mut csr = crate::api::parse_body_as(headers, body, "CertificateSigningRequest")?;
+    let mut csr = crate::body::parse_body_as(headers, body, "CertificateSigningRequest")?;
     if !csr.is_object() {
         return Err(ApiError::BadRequest(
             "the body of the request must be a CertificateSigningRequest object".into(),
@@ -155,7 +156,7 @@ pub fn admit(
 pub fn read_restriction(
     store: &dyn Store,
     user: &UserInfo,
-    verb: &str,
+    verb: &Verb,
     req: &crate::request::ResourceRequest,
     query: &Query,
 ) -> Result<(), ApiError> {
@@ -163,8 +164,8 @@ pub fn read_restriction(
         return Ok(());
     }
     let name = match verb {
-        "get" => req.name.clone(),
-        "list" | "watch" => {
+        Verb::Get => req.name.clone(),
+        Verb::List | Verb::Watch => {
             let selector = query.get("fieldSelector").unwrap_or("");
             match selected_name(selector) {
                 Some(n) => n,
@@ -219,7 +220,7 @@ fn has_condition(csr: &Value, ty: &str) -> bool {
 }
 
 fn push_condition(csr: &mut Value, ty: &str, reason: &str, message: &str) {
-    let now = crate::api::now_rfc3339();
+    let now = crate::time::now_rfc3339();
     let cond = json!({"type": ty, "status": "True", "reason": reason, "message": message,
                       "lastUpdateTime": now, "lastTransitionTime": now});
     if !csr.get("status").is_some_and(Value::is_object) {

@@ -261,7 +261,7 @@ fn new_lease_object(record: &LeaseRecord) -> Result<Value, ElectionError> {
         .expect("leases are in RESOURCES");
     let mut lease = json!({"metadata": {"name": LEASE_NAME, "namespace": LEASE_NAMESPACE}});
     record.write_into(&mut lease);
-    crate::api::prepare_new(info, LEASE_NAMESPACE, lease)
+    crate::registry::prepare_new(info, LEASE_NAMESPACE, lease)
         .map_err(|e| ElectionError::BadLease(e.to_string()))
 }
 

@@ -111,7 +111,7 @@ pub struct Watch {
 /// The narrow storage interface the API handlers and controllers use.
 ///
 /// Methods block (a disk fsync for redb, a network round trip for etcd): handlers call them
-/// through `api::run_blocking`.
+/// through `registry::run_blocking`.
 pub trait Store: Send + Sync + 'static {
     /// Current object at `key`.
     fn get(&self, key: &str) -> Result<Option<Value>, StoreError>;

@@ -272,7 +272,7 @@ mod tests {
 
     /// Regression (issue 18, fuzz target store_value): a stored value that is JSON but not an
     /// object (a corrupt row, or an etcd value written by something else) is a read error, not
-    /// a panic in the readers that index it as an object (`api::get` adds `kind`).
+    /// a panic in the readers that index it as an object (`registry::get` adds `kind`).
     #[test]
     fn stored_non_objects_are_read_errors() {
         let dir = std::env::temp_dir().join(format!("porthole-store-{}", uuid::Uuid::new_v4()));
@@ -306,7 +306,7 @@ mod tests {
                 subresource: String::new(),
                 rest: String::new(),
             };
-            assert!(crate::api::get(&s, &req).is_err());
+            assert!(crate::registry::get(&s, &req).is_err());
         }
         assert!(s.list("pods/").is_err());
         assert!(super::super::decode_value(b"{\"a\":1}").is_ok());
