@@ -57,7 +57,7 @@ impl Default for ServerConfig {
             pod_gone: CancellationToken::new(),
             ping_interval: None,
             ping_timeout: Duration::from_secs(30),
-            stream_buffer: spdy::Config::default().stream_buffer,
+            stream_buffer: spdy::SessionConfig::default().stream_buffer,
             udp: false,
         }
     }
@@ -67,11 +67,14 @@ impl ServerConfig {
     /// The SPDY settings this server runs with.
     pub fn spdy_config(&self) -> spdy::Config {
         spdy::Config {
-            ping_interval: self.ping_interval,
-            ping_timeout: self.ping_timeout,
-            idle_timeout: Some(self.idle_timeout),
-            flow_control: self.flow_control,
-            stream_buffer: self.stream_buffer,
+            session: spdy::SessionConfig {
+                ping_interval: self.ping_interval,
+                ping_timeout: self.ping_timeout,
+                idle_timeout: Some(self.idle_timeout),
+                flow_control: self.flow_control,
+                stream_buffer: self.stream_buffer,
+                ..spdy::SessionConfig::default()
+            },
             ..spdy::Config::default()
         }
     }
