@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::pair::finish_pair;
 use crate::copy;
 use crate::dial::{ForwardReport, PodDialer};
 use crate::spdy::{self, CloseReason, Connection, Role, Stream};
@@ -236,30 +237,4 @@ async fn forward_pair(pair: Pair<Stream>, dialer: Arc<dyn PodDialer>, pod_gone: 
         }
     };
     finish_pair(data, error, outcome, port, &pod_id).await;
-}
-
-/// Ends a forwarded pair (TCP or UDP) the way the Kubernetes library does: both streams
-/// finished on success; on failure the error text on the error stream, then both reset.
-pub(crate) async fn finish_pair(
-    mut data: Stream,
-    mut error: Stream,
-    outcome: Result<(), String>,
-    port: u16,
-    pod_id: &str,
-) {
-    match outcome {
-        Ok(()) => {
-            let _ = data.shutdown().await;
-            let _ = error.shutdown().await;
-        }
-        Err(cause) => {
-            let text = pf::forward_error_text(port, pod_id, &cause);
-            tracing::debug!(%text, "forward failed");
-            let _ = error.write_all(text.as_bytes()).await;
-            // Since the 1.32 library: reset both streams after the text (the RST follows the
-            // text on the wire, so the client still reads it).
-            data.reset();
-            error.reset();
-        }
-    }
 }

@@ -12,8 +12,8 @@ use tracing::Instrument;
 
 use super::driver::Driver;
 use super::incoming::Incoming;
-use super::stream::Stream;
-use super::{now, CloseReason, Inner, Role, SessionConfig, Shared, StreamWakers};
+use super::stream::{Stream, StreamOpenError};
+use super::{now, CloseReason, Handle, Inner, Role, SessionConfig, Shared, StreamWakers};
 
 /// Connection settings: the protocol session's own ([`SessionConfig`]) and what only the
 /// driver needs. `Default` suits a server talking to kubectl; clients set
@@ -87,42 +87,10 @@ pub struct Stats {
     pub buffered: usize,
 }
 
-/// Why opening a stream failed, including waiting for its SYN_REPLY (the protocol crate's
-/// [`proto::OpenError`] covers only the local refusal). The texts are client-go's.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum StreamOpenError {
-    /// No SYN_REPLY within `open_timeout`.
-    #[error("Timeout occurred")]
-    Timeout,
-    /// The peer answered with RST_STREAM.
-    #[error("Stream reset")]
-    Reset,
-    /// The connection is closed or closing.
-    #[error("connection closed: {0}")]
-    Closed(String),
-    /// No stream ids left.
-    #[error("Unable to get new stream id")]
-    IdsExhausted,
-}
-
-/// Closes the session when the last `Connection`/`Incoming` handle goes away.
-pub(super) struct Handle {
-    pub(super) shared: Arc<Shared>,
-}
-
-impl Drop for Handle {
-    fn drop(&mut self) {
-        let mut inner = self.shared.lock();
-        let tx_before = inner.session.pending_transmit();
-        inner.session.close(now());
-        inner.kick(tx_before);
-    }
-}
-
 /// A SPDY connection; cheap to clone. Dropping every clone (and the [`Incoming`]) closes it.
 #[derive(Clone)]
 pub struct Connection {
-    pub(super) handle: Arc<Handle>,
+    handle: Arc<Handle>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -314,4 +282,15 @@ pub struct StreamStart<'a> {
     pub data: &'a [u8],
     /// Half-close (FIN) after `data`.
     pub fin: bool,
+}
+
+// Here rather than in incoming.rs, so that the streams the peer opens need not know the
+// connection handle: only this file builds a `Connection`.
+impl Incoming {
+    /// A handle to the connection this belongs to.
+    pub fn connection(&self) -> Connection {
+        Connection {
+            handle: self.handle().clone(),
+        }
+    }
 }

@@ -7,9 +7,8 @@ use std::task::Poll;
 
 use porthole_proto::spdy::StreamId;
 
-use super::connection::{Connection, Handle};
 use super::stream::Stream;
-use super::{now, Shared, StreamWakers};
+use super::{now, Handle, Shared, StreamWakers};
 
 /// Streams the peer opens. `next()` returns `None` once the connection has ended.
 pub struct Incoming {
@@ -19,6 +18,11 @@ pub struct Incoming {
 impl Incoming {
     pub(super) fn new(handle: Arc<Handle>) -> Incoming {
         Incoming { handle }
+    }
+
+    /// The connection's handle, for [`Incoming::connection`] (defined with `Connection`).
+    pub(super) fn handle(&self) -> &Arc<Handle> {
+        &self.handle
     }
 }
 
@@ -48,13 +52,6 @@ impl Incoming {
             Poll::Pending
         })
         .await
-    }
-
-    /// A handle to the connection this belongs to.
-    pub fn connection(&self) -> Connection {
-        Connection {
-            handle: self.handle.clone(),
-        }
     }
 }
 

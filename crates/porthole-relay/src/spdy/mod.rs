@@ -30,7 +30,7 @@
 //! - this file: the state all of them share under one lock.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::Duration;
 
@@ -44,12 +44,12 @@ mod driver;
 mod incoming;
 mod stream;
 
-pub use connection::{Config, Connection, Stats, StreamOpenError, StreamStart};
+pub use connection::{Config, Connection, Stats, StreamStart};
 pub use incoming::{Incoming, IncomingStream};
 pub use porthole_proto::spdy::session::CloseReason;
 pub use porthole_proto::spdy::session::Config as SessionConfig;
 pub use porthole_proto::spdy::session::Role;
-pub use stream::Stream;
+pub use stream::{Stream, StreamOpenError};
 
 /// Who waits on one stream: woken by the driver when the session reports the stream changed.
 #[derive(Default)]
@@ -106,4 +106,18 @@ impl Shared {
 #[allow(clippy::disallowed_types)]
 fn now() -> std::time::Instant {
     Instant::now().into_std()
+}
+
+/// Closes the session when the last `Connection`/`Incoming` handle goes away.
+struct Handle {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        let mut inner = self.shared.lock();
+        let tx_before = inner.session.pending_transmit();
+        inner.session.close(now());
+        inner.kick(tx_before);
+    }
 }

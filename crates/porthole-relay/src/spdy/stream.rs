@@ -11,8 +11,25 @@ use porthole_proto::spdy::session::{OpenState, ReadOutcome, WriteError};
 use porthole_proto::spdy::StreamId;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::connection::StreamOpenError;
 use super::{now, Shared};
+
+/// Why opening a stream failed, including waiting for its SYN_REPLY (the protocol crate's
+/// [`proto::OpenError`] covers only the local refusal). The texts are client-go's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StreamOpenError {
+    /// No SYN_REPLY within `open_timeout`.
+    #[error("Timeout occurred")]
+    Timeout,
+    /// The peer answered with RST_STREAM.
+    #[error("Stream reset")]
+    Reset,
+    /// The connection is closed or closing.
+    #[error("connection closed: {0}")]
+    Closed(String),
+    /// No stream ids left.
+    #[error("Unable to get new stream id")]
+    IdsExhausted,
+}
 
 /// One SPDY stream as a byte stream with half-close.
 pub struct Stream {
