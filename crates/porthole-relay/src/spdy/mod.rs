@@ -24,7 +24,8 @@
 //! Layout:
 //! - `connection`: [`Connection`] (opening streams, closing) and its [`Config`], which wraps
 //!   the protocol crate's [`SessionConfig`] with the driver's own settings;
-//! - `stream`: [`Stream`], one stream as `AsyncRead + AsyncWrite` with half-close;
+//! - `stream`: [`Stream`], one stream as `AsyncRead + AsyncWrite` with half-close, and
+//!   [`StreamOpenError`], why opening one failed;
 //! - `incoming`: [`Incoming`] and [`IncomingStream`], the streams the peer opens;
 //! - `driver`: the spawned task that pumps socket ⇄ session and wakes the handles;
 //! - this file: the state all of them share under one lock.
