@@ -97,9 +97,12 @@ impl Keepalive {
     pub fn config(&self, tunnel: bool, flow_control: bool) -> porthole_relay::spdy::Config {
         let (interval, ping_timeout) = self.periods(tunnel);
         porthole_relay::spdy::Config {
-            ping_interval: self.enabled.then_some(interval),
-            ping_timeout,
-            flow_control,
+            session: porthole_relay::spdy::SessionConfig {
+                ping_interval: self.enabled.then_some(interval),
+                ping_timeout,
+                flow_control,
+                ..Default::default()
+            },
             ..Default::default()
         }
     }
@@ -115,9 +118,11 @@ pub struct Dialed {
     pub flow_control: bool,
 }
 
-/// Why the upgrade failed. The text is what kubectl prints after `error: `.
+/// Why opening a port-forward session through the API server (the upgrade) failed; not to be
+/// confused with `porthole_relay::dial::DialError`, a node failing to reach the pod's port. The
+/// text is what kubectl prints after `error: `.
 #[derive(Debug, thiserror::Error)]
-pub enum DialError {
+pub enum SessionDialError {
     /// The server refused or botched the upgrade (`error upgrading connection: ...`).
     #[error("error upgrading connection: {0}")]
     Upgrade(String),
@@ -158,7 +163,7 @@ enum Attempt {
     Ok(Dialed),
     /// client-go's `UpgradeFailureError`: fall back to SPDY in auto mode.
     UpgradeFailure(String),
-    Fatal(DialError),
+    Fatal(SessionDialError),
 }
 
 fn env_disables_websockets() -> bool {
@@ -172,7 +177,7 @@ pub async fn dial(
     pod: &str,
     mode: TransportMode,
     keepalive: Keepalive,
-) -> Result<Dialed, DialError> {
+) -> Result<Dialed, SessionDialError> {
     let path = format!("/api/v1/namespaces/{namespace}/pods/{pod}/portforward");
     let try_ws = match mode {
         TransportMode::Auto => !env_disables_websockets(),
@@ -184,7 +189,7 @@ pub async fn dial(
             Attempt::Ok(d) => return Ok(d),
             Attempt::Fatal(e) => return Err(e),
             Attempt::UpgradeFailure(msg) if mode == TransportMode::Websocket => {
-                return Err(DialError::Upgrade(format!(
+                return Err(SessionDialError::Upgrade(format!(
                     "unable to upgrade streaming request: {msg}"
                 )));
             }
@@ -196,7 +201,7 @@ pub async fn dial(
     match dial_spdy(client, &path, keepalive).await {
         Attempt::Ok(d) => Ok(d),
         Attempt::Fatal(e) => Err(e),
-        Attempt::UpgradeFailure(msg) => Err(DialError::Upgrade(msg)),
+        Attempt::UpgradeFailure(msg) => Err(SessionDialError::Upgrade(msg)),
     }
 }
 
@@ -213,13 +218,15 @@ pub(crate) async fn send(
         Option<hyper::upgrade::OnUpgrade>,
         Vec<u8>,
     ),
-    DialError,
+    SessionDialError,
 > {
     let mut req = Request::builder()
         .method(method.clone())
         .uri(path)
         .body(kube::client::Body::empty())
-        .map_err(|e| DialError::Transport(format!("cannot build the upgrade request: {e}")))?;
+        .map_err(|e| {
+            SessionDialError::Transport(format!("cannot build the upgrade request: {e}"))
+        })?;
     req.headers_mut().extend(headers);
     if method == Method::POST {
         req.headers_mut().insert(
@@ -230,7 +237,7 @@ pub(crate) async fn send(
     let mut res = client
         .send(req)
         .await
-        .map_err(|e| DialError::Transport(describe_error(&e)))?;
+        .map_err(|e| SessionDialError::Transport(describe_error(&e)))?;
     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
         let on = hyper::upgrade::on(&mut res);
         let (parts, _) = res.into_parts();
@@ -261,14 +268,14 @@ async fn dial_ws(client: &kube::Client, path: &str, keepalive: Keepalive) -> Att
     let flow_control = match handshake::check_ws_tunnel_response(&parts, key, &body) {
         Ok(fc) => fc,
         Err(e) if e.is_upgrade_failure() => return Attempt::UpgradeFailure(e.to_string()),
-        Err(e) => return Attempt::Fatal(DialError::Upgrade(e.to_string())),
+        Err(e) => return Attempt::Fatal(SessionDialError::Upgrade(e.to_string())),
     };
     let Some(on) = on else {
         return Attempt::UpgradeFailure("websocket: bad handshake".to_string());
     };
     let upgraded = match on.await {
         Ok(u) => u,
-        Err(e) => return Attempt::Fatal(DialError::Transport(describe_error(&e))),
+        Err(e) => return Attempt::Fatal(SessionDialError::Transport(describe_error(&e))),
     };
     let ws =
         porthole_relay::ws::WsStream::new(TokioIo::new(upgraded), porthole_relay::ws::Role::Client);
@@ -291,7 +298,7 @@ async fn dial_spdy(client: &kube::Client, path: &str, keepalive: Keepalive) -> A
     let flow_control = match handshake::check_spdy_response(&parts, &body) {
         Ok(fc) => fc,
         Err(e @ handshake::UpgradeError::ProtocolMismatch { .. }) => {
-            return Attempt::Fatal(DialError::Protocol(e.to_string()));
+            return Attempt::Fatal(SessionDialError::Protocol(e.to_string()));
         }
         Err(e) => return Attempt::UpgradeFailure(e.to_string()),
     };
@@ -300,7 +307,7 @@ async fn dial_spdy(client: &kube::Client, path: &str, keepalive: Keepalive) -> A
     };
     let upgraded = match on.await {
         Ok(u) => u,
-        Err(e) => return Attempt::Fatal(DialError::Transport(describe_error(&e))),
+        Err(e) => return Attempt::Fatal(SessionDialError::Transport(describe_error(&e))),
     };
     let udp = handshake::response_extensions(&parts.headers, handshake::EXTENSION_UDP);
     let forwarder = PortForwarder::new(
@@ -349,8 +356,8 @@ mod tests {
             ..k
         }
         .config(false, true);
-        assert_eq!(cfg.ping_interval, None);
-        assert!(cfg.flow_control);
+        assert_eq!(cfg.session.ping_interval, None);
+        assert!(cfg.session.flow_control);
     }
 
     #[test]

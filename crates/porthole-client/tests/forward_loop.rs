@@ -203,10 +203,11 @@ async fn start(node: &Node, remote_ports: Vec<u16>, options: Options) -> Harness
         node: Mutex::new(Some(node.addr)),
         remote_ports: remote_ports.clone(),
         attempts: Notify::new(),
-        spdy: porthole_relay::spdy::Config {
-            ping_interval: Some(Duration::from_millis(100)),
-            ping_timeout: Duration::from_millis(300),
-            ..porthole_relay::spdy::Config::client()
+        spdy: {
+            let mut spdy = porthole_relay::spdy::Config::client();
+            spdy.session.ping_interval = Some(Duration::from_millis(100));
+            spdy.session.ping_timeout = Duration::from_millis(300);
+            spdy
         },
     });
     let initial = connector.session().await.unwrap();

@@ -99,11 +99,9 @@ impl TestConnector {
             message: "error: node is down".into(),
             gone: false,
         })?;
-        let spdy = porthole_relay::spdy::Config {
-            ping_interval: Some(Duration::from_millis(100)),
-            ping_timeout: Duration::from_millis(300),
-            ..porthole_relay::spdy::Config::client()
-        };
+        let mut spdy = porthole_relay::spdy::Config::client();
+        spdy.session.ping_interval = Some(Duration::from_millis(100));
+        spdy.session.ping_timeout = Duration::from_millis(300);
         Ok(NewSession {
             pod: "pod-u".into(),
             ports: vec![ResolvedPort {

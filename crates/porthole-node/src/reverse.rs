@@ -164,9 +164,12 @@ pub(crate) async fn serve(
             };
             let _active = ep2.metrics.session();
             let cfg = spdy::Config {
-                ping_interval: Some(PING_INTERVAL),
-                ping_timeout: PING_TIMEOUT,
-                flow_control,
+                session: spdy::SessionConfig {
+                    ping_interval: Some(PING_INTERVAL),
+                    ping_timeout: PING_TIMEOUT,
+                    flow_control,
+                    ..spdy::SessionConfig::default()
+                },
                 ..spdy::Config::default()
             };
             let io = TokioIo::new(upgraded);

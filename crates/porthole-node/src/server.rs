@@ -302,8 +302,7 @@ impl PodDialer for NetnsDialer {
         Box::pin(async move {
             let conn = ns
                 .dial(port, porthole_netns::DEFAULT_CONNECT_TIMEOUT)
-                .await
-                .map_err(|e| DialError { cause: e.cause })?;
+                .await?;
             metrics.stream_opened();
             Ok(conn)
         })

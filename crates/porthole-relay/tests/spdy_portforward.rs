@@ -7,7 +7,7 @@ use std::time::Duration;
 use porthole_relay::dial::{DialError, DialFuture, PodDialer};
 use porthole_relay::portforward::spdy_client::{ForwardError, PortForwarder};
 use porthole_relay::portforward::spdy_server::{self, ServerConfig};
-use porthole_relay::spdy::{Config, Connection, OpenError, Role};
+use porthole_relay::spdy::{Config, Connection, Role, StreamOpenError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -171,7 +171,10 @@ async fn invalid_headers_rejected_and_creation_timeout_text() {
         hs(&[("port", "80")]),
         hs(&[("port", "80"), ("streamtype", "bogus")]),
     ] {
-        assert_eq!(c.open_stream(bad).await.unwrap_err(), OpenError::Reset);
+        assert_eq!(
+            c.open_stream(bad).await.unwrap_err(),
+            StreamOpenError::Reset
+        );
     }
     let mut err = c
         .open_stream(hs(&[
@@ -293,10 +296,8 @@ async fn early_data_rides_with_the_syn_streams() {
     use porthole_proto::spdy::header_block::HeaderDecompressor;
 
     let (a, mut node) = tokio::io::duplex(1 << 20);
-    let cfg = Config {
-        flow_control: true,
-        ..Config::client()
-    };
+    let mut cfg = Config::client();
+    cfg.session.flow_control = true;
     let pf = PortForwarder::new(a, cfg);
     assert!(pf.sends_early_data());
     let (_app, local) = tokio::io::duplex(1 << 16);
@@ -367,13 +368,11 @@ async fn prefix_then_the_rest_in_order() {
             ..ServerConfig::default()
         };
         let _server = tokio::spawn(spdy_server::serve(b, Arc::new(Loopback), server_cfg));
-        let pf = PortForwarder::new(
-            a,
-            Config {
-                flow_control,
-                ..Config::client()
-            },
-        );
+        let pf = PortForwarder::new(a, {
+            let mut cfg = Config::client();
+            cfg.session.flow_control = flow_control;
+            cfg
+        });
         assert_eq!(pf.sends_early_data(), flow_control);
         let (mut app, local) = tokio::io::duplex(1 << 16);
         let fwd = tokio::spawn(async move { pf.forward_with_prefix(local, port, b"first,").await });

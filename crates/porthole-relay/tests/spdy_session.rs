@@ -6,7 +6,7 @@ use bytes::BytesMut;
 use porthole_proto::spdy::frame::{self, Frame, Head};
 use porthole_proto::spdy::header_block::{HeaderCompressor, HeaderDecompressor};
 use porthole_proto::spdy::GoAwayStatus;
-use porthole_relay::spdy::{CloseReason, Config, Connection, Incoming, OpenError, Role};
+use porthole_relay::spdy::{CloseReason, Config, Connection, Incoming, Role, StreamOpenError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
 fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -130,7 +130,7 @@ async fn reject_gives_stream_reset_and_reset_is_seen_by_reader() {
         std::future::pending::<()>().await;
     });
     let e = c.open_stream(vec![]).await.unwrap_err();
-    assert_eq!(e, OpenError::Reset);
+    assert_eq!(e, StreamOpenError::Reset);
     assert_eq!(e.to_string(), "Stream reset");
     let mut st = c.open_stream(vec![]).await.unwrap();
     let mut buf = Vec::new();
@@ -176,10 +176,8 @@ async fn goaway_mid_transfer_ends_everything() {
 
 #[tokio::test(start_paused = true)]
 async fn idle_timeout_closes_and_pings_keep_alive() {
-    let idle = Config {
-        idle_timeout: Some(Duration::from_secs(60)),
-        ..Config::default()
-    };
+    let mut idle = Config::default();
+    idle.session.idle_timeout = Some(Duration::from_secs(60));
     // Without pings: closed after 60 s of silence.
     let (c, _ci, s, _si) = pair(Config::default(), idle.clone());
     let t0 = tokio::time::Instant::now();
@@ -196,11 +194,9 @@ async fn idle_timeout_closes_and_pings_keep_alive() {
 async fn dead_peer_detected() {
     // The peer reads nothing and answers nothing.
     let (a, _b) = tokio::io::duplex(1 << 20);
-    let cfg = Config {
-        ping_interval: Some(Duration::from_secs(5)),
-        ping_timeout: Duration::from_secs(15),
-        ..Config::default()
-    };
+    let mut cfg = Config::default();
+    cfg.session.ping_interval = Some(Duration::from_secs(5));
+    cfg.session.ping_timeout = Duration::from_secs(15);
     let (c, _ci) = Connection::new(a, Role::Client, cfg);
     let t0 = tokio::time::Instant::now();
     assert_eq!(c.closed().await, CloseReason::PingTimeout);
@@ -213,11 +209,9 @@ async fn dead_peer_detected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_reader_does_not_block_others_with_flow_control() {
-    let cfg = Config {
-        flow_control: true,
-        stream_buffer: 256 * 1024,
-        ..Config::default()
-    };
+    let mut cfg = Config::default();
+    cfg.session.flow_control = true;
+    cfg.session.stream_buffer = 256 * 1024;
     let (c, _ci, s, mut si) = pair(cfg.clone(), cfg);
     let accept = tokio::spawn(async move {
         let stalled = si.next().await.unwrap().accept(); // never read
@@ -372,10 +366,8 @@ async fn go_like_peer_without_window_updates_gets_everything() {
 #[tokio::test(start_paused = true)]
 async fn pings_answered_while_a_stream_is_backpressured() {
     let (a, b) = tokio::io::duplex(1 << 20);
-    let cfg = Config {
-        stream_buffer: 64 * 1024,
-        ..Config::default()
-    };
+    let mut cfg = Config::default();
+    cfg.session.stream_buffer = 64 * 1024;
     let (_s, mut si) = Connection::new(b, Role::Server, cfg);
     let mut peer = GoPeer::new(a);
     peer.syn_stream(1, &[("a", "b")]).await;
@@ -433,10 +425,8 @@ fn head_parse_is_total() {
 #[tokio::test(start_paused = true)]
 async fn peer_closing_right_after_its_data_loses_nothing() {
     let (a, b) = tokio::io::duplex(8 << 20);
-    let cfg = Config {
-        stream_buffer: 64 * 1024,
-        ..Config::default()
-    };
+    let mut cfg = Config::default();
+    cfg.session.stream_buffer = 64 * 1024;
     let (_s, mut si) = Connection::new(b, Role::Server, cfg);
     let mut peer = GoPeer::new(a);
     peer.syn_stream(1, &[("a", "b")]).await;

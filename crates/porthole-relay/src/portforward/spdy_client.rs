@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::copy;
-use crate::spdy::{self, CloseReason, Connection, OpenError, Role, Stream, StreamStart};
+use crate::spdy::{self, CloseReason, Connection, Role, Stream, StreamOpenError, StreamStart};
 
 /// Longest error text kept (the rest is read and dropped).
 const MAX_ERROR_TEXT: usize = 64 * 1024;
@@ -31,10 +31,10 @@ pub struct ForwardReport {
 pub enum ForwardError {
     /// SYN_STREAM for the error stream failed.
     #[error("error creating error stream")]
-    CreateErrorStream(#[source] OpenError),
+    CreateErrorStream(#[source] StreamOpenError),
     /// SYN_STREAM for the data stream failed.
     #[error("error creating forwarding stream")]
-    CreateDataStream(#[source] OpenError),
+    CreateDataStream(#[source] StreamOpenError),
     /// Reading the error stream failed (the connection broke).
     #[error("error reading from error stream")]
     ReadErrorStream(#[source] io::Error),
@@ -61,7 +61,7 @@ impl PortForwarder {
     /// Starts the SPDY session (client role) over an upgraded connection. Use
     /// `spdy::Config::client()` (PING every 5 s) for raw SPDY, 10 s inside the WebSocket tunnel.
     ///
-    /// With `cfg.flow_control` (negotiated, so the far end is a porthole node, which buffers
+    /// With `cfg.session.flow_control` (negotiated, so the far end is a porthole node, which buffers
     /// every accepted stream within its window) each forward sends its data right behind the
     /// SYN_STREAMs instead of waiting a round trip for the replies. Go servers (spdystream)
     /// park a frame worker on data nobody reads yet, so towards them the client waits, as
@@ -70,7 +70,7 @@ impl PortForwarder {
     where
         T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let early_data = cfg.flow_control;
+        let early_data = cfg.session.flow_control;
         // Servers never open streams in port-forward; dropping `Incoming` rejects any.
         let (conn, _incoming) = Connection::new(io, Role::Client, cfg);
         PortForwarder {

@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::pair::finish_pair;
 use crate::copy;
 use crate::dial::{ForwardReport, PodDialer};
 use crate::spdy::{self, CloseReason, Connection, Role, Stream};
@@ -57,7 +58,7 @@ impl Default for ServerConfig {
             pod_gone: CancellationToken::new(),
             ping_interval: None,
             ping_timeout: Duration::from_secs(30),
-            stream_buffer: spdy::Config::default().stream_buffer,
+            stream_buffer: spdy::SessionConfig::default().stream_buffer,
             udp: false,
         }
     }
@@ -67,11 +68,14 @@ impl ServerConfig {
     /// The SPDY settings this server runs with.
     pub fn spdy_config(&self) -> spdy::Config {
         spdy::Config {
-            ping_interval: self.ping_interval,
-            ping_timeout: self.ping_timeout,
-            idle_timeout: Some(self.idle_timeout),
-            flow_control: self.flow_control,
-            stream_buffer: self.stream_buffer,
+            session: spdy::SessionConfig {
+                ping_interval: self.ping_interval,
+                ping_timeout: self.ping_timeout,
+                idle_timeout: Some(self.idle_timeout),
+                flow_control: self.flow_control,
+                stream_buffer: self.stream_buffer,
+                ..spdy::SessionConfig::default()
+            },
             ..spdy::Config::default()
         }
     }
@@ -233,30 +237,4 @@ async fn forward_pair(pair: Pair<Stream>, dialer: Arc<dyn PodDialer>, pod_gone: 
         }
     };
     finish_pair(data, error, outcome, port, &pod_id).await;
-}
-
-/// Ends a forwarded pair (TCP or UDP) the way the Kubernetes library does: both streams
-/// finished on success; on failure the error text on the error stream, then both reset.
-pub(crate) async fn finish_pair(
-    mut data: Stream,
-    mut error: Stream,
-    outcome: Result<(), String>,
-    port: u16,
-    pod_id: &str,
-) {
-    match outcome {
-        Ok(()) => {
-            let _ = data.shutdown().await;
-            let _ = error.shutdown().await;
-        }
-        Err(cause) => {
-            let text = pf::forward_error_text(port, pod_id, &cause);
-            tracing::debug!(%text, "forward failed");
-            let _ = error.write_all(text.as_bytes()).await;
-            // Since the 1.32 library: reset both streams after the text (the RST follows the
-            // text on the wire, so the client still reads it).
-            data.reset();
-            error.reset();
-        }
-    }
 }

@@ -20,6 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::pair::finish_pair;
 use super::spdy_client::{read_error_text, ForwardError, PortForwarder};
 use crate::dial::{ForwardReport, PodDialer};
 use crate::spdy::Stream;
@@ -51,7 +52,7 @@ pub(crate) async fn forward_pair(
             r = relay(&mut data, &dialer, port) => r,
         }
     };
-    super::spdy_server::finish_pair(data, error, outcome, port, &pod_id).await;
+    finish_pair(data, error, outcome, port, &pod_id).await;
 }
 
 /// What woke the relay loop.
