@@ -21,7 +21,7 @@ use porthole_test::ha::HaCluster;
 use porthole_test::testbed::Host;
 use porthole_test::{Child, TempDir};
 
-use crate::split::{forward_route, iperf_to, median, pod_manifest, porthole_forward, Route};
+use crate::split::{forward_route, iperf_to, median, porthole_forward, start_bench_pod, Route};
 
 /// Arguments of `links`.
 #[derive(clap::Args)]
@@ -70,15 +70,7 @@ pub fn run(a: LinksArgs) -> Result<()> {
 }
 
 fn measure(cluster: &mut HaCluster, bench: &Path, work: &Path, a: &LinksArgs) -> Result<()> {
-    let pod =
-        porthole_test::write_file(work, "pbench.yaml", &pod_manifest(bench, "pbench", "node1"))?;
-    cluster.kubectl(&["apply", "-f", &pod.display().to_string()])?;
-    cluster.kubectl(&[
-        "wait",
-        "--for=condition=Ready",
-        "pod/pbench",
-        "--timeout=90s",
-    ])?;
+    start_bench_pod(cluster, bench, work)?;
     // The plain TCP reference: iperf3 on node1 itself, across the same shaped link.
     let node = cluster.bed.host("node1").clone();
     let port = node.free_port()?;

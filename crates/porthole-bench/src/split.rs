@@ -354,7 +354,8 @@ pub fn run(a: RouteArgs) -> Result<()> {
     stopped
 }
 
-fn measure(cluster: &mut HaCluster, bench: &Path, work: &Path, sizes: &Sizes) -> Result<()> {
+/// Pod `pbench` ([`pod_manifest`]) on node1, Ready.
+pub(crate) fn start_bench_pod(cluster: &HaCluster, bench: &Path, work: &Path) -> Result<()> {
     let pod =
         porthole_test::write_file(work, "pbench.yaml", &pod_manifest(bench, "pbench", "node1"))?;
     cluster.kubectl(&["apply", "-f", &pod.display().to_string()])?;
@@ -364,6 +365,11 @@ fn measure(cluster: &mut HaCluster, bench: &Path, work: &Path, sizes: &Sizes) ->
         "pod/pbench",
         "--timeout=90s",
     ])?;
+    Ok(())
+}
+
+fn measure(cluster: &mut HaCluster, bench: &Path, work: &Path, sizes: &Sizes) -> Result<()> {
+    start_bench_pod(cluster, bench, work)?;
     // One API server: porthole's sessions and the relays then cross the same hosts.
     let lb_states = |states: &[(String, String)]| {
         states
