@@ -26,19 +26,10 @@
 //! pauses then: a stream whose reader stops only stops that stream, and a peer overrunning a
 //! window gets RST_STREAM(FLOW_CONTROL_ERROR).
 //!
-//! # Stream states
+//! # Streams
 //!
-//! ```text
-//!            open_stream / SYN_STREAM in
-//!                     │
-//!     local: Opening ─┴─ remote: Pending ──reject──▶ (RST CANCEL, forgotten)
-//!       │ SYN_REPLY in        │ accept (SYN_REPLY out)
-//!       ▼                     ▼
-//!     Open (send: open|fin_sent, recv: open|fin_received) ──RST in/out──▶ Reset
-//!       │ both FINs, or release()
-//!       ▼
-//!     forgotten (DATA for it is ignored, like Go)
-//! ```
+//! Each stream's lifecycle (a state enum, with its diagram), buffers and windows live in
+//! `stream.rs`; the window arithmetic, the credit-return rule and window growth in `flow.rs`.
 #![allow(clippy::disallowed_types)] // `Instant` is only passed in, never read from the clock.
 
 use std::collections::{HashMap, VecDeque};
@@ -46,11 +37,14 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+pub use super::flow::WINDOW_GROWTH_RATE;
+use super::flow::{self, SessionRecvWindow, DEFAULT_WINDOW, MAX_WINDOW};
 use super::frame::{
     self, kind, FrameError, GoAway, GoAwayStatus, Head, Ping, RstStatus, RstStream, Setting,
     SettingId, Settings, StreamId, SynStream, WindowUpdate, FLAG_FIN, HEAD_LEN, MAX_STREAM_ID,
 };
 use super::header_block::{self, HeaderCompressor, HeaderDecompressor, HeaderError, HeaderList};
+use super::stream::{ResetBy, State, StreamState};
 
 /// Which end of the HTTP upgrade this session is (decides stream- and ping-id parity).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -256,74 +250,6 @@ pub enum OpenState {
     Closed,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ResetBy {
-    Local,
-    Remote(RstStatus),
-    Connection,
-}
-
-#[derive(Debug)]
-struct StreamState {
-    local: bool,
-    /// Local: SYN_REPLY received. Remote: accepted (SYN_REPLY sent).
-    replied: bool,
-    recv: VecDeque<Bytes>,
-    recv_len: usize,
-    recv_fin: bool,
-    discard: bool,
-    reset: Option<ResetBy>,
-    send_fin: bool,
-    send_window: i64,
-    recv_window: i64,
-    recv_unacked: u32,
-    /// The receive window this stream was given (starts at `stream_buffer`, may grow).
-    recv_window_size: u32,
-    notify_queued: bool,
-    /// The application's last write found the send queue full: notify when it drains.
-    write_blocked: bool,
-    /// Data accepted by `write` but not yet framed into `tx` (see `fill_tx`).
-    /// Unallocated while empty; the buffer goes back to `Session::spare_queues` once drained,
-    /// so a busy stream costs no allocation per write and an idle one holds no memory.
-    send_q: BytesMut,
-    /// In `Session::ready` (has queued data the windows allow).
-    in_ready: bool,
-    /// Has queued data but a flow-control window is closed: back in `ready` on WINDOW_UPDATE.
-    window_blocked: bool,
-    /// `finish` was called with data still queued: FIN follows the last queued byte.
-    fin_queued: bool,
-    /// The application dropped its handle while data was still queued (finished both ways
-    /// otherwise): forget the stream once the queue and FIN are out.
-    released: bool,
-}
-
-impl StreamState {
-    fn new(local: bool, send_window: i64, recv_window: i64) -> Self {
-        let recv_window_size = recv_window.clamp(0, MAX_WINDOW) as u32;
-        StreamState {
-            local,
-            replied: false,
-            recv: VecDeque::new(),
-            recv_len: 0,
-            recv_fin: false,
-            discard: false,
-            reset: None,
-            send_fin: false,
-            send_window,
-            recv_window,
-            recv_unacked: 0,
-            recv_window_size,
-            notify_queued: false,
-            write_blocked: false,
-            send_q: BytesMut::new(),
-            in_ready: false,
-            window_blocked: false,
-            fin_queued: false,
-            released: false,
-        }
-    }
-}
-
 /// A DATA frame whose payload is still arriving (DATA is delivered as it comes, in chunks).
 #[derive(Debug, Clone, Copy)]
 struct PartialData {
@@ -333,31 +259,11 @@ struct PartialData {
     discard: bool,
 }
 
-/// SPDY/3.1 default initial window (both stream and session).
-const DEFAULT_WINDOW: i64 = 65_536;
-/// The rate a grown window is sized for, in bytes per second ([`Config::max_window`]): twice
-/// 10 Gbit/s, so that a window never caps a path that fast, at 2.5 MB per millisecond of
-/// round trip.
-pub const WINDOW_GROWTH_RATE: u64 = 2_500_000_000;
-const MAX_WINDOW: i64 = 0x7fff_ffff;
-
 /// Bytes one stream may have queued for sending (two Go-sized DATA frames). What a writer
 /// cannot queue waits in its own task: per-stream back-pressure.
 const STREAM_SEND_QUEUE: usize = 64 * 1024;
 /// Drained send-queue buffers kept for reuse (at most 512 KiB per connection).
 const SPARE_QUEUES: usize = 8;
-
-/// The window to give when credit goes back, for one now `current` in size: the path's
-/// bandwidth-delay product at [`WINDOW_GROWTH_RATE`] and `min_rtt` when that is larger, at most
-/// `max_window` (see [`Config::max_window`]).
-fn grown_window(current: u64, min_rtt: Option<Duration>, max_window: usize) -> u64 {
-    let Some(rtt) = min_rtt.filter(|_| max_window > 0) else {
-        return current;
-    };
-    let bdp = rtt.as_nanos() * u128::from(WINDOW_GROWTH_RATE) / 1_000_000_000;
-    let cap = (max_window as u64).min(MAX_WINDOW as u64);
-    current.max((bdp.min(u128::from(cap))) as u64)
-}
 
 /// One SPDY/3.1 connection, without I/O.
 #[derive(Debug)]
@@ -383,9 +289,8 @@ pub struct Session {
     // Flow control (only with cfg.flow_control).
     peer_initial_window: i64,
     session_send_window: i64,
-    session_recv_unacked: u64,
     /// The session receive window advertised (starts at `session_window`, may grow).
-    session_recv_window_size: u64,
+    session_recv_window: SessionRecvWindow,
     /// Smallest PING round trip seen (sizes grown windows, see [`Config::max_window`]).
     min_rtt: Option<Duration>,
     // Timers.
@@ -424,8 +329,7 @@ impl Session {
             goaway_sent: false,
             peer_initial_window: DEFAULT_WINDOW,
             session_send_window: DEFAULT_WINDOW,
-            session_recv_unacked: 0,
-            session_recv_window_size: 0,
+            session_recv_window: SessionRecvWindow::new(0),
             min_rtt: None,
             last_activity: now,
             last_received: now,
@@ -436,7 +340,7 @@ impl Session {
             cfg,
         };
         if s.cfg.flow_control {
-            let window = s.cfg.stream_buffer.min(MAX_WINDOW as usize) as u32;
+            let window = flow::stream_window(s.cfg.stream_buffer) as u32;
             Settings {
                 flags: 0,
                 entries: vec![Setting {
@@ -461,17 +365,13 @@ impl Session {
                 s.send_ping(now);
             }
         }
-        s.session_recv_window_size = s.session_window() as u64;
+        s.session_recv_window = SessionRecvWindow::new(s.session_window() as u64);
         s
     }
 
     /// The smallest PING round trip seen on this session.
     pub fn min_rtt(&self) -> Option<Duration> {
         self.min_rtt
-    }
-
-    fn grown_window(&self, current: u64) -> u64 {
-        grown_window(current, self.min_rtt, self.cfg.max_window)
     }
 
     fn send_ping(&mut self, now: Instant) {
@@ -517,7 +417,7 @@ impl Session {
         let Some(p) = self.partial else { return true };
         match self.streams.get(&p.stream_id) {
             Some(s) => {
-                s.reset.is_some()
+                s.state.is_reset()
                     || s.discard
                     || (s.recv_len * 2 <= self.cfg.stream_buffer
                         && self.buffered * 2 <= self.cfg.connection_buffer)
@@ -700,23 +600,17 @@ impl Session {
 
     /// The session receive window we advertise (at least SPDY's 64 KiB, at most 2^31-1).
     fn session_window(&self) -> usize {
-        self.cfg
-            .session_window
-            .clamp(DEFAULT_WINDOW as usize, MAX_WINDOW as usize)
+        flow::session_window(self.cfg.session_window)
     }
 
     /// Decides whether a DATA frame of `len` bytes for `id` is delivered (true) or dropped.
     fn accept_data(&mut self, now: Instant, id: StreamId, len: usize) -> bool {
         let flow = self.cfg.flow_control;
         if flow {
-            self.session_recv_unacked += len as u64;
-            // An eighth at a time: credit flows back steadily, the sender rarely runs dry.
-            if self.session_recv_unacked >= self.session_recv_window_size / 8 {
-                let grown = self.grown_window(self.session_recv_window_size);
-                let delta = (self.session_recv_unacked + grown - self.session_recv_window_size)
-                    .min(MAX_WINDOW as u64) as u32;
-                self.session_recv_window_size = grown;
-                self.session_recv_unacked = 0;
+            if let Some(delta) =
+                self.session_recv_window
+                    .on_data(len, self.min_rtt, self.cfg.max_window)
+            {
                 WindowUpdate {
                     stream_id: 0,
                     delta,
@@ -729,15 +623,13 @@ impl Session {
             // Unknown or forgotten stream: ignored, like Go.
             return false;
         };
-        if s.reset.is_some() || s.recv_fin || s.discard {
+        if s.state.is_reset() || s.state.is_fin_received() || s.discard {
             return false;
         }
-        if flow {
-            s.recv_window -= len as i64;
-            if s.recv_window < 0 {
-                self.reset_stream(now, id, RstStatus::FLOW_CONTROL_ERROR);
-                return false;
-            }
+        // A peer overrunning the window loses the stream, not the session.
+        if flow && !s.windows.on_data(len) {
+            self.reset_stream(now, id, RstStatus::FLOW_CONTROL_ERROR);
+            return false;
         }
         true
     }
@@ -749,7 +641,7 @@ impl Session {
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
-        if s.reset.is_some() || s.discard {
+        if s.state.is_reset() || s.discard {
             return;
         }
         s.recv_len += chunk.len();
@@ -762,10 +654,9 @@ impl Session {
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
-        if s.reset.is_some() {
+        if !s.state.on_recv_fin() {
             return;
         }
-        s.recv_fin = true;
         self.notify(id);
         self.maybe_forget(id);
     }
@@ -790,8 +681,7 @@ impl Session {
                 let headers = self.decompressor.decompress(&f.header_block)?;
                 header_block::check_forbidden(&headers, true)?;
                 if let Some(s) = self.streams.get_mut(&f.stream_id) {
-                    if s.local && !s.replied && s.reset.is_none() {
-                        s.replied = true;
+                    if s.state.on_syn_reply() {
                         self.notify(f.stream_id);
                         if f.flags & FLAG_FIN != 0 {
                             self.deliver_fin(f.stream_id);
@@ -809,10 +699,8 @@ impl Session {
             kind::RST_STREAM => {
                 let f = RstStream::decode(&payload)?;
                 if let Some(s) = self.streams.get_mut(&f.stream_id) {
-                    if s.reset.is_none() {
+                    if s.state.on_reset(ResetBy::Remote(f.status)) {
                         s.send_q.clear();
-                        s.fin_queued = false;
-                        s.reset = Some(ResetBy::Remote(f.status));
                         self.notify(f.stream_id);
                     }
                 }
@@ -831,7 +719,7 @@ impl Session {
                         let ids: Vec<StreamId> = self.streams.keys().copied().collect();
                         for id in ids {
                             if let Some(s) = self.streams.get_mut(&id) {
-                                s.send_window += delta;
+                                s.windows.send += delta;
                             }
                             if delta > 0 {
                                 self.unblock_window(id);
@@ -906,9 +794,9 @@ impl Session {
         }
         self.last_good_remote = id;
         self.remote_open += 1;
-        let recv_window = self.cfg.stream_buffer.min(MAX_WINDOW as usize) as i64;
-        let mut st = StreamState::new(false, self.peer_initial_window, recv_window);
-        st.recv_fin = flags & FLAG_FIN != 0;
+        let recv_window = flow::stream_window(self.cfg.stream_buffer);
+        let state = State::pending(flags & FLAG_FIN != 0);
+        let st = StreamState::new(false, state, self.peer_initial_window, recv_window);
         self.streams.insert(id, st);
         self.events.push_back(Event::Incoming { id, headers });
     }
@@ -933,8 +821,8 @@ impl Session {
         let Some(s) = self.streams.get_mut(&f.stream_id) else {
             return;
         };
-        s.send_window += delta;
-        if s.send_window > MAX_WINDOW {
+        s.windows.send += delta;
+        if s.windows.send > MAX_WINDOW {
             self.reset_stream(now, f.stream_id, RstStatus::FLOW_CONTROL_ERROR);
             return;
         }
@@ -946,7 +834,7 @@ impl Session {
         if let Some(s) = self.streams.get_mut(&id) {
             if s.window_blocked {
                 s.window_blocked = false;
-                if (!s.send_q.is_empty() || s.fin_queued) && !s.in_ready {
+                if s.has_queued() && !s.in_ready {
                     s.in_ready = true;
                     self.ready.push_back(id);
                 }
@@ -988,9 +876,7 @@ impl Session {
         let ids: Vec<StreamId> = self.streams.keys().copied().collect();
         for id in ids {
             if let Some(s) = self.streams.get_mut(&id) {
-                if s.reset.is_none() {
-                    s.reset = Some(ResetBy::Connection);
-                }
+                s.state.on_reset(ResetBy::Connection);
             }
             self.notify(id);
         }
@@ -1081,10 +967,15 @@ impl Session {
         self.compressor.compress(headers, &mut self.tx);
         patch_len(&mut self.tx, start);
         self.activity(now);
-        let recv_window = self.cfg.stream_buffer.min(MAX_WINDOW as usize) as i64;
+        let recv_window = flow::stream_window(self.cfg.stream_buffer);
         self.streams.insert(
             id,
-            StreamState::new(true, self.peer_initial_window, recv_window),
+            StreamState::new(
+                true,
+                State::opening(),
+                self.peer_initial_window,
+                recv_window,
+            ),
         );
         Ok(id)
     }
@@ -1100,8 +991,8 @@ impl Session {
                 }
             }
             // Replied first: the stream opened; a later RST shows up on read.
-            Some(s) if s.replied => OpenState::Replied,
-            Some(s) => match s.reset {
+            Some(s) if s.state.is_replied() => OpenState::Replied,
+            Some(s) => match s.state.reset_by() {
                 Some(ResetBy::Connection) => OpenState::Closed,
                 Some(_) => OpenState::Reset,
                 None => OpenState::Pending,
@@ -1114,10 +1005,9 @@ impl Session {
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
-        if s.local || s.replied || s.reset.is_some() || self.closed.is_some() {
+        if self.closed.is_some() || !s.state.accept() {
             return;
         }
-        s.replied = true;
         let start = self.tx.len();
         frame::Head::encode_control(kind::SYN_REPLY, 0, 0, &mut self.tx);
         self.tx.put_u32(id);
@@ -1168,22 +1058,13 @@ impl Session {
         if n > 0 {
             s.recv_len -= n;
             self.buffered -= n;
-            if flow && s.reset.is_none() && !s.recv_fin {
-                s.recv_unacked += n as u32;
-                s.recv_window += n as i64;
-                if s.recv_unacked * 2 >= s.recv_window_size {
-                    let size = u64::from(s.recv_window_size);
-                    // Only a stream that moves data grows (an idle one keeps its window).
-                    let grown = grown_window(size, self.min_rtt, self.cfg.max_window);
-                    let extra = (grown - size) as u32;
+            if flow && !s.state.is_reset() && !s.state.is_fin_received() {
+                if let Some(delta) = s.windows.on_read(n, self.min_rtt, self.cfg.max_window) {
                     WindowUpdate {
                         stream_id: id,
-                        delta: s.recv_unacked + extra,
+                        delta,
                     }
                     .encode(&mut self.tx);
-                    s.recv_window += i64::from(extra);
-                    s.recv_window_size += extra;
-                    s.recv_unacked = 0;
                     self.last_activity = now;
                 }
             }
@@ -1192,10 +1073,11 @@ impl Session {
         if room == 0 {
             return ReadOutcome::Data(0);
         }
-        match s.reset {
-            Some(ResetBy::Connection) if !s.recv_fin => ReadOutcome::Aborted,
-            Some(ResetBy::Local) | Some(ResetBy::Remote(_)) if !s.recv_fin => ReadOutcome::Reset,
-            _ if s.recv_fin => ReadOutcome::Eof,
+        let fin = s.state.is_fin_received();
+        match s.state.reset_by() {
+            Some(ResetBy::Connection) if !fin => ReadOutcome::Aborted,
+            Some(ResetBy::Local) | Some(ResetBy::Remote(_)) if !fin => ReadOutcome::Reset,
+            _ if fin => ReadOutcome::Eof,
             _ => ReadOutcome::Pending,
         }
     }
@@ -1288,17 +1170,17 @@ impl Session {
         let Some(s) = self.streams.get(&id) else {
             return Err(WriteError::UnknownStream);
         };
-        if let Some(r) = s.reset {
+        if let Some(r) = s.state.reset_by() {
             return Err(if r == ResetBy::Connection {
                 WriteError::ConnectionClosed
             } else {
                 WriteError::Reset
             });
         }
-        if s.send_fin {
+        if s.state.is_send_finished() {
             return Err(WriteError::Finished);
         }
-        if !s.local && !s.replied {
+        if !s.state.can_send() {
             return Err(WriteError::NotAccepted);
         }
         Ok(())
@@ -1310,12 +1192,7 @@ impl Session {
             return len;
         }
         let s = &self.streams[&id];
-        let window = s.send_window.min(self.session_send_window);
-        if window <= 0 {
-            0
-        } else {
-            len.min(window as usize)
-        }
+        flow::send_allowance(s.windows.send, self.session_send_window, len)
     }
 
     /// Frames `data` on `id` straight into `tx` while it is below `bound` and the windows
@@ -1339,7 +1216,7 @@ impl Session {
     fn charge_windows(&mut self, id: StreamId, k: usize) {
         if self.cfg.flow_control {
             if let Some(s) = self.streams.get_mut(&id) {
-                s.send_window -= k as i64;
+                s.windows.send -= k as i64;
             }
             self.session_send_window -= k as i64;
         }
@@ -1373,8 +1250,8 @@ impl Session {
             }
         }
         let s = self.streams.get_mut(&id).expect("caller checked");
-        if s.send_q.is_empty() && s.fin_queued {
-            s.fin_queued = false;
+        if s.send_q.is_empty() && s.state.is_fin_queued() {
+            s.state.on_fin_sent();
             Head::encode_data(id, FLAG_FIN, 0, &mut self.tx);
             if s.released {
                 self.forget(id);
@@ -1391,7 +1268,7 @@ impl Session {
             let Some(s) = self.streams.get(&id) else {
                 return true;
             };
-            if s.send_q.is_empty() && !s.fin_queued {
+            if !s.has_queued() {
                 return true;
             }
             if !self.frame_queued(id) {
@@ -1411,14 +1288,14 @@ impl Session {
                 continue;
             };
             s.in_ready = false;
-            if s.reset.is_some() || (s.send_q.is_empty() && !s.fin_queued) {
+            if s.state.is_reset() || !s.has_queued() {
                 continue;
             }
             if !self.frame_queued(id) {
                 continue;
             }
             if let Some(s) = self.streams.get_mut(&id) {
-                if !s.send_q.is_empty() || s.fin_queued {
+                if s.has_queued() {
                     s.in_ready = true;
                     self.ready.push_back(id);
                 }
@@ -1435,14 +1312,11 @@ impl Session {
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
-        if s.send_fin || s.reset.is_some() || (!s.local && !s.replied) {
+        if !s.state.queue_fin(!s.send_q.is_empty()) {
             return;
         }
-        s.send_fin = true;
-        if !s.send_q.is_empty() {
-            // After the queued data (fill_tx sends it).
-            s.fin_queued = true;
-        } else {
+        // With data queued, the FIN follows it (fill_tx sends both).
+        if !s.state.is_fin_queued() {
             Head::encode_data(id, FLAG_FIN, 0, &mut self.tx);
         }
         self.activity(now);
@@ -1460,7 +1334,7 @@ impl Session {
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
-        if s.reset.is_some() {
+        if s.state.is_reset() {
             return;
         }
         // What was written before the reset goes first, as with Go's synchronous writes (an
@@ -1469,14 +1343,13 @@ impl Session {
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
-        let fin_out = s.send_fin && !s.fin_queued;
+        let fin_out = s.state.is_fin_sent();
         s.send_q = BytesMut::new();
-        s.fin_queued = false;
-        s.reset = Some(ResetBy::Local);
+        s.state.on_reset(ResetBy::Local);
         self.buffered -= s.recv_len;
         s.recv_len = 0;
         s.recv.clear();
-        if !(closed || flushed && fin_out && s.recv_fin) {
+        if !(closed || flushed && fin_out && s.state.is_fin_received()) {
             RstStream {
                 stream_id: id,
                 status,
@@ -1490,9 +1363,9 @@ impl Session {
     /// The application dropped its handle: reset unless finished both ways, then forget.
     pub fn release(&mut self, now: Instant, id: StreamId) {
         if let Some(s) = self.streams.get(&id) {
-            if !(s.send_fin && s.recv_fin) {
+            if !(s.state.is_send_finished() && s.state.is_fin_received()) {
                 self.reset(now, id);
-            } else if s.reset.is_none() && !self.flush_stream(id) {
+            } else if !s.state.is_reset() && !self.flush_stream(id) {
                 // Finished both ways but a window holds back the tail: it and the FIN still go
                 // out (fill_tx forgets the stream after the FIN).
                 if let Some(s) = self.streams.get_mut(&id) {
@@ -1737,7 +1610,7 @@ mod tests {
         assert_eq!(sent, 40_000);
         pump(&mut c, &mut s, now);
         pump(&mut s, &mut c, now);
-        assert_eq!(s.session_recv_window_size, bdp);
+        assert_eq!(s.session_recv_window.size, bdp);
         // Credit went back for the first 32 KiB frame; the second (7,232 B) waits for more.
         assert_eq!(c.session_send_window, bdp as i64 - (40_000 - 32 * 1024));
         // Stream: its first credit (half of 1 MiB read) grows its window the same way.
@@ -1752,8 +1625,8 @@ mod tests {
             }
             pump(&mut s, &mut c, now);
         }
-        assert_eq!(s.streams[&id].recv_window_size, bdp as u32);
-        let in_flight = c.streams[&id].send_window;
+        assert_eq!(s.streams[&id].windows.recv_size, bdp as u32);
+        let in_flight = c.streams[&id].windows.send;
         assert!(
             in_flight > (1 << 20),
             "the sender's stream window grew past 1 MiB: {in_flight}"
@@ -1776,8 +1649,8 @@ mod tests {
                 let _ = s.read(now, id, &mut buf);
                 pump(&mut s, &mut c, now);
             }
-            assert_eq!(s.session_recv_window_size, 256 * 1024, "rtt {rtt:?}");
-            assert_eq!(s.streams[&id].recv_window_size, 1 << 20, "rtt {rtt:?}");
+            assert_eq!(s.session_recv_window.size, 256 * 1024, "rtt {rtt:?}");
+            assert_eq!(s.streams[&id].windows.recv_size, 1 << 20, "rtt {rtt:?}");
             // Growth off: no PING is sent to measure anything.
             if max_window == 0 {
                 assert_eq!(s.min_rtt(), None);
