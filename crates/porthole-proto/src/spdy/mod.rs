@@ -4,6 +4,7 @@
 //! - [`header_block`]: header lists and their zlib compression with the SPDY/3 dictionary (§3.3–§3.4).
 //! - [`session`]: the connection state machine: stream ids, PING, GOAWAY, idle timeout,
 //!   back-pressure and sending (§3.5–§3.10).
+//! - `send`: send scheduling: per-stream send queues framed in turn into the transmit buffer.
 //! - `stream`: one stream's SYN/FIN/RST lifecycle as a state enum, its buffers and windows.
 //! - `flow`: (porthole-to-porthole) flow-control window arithmetic and growth (§3.7).
 //!
@@ -12,6 +13,7 @@
 mod flow;
 pub mod frame;
 pub mod header_block;
+mod send;
 pub mod session;
 mod stream;
 

@@ -29,6 +29,10 @@ use bytes::{Bytes, BytesMut};
 use super::flow::StreamWindows;
 use super::frame::RstStatus;
 
+/// Bytes one stream may have queued for sending (two Go-sized DATA frames). What a writer
+/// cannot queue waits in its own task: per-stream back-pressure.
+pub(super) const STREAM_SEND_QUEUE: usize = 64 * 1024;
+
 /// Who ended a stream with a reset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum ResetBy {
