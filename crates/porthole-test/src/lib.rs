@@ -13,6 +13,7 @@
 //!   stopped (SIGINT, like Ctrl-C) with a check that nothing is left behind.
 //! - [`Forward`]: a port-forward client (kubectl, porthole) and the local port it printed.
 //! - [`Clients`]: where the test clients are (set by `scripts/install-test-deps.sh`).
+//! - [`pki`]: a throw-away CA and leaf certificates as PEM files, and loading them for rustls.
 //! - [`testbed`]: simulated hosts (network namespaces on a switch of their own), with faults.
 //! - [`etcd`], [`haproxy`]: the real store and load balancer, locally or on testbed hosts.
 //! - [`ha::HaCluster`]: etcd, two API servers behind haproxy and joining nodes on a testbed.
@@ -21,6 +22,7 @@ pub mod delay;
 pub mod etcd;
 pub mod ha;
 pub mod haproxy;
+pub mod pki;
 pub mod testbed;
 
 use std::collections::BTreeSet;
