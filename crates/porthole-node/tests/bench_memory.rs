@@ -89,7 +89,7 @@ async fn bench_node_child() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: 10,000 connections, run with --ignored --nocapture"]
 async fn idle_connection_memory() {
-    let dir = TempDir::new("bench");
+    let dir = TempDir::new("node-bench").expect("temp dir");
     let mut child = std::process::Command::new(std::env::current_exe().expect("test binary"))
         .args([
             "--exact",

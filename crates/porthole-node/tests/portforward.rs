@@ -178,7 +178,7 @@ async fn ready_app(node: &Node, dir: &std::path::Path, name: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_protocol_reaches_the_pod_and_honours_half_close() {
-    let dir = TempDir::new("protocols");
+    let dir = TempDir::new("node-protocols").expect("temp dir");
     let node = Node::start(dir.path()).await;
     ready_app(&node, dir.path(), "web").await;
 
@@ -279,7 +279,7 @@ async fn every_protocol_reaches_the_pod_and_honours_half_close() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_port_fails_only_its_pair_while_a_transfer_continues() {
-    let dir = TempDir::new("refused");
+    let dir = TempDir::new("node-refused").expect("temp dir");
     let node = Node::start(dir.path()).await;
     let uid = ready_app(&node, dir.path(), "web").await;
     let pf = Arc::new(spdy_session(&node, "web", false).await);
@@ -317,7 +317,7 @@ async fn refused_port_fails_only_its_pair_while_a_transfer_continues() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_concurrent_connections_on_one_session() {
-    let dir = TempDir::new("thousand");
+    let dir = TempDir::new("node-thousand").expect("temp dir");
     let node = Node::start(dir.path()).await;
     ready_app(&node, dir.path(), "web").await;
     let pf = Arc::new(spdy_session(&node, "web", false).await);
@@ -339,7 +339,7 @@ async fn a_thousand_concurrent_connections_on_one_session() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_pod_ends_only_its_streams() {
-    let dir = TempDir::new("killed");
+    let dir = TempDir::new("node-killed").expect("temp dir");
     let node = Node::start(dir.path()).await;
     let a = ready_app(&node, dir.path(), "a").await;
     ready_app(&node, dir.path(), "b").await;
@@ -398,7 +398,7 @@ async fn deleting_a_pod_ends_only_its_streams() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "1 GiB through a Python echo takes longer than 20 s in a debug build; run with --ignored"]
 async fn one_gib_through_one_connection_arrives_intact() {
-    let dir = TempDir::new("gib");
+    let dir = TempDir::new("node-gib").expect("temp dir");
     let node = Node::start(dir.path()).await;
     ready_app(&node, dir.path(), "web").await;
     let pf = Arc::new(spdy_session(&node, "web", false).await);
@@ -444,7 +444,7 @@ async fn metric_becomes(node: &Node, series: &str, want: f64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_sessions_streams_and_bytes() {
-    let dir = TempDir::new("metrics");
+    let dir = TempDir::new("node-metrics").expect("temp dir");
     let node = Node::start(dir.path()).await;
     ready_app(&node, dir.path(), "web").await;
     assert_eq!(metric(&node, "porthole_pods_running").await, 1.0);

@@ -12,7 +12,7 @@ const LIMIT: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_runs_in_its_own_namespace_with_status_probe_and_logs() {
-    let dir = TempDir::new("app");
+    let dir = TempDir::new("node-app").expect("temp dir");
     let node = Node::start(dir.path()).await;
     let pod = app_pod(dir.path(), "web");
     let h = node.rt.apply(&pod).expect("apply");
@@ -89,7 +89,7 @@ async fn pod_runs_in_its_own_namespace_with_status_probe_and_logs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_policies_exit_codes_and_backoff() {
-    let dir = TempDir::new("restart");
+    let dir = TempDir::new("node-restart").expect("temp dir");
     let node = Node::start(dir.path()).await;
     // OnFailure: exits 3 twice → restarted once at once, then waits in CrashLoopBackOff.
     let crash = node
@@ -213,7 +213,7 @@ async fn restart_policies_exit_codes_and_backoff() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_escalates_to_sigkill_after_grace_and_cleans_up() {
-    let dir = TempDir::new("grace");
+    let dir = TempDir::new("node-grace").expect("temp dir");
     let node = Node::start(dir.path()).await;
     // Ignores SIGTERM (and so does its child `sleep`, which inherits the ignored disposition).
     // The marker file says the trap is set: "Running" alone can come before the shell has
@@ -267,7 +267,7 @@ async fn stop_escalates_to_sigkill_after_grace_and_cleans_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoint_requires_the_apiserver_certificate_and_knows_its_pods() {
-    let dir = TempDir::new("mtls");
+    let dir = TempDir::new("node-mtls").expect("temp dir");
     let node = Node::start(dir.path()).await;
     let h = node
         .rt
@@ -405,7 +405,7 @@ async fn crash_child() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leftovers_of_a_crashed_agent_are_cleaned_up() {
-    let dir = TempDir::new("crash");
+    let dir = TempDir::new("node-crash").expect("temp dir");
     let state = dir.path().join("state");
     let mut child = std::process::Command::new(std::env::current_exe().expect("test binary"))
         .args([
@@ -482,7 +482,7 @@ async fn leftovers_of_a_crashed_agent_are_cleaned_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follow_streams_lines_until_the_container_ends() {
-    let dir = TempDir::new("follow");
+    let dir = TempDir::new("node-follow").expect("temp dir");
     let node = Node::start(dir.path()).await;
     // The container paces itself; the test only reads.
     let h = node
@@ -524,7 +524,7 @@ async fn follow_streams_lines_until_the_container_ends() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_and_tcp_readiness_probes_follow_the_pod() {
-    let dir = TempDir::new("probes");
+    let dir = TempDir::new("node-probes").expect("temp dir");
     let node = Node::start(dir.path()).await;
     let flag = dir.path().join("ready-flag");
     let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
@@ -565,7 +565,7 @@ async fn exec_and_tcp_readiness_probes_follow_the_pod() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn init_containers_run_first_in_order() {
-    let dir = TempDir::new("init");
+    let dir = TempDir::new("node-init").expect("temp dir");
     let node = Node::start(dir.path()).await;
     let marker = dir.path().join("marker");
     let m = marker.to_string_lossy().into_owned();

@@ -1,6 +1,6 @@
-//! Test harness: PKI made with rcgen, an in-process API server on 127.0.0.1:0, a kubeconfig,
-//! `/usr/bin/kubectl` runner, and a TLS node double (the NODE only; the proxy under test is
-//! real) that answers port-forward upgrades with 101 and echoes bytes.
+//! Test harness: PKI from `porthole_test::pki`, an in-process API server on 127.0.0.1:0, a
+//! kubeconfig, `/usr/bin/kubectl` runner, and a TLS node double (the NODE only; the proxy under
+//! test is real) that answers port-forward upgrades with 101 and echoes bytes.
 #![allow(dead_code, missing_docs)]
 
 use std::net::SocketAddr;
@@ -13,9 +13,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-};
+use porthole_test::pki::{Ca, Leaf};
 use sha1::Digest as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -32,62 +30,43 @@ impl Pki {
     pub fn new(dir: &Path) -> Self {
         let dir = dir.join("pki");
         std::fs::create_dir_all(&dir).expect("pki dir");
-        let ca_key = KeyPair::generate().expect("ca key");
-        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-        ca.distinguished_name
-            .push(DnType::CommonName, "porthole-ca");
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca_cert = ca.self_signed(&ca_key).expect("ca cert");
-        write(&dir, "ca.crt", &ca_cert.pem());
-        let issuer = Issuer::new(ca, ca_key);
-        let leaf = |name: &str, cn: &str, orgs: &[&str], sans: &[&str], server: bool| {
-            let key = KeyPair::generate().expect("key");
-            let mut p =
-                CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                    .expect("params");
-            p.distinguished_name.push(DnType::CommonName, cn);
-            for o in orgs {
-                p.distinguished_name.push(DnType::OrganizationName, *o);
-            }
-            p.extended_key_usages = vec![if server {
-                ExtendedKeyUsagePurpose::ServerAuth
-            } else {
-                ExtendedKeyUsagePurpose::ClientAuth
-            }];
-            let cert = p.signed_by(&key, &issuer).expect("sign");
-            write(&dir, &format!("{name}.crt"), &cert.pem());
-            write(&dir, &format!("{name}.key"), &key.serialize_pem());
+        let ca = Ca::new("porthole-ca").expect("ca");
+        ca.write(&dir, "ca.crt").expect("write pki file");
+        let leaf = |name: &str, leaf: Leaf| {
+            ca.sign(&leaf)
+                .expect("sign")
+                .write(&dir, name)
+                .expect("write pki file");
         };
         leaf(
             "apiserver",
-            "porthole-apiserver",
-            &[],
-            &["localhost", "127.0.0.1"],
-            true,
+            Leaf::new("porthole-apiserver")
+                .sans(&["localhost", "127.0.0.1"])
+                .server_auth(),
         );
         leaf(
             "apiserver-kubelet-client",
-            "porthole-apiserver",
-            &["system:masters"],
-            &[],
-            false,
+            Leaf::new("porthole-apiserver")
+                .orgs(&["system:masters"])
+                .client_auth(),
         );
         leaf(
             "node",
-            "system:node:n1",
-            &[],
-            &["localhost", "127.0.0.1", "n1"],
-            true,
+            Leaf::new("system:node:n1")
+                .sans(&["localhost", "127.0.0.1", "n1"])
+                .server_auth(),
         );
         leaf(
             "node-client",
-            "system:node:n1",
-            &["system:nodes"],
-            &[],
-            false,
+            Leaf::new("system:node:n1")
+                .orgs(&["system:nodes"])
+                .client_auth(),
         );
-        leaf("admin", "admin", &["system:masters"], &[], false);
-        leaf("carol", "carol", &["devs"], &[], false);
+        leaf(
+            "admin",
+            Leaf::new("admin").orgs(&["system:masters"]).client_auth(),
+        );
+        leaf("carol", Leaf::new("carol").orgs(&["devs"]).client_auth());
         write(&dir, "tokens.csv", "admin-token,admin-tok,1,\"system:masters\"\nbob-token,bob,2\nalice-token,alice,3,\"pf-users,other\"\n");
         Self { dir }
     }
@@ -407,24 +386,10 @@ pub async fn raw_tls(
     addr: SocketAddr,
     client: Option<&str>,
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for c in porthole_apiserver::tls::load_certs(&pki.path("ca.crt")).expect("ca") {
-        roots.add(c).expect("root");
-    }
-    let b = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots);
-    let mut cfg = match client {
-        Some(n) => b
-            .with_client_auth_cert(
-                porthole_apiserver::tls::load_certs(&pki.path(&format!("{n}.crt"))).expect("cert"),
-                porthole_apiserver::tls::load_key(&pki.path(&format!("{n}.key"))).expect("key"),
-            )
-            .expect("client auth"),
-        None => b.with_no_client_auth(),
-    };
+    let identity = client.map(|n| (pki.path(&format!("{n}.crt")), pki.path(&format!("{n}.key"))));
+    let identity = identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+    let mut cfg =
+        porthole_test::pki::client_config(&pki.path("ca.crt"), identity).expect("TLS client");
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     tokio_rustls::TlsConnector::from(Arc::new(cfg))

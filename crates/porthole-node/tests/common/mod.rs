@@ -1,5 +1,6 @@
-//! Shared helpers for the node's integration tests: temp dirs, a throw-away PKI, pods running a
-//! small Python app, an HTTPS client with or without a client certificate, and leak checks.
+//! Shared helpers for the node's integration tests: temp dirs and a throw-away PKI (built on
+//! porthole-test), pods running a small Python app, an HTTPS client with or without a client
+//! certificate, and leak checks.
 #![allow(dead_code, missing_docs)]
 
 use std::path::{Path, PathBuf};
@@ -14,29 +15,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 
-/// A directory removed on drop.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        let path = std::env::temp_dir().join(format!(
-            "porthole-node-{tag}-{}-{}",
-            std::process::id(),
-            uuid::Uuid::new_v4().simple()
-        ));
-        std::fs::create_dir_all(&path).expect("create temp dir");
-        TempDir(path)
-    }
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+/// A directory removed on drop; `TempDir::new("node-TAG")` in these tests.
+pub use porthole_test::TempDir;
 
 /// The Python app every test pod runs: `app.py ECHO_PORT DRAIN_PORT HTTP_PORT`.
 /// - ECHO_PORT (127.0.0.1): echoes bytes back, closes after the client's EOF;
@@ -193,47 +173,29 @@ pub struct Pki {
 
 impl Pki {
     pub fn generate(dir: &Path) -> Pki {
-        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        use porthole_test::pki::{Ca, Leaf};
         std::fs::create_dir_all(dir).expect("pki dir");
-        let write = |name: &str, data: &str| {
-            let p = dir.join(name);
-            std::fs::write(&p, data).expect("write pki file");
-            p
+        let ca = Ca::new("porthole-ca").expect("ca");
+        let foreign = Ca::new("someone-else").expect("ca");
+        let write = |ca: &Ca, leaf: Leaf, name: &str| {
+            ca.sign(&leaf)
+                .expect("sign")
+                .write(dir, name)
+                .expect("write pki file")
         };
-        let ca_params = |cn: &str| {
-            let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
-            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            p.distinguished_name.push(DnType::CommonName, cn);
-            p
-        };
-        let ca_key = KeyPair::generate().expect("key");
-        let ca = rcgen::CertifiedIssuer::self_signed(ca_params("porthole-ca"), ca_key).expect("ca");
-        let foreign_key = KeyPair::generate().expect("key");
-        let foreign = rcgen::CertifiedIssuer::self_signed(ca_params("someone-else"), foreign_key)
-            .expect("ca");
-        let leaf = |cn: &str, sans: Vec<String>, issuer: &rcgen::Issuer<'_, KeyPair>| {
-            let key = KeyPair::generate().expect("key");
-            let mut p = CertificateParams::new(sans).expect("params");
-            p.distinguished_name.push(DnType::CommonName, cn);
-            let cert = p.signed_by(&key, issuer).expect("sign");
-            (cert.pem(), key.serialize_pem())
-        };
-        let (sc, sk) = leaf(
-            "system:node:test",
-            vec!["localhost".into(), "127.0.0.1".into()],
+        let (server_cert, server_key) = write(
             &ca,
+            Leaf::new("system:node:test").sans(&["localhost", "127.0.0.1"]),
+            "node",
         );
-        let (ac, ak) = leaf("porthole-apiserver", vec![], &ca);
-        let (oc, ok) = leaf("mallory", vec![], &ca);
-        let (fc, fk) = leaf("porthole-apiserver", vec![], &foreign);
         Pki {
             dir: dir.to_path_buf(),
-            ca: write("ca.crt", &ca.pem()),
-            server_cert: write("node.crt", &sc),
-            server_key: write("node.key", &sk),
-            apiserver: (write("apiserver.crt", &ac), write("apiserver.key", &ak)),
-            other_user: (write("mallory.crt", &oc), write("mallory.key", &ok)),
-            foreign: (write("foreign.crt", &fc), write("foreign.key", &fk)),
+            ca: ca.write(dir, "ca.crt").expect("write pki file"),
+            server_cert,
+            server_key,
+            apiserver: write(&ca, Leaf::new("porthole-apiserver"), "apiserver"),
+            other_user: write(&ca, Leaf::new("mallory"), "mallory"),
+            foreign: write(&foreign, Leaf::new("porthole-apiserver"), "foreign"),
         }
     }
 
@@ -274,32 +236,8 @@ impl Pki {
 
     /// TLS client trusting the CA, presenting `identity` if given.
     pub fn connector(&self, identity: Option<&(PathBuf, PathBuf)>) -> tokio_rustls::TlsConnector {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut roots = rustls::RootCertStore::empty();
-        let ca = std::fs::read(&self.ca).expect("ca");
-        for c in rustls_pemfile::certs(&mut ca.as_slice()) {
-            roots.add(c.expect("ca pem")).expect("add root");
-        }
-        let builder = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots);
-        let cfg = match identity {
-            Some((cert, key)) => {
-                let certs =
-                    rustls_pemfile::certs(&mut std::fs::read(cert).expect("cert").as_slice())
-                        .collect::<Result<Vec<_>, _>>()
-                        .expect("cert pem");
-                let key =
-                    rustls_pemfile::private_key(&mut std::fs::read(key).expect("key").as_slice())
-                        .expect("key pem")
-                        .expect("a key");
-                builder
-                    .with_client_auth_cert(certs, key)
-                    .expect("client auth")
-            }
-            None => builder.with_no_client_auth(),
-        };
+        let identity = identity.map(|(cert, key)| (cert.as_path(), key.as_path()));
+        let cfg = porthole_test::pki::client_config(&self.ca, identity).expect("TLS client");
         tokio_rustls::TlsConnector::from(Arc::new(cfg))
     }
 }

@@ -2,14 +2,20 @@
 //!
 //! - [`frame`]: one struct per frame, the [`frame::Frame`] enum, decode/encode (§3.1–§3.2).
 //! - [`header_block`]: header lists and their zlib compression with the SPDY/3 dictionary (§3.3–§3.4).
-//! - [`session`]: the connection state machine: stream ids, SYN/FIN/RST lifecycle, PING,
-//!   GOAWAY, idle timeout, back-pressure and (porthole-to-porthole) flow control (§3.5–§3.10).
+//! - [`session`]: the connection state machine: stream ids, PING, GOAWAY, idle timeout,
+//!   back-pressure and sending (§3.5–§3.10).
+//! - `send`: send scheduling: per-stream send queues framed in turn into the transmit buffer.
+//! - `stream`: one stream's SYN/FIN/RST lifecycle as a state enum, its buffers and windows.
+//! - `flow`: (porthole-to-porthole) flow-control window arithmetic and growth (§3.7).
 //!
 //! Entry points for fuzzing are the plain functions in [`fuzz_logic`].
 
+mod flow;
 pub mod frame;
 pub mod header_block;
+mod send;
 pub mod session;
+mod stream;
 
 pub use frame::{Frame, FrameError, GoAwayStatus, RstStatus, StreamId};
 pub use header_block::{HeaderCompressor, HeaderDecompressor, HeaderError, HeaderList, DICTIONARY};

@@ -26,19 +26,10 @@
 //! pauses then: a stream whose reader stops only stops that stream, and a peer overrunning a
 //! window gets RST_STREAM(FLOW_CONTROL_ERROR).
 //!
-//! # Stream states
+//! # Streams
 //!
-//! ```text
-//!            open_stream / SYN_STREAM in
-//!                     │
-//!     local: Opening ─┴─ remote: Pending ──reject──▶ (RST CANCEL, forgotten)
-//!       │ SYN_REPLY in        │ accept (SYN_REPLY out)
-//!       ▼                     ▼
-//!     Open (send: open|fin_sent, recv: open|fin_received) ──RST in/out──▶ Reset
-//!       │ both FINs, or release()
-//!       ▼
-//!     forgotten (DATA for it is ignored, like Go)
-//! ```
+//! Each stream's lifecycle (a state enum, with its diagram), buffers and windows live in
+//! `stream.rs`; the window arithmetic, the credit-return rule and window growth in `flow.rs`.
 #![allow(clippy::disallowed_types)] // `Instant` is only passed in, never read from the clock.
 
 use std::collections::{HashMap, VecDeque};
@@ -46,11 +37,14 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+pub use super::flow::WINDOW_GROWTH_RATE;
+use super::flow::{self, SessionRecvWindow, DEFAULT_WINDOW, MAX_WINDOW};
 use super::frame::{
     self, kind, FrameError, GoAway, GoAwayStatus, Head, Ping, RstStatus, RstStream, Setting,
     SettingId, Settings, StreamId, SynStream, WindowUpdate, FLAG_FIN, HEAD_LEN, MAX_STREAM_ID,
 };
 use super::header_block::{self, HeaderCompressor, HeaderDecompressor, HeaderError, HeaderList};
+use super::stream::{ResetBy, State, StreamState};
 
 /// Which end of the HTTP upgrade this session is (decides stream- and ping-id parity).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -256,74 +250,6 @@ pub enum OpenState {
     Closed,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ResetBy {
-    Local,
-    Remote(RstStatus),
-    Connection,
-}
-
-#[derive(Debug)]
-struct StreamState {
-    local: bool,
-    /// Local: SYN_REPLY received. Remote: accepted (SYN_REPLY sent).
-    replied: bool,
-    recv: VecDeque<Bytes>,
-    recv_len: usize,
-    recv_fin: bool,
-    discard: bool,
-    reset: Option<ResetBy>,
-    send_fin: bool,
-    send_window: i64,
-    recv_window: i64,
-    recv_unacked: u32,
-    /// The receive window this stream was given (starts at `stream_buffer`, may grow).
-    recv_window_size: u32,
-    notify_queued: bool,
-    /// The application's last write found the send queue full: notify when it drains.
-    write_blocked: bool,
-    /// Data accepted by `write` but not yet framed into `tx` (see `fill_tx`).
-    /// Unallocated while empty; the buffer goes back to `Session::spare_queues` once drained,
-    /// so a busy stream costs no allocation per write and an idle one holds no memory.
-    send_q: BytesMut,
-    /// In `Session::ready` (has queued data the windows allow).
-    in_ready: bool,
-    /// Has queued data but a flow-control window is closed: back in `ready` on WINDOW_UPDATE.
-    window_blocked: bool,
-    /// `finish` was called with data still queued: FIN follows the last queued byte.
-    fin_queued: bool,
-    /// The application dropped its handle while data was still queued (finished both ways
-    /// otherwise): forget the stream once the queue and FIN are out.
-    released: bool,
-}
-
-impl StreamState {
-    fn new(local: bool, send_window: i64, recv_window: i64) -> Self {
-        let recv_window_size = recv_window.clamp(0, MAX_WINDOW) as u32;
-        StreamState {
-            local,
-            replied: false,
-            recv: VecDeque::new(),
-            recv_len: 0,
-            recv_fin: false,
-            discard: false,
-            reset: None,
-            send_fin: false,
-            send_window,
-            recv_window,
-            recv_unacked: 0,
-            recv_window_size,
-            notify_queued: false,
-            write_blocked: false,
-            send_q: BytesMut::new(),
-            in_ready: false,
-            window_blocked: false,
-            fin_queued: false,
-            released: false,
-        }
-    }
-}
-
 /// A DATA frame whose payload is still arriving (DATA is delivered as it comes, in chunks).
 #[derive(Debug, Clone, Copy)]
 struct PartialData {
@@ -333,44 +259,18 @@ struct PartialData {
     discard: bool,
 }
 
-/// SPDY/3.1 default initial window (both stream and session).
-const DEFAULT_WINDOW: i64 = 65_536;
-/// The rate a grown window is sized for, in bytes per second ([`Config::max_window`]): twice
-/// 10 Gbit/s, so that a window never caps a path that fast, at 2.5 MB per millisecond of
-/// round trip.
-pub const WINDOW_GROWTH_RATE: u64 = 2_500_000_000;
-const MAX_WINDOW: i64 = 0x7fff_ffff;
-
-/// Bytes one stream may have queued for sending (two Go-sized DATA frames). What a writer
-/// cannot queue waits in its own task: per-stream back-pressure.
-const STREAM_SEND_QUEUE: usize = 64 * 1024;
-/// Drained send-queue buffers kept for reuse (at most 512 KiB per connection).
-const SPARE_QUEUES: usize = 8;
-
-/// The window to give when credit goes back, for one now `current` in size: the path's
-/// bandwidth-delay product at [`WINDOW_GROWTH_RATE`] and `min_rtt` when that is larger, at most
-/// `max_window` (see [`Config::max_window`]).
-fn grown_window(current: u64, min_rtt: Option<Duration>, max_window: usize) -> u64 {
-    let Some(rtt) = min_rtt.filter(|_| max_window > 0) else {
-        return current;
-    };
-    let bdp = rtt.as_nanos() * u128::from(WINDOW_GROWTH_RATE) / 1_000_000_000;
-    let cap = (max_window as u64).min(MAX_WINDOW as u64);
-    current.max((bdp.min(u128::from(cap))) as u64)
-}
-
 /// One SPDY/3.1 connection, without I/O.
 #[derive(Debug)]
 pub struct Session {
-    cfg: Config,
+    pub(super) cfg: Config,
     compressor: HeaderCompressor,
     decompressor: HeaderDecompressor,
-    tx: BytesMut,
+    pub(super) tx: BytesMut,
     /// Streams with queued data, served one DATA frame each in turn (see `fill_tx`).
-    ready: VecDeque<StreamId>,
-    spare_queues: Vec<BytesMut>,
+    pub(super) ready: VecDeque<StreamId>,
+    pub(super) spare_queues: Vec<BytesMut>,
     events: VecDeque<Event>,
-    streams: HashMap<StreamId, StreamState>,
+    pub(super) streams: HashMap<StreamId, StreamState>,
     next_local_id: StreamId,
     next_remote_id: StreamId,
     last_good_remote: StreamId,
@@ -378,18 +278,17 @@ pub struct Session {
     partial: Option<PartialData>,
     buffered: usize,
     input_blocked: bool,
-    closed: Option<CloseReason>,
+    pub(super) closed: Option<CloseReason>,
     goaway_sent: bool,
     // Flow control (only with cfg.flow_control).
     peer_initial_window: i64,
-    session_send_window: i64,
-    session_recv_unacked: u64,
+    pub(super) session_send_window: i64,
     /// The session receive window advertised (starts at `session_window`, may grow).
-    session_recv_window_size: u64,
+    session_recv_window: SessionRecvWindow,
     /// Smallest PING round trip seen (sizes grown windows, see [`Config::max_window`]).
     min_rtt: Option<Duration>,
     // Timers.
-    last_activity: Instant,
+    pub(super) last_activity: Instant,
     last_received: Instant,
     next_ping_at: Option<Instant>,
     next_ping_id: u32,
@@ -424,8 +323,7 @@ impl Session {
             goaway_sent: false,
             peer_initial_window: DEFAULT_WINDOW,
             session_send_window: DEFAULT_WINDOW,
-            session_recv_unacked: 0,
-            session_recv_window_size: 0,
+            session_recv_window: SessionRecvWindow::new(0),
             min_rtt: None,
             last_activity: now,
             last_received: now,
@@ -436,7 +334,7 @@ impl Session {
             cfg,
         };
         if s.cfg.flow_control {
-            let window = s.cfg.stream_buffer.min(MAX_WINDOW as usize) as u32;
+            let window = flow::stream_window(s.cfg.stream_buffer) as u32;
             Settings {
                 flags: 0,
                 entries: vec![Setting {
@@ -461,17 +359,13 @@ impl Session {
                 s.send_ping(now);
             }
         }
-        s.session_recv_window_size = s.session_window() as u64;
+        s.session_recv_window = SessionRecvWindow::new(s.session_window() as u64);
         s
     }
 
     /// The smallest PING round trip seen on this session.
     pub fn min_rtt(&self) -> Option<Duration> {
         self.min_rtt
-    }
-
-    fn grown_window(&self, current: u64) -> u64 {
-        grown_window(current, self.min_rtt, self.cfg.max_window)
     }
 
     fn send_ping(&mut self, now: Instant) {
@@ -517,7 +411,7 @@ impl Session {
         let Some(p) = self.partial else { return true };
         match self.streams.get(&p.stream_id) {
             Some(s) => {
-                s.reset.is_some()
+                s.state.is_reset()
                     || s.discard
                     || (s.recv_len * 2 <= self.cfg.stream_buffer
                         && self.buffered * 2 <= self.cfg.connection_buffer)
@@ -573,7 +467,7 @@ impl Session {
         Some(ev)
     }
 
-    fn notify(&mut self, id: StreamId) {
+    pub(super) fn notify(&mut self, id: StreamId) {
         if let Some(s) = self.streams.get_mut(&id) {
             if s.notify_queued {
                 return;
@@ -700,23 +594,17 @@ impl Session {
 
     /// The session receive window we advertise (at least SPDY's 64 KiB, at most 2^31-1).
     fn session_window(&self) -> usize {
-        self.cfg
-            .session_window
-            .clamp(DEFAULT_WINDOW as usize, MAX_WINDOW as usize)
+        flow::session_window(self.cfg.session_window)
     }
 
     /// Decides whether a DATA frame of `len` bytes for `id` is delivered (true) or dropped.
     fn accept_data(&mut self, now: Instant, id: StreamId, len: usize) -> bool {
         let flow = self.cfg.flow_control;
         if flow {
-            self.session_recv_unacked += len as u64;
-            // An eighth at a time: credit flows back steadily, the sender rarely runs dry.
-            if self.session_recv_unacked >= self.session_recv_window_size / 8 {
-                let grown = self.grown_window(self.session_recv_window_size);
-                let delta = (self.session_recv_unacked + grown - self.session_recv_window_size)
-                    .min(MAX_WINDOW as u64) as u32;
-                self.session_recv_window_size = grown;
-                self.session_recv_unacked = 0;
+            if let Some(delta) =
+                self.session_recv_window
+                    .on_data(len, self.min_rtt, self.cfg.max_window)
+            {
                 WindowUpdate {
                     stream_id: 0,
                     delta,
@@ -729,15 +617,13 @@ impl Session {
             // Unknown or forgotten stream: ignored, like Go.
             return false;
         };
-        if s.reset.is_some() || s.recv_fin || s.discard {
+        if s.state.is_reset() || s.state.is_fin_received() || s.discard {
             return false;
         }
-        if flow {
-            s.recv_window -= len as i64;
-            if s.recv_window < 0 {
-                self.reset_stream(now, id, RstStatus::FLOW_CONTROL_ERROR);
-                return false;
-            }
+        // A peer overrunning the window loses the stream, not the session.
+        if flow && !s.windows.on_data(len) {
+            self.reset_stream(now, id, RstStatus::FLOW_CONTROL_ERROR);
+            return false;
         }
         true
     }
@@ -749,7 +635,7 @@ impl Session {
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
-        if s.reset.is_some() || s.discard {
+        if s.state.is_reset() || s.discard {
             return;
         }
         s.recv_len += chunk.len();
@@ -762,10 +648,9 @@ impl Session {
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
-        if s.reset.is_some() {
+        if !s.state.on_recv_fin() {
             return;
         }
-        s.recv_fin = true;
         self.notify(id);
         self.maybe_forget(id);
     }
@@ -790,8 +675,7 @@ impl Session {
                 let headers = self.decompressor.decompress(&f.header_block)?;
                 header_block::check_forbidden(&headers, true)?;
                 if let Some(s) = self.streams.get_mut(&f.stream_id) {
-                    if s.local && !s.replied && s.reset.is_none() {
-                        s.replied = true;
+                    if s.state.on_syn_reply() {
                         self.notify(f.stream_id);
                         if f.flags & FLAG_FIN != 0 {
                             self.deliver_fin(f.stream_id);
@@ -809,10 +693,8 @@ impl Session {
             kind::RST_STREAM => {
                 let f = RstStream::decode(&payload)?;
                 if let Some(s) = self.streams.get_mut(&f.stream_id) {
-                    if s.reset.is_none() {
+                    if s.state.on_reset(ResetBy::Remote(f.status)) {
                         s.send_q.clear();
-                        s.fin_queued = false;
-                        s.reset = Some(ResetBy::Remote(f.status));
                         self.notify(f.stream_id);
                     }
                 }
@@ -831,7 +713,7 @@ impl Session {
                         let ids: Vec<StreamId> = self.streams.keys().copied().collect();
                         for id in ids {
                             if let Some(s) = self.streams.get_mut(&id) {
-                                s.send_window += delta;
+                                s.windows.send += delta;
                             }
                             if delta > 0 {
                                 self.unblock_window(id);
@@ -906,9 +788,9 @@ impl Session {
         }
         self.last_good_remote = id;
         self.remote_open += 1;
-        let recv_window = self.cfg.stream_buffer.min(MAX_WINDOW as usize) as i64;
-        let mut st = StreamState::new(false, self.peer_initial_window, recv_window);
-        st.recv_fin = flags & FLAG_FIN != 0;
+        let recv_window = flow::stream_window(self.cfg.stream_buffer);
+        let state = State::pending(flags & FLAG_FIN != 0);
+        let st = StreamState::new(false, state, self.peer_initial_window, recv_window);
         self.streams.insert(id, st);
         self.events.push_back(Event::Incoming { id, headers });
     }
@@ -933,8 +815,8 @@ impl Session {
         let Some(s) = self.streams.get_mut(&f.stream_id) else {
             return;
         };
-        s.send_window += delta;
-        if s.send_window > MAX_WINDOW {
+        s.windows.send += delta;
+        if s.windows.send > MAX_WINDOW {
             self.reset_stream(now, f.stream_id, RstStatus::FLOW_CONTROL_ERROR);
             return;
         }
@@ -946,7 +828,7 @@ impl Session {
         if let Some(s) = self.streams.get_mut(&id) {
             if s.window_blocked {
                 s.window_blocked = false;
-                if (!s.send_q.is_empty() || s.fin_queued) && !s.in_ready {
+                if s.has_queued() && !s.in_ready {
                     s.in_ready = true;
                     self.ready.push_back(id);
                 }
@@ -988,9 +870,7 @@ impl Session {
         let ids: Vec<StreamId> = self.streams.keys().copied().collect();
         for id in ids {
             if let Some(s) = self.streams.get_mut(&id) {
-                if s.reset.is_none() {
-                    s.reset = Some(ResetBy::Connection);
-                }
+                s.state.on_reset(ResetBy::Connection);
             }
             self.notify(id);
         }
@@ -1081,10 +961,15 @@ impl Session {
         self.compressor.compress(headers, &mut self.tx);
         patch_len(&mut self.tx, start);
         self.activity(now);
-        let recv_window = self.cfg.stream_buffer.min(MAX_WINDOW as usize) as i64;
+        let recv_window = flow::stream_window(self.cfg.stream_buffer);
         self.streams.insert(
             id,
-            StreamState::new(true, self.peer_initial_window, recv_window),
+            StreamState::new(
+                true,
+                State::opening(),
+                self.peer_initial_window,
+                recv_window,
+            ),
         );
         Ok(id)
     }
@@ -1100,8 +985,8 @@ impl Session {
                 }
             }
             // Replied first: the stream opened; a later RST shows up on read.
-            Some(s) if s.replied => OpenState::Replied,
-            Some(s) => match s.reset {
+            Some(s) if s.state.is_replied() => OpenState::Replied,
+            Some(s) => match s.state.reset_by() {
                 Some(ResetBy::Connection) => OpenState::Closed,
                 Some(_) => OpenState::Reset,
                 None => OpenState::Pending,
@@ -1114,10 +999,9 @@ impl Session {
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
-        if s.local || s.replied || s.reset.is_some() || self.closed.is_some() {
+        if self.closed.is_some() || !s.state.accept() {
             return;
         }
-        s.replied = true;
         let start = self.tx.len();
         frame::Head::encode_control(kind::SYN_REPLY, 0, 0, &mut self.tx);
         self.tx.put_u32(id);
@@ -1168,22 +1052,13 @@ impl Session {
         if n > 0 {
             s.recv_len -= n;
             self.buffered -= n;
-            if flow && s.reset.is_none() && !s.recv_fin {
-                s.recv_unacked += n as u32;
-                s.recv_window += n as i64;
-                if s.recv_unacked * 2 >= s.recv_window_size {
-                    let size = u64::from(s.recv_window_size);
-                    // Only a stream that moves data grows (an idle one keeps its window).
-                    let grown = grown_window(size, self.min_rtt, self.cfg.max_window);
-                    let extra = (grown - size) as u32;
+            if flow && !s.state.is_reset() && !s.state.is_fin_received() {
+                if let Some(delta) = s.windows.on_read(n, self.min_rtt, self.cfg.max_window) {
                     WindowUpdate {
                         stream_id: id,
-                        delta: s.recv_unacked + extra,
+                        delta,
                     }
                     .encode(&mut self.tx);
-                    s.recv_window += i64::from(extra);
-                    s.recv_window_size += extra;
-                    s.recv_unacked = 0;
                     self.last_activity = now;
                 }
             }
@@ -1192,10 +1067,11 @@ impl Session {
         if room == 0 {
             return ReadOutcome::Data(0);
         }
-        match s.reset {
-            Some(ResetBy::Connection) if !s.recv_fin => ReadOutcome::Aborted,
-            Some(ResetBy::Local) | Some(ResetBy::Remote(_)) if !s.recv_fin => ReadOutcome::Reset,
-            _ if s.recv_fin => ReadOutcome::Eof,
+        let fin = s.state.is_fin_received();
+        match s.state.reset_by() {
+            Some(ResetBy::Connection) if !fin => ReadOutcome::Aborted,
+            Some(ResetBy::Local) | Some(ResetBy::Remote(_)) if !fin => ReadOutcome::Reset,
+            _ if fin => ReadOutcome::Eof,
             _ => ReadOutcome::Pending,
         }
     }
@@ -1216,216 +1092,6 @@ impl Session {
         }
     }
 
-    /// Takes up to `data.len()` bytes for stream `id`. Returns how many were taken; `Ok(0)` for
-    /// non-empty `data` means "blocked" (this stream's send queue is full): wait for
-    /// [`Event::StreamChanged`]. Never blocks on windows without flow control (§3.7).
-    ///
-    /// # Fair sending
-    ///
-    /// When nothing else is waiting, data is framed straight into the transmit buffer (no
-    /// copy beyond that one). Otherwise, or when the transmit buffer is at
-    /// [`Config::send_buffer`] or a window is closed, it joins this stream's own send queue
-    /// (at most 64 KiB), and [`Session::poll_transmit`] frames the queues one DATA frame per
-    /// stream in turn. So a 64-byte request on one stream waits behind at most one frame of
-    /// each busy stream, not behind everything they wrote first, and one stream with a closed
-    /// window holds only its own queue.
-    pub fn write(&mut self, now: Instant, id: StreamId, data: &[u8]) -> Result<usize, WriteError> {
-        self.check_writable(id)?;
-        let mut n = 0;
-        if self.streams[&id].send_q.is_empty() && self.ready.is_empty() {
-            n = self.frame_direct(id, data, self.cfg.send_buffer);
-        }
-        let s = self.streams.get_mut(&id).expect("checked");
-        let room = STREAM_SEND_QUEUE.saturating_sub(s.send_q.len());
-        let k = (data.len() - n).min(room);
-        if k > 0 {
-            if s.send_q.capacity() == 0 {
-                s.send_q = self.spare_queues.pop().unwrap_or_default();
-                // Empty and unshared: reclaims the space `advance` left at the front.
-                s.send_q.reserve(STREAM_SEND_QUEUE);
-            }
-            s.send_q.extend_from_slice(&data[n..n + k]);
-            n += k;
-            if !s.in_ready && !s.window_blocked {
-                s.in_ready = true;
-                self.ready.push_back(id);
-            }
-        }
-        if n < data.len() {
-            s.write_blocked = true;
-        }
-        if n > 0 {
-            self.last_activity = now;
-        }
-        Ok(n)
-    }
-
-    /// Like [`Session::write`] but framed at once, whatever the transmit buffer holds: for short
-    /// messages (error texts) that must be on the wire before a reset that follows. Still
-    /// limited by flow-control windows (what they hold back is queued).
-    pub fn write_unbounded(
-        &mut self,
-        now: Instant,
-        id: StreamId,
-        data: &[u8],
-    ) -> Result<usize, WriteError> {
-        self.check_writable(id)?;
-        if !self.flush_stream(id) {
-            return self.write(now, id, data);
-        }
-        let n = self.frame_direct(id, data, usize::MAX);
-        if n < data.len() {
-            return Ok(n + self.write(now, id, &data[n..])?);
-        }
-        self.last_activity = now;
-        Ok(n)
-    }
-
-    fn check_writable(&self, id: StreamId) -> Result<(), WriteError> {
-        if self.closed.is_some() {
-            return Err(WriteError::ConnectionClosed);
-        }
-        let Some(s) = self.streams.get(&id) else {
-            return Err(WriteError::UnknownStream);
-        };
-        if let Some(r) = s.reset {
-            return Err(if r == ResetBy::Connection {
-                WriteError::ConnectionClosed
-            } else {
-                WriteError::Reset
-            });
-        }
-        if s.send_fin {
-            return Err(WriteError::Finished);
-        }
-        if !s.local && !s.replied {
-            return Err(WriteError::NotAccepted);
-        }
-        Ok(())
-    }
-
-    /// How many bytes of `len` stream `id` may send now (flow-control windows).
-    fn send_allowance(&self, id: StreamId, len: usize) -> usize {
-        if !self.cfg.flow_control {
-            return len;
-        }
-        let s = &self.streams[&id];
-        let window = s.send_window.min(self.session_send_window);
-        if window <= 0 {
-            0
-        } else {
-            len.min(window as usize)
-        }
-    }
-
-    /// Frames `data` on `id` straight into `tx` while it is below `bound` and the windows
-    /// allow; returns the bytes taken.
-    fn frame_direct(&mut self, id: StreamId, data: &[u8], bound: usize) -> usize {
-        let max_frame = self.cfg.max_data_frame.clamp(1, frame::MAX_PAYLOAD_LEN);
-        let mut n = 0;
-        while n < data.len() && self.tx.len() < bound {
-            let k = self.send_allowance(id, (data.len() - n).min(max_frame));
-            if k == 0 {
-                break;
-            }
-            self.charge_windows(id, k);
-            Head::encode_data(id, 0, k, &mut self.tx);
-            self.tx.put_slice(&data[n..n + k]);
-            n += k;
-        }
-        n
-    }
-
-    fn charge_windows(&mut self, id: StreamId, k: usize) {
-        if self.cfg.flow_control {
-            if let Some(s) = self.streams.get_mut(&id) {
-                s.send_window -= k as i64;
-            }
-            self.session_send_window -= k as i64;
-        }
-    }
-
-    /// Frames up to one DATA frame from the front of `id`'s send queue into `tx`; then the
-    /// FIN if it was waiting for the queue. Returns false, marking the stream window-blocked,
-    /// when a window stopped it.
-    fn frame_queued(&mut self, id: StreamId) -> bool {
-        let max_frame = self.cfg.max_data_frame.clamp(1, frame::MAX_PAYLOAD_LEN);
-        let queued = self.streams[&id].send_q.len();
-        if queued > 0 {
-            let k = self.send_allowance(id, queued.min(max_frame));
-            if k == 0 {
-                if let Some(s) = self.streams.get_mut(&id) {
-                    s.window_blocked = true;
-                }
-                return false;
-            }
-            self.charge_windows(id, k);
-            Head::encode_data(id, 0, k, &mut self.tx);
-            let s = self.streams.get_mut(&id).expect("caller checked");
-            self.tx.put_slice(&s.send_q[..k]);
-            s.send_q.advance(k);
-            if s.send_q.is_empty() && self.spare_queues.len() < SPARE_QUEUES {
-                self.spare_queues.push(std::mem::take(&mut s.send_q));
-            }
-            if s.write_blocked && s.send_q.len() <= STREAM_SEND_QUEUE / 2 {
-                s.write_blocked = false;
-                self.notify(id);
-            }
-        }
-        let s = self.streams.get_mut(&id).expect("caller checked");
-        if s.send_q.is_empty() && s.fin_queued {
-            s.fin_queued = false;
-            Head::encode_data(id, FLAG_FIN, 0, &mut self.tx);
-            if s.released {
-                self.forget(id);
-            }
-        }
-        true
-    }
-
-    /// Frames everything queued on `id` now (windows permitting), ahead of other streams: before
-    /// a reset or an urgent message, so what was written first still goes first. Returns
-    /// whether the queue is empty.
-    fn flush_stream(&mut self, id: StreamId) -> bool {
-        loop {
-            let Some(s) = self.streams.get(&id) else {
-                return true;
-            };
-            if s.send_q.is_empty() && !s.fin_queued {
-                return true;
-            }
-            if !self.frame_queued(id) {
-                return false;
-            }
-        }
-    }
-
-    /// Moves queued stream data into `tx`, one DATA frame per ready stream in turn, until `tx`
-    /// holds [`Config::send_buffer`] bytes or nothing more may go.
-    fn fill_tx(&mut self) {
-        while self.tx.len() < self.cfg.send_buffer {
-            let Some(id) = self.ready.pop_front() else {
-                break;
-            };
-            let Some(s) = self.streams.get_mut(&id) else {
-                continue;
-            };
-            s.in_ready = false;
-            if s.reset.is_some() || (s.send_q.is_empty() && !s.fin_queued) {
-                continue;
-            }
-            if !self.frame_queued(id) {
-                continue;
-            }
-            if let Some(s) = self.streams.get_mut(&id) {
-                if !s.send_q.is_empty() || s.fin_queued {
-                    s.in_ready = true;
-                    self.ready.push_back(id);
-                }
-            }
-        }
-    }
-
     /// Half-closes our direction of `id` (empty DATA with FLAG_FIN). Idempotent; a no-op on a
     /// reset stream.
     pub fn finish(&mut self, now: Instant, id: StreamId) {
@@ -1435,14 +1101,11 @@ impl Session {
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
-        if s.send_fin || s.reset.is_some() || (!s.local && !s.replied) {
+        if !s.state.queue_fin(!s.send_q.is_empty()) {
             return;
         }
-        s.send_fin = true;
-        if !s.send_q.is_empty() {
-            // After the queued data (fill_tx sends it).
-            s.fin_queued = true;
-        } else {
+        // With data queued, the FIN follows it (fill_tx sends both).
+        if !s.state.is_fin_queued() {
             Head::encode_data(id, FLAG_FIN, 0, &mut self.tx);
         }
         self.activity(now);
@@ -1460,7 +1123,7 @@ impl Session {
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
-        if s.reset.is_some() {
+        if s.state.is_reset() {
             return;
         }
         // What was written before the reset goes first, as with Go's synchronous writes (an
@@ -1469,14 +1132,13 @@ impl Session {
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
-        let fin_out = s.send_fin && !s.fin_queued;
+        let fin_out = s.state.is_fin_sent();
         s.send_q = BytesMut::new();
-        s.fin_queued = false;
-        s.reset = Some(ResetBy::Local);
+        s.state.on_reset(ResetBy::Local);
         self.buffered -= s.recv_len;
         s.recv_len = 0;
         s.recv.clear();
-        if !(closed || flushed && fin_out && s.recv_fin) {
+        if !(closed || flushed && fin_out && s.state.is_fin_received()) {
             RstStream {
                 stream_id: id,
                 status,
@@ -1490,9 +1152,9 @@ impl Session {
     /// The application dropped its handle: reset unless finished both ways, then forget.
     pub fn release(&mut self, now: Instant, id: StreamId) {
         if let Some(s) = self.streams.get(&id) {
-            if !(s.send_fin && s.recv_fin) {
+            if !(s.state.is_send_finished() && s.state.is_fin_received()) {
                 self.reset(now, id);
-            } else if s.reset.is_none() && !self.flush_stream(id) {
+            } else if !s.state.is_reset() && !self.flush_stream(id) {
                 // Finished both ways but a window holds back the tail: it and the FIN still go
                 // out (fill_tx forgets the stream after the FIN).
                 if let Some(s) = self.streams.get_mut(&id) {
@@ -1508,7 +1170,7 @@ impl Session {
         // Streams stay until released by the application (it still holds a handle).
     }
 
-    fn forget(&mut self, id: StreamId) {
+    pub(super) fn forget(&mut self, id: StreamId) {
         if let Some(s) = self.streams.remove(&id) {
             self.buffered -= s.recv_len;
             if !s.local {
@@ -1555,6 +1217,7 @@ fn patch_len(tx: &mut BytesMut, start: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spdy::stream::STREAM_SEND_QUEUE;
 
     fn pair(flow: bool) -> (Session, Session, Instant) {
         let now = Instant::now();
@@ -1737,7 +1400,7 @@ mod tests {
         assert_eq!(sent, 40_000);
         pump(&mut c, &mut s, now);
         pump(&mut s, &mut c, now);
-        assert_eq!(s.session_recv_window_size, bdp);
+        assert_eq!(s.session_recv_window.size, bdp);
         // Credit went back for the first 32 KiB frame; the second (7,232 B) waits for more.
         assert_eq!(c.session_send_window, bdp as i64 - (40_000 - 32 * 1024));
         // Stream: its first credit (half of 1 MiB read) grows its window the same way.
@@ -1752,8 +1415,8 @@ mod tests {
             }
             pump(&mut s, &mut c, now);
         }
-        assert_eq!(s.streams[&id].recv_window_size, bdp as u32);
-        let in_flight = c.streams[&id].send_window;
+        assert_eq!(s.streams[&id].windows.recv_size, bdp as u32);
+        let in_flight = c.streams[&id].windows.send;
         assert!(
             in_flight > (1 << 20),
             "the sender's stream window grew past 1 MiB: {in_flight}"
@@ -1776,8 +1439,8 @@ mod tests {
                 let _ = s.read(now, id, &mut buf);
                 pump(&mut s, &mut c, now);
             }
-            assert_eq!(s.session_recv_window_size, 256 * 1024, "rtt {rtt:?}");
-            assert_eq!(s.streams[&id].recv_window_size, 1 << 20, "rtt {rtt:?}");
+            assert_eq!(s.session_recv_window.size, 256 * 1024, "rtt {rtt:?}");
+            assert_eq!(s.streams[&id].windows.recv_size, 1 << 20, "rtt {rtt:?}");
             // Growth off: no PING is sent to measure anything.
             if max_window == 0 {
                 assert_eq!(s.min_rtt(), None);
