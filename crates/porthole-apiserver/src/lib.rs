@@ -199,7 +199,8 @@ pub struct EtcdArgs {
     /// Key of `--etcd-certfile`.
     #[arg(long, env = "PORTHOLE_ETCD_KEYFILE")]
     pub etcd_keyfile: Option<PathBuf>,
-    /// How long one etcd request may take before the API request fails with 503.
+    /// How long etcd may stay silent on one attempt of a request before the attempt goes to
+    /// the next member; after three such attempts the API request fails with 503.
     #[arg(long, env = "PORTHOLE_ETCD_REQUEST_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub etcd_request_timeout: Duration,
     /// How often etcd's history older than this interval is compacted (kube-apiserver's

@@ -501,3 +501,135 @@ fn etcd_history_is_compacted_by_the_servers() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A TCP relay to etcd whose answers can be held back: a request still reaches etcd and is
+/// applied, but its answer arrives only after [`SilentRelay::speak`], the way a member behaves
+/// when its link drops packets one way or it waits for a new leader.
+struct SilentRelay {
+    addr: std::net::SocketAddr,
+    silent: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl SilentRelay {
+    fn to(upstream: std::net::SocketAddr) -> SilentRelay {
+        use std::io::{Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the relay");
+        let addr = listener.local_addr().unwrap();
+        let silent = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let quiet = silent.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = std::net::TcpStream::connect(upstream) else {
+                    continue;
+                };
+                let (mut c_read, mut s_write) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || std::io::copy(&mut c_read, &mut s_write));
+                let (mut s_read, mut c_write) = (server, client);
+                let quiet = quiet.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16 * 1024];
+                    loop {
+                        let n = match s_read.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        // Hold what etcd said until the relay may speak again.
+                        let (lock, cond) = &*quiet;
+                        let mut held = lock.lock().unwrap();
+                        while *held {
+                            held = cond.wait(held).unwrap();
+                        }
+                        drop(held);
+                        if c_write.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        SilentRelay { addr, silent }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn set_silent(&self, silent: bool) {
+        let (lock, cond) = &*self.silent;
+        *lock.lock().unwrap() = silent;
+        cond.notify_all();
+    }
+
+    fn speak(&self) {
+        self.set_silent(false)
+    }
+}
+
+/// A write whose answer never came (the attempt timed out, but etcd applied it) is sent again
+/// to another member, and its compare then fails: that must be reported as the success it
+/// was, not as AlreadyExists or Conflict; a delete that cannot be confirmed says so; reads
+/// simply go to the member that answers. Two relays to one etcd stand for two members.
+#[test]
+fn etcd_writes_whose_answer_was_lost_are_resolved_on_another_member() {
+    let dir = TempDir::new("porthole-store-etcd5").unwrap();
+    let b = etcd_backend(&dir);
+    let upstream: std::net::SocketAddr = b.etcd.client_url()["http://".len()..].parse().unwrap();
+    let relays = [SilentRelay::to(upstream), SilentRelay::to(upstream)];
+    let mut cfg = b.config();
+    cfg.endpoints = relays.iter().map(SilentRelay::url).collect();
+    cfg.request_timeout = Duration::from_millis(700);
+    let s = EtcdStore::connect(&cfg).expect("connect through the relays");
+    let direct = b.open();
+    // The store starts on the first member; after each silent attempt it moves to the other.
+    let mut current = 0;
+    let mut silence_current = || {
+        relays[current].set_silent(true);
+        relays[1 - current].speak();
+        current = 1 - current;
+    };
+
+    silence_current();
+    let created = s
+        .create("pods/lost/a", pod("a", 1))
+        .expect("a create whose answer was lost succeeded");
+    let stored = direct.get("pods/lost/a").unwrap().expect("it is in etcd");
+    assert_eq!(resource_version(&created), resource_version(&stored));
+    assert_eq!(stored["spec"]["n"], 1);
+
+    silence_current();
+    let updated = s
+        .update("pods/lost/a", pod("a", 2), Some(resource_version(&created)))
+        .expect("an update whose answer was lost succeeded");
+    let stored = direct.get("pods/lost/a").unwrap().expect("still there");
+    assert_eq!(resource_version(&updated), resource_version(&stored));
+    assert_eq!(stored["spec"]["n"], 2);
+
+    // Someone else's write is still a conflict, lost answer or not.
+    direct.update("pods/lost/a", pod("a", 3), None).unwrap();
+    silence_current();
+    assert!(matches!(
+        s.update("pods/lost/a", pod("a", 4), Some(resource_version(&updated))),
+        Err(StoreError::Conflict)
+    ));
+
+    silence_current();
+    match s.delete("pods/lost/a", None) {
+        Err(StoreError::Unavailable { message, .. }) => assert!(
+            message.contains("probably deleted") && message.contains("check with a get"),
+            "says what is known and what to do: {message}"
+        ),
+        other => panic!("a delete whose answer was lost: {other:?}"),
+    }
+    assert!(direct.get("pods/lost/a").unwrap().is_none());
+
+    direct.create("pods/lost/b", pod("b", 1)).unwrap();
+    silence_current();
+    let got = s
+        .get("pods/lost/b")
+        .expect("a read goes to the member that answers");
+    assert_eq!(got.expect("b is there")["spec"]["n"], 1);
+    relays[0].speak();
+    relays[1].speak();
+}

@@ -50,6 +50,8 @@ pub struct Etcd {
     /// `--name`, and `--initial-cluster` (`NAME=PEER_URL,...`: this member alone, or all).
     name: String,
     initial_cluster: String,
+    /// `--election-timeout` (and heartbeats at a tenth of it); `None`: etcd's defaults.
+    election_timeout: Option<Duration>,
 }
 
 fn free_loopback_port() -> Result<u16> {
@@ -100,7 +102,11 @@ impl Etcd {
 
     /// A cluster of one member per host (`etcd1`, `etcd2`, ...), started together; returns
     /// once every member serves clients (which needs a quorum).
-    pub fn start_cluster_on(hosts: &[&Host], work_dir: &Path) -> Result<Vec<Etcd>> {
+    pub fn start_cluster_on(
+        hosts: &[&Host],
+        work_dir: &Path,
+        election_timeout: Option<Duration>,
+    ) -> Result<Vec<Etcd>> {
         let mut members = Vec::new();
         for (i, host) in hosts.iter().enumerate() {
             let client_addr = format!("{}:{}", host.ip(), host.free_port()?);
@@ -111,6 +117,7 @@ impl Etcd {
             etcd.log_dir = work_dir.join(format!("{}-logs", etcd.name));
             std::fs::create_dir_all(&etcd.log_dir)?;
             etcd.host = Some((*host).clone());
+            etcd.election_timeout = election_timeout;
             members.push(etcd);
         }
         let initial: Vec<String> = members
@@ -148,6 +155,7 @@ impl Etcd {
             tls: None,
             initial_cluster,
             name: "default".into(),
+            election_timeout: None,
         })
     }
 
@@ -215,6 +223,13 @@ impl Etcd {
             "--log-outputs",
             "stdout",
         ]);
+        if let Some(election) = self.election_timeout {
+            cmd.arg(format!("--election-timeout={}", election.as_millis()))
+                .arg(format!(
+                    "--heartbeat-interval={}",
+                    election.as_millis() / 10
+                ));
+        }
         if let Some(tls) = &self.tls {
             cmd.arg("--cert-file")
                 .arg(&tls.cert_file)
@@ -262,9 +277,8 @@ impl Etcd {
         }
     }
 
-    /// Compact etcd's history at its current revision (as kube-apiserver does periodically);
-    /// returns that revision.
-    pub fn compact(&self) -> Result<u64> {
+    /// This member's `etcdctl endpoint status` (its raft state and revision).
+    fn status(&self) -> Result<serde_json::Value> {
         let out = self
             .etcdctl()
             .args(["endpoint", "status", "-w", "json"])
@@ -276,13 +290,35 @@ impl Etcd {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        let text = String::from_utf8_lossy(&out.stdout);
-        let revision: u64 = text
-            .split("\"revision\":")
-            .nth(1)
-            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-            .and_then(|r| r.parse().ok())
-            .with_context(|| format!("no revision in etcdctl's status: {text}"))?;
+        let all: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .context("etcdctl endpoint status -w json printed no JSON")?;
+        all.get(0)
+            .and_then(|e| e.get("Status"))
+            .cloned()
+            .with_context(|| format!("no Status in etcdctl's endpoint status: {all}"))
+    }
+
+    /// Whether this member is the raft leader now (a running member that answers).
+    pub fn is_leader(&self) -> Result<bool> {
+        let status = self.status()?;
+        let field = |v: Option<&serde_json::Value>| v.and_then(serde_json::Value::as_u64);
+        let me = field(status.get("header").and_then(|h| h.get("member_id")));
+        let leader = field(status.get("leader"));
+        match (me, leader) {
+            (Some(me), Some(leader)) => Ok(me == leader),
+            _ => bail!("no member_id or leader in etcdctl's endpoint status: {status}"),
+        }
+    }
+
+    /// Compact etcd's history at its current revision (as kube-apiserver does periodically);
+    /// returns that revision.
+    pub fn compact(&self) -> Result<u64> {
+        let status = self.status()?;
+        let revision = status
+            .get("header")
+            .and_then(|h| h.get("revision"))
+            .and_then(serde_json::Value::as_u64)
+            .with_context(|| format!("no revision in etcdctl's endpoint status: {status}"))?;
         let out = self
             .etcdctl()
             .args(["compact", &revision.to_string()])

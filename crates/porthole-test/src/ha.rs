@@ -105,6 +105,9 @@ pub struct Layout {
     pub nodes: usize,
     /// etcd members: 1 runs on host `etcd`; more run on `etcd1`, `etcd2`, ... as one cluster.
     pub etcd_members: usize,
+    /// etcd's `--election-timeout` (heartbeats at a tenth of it); `None`: etcd's 1 s. A longer
+    /// one makes the time without a leader after the leader dies outlast a request timeout.
+    pub etcd_election_timeout: Option<Duration>,
 }
 
 fn etcd_hosts(members: usize) -> Vec<String> {
@@ -134,6 +137,7 @@ impl HaCluster {
             Layout {
                 nodes,
                 etcd_members: 1,
+                etcd_election_timeout: None,
             },
         )
     }
@@ -149,7 +153,7 @@ impl HaCluster {
         } else {
             let hosts = etcd_hosts(layout.etcd_members);
             let hosts: Vec<&Host> = hosts.iter().map(|h| bed.host(h)).collect();
-            Etcd::start_cluster_on(&hosts, work)?
+            Etcd::start_cluster_on(&hosts, work, layout.etcd_election_timeout)?
         };
         let pki = work.join("pki");
         let mut apiservers = Vec::new();

@@ -31,6 +31,7 @@ fn on_cluster(name: &str, nodes: usize, test: impl FnOnce(&mut HaCluster) -> Res
     let layout = Layout {
         nodes,
         etcd_members: 1,
+        etcd_election_timeout: None,
     };
     porthole_test::ha::on_cluster(Path::new(bin()), name, layout, test);
 }

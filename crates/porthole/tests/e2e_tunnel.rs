@@ -421,6 +421,7 @@ fn a_node_behind_nat_serves_every_client_through_its_tunnels() {
     let layout = Layout {
         nodes: 1,
         etcd_members: 1,
+        etcd_election_timeout: None,
     };
     porthole_test::ha::on_cluster(Path::new(bin()), "tunnel", layout, |cluster| {
         let join = cluster.token_create(&[])?;

@@ -283,6 +283,7 @@ fn udp_through_a_node_behind_nat() {
     let layout = Layout {
         nodes: 1,
         etcd_members: 1,
+        etcd_election_timeout: None,
     };
     on_cluster(Path::new(bin()), "udp-tunnel", layout, |cluster| {
         let join = cluster.token_create(&[])?;

@@ -126,6 +126,7 @@ pub fn run(a: ChaosArgs) -> Result<()> {
     let layout = Layout {
         nodes: 3,
         etcd_members: 3,
+        etcd_election_timeout: None,
     };
     let mut cluster = HaCluster::start_with(&porthole, work.path(), layout)
         .context("start the cluster on simulated hosts")?;
