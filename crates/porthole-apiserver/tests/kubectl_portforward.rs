@@ -18,6 +18,7 @@ use porthole_relay::dial::{DialError, DialFuture, PodDialer};
 use porthole_relay::portforward::spdy_server::{self, ServerConfig};
 use porthole_relay::portforward::ws_server;
 use porthole_relay::ws::{Role, WsStream};
+use porthole_test::echo;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -136,20 +137,6 @@ async fn relay_node(pki: &Pki, app: SocketAddr) -> SocketAddr {
     addr
 }
 
-async fn echo_app() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    addr
-}
-
 async fn forward_and_echo(s: &Server, websockets: bool, target: &str) {
     forward_and_echo_with(s, "/usr/bin/kubectl", websockets, target).await
 }
@@ -206,7 +193,7 @@ async fn forward_and_echo_with(s: &Server, kubectl: &str, websockets: bool, targ
 async fn kubectl_port_forward_through_the_proxy() {
     let tmp = tempfile::tempdir().expect("tmp");
     let pki = Pki::new(tmp.path());
-    let app = echo_app().await;
+    let app = echo::tcp().await;
     let node = relay_node(&pki, app).await;
     let s = Server::start(&pki, tmp.path()).await;
     let now = jiff::Timestamp::now()
