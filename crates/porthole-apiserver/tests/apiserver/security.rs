@@ -3,10 +3,9 @@
 //! (and the 1.35 rule that the WebSocket GET needs `create`), hostile requests answered with
 //! 4xx while the server stays up.
 
-mod common;
-
-use common::{http_once, raw_tls, read_head, NodeDouble, Pki, Server};
 use tokio::io::AsyncWriteExt as _;
+
+use crate::common::{http_once, raw_tls, read_head, NodeDouble, Pki, Server};
 
 const SPDY_HDRS: &str = "Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: portforward.k8s.io\r\nContent-Length: 0\r\n";
 const WS_HDRS: &str = "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: d2qvhS5tNtVFI2Ya7VDQVg==\r\nSec-WebSocket-Protocol: SPDY/3.1+portforward.k8s.io\r\n";

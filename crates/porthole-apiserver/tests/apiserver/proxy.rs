@@ -2,10 +2,9 @@
 //! echoes bytes: all three protocols, the node-proxy and OpenShift paths, every refusal before
 //! the upgrade, pass-through of node errors, an unreachable node, and the audit record.
 
-mod common;
-
-use common::{http_once, raw_tls, read_head, NodeDouble, Pki, Server};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::common::{http_once, raw_tls, read_head, NodeDouble, Pki, Server};
 
 async fn setup() -> (tempfile::TempDir, Pki, NodeDouble, Server) {
     let tmp = tempfile::tempdir().expect("tmp");

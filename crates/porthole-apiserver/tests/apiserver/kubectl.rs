@@ -2,9 +2,7 @@
 //! output), get -o json, label/patch/scale, wait, logs, delete (graceful and forced), garbage
 //! collection, validation and conflict errors.
 
-mod common;
-
-use common::{NodeDouble, Pki, Server};
+use crate::common::{NodeDouble, Pki, Server};
 
 const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  labels: {app: web}\nspec:\n  containers:\n  - name: app\n    image: host\n    ports: [{containerPort: 80, name: http}]\n";
 const SVC: &str = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  selector: {app: web}\n  ports: [{port: 80, targetPort: http}]\n";

@@ -3,8 +3,6 @@
 //! the protocols with porthole-relay (the node agent's library) and dials a loopback echo
 //! app; the proxy under test is the real one.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -22,7 +20,7 @@ use porthole_test::echo;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
-use common::{Pki, Server};
+use crate::common::{Pki, Server};
 
 struct ToApp(SocketAddr);
 
