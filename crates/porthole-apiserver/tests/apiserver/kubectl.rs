@@ -123,11 +123,7 @@ async fn kubectl_workflow() {
             .output()
     };
     let patcher = async {
-        s.kubectl(
-            "admin",
-            &["patch", "pod", "web", "--subresource=status", "--type=merge", "-p",
-              r#"{"status":{"phase":"Running","podIP":"10.0.0.5","conditions":[{"type":"Ready","status":"True"}],"containerStatuses":[{"name":"app","ready":true,"restartCount":0,"image":"host","imageID":"","started":true,"state":{"running":{}}}]}}"#],
-        )
+        s.patch_pod_status("web", r#"{"phase":"Running","podIP":"10.0.0.5","conditions":[{"type":"Ready","status":"True"}],"containerStatuses":[{"name":"app","ready":true,"restartCount":0,"image":"host","imageID":"","started":true,"state":{"running":{}}}]}"#)
         .await
     };
     let (w, p) = tokio::join!(waiter, patcher);

@@ -39,27 +39,7 @@ impl PodDialer for ToApp {
 }
 
 async fn relay_node(pki: &Pki, app: SocketAddr) -> SocketAddr {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for c in porthole_apiserver::tls::load_certs(&pki.path("ca.crt")).expect("ca") {
-        roots.add(c).expect("root");
-    }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .build()
-    .expect("verifier");
-    let cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(
-            porthole_apiserver::tls::load_certs(&pki.path("node.crt")).expect("cert"),
-            porthole_apiserver::tls::load_key(&pki.path("node.key")).expect("key"),
-        )
-        .expect("tls");
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let acceptor = pki.node_acceptor();
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let dialer: Arc<dyn PodDialer> = Arc::new(ToApp(app));
@@ -212,20 +192,7 @@ async fn kubectl_port_forward_through_the_proxy() {
             .await
             .0
     );
-    let r = s
-        .kubectl(
-            "admin",
-            &[
-                "patch",
-                "pod",
-                "web",
-                "--subresource=status",
-                "--type=merge",
-                "-p",
-                r#"{"status":{"phase":"Running"}}"#,
-            ],
-        )
-        .await;
+    let r = s.patch_pod_status("web", r#"{"phase":"Running"}"#).await;
     assert!(r.0, "{r:?}");
     forward_and_echo(&s, true, "pod/web").await;
     forward_and_echo(&s, false, "pod/web").await;

@@ -27,17 +27,9 @@ async fn node_lifecycle_watch_table_and_apply() {
             .0
     );
     let r = s
-        .kubectl(
-            "admin",
-            &[
-                "patch",
-                "pod",
-                "web",
-                "--subresource=status",
-                "--type=merge",
-                "-p",
-                r#"{"status":{"phase":"Running","conditions":[{"type":"Ready","status":"True"}]}}"#,
-            ],
+        .patch_pod_status(
+            "web",
+            r#"{"phase":"Running","conditions":[{"type":"Ready","status":"True"}]}"#,
         )
         .await;
     assert!(r.0, "{r:?}");

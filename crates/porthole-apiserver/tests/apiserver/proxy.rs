@@ -34,20 +34,7 @@ async fn setup() -> (tempfile::TempDir, Pki, NodeDouble, Server) {
             .await;
         assert!(r.0, "{r:?}");
         if name != "pending" && name != "unbound" {
-            let r = s
-                .kubectl(
-                    "admin",
-                    &[
-                        "patch",
-                        "pod",
-                        name,
-                        "--subresource=status",
-                        "--type=merge",
-                        "-p",
-                        r#"{"status":{"phase":"Running"}}"#,
-                    ],
-                )
-                .await;
+            let r = s.patch_pod_status(name, r#"{"phase":"Running"}"#).await;
             assert!(r.0, "{r:?}");
         }
     }

@@ -27,22 +27,7 @@ async fn authn_authz_and_hostile_input() {
             .await
             .0
     );
-    assert!(
-        s.kubectl(
-            "admin",
-            &[
-                "patch",
-                "pod",
-                "web",
-                "--subresource=status",
-                "--type=merge",
-                "-p",
-                r#"{"status":{"phase":"Running"}}"#
-            ]
-        )
-        .await
-        .0
-    );
+    assert!(s.patch_pod_status("web", r#"{"phase":"Running"}"#).await.0);
 
     // 401: wrong token (kubectl), no credentials (raw: kubectl would prompt on stdin).
     let r = s.kubectl("wrong", &["get", "pods"]).await;
