@@ -51,9 +51,16 @@ root_args=()
 if [ "$(id -u)" = 0 ]; then
   root_args=(--include-ignored --exact)
   while read -r name; do root_args+=(--skip "$name"); done < <(
-    grep -rh -A3 --include='*.rs' '#\[ignore = "' crates | awk '
+    grep -rH -A3 --include='*.rs' '#\[ignore = "' crates | awk '
+      # grep -H gives "FILE:TEXT" on a match and "FILE-TEXT" after it. --exact wants the full
+      # name: a test in tests/DIR/MOD.rs (a module of the binary tests/DIR/main.rs) is MOD::NAME.
+      match($0, /\.rs[-:]/) == 0 { next }
+      { file = substr($0, 1, RSTART + 2); $0 = substr($0, RSTART + 4); mod = ""
+        if (file ~ /\/tests\/[^\/]+\/[^\/]+\.rs$/ && file !~ /\/main\.rs$/) {
+          mod = file; sub(/.*\//, "", mod); sub(/\.rs$/, "::", mod)
+        } }
       /#\[ignore = "/ { root = ($0 ~ /#\[ignore = "needs root/) }
-      /^ *(pub )?(async )?fn [a-z_0-9]+/ && root == 0 { sub(/.*fn /, ""); sub(/\(.*/, ""); print }
+      /^ *(pub )?(async )?fn [a-z_0-9]+/ && root == 0 { sub(/.*fn /, ""); sub(/\(.*/, ""); print mod $0 }
       /^ *(pub )?(async )?fn / { root = 1 }' | sort -u)
 fi
 cargo test --workspace --no-fail-fast -- "${root_args[@]}" 2>&1 | tee "$log"

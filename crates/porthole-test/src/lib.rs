@@ -1,4 +1,5 @@
-//! Process harness for porthole's end-to-end tests.
+//! Test support for porthole: the process harness of the end-to-end tests, and the servers,
+//! peers and certificates the other tests share.
 //!
 //! Tests run the real `porthole` binary (`env!("CARGO_BIN_EXE_porthole")`) and real clients
 //! (kubectl builds, the Python client) as child processes. Synchronisation is by what the
@@ -13,6 +14,8 @@
 //!   stopped (SIGINT, like Ctrl-C) with a check that nothing is left behind.
 //! - [`Forward`]: a port-forward client (kubectl, porthole) and the local port it printed.
 //! - [`Clients`]: where the test clients are (set by `scripts/install-test-deps.sh`).
+//! - [`echo`]: echo servers (tokio TCP and UDP, std threads) and the client's round trip.
+//! - [`spdy`]: a scripted SPDY peer and frame builders, for tests of one end of a session.
 //! - [`pki`]: a throw-away CA and leaf certificates as PEM files, and loading them for rustls.
 //! - [`testbed`]: simulated hosts (network namespaces on a switch of their own), with faults.
 //! - [`etcd`], [`haproxy`]: the real store and load balancer, locally or on testbed hosts.
@@ -22,13 +25,15 @@
 //! `child.rs` (processes and ready lines), `cluster.rs` (`porthole up`, separate roles,
 //! port-forward clients), `env.rs` (root or rootless, the binary under test), `files.rs` (temp
 //! dirs and files, repository paths), `leftovers.rs` (process and mount snapshots, leak checks),
-//! `traffic.rs` (HTTP GET, echo round trip, payload patterns).
+//! `traffic.rs` (HTTP GET, payload patterns).
 
 pub mod delay;
+pub mod echo;
 pub mod etcd;
 pub mod ha;
 pub mod haproxy;
 pub mod pki;
+pub mod spdy;
 pub mod testbed;
 
 mod child;
@@ -40,6 +45,7 @@ mod traffic;
 
 pub use child::{expect_success, Child, READY_TIMEOUT, STOP_TIMEOUT};
 pub use cluster::{apiserver_pki_args, finish, Clients, Cluster, Forward, Roles};
+pub use echo::echo_roundtrip;
 pub use env::{
     expected_isolation_line, is_root, log_filter_keeping_isolation_line, porthole_bin,
     require_pods, require_root, rootless_run, ROOTLESS_RUN_VAR,
@@ -49,4 +55,4 @@ pub use leftovers::{
     alive, check_no_leftovers, descendants, files_owned_by_others, mounts_mentioning, netns_files,
     processes_mentioning, ProcId,
 };
-pub use traffic::{echo_roundtrip, http_get, pattern, PYTHON_PORTFORWARD_GET};
+pub use traffic::{http_get, pattern, PYTHON_PORTFORWARD_GET};

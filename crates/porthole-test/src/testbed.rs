@@ -489,24 +489,9 @@ impl Host {
     /// An echo server on this host's address (port 0), on threads of the test; returns where it
     /// listens. It lives as long as the test process (or the host).
     pub fn echo_server(&self) -> Result<SocketAddr> {
-        use std::io::{Read, Write};
         let listener = self.tcp_listen(SocketAddr::from((self.ip, 0)))?;
-        let addr = listener.local_addr()?;
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { return };
-                std::thread::spawn(move || {
-                    let mut buf = vec![0u8; 64 * 1024];
-                    while let Ok(n) = conn.read(&mut buf) {
-                        if n == 0 || conn.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
-                    let _ = conn.shutdown(std::net::Shutdown::Write);
-                });
-            }
-        });
-        Ok(addr)
+        // Detached: the test's namespace cannot reach this address to wake the accept loop.
+        Ok(crate::echo::Threads::serve(listener)?.detach())
     }
 
     /// A TCP connection from this host (bounded by `timeout`).

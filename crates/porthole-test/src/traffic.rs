@@ -1,5 +1,5 @@
-//! Traffic through a forwarded port: an HTTP GET, an echo round trip, the Python client's
-//! GET, and payloads whose corruption would show.
+//! Traffic through a forwarded port: an HTTP GET, the Python client's GET, and payloads whose
+//! corruption would show. (The echo round trip is in [`crate::echo`].)
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -39,27 +39,6 @@ pub fn http_get(port: u16, path: &str) -> Result<(u16, Vec<u8>)> {
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| anyhow!("bad status line: {head}"))?;
     Ok((status, response[split + 4..].to_vec()))
-}
-
-/// Sends `payload` to 127.0.0.1:`port`, half-closes, and returns everything read back.
-pub fn echo_roundtrip(port: u16, payload: &[u8]) -> Result<Vec<u8>> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))
-        .with_context(|| format!("connect 127.0.0.1:{port}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let mut writer = stream.try_clone()?;
-    let owned = payload.to_vec();
-    // Write on another thread: an echo server answers while we are still sending.
-    let sender = std::thread::spawn(move || -> std::io::Result<()> {
-        writer.write_all(&owned)?;
-        writer.shutdown(std::net::Shutdown::Write)
-    });
-    let mut back = Vec::new();
-    stream.read_to_end(&mut back).context("read the echo")?;
-    sender
-        .join()
-        .map_err(|_| anyhow!("writer thread panicked"))?
-        .context("send the payload")?;
-    Ok(back)
 }
 
 /// The Python client (`kubernetes.stream.portforward`, WebSocket channels): GET / from port

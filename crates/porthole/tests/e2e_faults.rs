@@ -11,7 +11,6 @@
 //!   unchanged; with 50 ms more round trip as well (netem, or its NFQUEUE emulation where the
 //!   kernel has none), 2 MB each way (TCP's own limit there is a few hundred KB/s).
 
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -390,18 +389,5 @@ fn echo_on(
     let stream = host.tcp_connect(addr, Duration::from_secs(10))?;
     // A silent minute ends it; a slow transfer through loss and delay keeps making progress.
     stream.set_read_timeout(Some(Duration::from_secs(120)))?;
-    let mut writer = stream.try_clone()?;
-    let owned = payload.to_vec();
-    let sender = std::thread::spawn(move || -> std::io::Result<()> {
-        writer.write_all(&owned)?;
-        writer.shutdown(std::net::Shutdown::Write)
-    });
-    let mut back = Vec::with_capacity(payload.len());
-    let mut reader = stream;
-    reader.read_to_end(&mut back).context("read the echo")?;
-    sender
-        .join()
-        .map_err(|_| anyhow::anyhow!("the sending thread panicked"))?
-        .context("send")?;
-    Ok(back)
+    porthole_test::echo::roundtrip_over(stream, payload)
 }

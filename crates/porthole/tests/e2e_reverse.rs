@@ -8,19 +8,16 @@
 // Blocking test code (threads, child processes), not tokio: std time is the right clock here.
 #![allow(clippy::disallowed_types)]
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use nix::sys::signal::Signal;
 use porthole_test::{
-    echo_roundtrip, example, expect_success, http_get, netns_files, write_file, Child, Cluster,
-    Roles, TempDir,
+    echo, echo_roundtrip, example, expect_success, http_get, netns_files, write_file, Child,
+    Cluster, Roles, TempDir,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_porthole");
@@ -96,59 +93,10 @@ fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// A TCP echo server on the user's side (one thread per connection) that counts the bytes it
+/// A TCP echo server on the user's side at 127.0.0.1:`port` (0: any) that counts the bytes it
 /// received. Stops when dropped.
-struct EchoServer {
-    port: u16,
-    received: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-}
-
-impl EchoServer {
-    fn start(port: u16) -> Result<EchoServer> {
-        let listener = TcpListener::bind(("127.0.0.1", port)).context("bind the echo server")?;
-        let port = listener.local_addr()?.port();
-        let received = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (r, s) = (received.clone(), stop.clone());
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if s.load(Ordering::Relaxed) {
-                    return;
-                }
-                let Ok(mut conn) = conn else { continue };
-                let r = r.clone();
-                std::thread::spawn(move || {
-                    let mut buf = vec![0u8; 64 * 1024];
-                    loop {
-                        match conn.read(&mut buf) {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => {
-                                r.fetch_add(n as u64, Ordering::Relaxed);
-                                if conn.write_all(&buf[..n]).is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                    }
-                    let _ = conn.shutdown(std::net::Shutdown::Write);
-                });
-            }
-        });
-        Ok(EchoServer {
-            port,
-            received,
-            stop,
-        })
-    }
-}
-
-impl Drop for EchoServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        // Wake the accept loop so it sees the flag.
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-    }
+fn echo_server(port: u16) -> Result<echo::Threads> {
+    echo::Threads::serve(TcpListener::bind(("127.0.0.1", port)).context("bind the echo server")?)
 }
 
 /// The network namespace file the node agent keeps for `namespace/pod` (named by its uid).
@@ -335,11 +283,11 @@ fn pod_reaches_user_side_redis_and_echo_over_both_transports() {
         cluster.wait_pod_ready("default", "sleeper")?;
         let netns = pod_netns(&cluster, "default", "sleeper")?;
         let (_redis, redis_port) = start_redis(&cluster.work)?;
-        let echo = EchoServer::start(0)?;
+        let echo = echo_server(0)?;
         let mut expected_echo_bytes = 0u64;
         for transport in ["websocket", "spdy"] {
             let redis_spec = format!("9000:127.0.0.1:{redis_port}");
-            let echo_spec = format!("9001:localhost:{}", echo.port);
+            let echo_spec = format!("9001:localhost:{}", echo.addr().port());
             let mut client = start_reverse(
                 &cluster,
                 &format!("reverse-{transport}"),
@@ -389,9 +337,9 @@ fn pod_reaches_user_side_redis_and_echo_over_both_transports() {
                 pod_echo(&netns, 9001, 4, 1 << 20)?;
                 expected_echo_bytes += 4 << 20;
                 ensure!(
-                    echo.received.load(Ordering::Relaxed) == expected_echo_bytes,
+                    echo.received() == expected_echo_bytes,
                     "the user's echo server received {} bytes, want {expected_echo_bytes}",
-                    echo.received.load(Ordering::Relaxed)
+                    echo.received()
                 );
                 Ok(())
             })();
@@ -415,7 +363,7 @@ fn pod_reaches_user_side_redis_and_echo_over_both_transports() {
                 client.stdout_lines().iter().any(|l| l
                     == &format!(
                         "Reverse forwarding from pod sleeper 127.0.0.1:9001 -> localhost:{}",
-                        echo.port
+                        echo.addr().port()
                     )),
                 "{transport}: no listening line for 9001\n{report}"
             );
@@ -512,7 +460,7 @@ fn port_in_use_and_refused_target_are_clear_errors_and_the_rest_goes_on() {
                 .then_some(())
             })?;
             // The target comes up: the same session serves the next connection.
-            let _echo = EchoServer::start(target_port)?;
+            let _echo = echo_server(target_port)?;
             pod_echo(&netns, 9200, 2, 64 * 1024)?;
             ensure!(
                 echo_roundtrip(local_port, &payload)? == payload,
@@ -541,8 +489,8 @@ fn listener_is_gone_when_the_session_ends() {
     let res = (|| -> Result<()> {
         cluster.wait_pod_ready("default", "sleeper")?;
         let netns = pod_netns(&cluster, "default", "sleeper")?;
-        let echo = EchoServer::start(0)?;
-        let spec = format!("9300:127.0.0.1:{}", echo.port);
+        let echo = echo_server(0)?;
+        let spec = format!("9300:127.0.0.1:{}", echo.addr().port());
         ensure!(
             !pod_port_open(&netns, 9300)?,
             "port 9300 open before the session"
@@ -641,8 +589,8 @@ fn reverse_survives_restarts_and_pod_replacement() {
             "pod/sleeper",
             "--timeout=90s",
         ])?;
-        let echo = EchoServer::start(0)?;
-        let spec = format!("9500:127.0.0.1:{}", echo.port);
+        let echo = echo_server(0)?;
+        let spec = format!("9500:127.0.0.1:{}", echo.addr().port());
         let mut cmd = Command::new(BIN);
         cmd.env("KUBECONFIG", roles.data_dir.join("kubeconfig"))
             .args([
@@ -689,7 +637,7 @@ fn reverse_survives_restarts_and_pod_replacement() {
             };
             works_again(&roles, "at first")?;
             // Beside it, a client in kubectl's mode, which must exit when its session is lost.
-            let strict_spec = format!("9501:127.0.0.1:{}", echo.port);
+            let strict_spec = format!("9501:127.0.0.1:{}", echo.addr().port());
             let mut cmd = Command::new(BIN);
             cmd.env("KUBECONFIG", roles.data_dir.join("kubeconfig"))
                 .args([
@@ -814,9 +762,9 @@ fn reverse_through_a_node_tunnel() {
             .into_iter()
             .find(|p| p.file_name().is_some_and(|n| n == uid.trim()))
             .ok_or_else(|| anyhow!("no network namespace for pod sleeper"))?;
-        let echo = EchoServer::start(0)?;
+        let echo = echo_server(0)?;
         for transport in ["websocket", "spdy"] {
-            let spec = format!("9600:127.0.0.1:{}", echo.port);
+            let spec = format!("9600:127.0.0.1:{}", echo.addr().port());
             let mut cmd = Command::new(BIN);
             cmd.env("KUBECONFIG", roles.data_dir.join("kubeconfig"))
                 .args([
@@ -879,8 +827,8 @@ fn reverse_needs_its_own_rbac_rule_and_is_audited() {
     let res = (|| -> Result<()> {
         cluster.wait_pod_ready("dev", "web")?;
         let netns = pod_netns(&cluster, "dev", "web")?;
-        let echo = EchoServer::start(0)?;
-        let spec = format!("9400:127.0.0.1:{}", echo.port);
+        let echo = echo_server(0)?;
+        let spec = format!("9400:127.0.0.1:{}", echo.addr().port());
 
         // Alone: Forbidden, kubectl's words, exit 1.
         let stderr = run_failing(

@@ -5,8 +5,8 @@
 //! - [`EtcdStore`]: etcd v3, for several API servers sharing one cluster state, as
 //!   kube-apiserver does.
 //!
-//! Both follow Kubernetes' storage semantics, and `tests/store_conformance.rs` runs one suite
-//! against both:
+//! Both follow Kubernetes' storage semantics, and `tests/apiserver/store_conformance.rs` runs one
+//! suite against both:
 //! - every write gets the next value of one global, monotonically increasing revision, which
 //!   is `metadata.resourceVersion` (etcd's `mod_revision`);
 //! - a list is consistent at one revision and says which;

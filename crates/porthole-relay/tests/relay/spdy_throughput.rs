@@ -1,5 +1,5 @@
-//! Throughput comparison (run with `cargo test --release -p porthole-relay --test
-//! spdy_throughput -- --ignored --nocapture`): raw loopback TCP vs. one SPDY stream over an
+//! Throughput comparison (run with `cargo test --release -p porthole-relay --test relay
+//! spdy_throughput:: -- --ignored --nocapture`): raw loopback TCP vs. one SPDY stream over an
 //! in-memory pipe vs. over loopback TCP, and 64 streams in parallel.
 
 use std::time::Duration;

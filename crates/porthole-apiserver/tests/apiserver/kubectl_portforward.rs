@@ -3,8 +3,6 @@
 //! the protocols with porthole-relay (the node agent's library) and dials a loopback echo
 //! app; the proxy under test is the real one.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -18,10 +16,11 @@ use porthole_relay::dial::{DialError, DialFuture, PodDialer};
 use porthole_relay::portforward::spdy_server::{self, ServerConfig};
 use porthole_relay::portforward::ws_server;
 use porthole_relay::ws::{Role, WsStream};
+use porthole_test::echo;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
-use common::{Pki, Server};
+use crate::common::{Pki, Server};
 
 struct ToApp(SocketAddr);
 
@@ -40,27 +39,7 @@ impl PodDialer for ToApp {
 }
 
 async fn relay_node(pki: &Pki, app: SocketAddr) -> SocketAddr {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for c in porthole_apiserver::tls::load_certs(&pki.path("ca.crt")).expect("ca") {
-        roots.add(c).expect("root");
-    }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .build()
-    .expect("verifier");
-    let cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(
-            porthole_apiserver::tls::load_certs(&pki.path("node.crt")).expect("cert"),
-            porthole_apiserver::tls::load_key(&pki.path("node.key")).expect("key"),
-        )
-        .expect("tls");
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let acceptor = pki.node_acceptor();
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let dialer: Arc<dyn PodDialer> = Arc::new(ToApp(app));
@@ -136,20 +115,6 @@ async fn relay_node(pki: &Pki, app: SocketAddr) -> SocketAddr {
     addr
 }
 
-async fn echo_app() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    addr
-}
-
 async fn forward_and_echo(s: &Server, websockets: bool, target: &str) {
     forward_and_echo_with(s, "/usr/bin/kubectl", websockets, target).await
 }
@@ -206,7 +171,7 @@ async fn forward_and_echo_with(s: &Server, kubectl: &str, websockets: bool, targ
 async fn kubectl_port_forward_through_the_proxy() {
     let tmp = tempfile::tempdir().expect("tmp");
     let pki = Pki::new(tmp.path());
-    let app = echo_app().await;
+    let app = echo::tcp().await;
     let node = relay_node(&pki, app).await;
     let s = Server::start(&pki, tmp.path()).await;
     let now = jiff::Timestamp::now()
@@ -227,20 +192,7 @@ async fn kubectl_port_forward_through_the_proxy() {
             .await
             .0
     );
-    let r = s
-        .kubectl(
-            "admin",
-            &[
-                "patch",
-                "pod",
-                "web",
-                "--subresource=status",
-                "--type=merge",
-                "-p",
-                r#"{"status":{"phase":"Running"}}"#,
-            ],
-        )
-        .await;
+    let r = s.patch_pod_status("web", r#"{"phase":"Running"}"#).await;
     assert!(r.0, "{r:?}");
     forward_and_echo(&s, true, "pod/web").await;
     forward_and_echo(&s, false, "pod/web").await;

@@ -1,6 +1,6 @@
 //! Throughput of the WebSocket tunnel byte stream over loopback TCP (client masks, server
 //! unmasks). Ignored by default; run in release:
-//! `cargo test --release -p porthole-relay --test ws_throughput -- --ignored --nocapture`.
+//! `cargo test --release -p porthole-relay --test relay ws_throughput:: -- --ignored --nocapture`.
 
 use porthole_relay::ws::{Role, WsStream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

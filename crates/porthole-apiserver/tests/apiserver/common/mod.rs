@@ -74,6 +74,32 @@ impl Pki {
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
+
+    /// TLS as node n1 serves its streaming endpoint: its certificate, and client certificates
+    /// from this CA required (the API server's proxy presents one).
+    pub fn node_acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for c in porthole_apiserver::tls::load_certs(&self.path("ca.crt")).expect("ca") {
+            roots.add(c).expect("root");
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .expect("verifier");
+        let cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(
+                porthole_apiserver::tls::load_certs(&self.path("node.crt")).expect("cert"),
+                porthole_apiserver::tls::load_key(&self.path("node.key")).expect("key"),
+            )
+            .expect("node tls");
+        tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+    }
 }
 
 pub struct Server {
@@ -173,6 +199,22 @@ current-context: admin\n",
     /// Run kubectl as `context` and return (success, stdout, stderr).
     pub async fn kubectl(&self, context: &str, args: &[&str]) -> (bool, String, String) {
         self.kubectl_stdin(context, args, None).await
+    }
+
+    /// Sets pod `name`'s status (a JSON merge patch of `status`) as admin, standing in for the
+    /// node agent these tests do not run.
+    pub async fn patch_pod_status(&self, name: &str, status: &str) -> (bool, String, String) {
+        let patch = format!(r#"{{"status":{status}}}"#);
+        let args = [
+            "patch",
+            "pod",
+            name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &patch,
+        ];
+        self.kubectl("admin", &args).await
     }
 
     pub async fn kubectl_stdin(
@@ -322,27 +364,7 @@ async fn node_handle(
 
 impl NodeDouble {
     pub async fn start(pki: &Pki) -> Self {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut roots = rustls::RootCertStore::empty();
-        for c in porthole_apiserver::tls::load_certs(&pki.path("ca.crt")).expect("ca") {
-            roots.add(c).expect("root");
-        }
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            Arc::new(roots),
-            provider.clone(),
-        )
-        .build()
-        .expect("verifier");
-        let cfg = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(
-                porthole_apiserver::tls::load_certs(&pki.path("node.crt")).expect("cert"),
-                porthole_apiserver::tls::load_key(&pki.path("node.key")).expect("key"),
-            )
-            .expect("node tls");
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let acceptor = pki.node_acceptor();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind node");
         let addr = listener.local_addr().expect("addr");
         let seen = Arc::new(Mutex::new(Vec::new()));

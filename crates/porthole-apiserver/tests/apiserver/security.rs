@@ -3,10 +3,9 @@
 //! (and the 1.35 rule that the WebSocket GET needs `create`), hostile requests answered with
 //! 4xx while the server stays up.
 
-mod common;
-
-use common::{http_once, raw_tls, read_head, NodeDouble, Pki, Server};
 use tokio::io::AsyncWriteExt as _;
+
+use crate::common::{http_once, raw_tls, read_head, NodeDouble, Pki, Server};
 
 const SPDY_HDRS: &str = "Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: portforward.k8s.io\r\nContent-Length: 0\r\n";
 const WS_HDRS: &str = "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: d2qvhS5tNtVFI2Ya7VDQVg==\r\nSec-WebSocket-Protocol: SPDY/3.1+portforward.k8s.io\r\n";
@@ -28,22 +27,7 @@ async fn authn_authz_and_hostile_input() {
             .await
             .0
     );
-    assert!(
-        s.kubectl(
-            "admin",
-            &[
-                "patch",
-                "pod",
-                "web",
-                "--subresource=status",
-                "--type=merge",
-                "-p",
-                r#"{"status":{"phase":"Running"}}"#
-            ]
-        )
-        .await
-        .0
-    );
+    assert!(s.patch_pod_status("web", r#"{"phase":"Running"}"#).await.0);
 
     // 401: wrong token (kubectl), no credentials (raw: kubectl would prompt on stdin).
     let r = s.kubectl("wrong", &["get", "pods"]).await;

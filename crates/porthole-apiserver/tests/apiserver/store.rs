@@ -2,10 +2,9 @@
 //! restart on the same data dir (objects and resourceVersions survive; old revisions are 410;
 //! two servers on one dir are refused).
 
-mod common;
-
-use common::{http_once, raw_tls, read_head, Pki, Server};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::common::{http_once, raw_tls, read_head, Pki, Server};
 
 const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: NAME, labels: {app: web}}\nspec:\n  schedulerName: none\n  containers: [{name: app, image: host}]\n";
 
@@ -114,7 +113,7 @@ async fn watches_resume_and_state_survives_restart() {
     assert!(got.contains("{\"type\":\"MODIFIED\""), "{got}");
 
     // A second server on the same data dir is refused with a clear message.
-    let cfg = porthole_apiserver::Config::from_args(&common::args(
+    let cfg = porthole_apiserver::Config::from_args(&crate::common::args(
         &pki,
         &tmp.path().join("data"),
         &tmp.path().join("a2.log"),

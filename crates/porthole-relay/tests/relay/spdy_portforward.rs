@@ -8,6 +8,8 @@ use porthole_relay::dial::{DialError, DialFuture, PodDialer};
 use porthole_relay::portforward::spdy_client::{ForwardError, PortForwarder};
 use porthole_relay::portforward::spdy_server::{self, ServerConfig};
 use porthole_relay::spdy::{Config, Connection, Role, StreamOpenError};
+use porthole_test::echo;
+use porthole_test::spdy::{headers, Peer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -39,23 +41,6 @@ fn start(
     (PortForwarder::new(a, Config::client()), server)
 }
 
-/// A pod port that echoes until EOF, then half-closes.
-async fn echo_pod() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let (mut s, _) = l.accept().await.unwrap();
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-    port
-}
-
 async fn refused_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     l.local_addr().unwrap().port()
@@ -63,7 +48,7 @@ async fn refused_port() -> u16 {
 
 #[tokio::test]
 async fn data_round_trip_over_tcp() {
-    let port = echo_pod().await;
+    let port = echo::tcp().await.port();
     let (pf, _server) = start(ServerConfig::default());
     let local_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mut app = TcpStream::connect(local_l.local_addr().unwrap())
@@ -91,7 +76,7 @@ async fn data_round_trip_over_tcp() {
 
 #[tokio::test]
 async fn refused_port_fails_only_that_pair() {
-    let good = echo_pod().await;
+    let good = echo::tcp().await.port();
     let bad = refused_port().await;
     let (pf, _server) = start(ServerConfig::default());
     let pf = Arc::new(pf);
@@ -148,13 +133,6 @@ async fn half_close_waits_for_late_answer() {
     fwd.await.unwrap().unwrap();
 }
 
-fn hs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect()
-}
-
 #[tokio::test(start_paused = true)]
 async fn invalid_headers_rejected_and_creation_timeout_text() {
     let (a, b) = tokio::io::duplex(1 << 20);
@@ -165,11 +143,11 @@ async fn invalid_headers_rejected_and_creation_timeout_text() {
     ));
     let (c, _ci) = Connection::new(a, Role::Client, Config::client());
     for bad in [
-        hs(&[("streamtype", "data")]),
-        hs(&[("port", "x"), ("streamtype", "data")]),
-        hs(&[("port", "0"), ("streamtype", "data")]),
-        hs(&[("port", "80")]),
-        hs(&[("port", "80"), ("streamtype", "bogus")]),
+        headers(&[("streamtype", "data")]),
+        headers(&[("port", "x"), ("streamtype", "data")]),
+        headers(&[("port", "0"), ("streamtype", "data")]),
+        headers(&[("port", "80")]),
+        headers(&[("port", "80"), ("streamtype", "bogus")]),
     ] {
         assert_eq!(
             c.open_stream(bad).await.unwrap_err(),
@@ -177,7 +155,7 @@ async fn invalid_headers_rejected_and_creation_timeout_text() {
         );
     }
     let mut err = c
-        .open_stream(hs(&[
+        .open_stream(headers(&[
             ("streamtype", "error"),
             ("port", "80"),
             ("requestid", "7"),
@@ -196,7 +174,7 @@ async fn invalid_headers_rejected_and_creation_timeout_text() {
     );
     // Duplicate stream of a pending pair.
     let mut e1 = c
-        .open_stream(hs(&[
+        .open_stream(headers(&[
             ("streamtype", "error"),
             ("port", "80"),
             ("requestid", "8"),
@@ -204,7 +182,7 @@ async fn invalid_headers_rejected_and_creation_timeout_text() {
         .await
         .unwrap();
     let _e2 = c
-        .open_stream(hs(&[
+        .open_stream(headers(&[
             ("streamtype", "error"),
             ("port", "80"),
             ("requestid", "8"),
@@ -221,7 +199,7 @@ async fn invalid_headers_rejected_and_creation_timeout_text() {
 
 #[tokio::test]
 async fn pod_gone_ends_active_pairs_and_fails_new_ones() {
-    let port = echo_pod().await;
+    let port = echo::tcp().await.port();
     let cfg = ServerConfig::default();
     let gone = cfg.pod_gone.clone();
     let (pf, _server) = start(cfg);
@@ -247,7 +225,7 @@ async fn pod_gone_ends_active_pairs_and_fails_new_ones() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_parallel_forwards() {
-    let port = echo_pod().await;
+    let port = echo::tcp().await.port();
     let (pf, _server) = start(ServerConfig::default());
     let pf = Arc::new(pf);
     let mut tasks = Vec::new();
@@ -291,11 +269,9 @@ async fn many_parallel_forwards() {
 /// gets them all.
 #[tokio::test]
 async fn early_data_rides_with_the_syn_streams() {
-    use bytes::BytesMut;
-    use porthole_proto::spdy::frame::{self, Frame, FLAG_FIN};
-    use porthole_proto::spdy::header_block::HeaderDecompressor;
+    use porthole_proto::spdy::frame::Frame;
 
-    let (a, mut node) = tokio::io::duplex(1 << 20);
+    let (a, node) = tokio::io::duplex(1 << 20);
     let mut cfg = Config::client();
     cfg.session.flow_control = true;
     let pf = PortForwarder::new(a, cfg);
@@ -305,36 +281,25 @@ async fn early_data_rides_with_the_syn_streams() {
         pf.forward_with_prefix(local, 8080, b"GET / HTTP/1.1\r\n\r\n")
             .await
     });
-    let mut zd = HeaderDecompressor::new(1 << 16);
-    let mut rx = BytesMut::new();
+    let mut node = Peer::new(node);
     let mut seen = Vec::new();
     let read_all = async {
-        loop {
-            while let Some(f) = Frame::decode(&mut rx, frame::MAX_PAYLOAD_LEN).unwrap() {
-                match f {
-                    Frame::SynStream(s) => {
-                        let h = zd.decompress(&s.header_block).unwrap();
-                        let t = h.iter().find(|(k, _)| k == "streamtype").unwrap().1.clone();
-                        seen.push(format!("SYN_STREAM {} {t}", s.stream_id));
-                    }
-                    Frame::Data(d) => seen.push(format!(
-                        "DATA {} fin={} {:?}",
-                        d.stream_id,
-                        d.flags & FLAG_FIN != 0,
-                        String::from_utf8_lossy(&d.payload)
-                    )),
-                    // SETTINGS / WINDOW_UPDATE of the negotiated flow control.
-                    _ => {}
+        while seen.len() < 4 {
+            let f = node.next_frame().await;
+            match f.unwrap_or_else(|| panic!("client closed: {seen:?}")) {
+                Frame::SynStream(s) => {
+                    let t = node.last_header("streamtype").unwrap();
+                    seen.push(format!("SYN_STREAM {} {t}", s.stream_id));
                 }
+                Frame::Data(d) => seen.push(format!(
+                    "DATA {} fin={} {:?}",
+                    d.stream_id,
+                    d.is_fin(),
+                    String::from_utf8_lossy(&d.payload)
+                )),
+                // SETTINGS / WINDOW_UPDATE of the negotiated flow control.
+                _ => {}
             }
-            if seen.len() == 4 {
-                return;
-            }
-            rx.reserve(1 << 16);
-            assert!(
-                node.read_buf(&mut rx).await.unwrap() > 0,
-                "client closed: {seen:?}"
-            );
         }
     };
     tokio::time::timeout(Duration::from_secs(10), read_all)
@@ -360,7 +325,7 @@ async fn early_data_rides_with_the_syn_streams() {
 /// after the replies).
 #[tokio::test]
 async fn prefix_then_the_rest_in_order() {
-    let port = echo_pod().await;
+    let port = echo::tcp().await.port();
     for flow_control in [true, false] {
         let (a, b) = tokio::io::duplex(1 << 20);
         let server_cfg = ServerConfig {
@@ -431,7 +396,7 @@ impl Recording {
 
 #[tokio::test]
 async fn every_forward_reports_its_bytes_once_however_it_ends() {
-    let port = echo_pod().await;
+    let port = echo::tcp().await.port();
     let bad = refused_port().await;
     let dialer = Arc::new(Recording::default());
     let cfg = ServerConfig::default();

@@ -10,6 +10,7 @@ use porthole_relay::portforward::spdy_client::{ForwardError, PortForwarder};
 use porthole_relay::portforward::spdy_server::{self, ServerConfig};
 use porthole_relay::portforward::udp::UdpFlow;
 use porthole_relay::spdy::Config;
+use porthole_test::echo;
 use tokio::net::UdpSocket;
 
 /// The host's loopback stands in for the pod's.
@@ -59,19 +60,6 @@ fn start(udp: bool) -> PortForwarder {
     PortForwarder::new(a, Config::client()).with_udp(udp)
 }
 
-/// A UDP echo "pod" on `addr` (port 0: any); returns its port.
-async fn echo_pod(addr: SocketAddr) -> u16 {
-    let s = UdpSocket::bind(addr).await.unwrap();
-    let port = s.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 65536];
-        while let Ok((n, from)) = s.recv_from(&mut buf).await {
-            let _ = s.send_to(&buf[..n], from).await;
-        }
-    });
-    port
-}
-
 async fn recv(flow: &mut UdpFlow) -> Vec<u8> {
     tokio::time::timeout(Duration::from_secs(10), flow.recv())
         .await
@@ -83,7 +71,7 @@ async fn recv(flow: &mut UdpFlow) -> Vec<u8> {
 
 #[tokio::test]
 async fn datagrams_keep_their_boundaries_both_ways() {
-    let port = echo_pod((Ipv4Addr::LOCALHOST, 0).into()).await;
+    let port = echo::udp((Ipv4Addr::LOCALHOST, 0).into()).await.port();
     let pf = start(true);
     assert!(pf.supports_udp());
     let mut flow = pf.open_udp(port).await.unwrap();
@@ -106,7 +94,7 @@ async fn an_app_on_ipv6_only_is_reached_after_the_ipv4_refusal() {
     }
     // Bind ::1 first, then make sure 127.0.0.1 of that port is free (refuses).
     let port = loop {
-        let p = echo_pod((Ipv6Addr::LOCALHOST, 0).into()).await;
+        let p = echo::udp((Ipv6Addr::LOCALHOST, 0).into()).await.port();
         if std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok() {
             break p;
         }
@@ -148,7 +136,7 @@ async fn a_refused_port_ends_the_flow_with_an_error_and_not_the_session() {
         other => panic!("expected the pod's error text, got {other:?}"),
     }
     // The session goes on.
-    let echo = echo_pod((Ipv4Addr::LOCALHOST, 0).into()).await;
+    let echo = echo::udp((Ipv4Addr::LOCALHOST, 0).into()).await.port();
     let mut flow = pf.open_udp(echo).await.unwrap();
     flow.send(b"still here").await.unwrap();
     assert_eq!(recv(&mut flow).await, b"still here");

@@ -2,19 +2,11 @@
 
 use std::time::Duration;
 
-use bytes::BytesMut;
-use porthole_proto::spdy::frame::{self, Frame, Head};
-use porthole_proto::spdy::header_block::{HeaderCompressor, HeaderDecompressor};
+use porthole_proto::spdy::frame::{Frame, Head};
 use porthole_proto::spdy::GoAwayStatus;
 use porthole_relay::spdy::{CloseReason, Config, Connection, Incoming, Role, StreamOpenError};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
-
-fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect()
-}
+use porthole_test::spdy::{frames, headers, Peer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn pair(c: Config, s: Config) -> (Connection, Incoming, Connection, Incoming) {
     let (a, b) = tokio::io::duplex(256 * 1024);
@@ -51,7 +43,10 @@ fn spawn_echo(mut incoming: Incoming) {
 async fn open_echo_half_close() {
     let (c, _ci, _s, si) = pair(Config::client(), Config::default());
     spawn_echo(si);
-    let mut st = c.open_stream(h(&[("streamtype", "data")])).await.unwrap();
+    let mut st = c
+        .open_stream(headers(&[("streamtype", "data")]))
+        .await
+        .unwrap();
     assert_eq!(st.id(), 1);
     st.write_all(b"hello").await.unwrap();
     st.shutdown().await.unwrap();
@@ -68,7 +63,10 @@ async fn many_concurrent_streams() {
     for i in 0..100u32 {
         let c = c.clone();
         tasks.push(tokio::spawn(async move {
-            let mut st = c.open_stream(h(&[("n", &i.to_string())])).await.unwrap();
+            let mut st = c
+                .open_stream(headers(&[("n", &i.to_string())]))
+                .await
+                .unwrap();
             let data: Vec<u8> = (0..200_000u32)
                 .map(|x| (x.wrapping_mul(i + 7) >> 3) as u8)
                 .collect();
@@ -218,8 +216,8 @@ async fn stalled_reader_does_not_block_others_with_flow_control() {
         let fast = si.next().await.unwrap().accept();
         (stalled, fast, si)
     });
-    let mut stalled = c.open_stream(h(&[("n", "stalled")])).await.unwrap();
-    let mut fast = c.open_stream(h(&[("n", "fast")])).await.unwrap();
+    let mut stalled = c.open_stream(headers(&[("n", "stalled")])).await.unwrap();
+    let mut fast = c.open_stream(headers(&[("n", "fast")])).await.unwrap();
     let (_stalled_srv, mut fast_srv, _si) = accept.await.unwrap();
     // Fill the stalled stream as far as its window allows (the write then blocks).
     let stalled_writer = tokio::spawn(async move {
@@ -255,62 +253,11 @@ async fn stalled_reader_does_not_block_others_with_flow_control() {
     stalled_writer.abort();
 }
 
-/// Writes raw frames as a Go peer would (no SETTINGS, no WINDOW_UPDATE ever).
-struct GoPeer {
-    io: DuplexStream,
-    zc: HeaderCompressor,
-    zd: HeaderDecompressor,
-    rx: BytesMut,
-}
-
-impl GoPeer {
-    fn new(io: DuplexStream) -> Self {
-        GoPeer {
-            io,
-            zc: HeaderCompressor::new(9),
-            zd: HeaderDecompressor::new(1 << 16),
-            rx: BytesMut::new(),
-        }
-    }
-    async fn send(&mut self, f: Frame) {
-        let mut b = BytesMut::new();
-        f.encode(&mut b);
-        self.io.write_all(&b).await.unwrap();
-    }
-    async fn syn_stream(&mut self, id: u32, hs: &[(&str, &str)]) {
-        let mut blk = BytesMut::new();
-        self.zc.compress(hs, &mut blk);
-        self.send(Frame::SynStream(frame::SynStream {
-            stream_id: id,
-            associated_id: 0,
-            priority: 0,
-            slot: 0,
-            flags: 0,
-            header_block: blk.freeze(),
-        }))
-        .await;
-    }
-    async fn next_frame(&mut self) -> Option<Frame> {
-        loop {
-            if let Some(f) = Frame::decode(&mut self.rx, frame::MAX_PAYLOAD_LEN).unwrap() {
-                if let Frame::SynReply(r) = &f {
-                    self.zd.decompress(&r.header_block).unwrap();
-                }
-                return Some(f);
-            }
-            self.rx.reserve(65536);
-            if self.io.read_buf(&mut self.rx).await.unwrap() == 0 {
-                return None;
-            }
-        }
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn go_like_peer_without_window_updates_gets_everything() {
     let (a, b) = tokio::io::duplex(1 << 20);
     let (_s, mut si) = Connection::new(b, Role::Server, Config::default());
-    let mut peer = GoPeer::new(a);
+    let mut peer = Peer::new(a);
     peer.syn_stream(1, &[("streamtype", "data")]).await;
     let mut st = si.next().await.unwrap().accept();
     assert!(matches!(peer.next_frame().await, Some(Frame::SynReply(r)) if r.stream_id == 1));
@@ -347,19 +294,9 @@ async fn go_like_peer_without_window_updates_gets_everything() {
         out.len()
     });
     for _ in 0..128 {
-        peer.send(Frame::Data(frame::Data {
-            stream_id: 1,
-            flags: 0,
-            payload: vec![9u8; 32 * 1024].into(),
-        }))
-        .await;
+        peer.send(frames::data(1, vec![9u8; 32 * 1024])).await;
     }
-    peer.send(Frame::Data(frame::Data {
-        stream_id: 1,
-        flags: frame::FLAG_FIN,
-        payload: Default::default(),
-    }))
-    .await;
+    peer.send(frames::fin(1)).await;
     assert_eq!(reader.await.unwrap(), 4 << 20);
 }
 
@@ -369,23 +306,20 @@ async fn pings_answered_while_a_stream_is_backpressured() {
     let mut cfg = Config::default();
     cfg.session.stream_buffer = 64 * 1024;
     let (_s, mut si) = Connection::new(b, Role::Server, cfg);
-    let mut peer = GoPeer::new(a);
+    let mut peer = Peer::new(a);
     peer.syn_stream(1, &[("a", "b")]).await;
     let _st = si.next().await.unwrap().accept(); // never read
     let _ = peer.next_frame().await;
     // PING before the flood is answered; the flood then blocks only behind itself.
-    peer.send(Frame::Ping(frame::Ping { id: 1 })).await;
-    assert_eq!(
-        peer.next_frame().await,
-        Some(Frame::Ping(frame::Ping { id: 1 }))
-    );
+    peer.send(frames::ping(1)).await;
+    assert_eq!(peer.next_frame().await, Some(frames::ping(1)));
 }
 
 #[tokio::test(start_paused = true)]
 async fn zlib_bomb_and_garbage_close_cleanly() {
     let (a, b) = tokio::io::duplex(1 << 20);
     let (s, _si) = Connection::new(b, Role::Server, Config::default());
-    let mut peer = GoPeer::new(a);
+    let mut peer = Peer::new(a);
     let big = "a".repeat(4 << 20);
     peer.syn_stream(1, &[("x", big.as_str())]).await;
     assert!(matches!(s.closed().await, CloseReason::Protocol(_)));
@@ -428,23 +362,13 @@ async fn peer_closing_right_after_its_data_loses_nothing() {
     let mut cfg = Config::default();
     cfg.session.stream_buffer = 64 * 1024;
     let (_s, mut si) = Connection::new(b, Role::Server, cfg);
-    let mut peer = GoPeer::new(a);
+    let mut peer = Peer::new(a);
     peer.syn_stream(1, &[("a", "b")]).await;
     let mut st = si.next().await.unwrap().accept();
     for _ in 0..64 {
-        peer.send(Frame::Data(frame::Data {
-            stream_id: 1,
-            flags: 0,
-            payload: vec![1u8; 32 * 1024].into(),
-        }))
-        .await;
+        peer.send(frames::data(1, vec![1u8; 32 * 1024])).await;
     }
-    peer.send(Frame::Data(frame::Data {
-        stream_id: 1,
-        flags: frame::FLAG_FIN,
-        payload: Default::default(),
-    }))
-    .await;
+    peer.send(frames::fin(1)).await;
     drop(peer); // socket closed while the server is still 2 MiB behind
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut out = Vec::new();

@@ -13,6 +13,7 @@ use porthole_client::output::{Output, OutputFormat};
 use porthole_client::ports::ResolvedPort;
 use porthole_relay::dial::{DialError, DialFuture, PodDialer};
 use porthole_relay::portforward::spdy_client::PortForwarder;
+use porthole_test::echo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
@@ -131,20 +132,6 @@ impl Connector for TestConnector {
             self.session().await.map(|s| vec![s])
         })
     }
-}
-
-async fn echo_server() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    port
 }
 
 /// A port nothing listens on.
@@ -269,7 +256,7 @@ fn fast() -> Options {
 #[tokio::test]
 async fn refused_port_fails_only_that_connection() {
     let node = Node::start().await;
-    let echo = echo_server().await;
+    let echo = echo::tcp().await.port();
     let h = start(&node, vec![echo, refused_port().await], fast()).await;
     echo_roundtrip(h.local_ports[0], b"before").await;
     expect_refused(h.local_ports[1]).await;
@@ -288,7 +275,7 @@ async fn refused_port_fails_only_that_connection() {
 #[tokio::test]
 async fn reconnects_after_the_node_drops() {
     let node = Node::start().await;
-    let echo = echo_server().await;
+    let echo = echo::tcp().await.port();
     let h = start(&node, vec![echo], fast()).await;
     echo_roundtrip(h.local_ports[0], b"first").await;
 
@@ -335,7 +322,7 @@ async fn kubectl_mode_exits_on_the_first_error_text() {
 #[tokio::test]
 async fn kubectl_mode_exits_when_the_session_drops() {
     let node = Node::start().await;
-    let echo = echo_server().await;
+    let echo = echo::tcp().await.port();
     let h = start(
         &node,
         vec![echo],
@@ -356,7 +343,7 @@ async fn kubectl_mode_exits_when_the_session_drops() {
 #[tokio::test]
 async fn shutdown_closes_listeners_and_the_session() {
     let node = Node::start().await;
-    let echo = echo_server().await;
+    let echo = echo::tcp().await.port();
     let h = start(&node, vec![echo], fast()).await;
     // An open forwarded connection at Ctrl-C time.
     let mut open = TcpStream::connect(("127.0.0.1", h.local_ports[0]))
@@ -384,7 +371,7 @@ async fn shutdown_closes_listeners_and_the_session() {
 #[tokio::test]
 async fn black_holed_session_is_declared_dead_and_replaced() {
     let node = Node::start().await;
-    let echo = echo_server().await;
+    let echo = echo::tcp().await.port();
     let hole = blackhole(node.addr).await;
     let h = start_via(hole.addr, vec![echo], fast()).await;
     echo_roundtrip(h.local_ports[0], b"before").await;

@@ -3,14 +3,13 @@
 //! lease, and a clean stop of the leader hands the controllers to the other at once, long
 //! before the lease would have expired.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{http_once, Pki, Server};
 use porthole_apiserver::store::{RedbStore, Store};
 use tokio::time::Instant;
+
+use crate::common::{http_once, Pki, Server};
 
 async fn is_leader(pki: &Pki, s: &Server) -> bool {
     let (code, _, body) = http_once(

@@ -1,10 +1,9 @@
 //! Node lifecycle (heartbeats stop → NotReady, pods not Ready), `kubectl get -w` (Table
 //! watch), `kubectl apply`, and `--anonymous-auth`.
 
-mod common;
-
-use common::{http_once, Pki, Server};
 use tokio::io::AsyncBufReadExt as _;
+
+use crate::common::{http_once, Pki, Server};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_lifecycle_watch_table_and_apply() {
@@ -28,17 +27,9 @@ async fn node_lifecycle_watch_table_and_apply() {
             .0
     );
     let r = s
-        .kubectl(
-            "admin",
-            &[
-                "patch",
-                "pod",
-                "web",
-                "--subresource=status",
-                "--type=merge",
-                "-p",
-                r#"{"status":{"phase":"Running","conditions":[{"type":"Ready","status":"True"}]}}"#,
-            ],
+        .patch_pod_status(
+            "web",
+            r#"{"phase":"Running","conditions":[{"type":"Ready","status":"True"}]}"#,
         )
         .await;
     assert!(r.0, "{r:?}");

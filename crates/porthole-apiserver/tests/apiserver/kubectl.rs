@@ -2,9 +2,7 @@
 //! output), get -o json, label/patch/scale, wait, logs, delete (graceful and forced), garbage
 //! collection, validation and conflict errors.
 
-mod common;
-
-use common::{NodeDouble, Pki, Server};
+use crate::common::{NodeDouble, Pki, Server};
 
 const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  labels: {app: web}\nspec:\n  containers:\n  - name: app\n    image: host\n    ports: [{containerPort: 80, name: http}]\n";
 const SVC: &str = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  selector: {app: web}\n  ports: [{port: 80, targetPort: http}]\n";
@@ -125,11 +123,7 @@ async fn kubectl_workflow() {
             .output()
     };
     let patcher = async {
-        s.kubectl(
-            "admin",
-            &["patch", "pod", "web", "--subresource=status", "--type=merge", "-p",
-              r#"{"status":{"phase":"Running","podIP":"10.0.0.5","conditions":[{"type":"Ready","status":"True"}],"containerStatuses":[{"name":"app","ready":true,"restartCount":0,"image":"host","imageID":"","started":true,"state":{"running":{}}}]}}"#],
-        )
+        s.patch_pod_status("web", r#"{"phase":"Running","podIP":"10.0.0.5","conditions":[{"type":"Ready","status":"True"}],"containerStatuses":[{"name":"app","ready":true,"restartCount":0,"image":"host","imageID":"","started":true,"state":{"running":{}}}]}"#)
         .await
     };
     let (w, p) = tokio::join!(waiter, patcher);

@@ -2,10 +2,9 @@
 //! echoes bytes: all three protocols, the node-proxy and OpenShift paths, every refusal before
 //! the upgrade, pass-through of node errors, an unreachable node, and the audit record.
 
-mod common;
-
-use common::{http_once, raw_tls, read_head, NodeDouble, Pki, Server};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::common::{http_once, raw_tls, read_head, NodeDouble, Pki, Server};
 
 async fn setup() -> (tempfile::TempDir, Pki, NodeDouble, Server) {
     let tmp = tempfile::tempdir().expect("tmp");
@@ -35,20 +34,7 @@ async fn setup() -> (tempfile::TempDir, Pki, NodeDouble, Server) {
             .await;
         assert!(r.0, "{r:?}");
         if name != "pending" && name != "unbound" {
-            let r = s
-                .kubectl(
-                    "admin",
-                    &[
-                        "patch",
-                        "pod",
-                        name,
-                        "--subresource=status",
-                        "--type=merge",
-                        "-p",
-                        r#"{"status":{"phase":"Running"}}"#,
-                    ],
-                )
-                .await;
+            let r = s.patch_pod_status(name, r#"{"phase":"Running"}"#).await;
             assert!(r.0, "{r:?}");
         }
     }

@@ -20,6 +20,7 @@ use porthole_client::Args;
 use porthole_proto::handshake::{negotiate_server, Upgrade};
 use porthole_relay::dial::{DialError, DialFuture, PodDialer};
 use porthole_relay::portforward::spdy_server::{self, ServerConfig};
+use porthole_test::echo;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -288,20 +289,6 @@ async fn start_fake(fake: Arc<Fake>) -> u16 {
     port
 }
 
-async fn echo_server() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    port
-}
-
 #[derive(Parser)]
 struct Cli {
     #[command(flatten)]
@@ -444,7 +431,7 @@ fn success() -> String {
 
 #[tokio::test]
 async fn pod_named_port_over_the_websocket_tunnel() {
-    let echo = echo_server().await;
+    let echo = echo::tcp().await.port();
     let fake = Arc::new(Fake::new(echo, true));
     let api = start_fake(fake.clone()).await;
     let mut r = run(api, &["web", ":http"]);
@@ -459,7 +446,7 @@ async fn pod_named_port_over_the_websocket_tunnel() {
 
 #[tokio::test]
 async fn refused_websocket_falls_back_to_spdy() {
-    let echo = echo_server().await;
+    let echo = echo::tcp().await.port();
     let fake = Arc::new(Fake::new(echo, false));
     let api = start_fake(fake.clone()).await;
     let mut r = run(api, &["pod/web", &format!(":{echo}")]);
@@ -472,7 +459,7 @@ async fn refused_websocket_falls_back_to_spdy() {
 
 #[tokio::test]
 async fn websocket_only_does_not_fall_back() {
-    let fake = Arc::new(Fake::new(echo_server().await, false));
+    let fake = Arc::new(Fake::new(echo::tcp().await.port(), false));
     let api = start_fake(fake.clone()).await;
     let mut r = run(api, &["web", ":http", "--transport", "websocket"]);
     let msg = r.fatal().await;
@@ -485,7 +472,7 @@ async fn websocket_only_does_not_fall_back() {
 
 #[tokio::test]
 async fn kubectl_error_texts() {
-    let fake = Arc::new(Fake::new(echo_server().await, true));
+    let fake = Arc::new(Fake::new(echo::tcp().await.port(), true));
     let api = start_fake(fake).await;
     assert_eq!(
         run(api, &["missing", "80"]).fatal().await,
@@ -507,7 +494,7 @@ async fn kubectl_error_texts() {
 
 #[tokio::test]
 async fn service_picks_the_ready_pod_and_its_target_port() {
-    let echo = echo_server().await;
+    let echo = echo::tcp().await.port();
     let fake = Arc::new(Fake::new(echo, true));
     let api = start_fake(fake).await;
     let mut r = run(api, &["svc/svc", ":web"]);
@@ -530,7 +517,7 @@ async fn service_picks_the_ready_pod_and_its_target_port() {
 
 #[tokio::test]
 async fn deployment_forward_moves_to_the_replacement_pod() {
-    let echo = echo_server().await;
+    let echo = echo::tcp().await.port();
     let fake = Arc::new(Fake::new(echo, true));
     let api = start_fake(fake.clone()).await;
     let mut r = run(api, &["deploy/app", &format!(":{echo}")]);
@@ -561,7 +548,7 @@ async fn deployment_forward_moves_to_the_replacement_pod() {
 
 #[tokio::test]
 async fn balance_spreads_connections_over_ready_pods() {
-    let echo = echo_server().await;
+    let echo = echo::tcp().await.port();
     let fake = Arc::new(Fake::new(echo, true));
     let api = start_fake(fake.clone()).await;
     let mut r = run(api, &["deploy/duo", &format!(":{echo}"), "--balance"]);
@@ -583,7 +570,7 @@ async fn balance_spreads_connections_over_ready_pods() {
 
 #[tokio::test]
 async fn deleted_target_ends_the_run_after_the_timeout() {
-    let echo = echo_server().await;
+    let echo = echo::tcp().await.port();
     let fake = Arc::new(Fake::new(echo, true));
     let api = start_fake(fake.clone()).await;
     let mut r = run(api, &["web", ":http", "--pod-running-timeout=1s"]);
@@ -612,7 +599,7 @@ async fn deleted_target_ends_the_run_after_the_timeout() {
 /// and the TCP forward of the same command goes on.
 #[tokio::test]
 async fn udp_without_the_extension_leaves_the_tcp_forward_going() {
-    let echo = echo_server().await;
+    let echo = echo::tcp().await.port();
     let fake = Arc::new(Fake::new(echo, true));
     let api = start_fake(fake).await;
     let mut r = run(api, &["web", ":http", "0:53/udp"]);
@@ -651,7 +638,7 @@ async fn udp_without_the_extension_leaves_the_tcp_forward_going() {
 /// Only UDP specs and no extension: nothing to forward, exit 1 as kubectl's errors.
 #[tokio::test]
 async fn udp_only_without_the_extension_exits_1() {
-    let fake = Arc::new(Fake::new(echo_server().await, true));
+    let fake = Arc::new(Fake::new(echo::tcp().await.port(), true));
     let api = start_fake(fake).await;
     for transport in ["websocket", "spdy"] {
         let mut r = run(
