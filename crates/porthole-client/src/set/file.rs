@@ -73,9 +73,10 @@ pub struct Entry {
     pub reverse: Vec<String>,
 }
 
-/// A bad forwards file; the text names the file, the entry and the field.
+/// A bad forwards file; the text names the file, the entry and the field. kubectl's `error: `
+/// prefix is added where it is printed ([`crate::output::error_line`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("error: {0}")]
+#[error("{0}")]
 pub struct FileError(pub String);
 
 /// Reads and checks `path`.
@@ -203,7 +204,7 @@ mod tests {
     }
 
     fn parse_err(text: &str) -> String {
-        parse(Path::new("f.yaml"), text).unwrap_err().to_string()
+        crate::output::error_line(parse(Path::new("f.yaml"), text).unwrap_err())
     }
 
     #[test]
