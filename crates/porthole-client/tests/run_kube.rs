@@ -504,6 +504,21 @@ async fn kubectl_error_texts() {
 }
 
 #[tokio::test]
+async fn refused_api_server_gets_kubectls_hint() {
+    // A port nothing listens on any more: the connection is refused at once.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    assert_eq!(
+        run(port, &["web", "80"]).fatal().await,
+        format!(
+            "The connection to the server 127.0.0.1:{port} was refused - did you specify \
+             the right host or port?"
+        )
+    );
+}
+
+#[tokio::test]
 async fn service_picks_the_ready_pod_and_its_target_port() {
     let echo = echo_server().await;
     let fake = Arc::new(Fake::new(echo, true));
