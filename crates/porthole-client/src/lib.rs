@@ -236,13 +236,13 @@ fn validate(args: &Args) -> Result<Validated, String> {
     if args.udp_idle_timeout.is_zero() {
         return Err(usage("--udp-idle-timeout must be higher than zero"));
     }
-    let target = TargetRef::parse(&args.args[0]).map_err(crate::output::error_line)?;
+    let target = TargetRef::parse(&args.args[0]).map_err(output::error_line)?;
     let specs = args.args[1..]
         .iter()
         .map(|s| PortSpec::parse(s))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(crate::output::error_line)?;
-    let addresses = listen::parse_addresses(&args.address).map_err(crate::output::error_line)?;
+        .map_err(output::error_line)?;
+    let addresses = listen::parse_addresses(&args.address).map_err(output::error_line)?;
     Ok(Validated {
         target,
         specs,
@@ -423,7 +423,7 @@ impl KubeConnector {
                 }),
                 Err(e) => {
                     last_err = Some(ConnectError {
-                        message: crate::output::error_line(e),
+                        message: output::error_line(e),
                         gone: false,
                     })
                 }
@@ -466,7 +466,7 @@ async fn run_inner(
     let v = validate(&args)?;
     let config = kubeconfig::load(&args.kube)
         .await
-        .map_err(crate::output::error_line)?;
+        .map_err(output::error_line)?;
     let namespace = args
         .namespace
         .clone()
@@ -586,7 +586,7 @@ async fn run_inner(
                     transport: d.transport,
                 });
             }
-            Err(e) if i == 0 => return Err(crate::output::error_line(e)),
+            Err(e) if i == 0 => return Err(output::error_line(e)),
             Err(e) => output.warn(&format!(
                 "error: {e} (pod {}; balancing over the others)",
                 c.pod_name()

@@ -128,26 +128,6 @@ pub enum ResolveError {
 }
 
 impl ResolveError {
-    /// Whether the API server refused the connection (nothing listens at its address), told by
-    /// the I/O error's kind where the chain keeps one and by kube's text otherwise.
-    pub fn is_connection_refused(&self) -> bool {
-        let ResolveError::Transport(e) = self else {
-            return false;
-        };
-        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-        while let Some(err) = cur {
-            if let Some(io) = err.downcast_ref::<std::io::Error>() {
-                if io.kind() == std::io::ErrorKind::ConnectionRefused {
-                    return true;
-                }
-            }
-            cur = err.source();
-        }
-        self.to_string().contains("onnection refused")
-    }
-}
-
-impl ResolveError {
     /// Maps a kube error the way kubectl's `StandardErrorMessage` renders it.
     pub fn from_kube(e: kube::Error) -> ResolveError {
         match e {
@@ -165,6 +145,24 @@ impl ResolveError {
             }
             other => ResolveError::Transport(other),
         }
+    }
+
+    /// Whether the API server refused the connection (nothing listens at its address), told by
+    /// the I/O error's kind where the chain keeps one and by kube's text otherwise.
+    pub fn is_connection_refused(&self) -> bool {
+        let ResolveError::Transport(e) = self else {
+            return false;
+        };
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(err) = cur {
+            if let Some(io) = err.downcast_ref::<std::io::Error>() {
+                if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                    return true;
+                }
+            }
+            cur = err.source();
+        }
+        self.to_string().contains("onnection refused")
     }
 }
 

@@ -310,7 +310,8 @@ async fn run_inner(args: ForwardArgs, shutdown: CancellationToken) -> Result<Exi
         (_, ViewChoice::Auto) => ViewMode::Plain,
     };
 
-    let mut entries = file::load_all(&args.files).map_err(crate::output::error_line)?;
+    let mut entries = file::load_all(&args.files)
+        .map_err(|e| crate::output::error_line(porthole_relay::error::chain(&e)))?;
     let mut hosts_lines = Vec::new();
     if args.all_services {
         let config = kubeconfig::load(&args.kube)
