@@ -43,22 +43,63 @@ impl Target {
             format!("{}.{}", self.resource, self.group)
         }
     }
+
+    // The message forms below are both the Status `message` clients show and the `Display`
+    // that logs show, so an operator reading a log line learns which object it was about.
+
+    /// `pods "web" not found`, or `pods not found` for a collection.
+    fn not_found(&self) -> String {
+        if self.name.is_empty() {
+            format!("{} not found", self.qualified())
+        } else {
+            format!("{} \"{}\" not found", self.qualified(), self.name)
+        }
+    }
+
+    /// `pods "web" already exists`.
+    fn already_exists(&self) -> String {
+        format!("{} \"{}\" already exists", self.qualified(), self.name)
+    }
+
+    /// Kubernetes' stale-`resourceVersion` text, which also says how to recover.
+    fn conflict(&self) -> String {
+        format!(
+            "Operation cannot be fulfilled on {} \"{}\": the object has been modified; \
+             please apply your changes to the latest version and try again",
+            self.qualified(),
+            self.name
+        )
+    }
+}
+
+/// `Pod "web" is invalid: field: message`, the causes in brackets when there are several.
+fn invalid_message(kind: &str, name: &str, causes: &[Cause]) -> String {
+    let list: Vec<String> = causes
+        .iter()
+        .map(|c| format!("{}: {}", c.field, c.message))
+        .collect();
+    let joined = if list.len() == 1 {
+        list[0].clone()
+    } else {
+        format!("[{}]", list.join(", "))
+    };
+    format!("{kind} \"{name}\" is invalid: {joined}")
 }
 
 /// Everything that can go wrong in a request.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// 404 `pods "x" not found`.
-    #[error("not found")]
+    #[error("{}", .0.not_found())]
     NotFound(Target),
     /// 409 `pods "x" already exists`.
-    #[error("already exists")]
+    #[error("{}", .0.already_exists())]
     AlreadyExists(Target),
     /// 409 Conflict on a stale resourceVersion.
-    #[error("conflict")]
+    #[error("{}", .0.conflict())]
     Conflict(Target),
     /// 422 with field causes.
-    #[error("invalid")]
+    #[error("{}", invalid_message(kind, name, causes))]
     Invalid {
         /// Kind (singular, e.g. `Pod`) used in the message.
         kind: String,
@@ -145,40 +186,23 @@ impl ApiError {
             ApiError::NotFound(t) => (
                 StatusCode::NOT_FOUND,
                 "NotFound",
-                if t.name.is_empty() {
-                    format!("{} not found", t.qualified())
-                } else {
-                    format!("{} \"{}\" not found", t.qualified(), t.name)
-                },
+                t.not_found(),
                 Some(details(t)),
             ),
             ApiError::AlreadyExists(t) => (
                 StatusCode::CONFLICT,
                 "AlreadyExists",
-                format!("{} \"{}\" already exists", t.qualified(), t.name),
+                t.already_exists(),
                 Some(details(t)),
             ),
             ApiError::Conflict(t) => (
                 StatusCode::CONFLICT,
                 "Conflict",
-                format!(
-                    "Operation cannot be fulfilled on {} \"{}\": the object has been modified; \
-                     please apply your changes to the latest version and try again",
-                    t.qualified(),
-                    t.name
-                ),
+                t.conflict(),
                 Some(details(t)),
             ),
             ApiError::Invalid { kind, name, causes } => {
-                let list: Vec<String> = causes
-                    .iter()
-                    .map(|c| format!("{}: {}", c.field, c.message))
-                    .collect();
-                let joined = if list.len() == 1 {
-                    list[0].clone()
-                } else {
-                    format!("[{}]", list.join(", "))
-                };
+                let message = invalid_message(kind, name, causes);
                 let causes: Vec<Value> = causes
                     .iter()
                     .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
@@ -186,7 +210,7 @@ impl ApiError {
                 (
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "Invalid",
-                    format!("{kind} \"{name}\" is invalid: {joined}"),
+                    message,
                     Some(json!({"name": name, "kind": kind, "causes": causes})),
                 )
             }
@@ -317,6 +341,11 @@ mod tests {
         assert_eq!(
             (code.as_u16(), s["reason"].as_str()),
             (410, Some("Expired"))
+        );
+        assert_eq!(
+            ApiError::NotFound(t("", "pods", "web")).to_string(),
+            "pods \"web\" not found",
+            "logs name the object, as the Status message does"
         );
         let (code, s) = ApiError::Unauthorized.status();
         assert_eq!(

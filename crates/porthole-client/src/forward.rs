@@ -603,7 +603,7 @@ async fn handle_connection(
     };
     let (to_pod, from_pod, error) = match &result {
         Ok(report) => (report.bytes_out, report.bytes_in, None),
-        Err(e) => (0, 0, Some(crate::transport::describe_error(e))),
+        Err(e) => (0, 0, Some(porthole_relay::error::chain(e))),
     };
     output.event(Event::ConnectionClosed {
         id,
@@ -633,7 +633,7 @@ async fn handle_connection(
             }
         }
         other => {
-            let text = crate::transport::describe_error(&other);
+            let text = porthole_relay::error::chain(&other);
             output.warn(&format!(
                 "error forwarding {local_port} -> {remote}: {text}"
             ));

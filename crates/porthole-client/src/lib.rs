@@ -236,13 +236,13 @@ fn validate(args: &Args) -> Result<Validated, String> {
     if args.udp_idle_timeout.is_zero() {
         return Err(usage("--udp-idle-timeout must be higher than zero"));
     }
-    let target = TargetRef::parse(&args.args[0]).map_err(|e| format!("error: {e}"))?;
+    let target = TargetRef::parse(&args.args[0]).map_err(output::error_line)?;
     let specs = args.args[1..]
         .iter()
         .map(|s| PortSpec::parse(s))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("error: {e}"))?;
-    let addresses = listen::parse_addresses(&args.address).map_err(|e| format!("error: {e}"))?;
+        .map_err(output::error_line)?;
+    let addresses = listen::parse_addresses(&args.address).map_err(output::error_line)?;
     Ok(Validated {
         target,
         specs,
@@ -396,7 +396,8 @@ impl KubeConnector {
             .await
             .map_err(|e| ConnectError {
                 gone: matches!(e, ResolveError::NotFound(_)),
-                message: refused_text(&self.server, &e).unwrap_or_else(|| e.to_string()),
+                message: refused_text(&self.server, &e)
+                    .unwrap_or_else(|| output::resolve_error_line(&e)),
             })?;
         let mut sessions = Vec::new();
         let mut last_err = None;
@@ -422,7 +423,7 @@ impl KubeConnector {
                 }),
                 Err(e) => {
                     last_err = Some(ConnectError {
-                        message: format!("error: {e}"),
+                        message: output::error_line(e),
                         gone: false,
                     })
                 }
@@ -452,12 +453,9 @@ impl Connector for KubeConnector {
 /// kubectl's wording for an API server that refuses connections (it prints it without
 /// `error: `).
 fn refused_text(server: &str, e: &ResolveError) -> Option<String> {
-    match e {
-        ResolveError::Transport(t) if t.contains("onnection refused") => Some(format!(
-            "The connection to the server {server} was refused - did you specify the right host or port?"
-        )),
-        _ => None,
-    }
+    e.is_connection_refused().then(|| format!(
+        "The connection to the server {server} was refused - did you specify the right host or port?"
+    ))
 }
 
 async fn run_inner(
@@ -468,7 +466,7 @@ async fn run_inner(
     let v = validate(&args)?;
     let config = kubeconfig::load(&args.kube)
         .await
-        .map_err(|e| format!("error: {e}"))?;
+        .map_err(output::error_line)?;
     let namespace = args
         .namespace
         .clone()
@@ -481,7 +479,7 @@ async fn run_inner(
     let client = transport::api_client(config).map_err(|e| {
         format!(
             "error: cannot create the API client: {}",
-            transport::describe_error(&e)
+            porthole_relay::error::chain(&e)
         )
     })?;
     let keepalive = Keepalive {
@@ -527,7 +525,11 @@ async fn run_inner(
                 }
                 delay = (delay * 2).min(Duration::from_secs(1));
             }
-            Err(e) => return Err(refused_text(&server, &e).unwrap_or_else(|| e.to_string())),
+            Err(e) => {
+                return Err(
+                    refused_text(&server, &e).unwrap_or_else(|| output::resolve_error_line(&e))
+                )
+            }
         }
     };
 
@@ -584,7 +586,7 @@ async fn run_inner(
                     transport: d.transport,
                 });
             }
-            Err(e) if i == 0 => return Err(format!("error: {e}")),
+            Err(e) if i == 0 => return Err(output::error_line(e)),
             Err(e) => output.warn(&format!(
                 "error: {e} (pod {}; balancing over the others)",
                 c.pod_name()

@@ -6,6 +6,26 @@ use std::io::Write;
 
 use serde::Serialize;
 
+use crate::target::ResolveError;
+
+/// kubectl's `error: ` prefix, added here, where a failure becomes a printed line, so library
+/// error types carry only what went wrong and a caller that wraps them does not print the
+/// prefix in the middle of its own message.
+pub fn error_line(e: impl std::fmt::Display) -> String {
+    format!("error: {e}")
+}
+
+/// The line kubectl prints when it cannot resolve the target: the API server's
+/// `Error from server ...` lines as they are, its own failures behind `error: `.
+pub fn resolve_error_line(e: &ResolveError) -> String {
+    match e {
+        ResolveError::NotFound(_) | ResolveError::Api(_) => e.to_string(),
+        ResolveError::Transport(_) | ResolveError::NotReady(_) | ResolveError::Invalid(_) => {
+            error_line(e)
+        }
+    }
+}
+
 /// Output format (`--output`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum OutputFormat {
@@ -362,6 +382,18 @@ mod tests {
             event: e,
         })
         .unwrap()
+    }
+
+    #[test]
+    fn kubectl_prefix_only_on_our_own_failures() {
+        assert_eq!(
+            resolve_error_line(&ResolveError::NotFound("pods \"web\" not found".into())),
+            "Error from server (NotFound): pods \"web\" not found"
+        );
+        assert_eq!(
+            resolve_error_line(&ResolveError::NotReady("pod web is not running".into())),
+            "error: pod web is not running"
+        );
     }
 
     #[test]

@@ -422,8 +422,7 @@ async fn reopen(
 
 async fn resolve_and_open(ctx: &Arc<Context>, spec: &ReverseSpec) -> Result<Session, OpenError> {
     let choices = ctx.resolver.resolve(1).await.map_err(|e| OpenError {
-        // ResolveError's text is already the whole line, kubectl's prefix included.
-        message: e.to_string(),
+        message: crate::output::resolve_error_line(&e),
         permanent: false,
         gone: matches!(e, ResolveError::NotFound(_)),
     })?;
@@ -451,12 +450,12 @@ async fn open(ctx: &Context, pod: &str, pod_port: u16) -> Result<Session, OpenEr
         let headers = handshake::ws_tunnel_request_headers(key, true);
         let (parts, on, body) = transport::send(&ctx.client, Method::GET, &path, headers)
             .await
-            .map_err(|e| transient(format!("error: {e}")))?;
+            .map_err(|e| transient(crate::output::error_line(e)))?;
         match (on, handshake::check_ws_tunnel_response(&parts, key, &body)) {
             (Some(on), Ok(flow_control)) => {
-                let upgraded = on
-                    .await
-                    .map_err(|e| transient(format!("error: {}", transport::describe_error(&e))))?;
+                let upgraded = on.await.map_err(|e| {
+                    transient(crate::output::error_line(porthole_relay::error::chain(&e)))
+                })?;
                 let ws = porthole_relay::ws::WsStream::new(
                     TokioIo::new(upgraded),
                     porthole_relay::ws::Role::Client,
@@ -479,12 +478,12 @@ async fn open(ctx: &Context, pod: &str, pod_port: u16) -> Result<Session, OpenEr
     let headers = handshake::spdy_request_headers(true);
     let (parts, on, body) = transport::send(&ctx.client, Method::POST, &path, headers)
         .await
-        .map_err(|e| transient(format!("error: {e}")))?;
+        .map_err(|e| transient(crate::output::error_line(e)))?;
     match (on, handshake::check_spdy_response(&parts, &body)) {
         (Some(on), Ok(flow_control)) => {
-            let upgraded = on
-                .await
-                .map_err(|e| transient(format!("error: {}", transport::describe_error(&e))))?;
+            let upgraded = on.await.map_err(|e| {
+                transient(crate::output::error_line(porthole_relay::error::chain(&e)))
+            })?;
             Ok(Session {
                 acceptor: ReverseAcceptor::new(
                     TokioIo::new(upgraded),

@@ -103,9 +103,10 @@ impl TargetRef {
     }
 }
 
-/// Why resolution failed. The `Display` text is the complete line kubectl would print (with
-/// `error: ` already included where kubectl puts it).
-#[derive(Debug, Clone, thiserror::Error)]
+/// Why resolution failed. The API server's own lines (`Error from server ...`) are complete;
+/// the others get kubectl's `error: ` prefix where they are printed
+/// ([`crate::output::resolve_error_line`]).
+#[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
     /// The named object does not exist (the target is gone).
     #[error("Error from server (NotFound): {0}")]
@@ -113,14 +114,16 @@ pub enum ResolveError {
     /// Another API error (`Error from server (Reason): message`).
     #[error("{0}")]
     Api(String),
-    /// The API server could not be reached or answered garbage.
-    #[error("error: {0}")]
-    Transport(String),
+    /// The API server could not be reached or answered garbage. The message is the whole
+    /// chain, because kube's and hyper's top-level texts ("client error (Connect)") say little
+    /// on their own; the error stays the source so its I/O kind can be checked.
+    #[error("{}", porthole_relay::error::chain(.0))]
+    Transport(#[source] kube::Error),
     /// A pod exists but cannot be used yet (not Running, not Ready, none exist).
-    #[error("error: {0}")]
+    #[error("{0}")]
     NotReady(String),
     /// A port or object definition problem that waiting will not fix.
-    #[error("error: {0}")]
+    #[error("{0}")]
     Invalid(String),
 }
 
@@ -140,8 +143,26 @@ impl ResolveError {
                     ))
                 }
             }
-            other => ResolveError::Transport(crate::transport::describe_error(&other)),
+            other => ResolveError::Transport(other),
         }
+    }
+
+    /// Whether the API server refused the connection (nothing listens at its address), told by
+    /// the I/O error's kind where the chain keeps one and by kube's text otherwise.
+    pub fn is_connection_refused(&self) -> bool {
+        let ResolveError::Transport(e) = self else {
+            return false;
+        };
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(err) = cur {
+            if let Some(io) = err.downcast_ref::<std::io::Error>() {
+                if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                    return true;
+                }
+            }
+            cur = err.source();
+        }
+        self.to_string().contains("onnection refused")
     }
 }
 
@@ -733,6 +754,18 @@ mod tests {
         assert_eq!(
             label_selector_string(&sel),
             "app=web,tier=fe,env in (a,b),!canary"
+        );
+    }
+
+    #[test]
+    fn refusal_is_told_by_the_io_kind_not_the_text() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "os said no");
+        let e = ResolveError::from_kube(kube::Error::Service(Box::new(io)));
+        assert!(e.is_connection_refused(), "{e}");
+        assert_eq!(e.to_string(), "ServiceError: os said no");
+        let other = std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out");
+        assert!(
+            !ResolveError::from_kube(kube::Error::Service(Box::new(other))).is_connection_refused()
         );
     }
 }

@@ -17,6 +17,7 @@ use http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use porthole_proto::handshake;
+use porthole_relay::error::chain;
 use porthole_relay::portforward::spdy_client::PortForwarder;
 
 /// The API client for `config`: kube's TLS and authentication layers over a connector with
@@ -129,24 +130,11 @@ pub enum SessionDialError {
     /// The SPDY 101 named another stream protocol.
     #[error("{0}")]
     Protocol(String),
-    /// The request did not get an answer (connection refused, TLS, timeouts).
-    #[error("error upgrading connection: {0}")]
-    Transport(String),
-}
-
-/// An error chain as one line (`outer: inner: innermost`), skipping repeats, because kube's
-/// and hyper's top-level texts ("client error (Connect)") say little on their own.
-pub fn describe_error(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        let text = err.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        cur = err.source();
-    }
-    parts.join(": ")
+    /// The request did not get an answer (connection refused, TLS, timeouts). The message is
+    /// the whole chain, since kube's and hyper's top-level texts say little on their own; the
+    /// error stays the source so its I/O kind is not lost.
+    #[error("error upgrading connection: {}", chain(.0.as_ref()))]
+    Transport(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
 }
 
 /// Asks for the porthole extensions this client speaks (`X-Porthole-Extensions`); a node
@@ -224,9 +212,7 @@ pub(crate) async fn send(
         .method(method.clone())
         .uri(path)
         .body(kube::client::Body::empty())
-        .map_err(|e| {
-            SessionDialError::Transport(format!("cannot build the upgrade request: {e}"))
-        })?;
+        .map_err(|e| SessionDialError::Upgrade(format!("cannot build the upgrade request: {e}")))?;
     req.headers_mut().extend(headers);
     if method == Method::POST {
         req.headers_mut().insert(
@@ -237,7 +223,7 @@ pub(crate) async fn send(
     let mut res = client
         .send(req)
         .await
-        .map_err(|e| SessionDialError::Transport(describe_error(&e)))?;
+        .map_err(|e| SessionDialError::Transport(Box::new(e)))?;
     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
         let on = hyper::upgrade::on(&mut res);
         let (parts, _) = res.into_parts();
@@ -275,7 +261,7 @@ async fn dial_ws(client: &kube::Client, path: &str, keepalive: Keepalive) -> Att
     };
     let upgraded = match on.await {
         Ok(u) => u,
-        Err(e) => return Attempt::Fatal(SessionDialError::Transport(describe_error(&e))),
+        Err(e) => return Attempt::Fatal(SessionDialError::Transport(Box::new(e))),
     };
     let ws =
         porthole_relay::ws::WsStream::new(TokioIo::new(upgraded), porthole_relay::ws::Role::Client);
@@ -307,7 +293,7 @@ async fn dial_spdy(client: &kube::Client, path: &str, keepalive: Keepalive) -> A
     };
     let upgraded = match on.await {
         Ok(u) => u,
-        Err(e) => return Attempt::Fatal(SessionDialError::Transport(describe_error(&e))),
+        Err(e) => return Attempt::Fatal(SessionDialError::Transport(Box::new(e))),
     };
     let udp = handshake::response_extensions(&parts.headers, handshake::EXTENSION_UDP);
     let forwarder = PortForwarder::new(
@@ -374,6 +360,6 @@ mod tests {
     fn error_chains_are_joined() {
         let inner = std::io::Error::other("connection refused");
         let outer = kube::Error::Service(Box::new(inner));
-        assert_eq!(describe_error(&outer), "ServiceError: connection refused");
+        assert_eq!(chain(&outer), "ServiceError: connection refused");
     }
 }

@@ -344,7 +344,7 @@ impl Flow {
                         "error forwarding {} -> {}/udp: {}",
                         self.local_port,
                         port.remote,
-                        crate::transport::describe_error(&e)
+                        porthole_relay::error::chain(&e)
                     ));
                 }
                 return;

@@ -69,8 +69,14 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
     /// The process may not create network namespaces.
-    #[error("{0}")]
-    NotPermitted(String),
+    #[error("{hint}")]
+    NotPermitted {
+        /// Why, and what the operator can change (run as root, or run pods rootless).
+        hint: String,
+        /// The kernel's refusal (`EPERM`).
+        #[source]
+        source: io::Error,
+    },
     /// The kernel refused the user namespace a rootless namespace needs; `hint` names the
     /// host setting responsible and how to change it.
     #[error("{hint} ({}: {})", step.map_or("start the namespace helper", sys::HelperStep::describe), describe_io_error(cause))]
@@ -338,26 +344,30 @@ impl NetNs {
             Err(e) => e,
         };
         if self.is_removed() {
-            return Err(DialError {
-                cause: format!(
+            return Err(DialError::io(
+                format!(
                     "network namespace for sandbox {:?} is closed",
                     self.inner.name
                 ),
-            });
+                v4_err,
+            ));
         }
         let v6 = SocketAddr::from((Ipv6Addr::LOCALHOST, port));
         let v6_err = match self.connect(v6, timeout).await {
             Ok(s) => return Ok(s),
             Err(e) => e,
         };
-        Err(DialError {
-            cause: format!(
+        // The IPv4 error is the one kept as the source: 127.0.0.1 is what was asked for, and
+        // ::1 is only a fallback whose failure usually just says the app is IPv4-only.
+        Err(DialError::io(
+            format!(
                 "failed to connect to localhost:{port} inside namespace {:?}: IPv4: connect {v4}: {}; IPv6: connect {v6}: {}",
                 self.inner.name,
                 describe_io_error(&v4_err),
                 describe_io_error(&v6_err),
             ),
-        })
+            v4_err,
+        ))
     }
 
     /// Listens on `addr` inside the namespace. As for [`NetNs::connect`], only the socket is
@@ -453,7 +463,7 @@ impl Drop for Inner {
     fn drop(&mut self) {
         // Never leak a mount, even when the owner forgot (or panicked before) `remove`.
         if let Err(e) = self.remove() {
-            tracing::error!(error = %error_chain(&e), "removing network namespace on drop");
+            tracing::error!(error = %porthole_relay::error::chain(&e), "removing network namespace on drop");
         }
     }
 }
@@ -480,18 +490,6 @@ pub fn describe_io_error(e: &io::Error) -> String {
         }
         None => e.to_string(),
     }
-}
-
-/// Formats an error with its sources, `a: b: c`.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

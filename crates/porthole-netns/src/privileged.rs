@@ -81,7 +81,10 @@ fn namespace_thread(
         // process; only this thread moves.
         unshare(CloneFlags::CLONE_NEWNET).map_err(|e| {
             if e == nix::errno::Errno::EPERM {
-                NetnsError::NotPermitted(privilege_hint())
+                NetnsError::NotPermitted {
+                    hint: privilege_hint(),
+                    source: e.into(),
+                }
             } else {
                 NetnsError::Unshare(e.into())
             }

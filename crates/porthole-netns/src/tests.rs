@@ -85,7 +85,7 @@ async fn listener_in_namespace_is_reachable_only_through_dial() {
         .await
         .expect_err("refused");
     assert_eq!(
-        err.cause,
+        err.cause(),
         format!(
             "failed to connect to localhost:{port} inside namespace \"pod-uid-1\": IPv4: connect 127.0.0.1:{port}: connection refused; IPv6: connect [::1]:{port}: connection refused"
         )
@@ -98,7 +98,7 @@ async fn listener_in_namespace_is_reachable_only_through_dial() {
         .dial(port, DEFAULT_CONNECT_TIMEOUT)
         .await
         .expect_err("closed");
-    assert!(err.cause.contains("is closed"), "{err}");
+    assert!(err.cause().contains("is closed"), "{err}");
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }
 
@@ -140,7 +140,8 @@ async fn loopback_listener_lives_in_the_namespace_until_dropped() {
         .dial(port, DEFAULT_CONNECT_TIMEOUT)
         .await
         .expect_err("refused after drop");
-    assert!(err.cause.contains("connection refused"), "{err}");
+    assert!(err.cause().contains("connection refused"), "{err}");
+    assert_eq!(err.kind(), Some(std::io::ErrorKind::ConnectionRefused));
     // With a connection of the old listener still open, the port can be taken again.
     let again = ns.listen_loopback(port).await.expect("listen again");
     drop((again, conn, accepted));

@@ -317,11 +317,12 @@ impl PodDialer for NetnsDialer {
             } else {
                 SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port))
             };
-            let sock = ns.udp_connect(addr).await.map_err(|e| DialError {
-                cause: format!(
+            let sock = ns.udp_connect(addr).await.map_err(|e| {
+                let cause = format!(
                     "failed to open a UDP socket to {addr} inside the pod: {}",
                     porthole_netns::describe_io_error(&e)
-                ),
+                );
+                DialError::io(cause, e)
             })?;
             // Counted like a TCP stream; `forward_ended` balances it once per flow (the ::1
             // fallback's second socket replaces the first within the same flow).
@@ -411,7 +412,7 @@ fn port_forward(
             tokio::select! {
                 r = crate::session::run(upgrade, io, dialer, params) => match r {
                     Ok(()) => tracing::debug!("port-forward session ended"),
-                    Err(e) => tracing::debug!(error = %e, "port-forward session ended with an error"),
+                    Err(e) => tracing::debug!(error = %porthole_relay::error::chain(e.as_ref()), "port-forward session ended with an error"),
                 },
                 _ = ep2.shutdown.cancelled() => tracing::debug!("port-forward session closed at shutdown"),
             }

@@ -3,6 +3,7 @@
 //! knows about namespaces and the node never knows about frames.
 
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -10,13 +11,48 @@ use tokio::net::{TcpStream, UdpSocket};
 
 use crate::copy::Transferred;
 
-/// Why a connection to the pod's port could not be made. `cause` is the text that follows
+/// Why a connection to the pod's port could not be made. The text is what follows
 /// `error forwarding port P to pod ID, uid : ` on the error stream (PROTOCOL.md §4.5), e.g.
 /// `failed to connect to localhost:8080 inside namespace "…", IPv4: … IPv6: …`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// The I/O error that decided the outcome is kept as the [`source`](std::error::Error::source)
+/// so a caller can tell a refused port from a timeout by [`kind`](Self::kind) rather than by
+/// parsing text.
+#[derive(Debug)]
 pub struct DialError {
-    /// Human-readable cause, naming the port and both address families where both were tried.
-    pub cause: String,
+    cause: String,
+    source: Option<io::Error>,
+}
+
+impl DialError {
+    /// A failure with no I/O error behind it (such as a UDP request to a TCP-only dialer).
+    /// `cause` names what could not be reached and why.
+    pub fn new(cause: impl Into<String>) -> Self {
+        Self {
+            cause: cause.into(),
+            source: None,
+        }
+    }
+
+    /// A failed connect or socket call. `cause` is the complete error-stream text, which already includes
+    /// `source` in the Go-like wording kubectl users know, so the two are not joined again.
+    pub fn io(cause: impl Into<String>, source: io::Error) -> Self {
+        Self {
+            cause: cause.into(),
+            source: Some(source),
+        }
+    }
+
+    /// The human-readable cause, naming the port and both address families where both were
+    /// tried.
+    pub fn cause(&self) -> &str {
+        &self.cause
+    }
+
+    /// The kind of the I/O error behind this failure, if there was one.
+    pub fn kind(&self) -> Option<io::ErrorKind> {
+        self.source.as_ref().map(io::Error::kind)
+    }
 }
 
 impl std::fmt::Display for DialError {
@@ -25,7 +61,11 @@ impl std::fmt::Display for DialError {
     }
 }
 
-impl std::error::Error for DialError {}
+impl std::error::Error for DialError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_ref().map(|e| e as _)
+    }
+}
 
 /// Bytes one forward relayed, reported by [`PodDialer::forward_ended`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -53,9 +93,9 @@ pub trait PodDialer: Send + Sync + 'static {
     fn dial_udp(&self, port: u16, ipv6: bool) -> UdpDialFuture {
         let _ = ipv6;
         Box::pin(async move {
-            Err(DialError {
-                cause: format!("UDP forwarding to port {port} is not supported by this node"),
-            })
+            Err(DialError::new(format!(
+                "UDP forwarding to port {port} is not supported by this node"
+            )))
         })
     }
     /// The pod identifier used in error texts (`error forwarding port P to pod <this>, uid : …`).

@@ -8,9 +8,11 @@
 //! - [`portforward`]: the port-forward servers (SPDY, WebSocket channels) and the SPDY client.
 //! - [`copy`]: half-close-aware relay between a stream and a TCP socket.
 //! - [`dial`]: the seam to the pod (`PodDialer`).
+//! - [`error`]: the error-chain formatter every porthole crate uses.
 
 pub mod copy;
 pub mod dial;
+pub mod error;
 pub mod keepalive;
 pub mod portforward;
 pub mod spdy;

@@ -28,8 +28,8 @@ impl PodDialer for ToApp {
     fn dial(&self, port: u16) -> DialFuture {
         let addr = self.0;
         Box::pin(async move {
-            TcpStream::connect(addr).await.map_err(|e| DialError {
-                cause: format!("failed to connect to localhost:{port}: {e}"),
+            TcpStream::connect(addr).await.map_err(|e| {
+                DialError::io(format!("failed to connect to localhost:{port}: {e}"), e)
             })
         })
     }

@@ -73,18 +73,29 @@ pub struct Entry {
     pub reverse: Vec<String>,
 }
 
-/// A bad forwards file; the text names the file, the entry and the field.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("error: {0}")]
-pub struct FileError(pub String);
+/// A forwards file that cannot be used. kubectl's `error: ` prefix is added where it is
+/// printed ([`crate::output::error_line`]).
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// The file could not be read; the I/O error is the source, so print the chain.
+    #[error("cannot read the forwards file {}", path.display())]
+    Read {
+        /// The file given with `-f`.
+        path: PathBuf,
+        /// Why it could not be read.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file's content is wrong; the text names the file, the entry and the field.
+    #[error("{0}")]
+    Invalid(String),
+}
 
 /// Reads and checks `path`.
 pub fn load(path: &Path) -> Result<Vec<Entry>, FileError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        FileError(format!(
-            "cannot read the forwards file {}: {e}",
-            path.display()
-        ))
+    let text = std::fs::read_to_string(path).map_err(|source| FileError::Read {
+        path: path.to_path_buf(),
+        source,
     })?;
     parse(path, &text)
 }
@@ -93,13 +104,13 @@ pub fn load(path: &Path) -> Result<Vec<Entry>, FileError> {
 pub fn parse(path: &Path, text: &str) -> Result<Vec<Entry>, FileError> {
     let file = path.display();
     let doc: FileDoc = serde_yaml::from_str(text).map_err(|e| {
-        FileError(format!(
+        FileError::Invalid(format!(
             "{file}: {e} (the file is a map with one key, `forwards:`, a list of entries; see \
              'porthole forward -h')"
         ))
     })?;
     if doc.forwards.is_empty() {
-        return Err(FileError(format!(
+        return Err(FileError::Invalid(format!(
             "{file}: `forwards` is empty; add at least one entry with `target` and `ports`"
         )));
     }
@@ -116,12 +127,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Entry>, FileError> {
             None => format!("{file}: forwards[{i}]"),
         };
         let raw: RawEntry = serde_yaml::from_value(value).map_err(|e| {
-            FileError(format!(
+            FileError::Invalid(format!(
                 "{at}: {e}; an entry has the fields name, context, namespace, target, ports, \
                  address, reverse"
             ))
         })?;
-        let field = |name: &str, msg: String| FileError(format!("{at}: field `{name}`: {msg}"));
+        let field =
+            |name: &str, msg: String| FileError::Invalid(format!("{at}: field `{name}`: {msg}"));
         TargetRef::parse(&raw.target).map_err(|e| {
             field(
                 "target",
@@ -182,7 +194,7 @@ pub fn load_all(paths: &[PathBuf]) -> Result<Vec<Entry>, FileError> {
     for path in paths {
         for e in load(path)? {
             if all.iter().any(|o| o.name == e.name) {
-                return Err(FileError(format!(
+                return Err(FileError::Invalid(format!(
                     "{}: entry name {:?} is also used in an earlier file; names must be unique",
                     path.display(),
                     e.name
@@ -203,7 +215,7 @@ mod tests {
     }
 
     fn parse_err(text: &str) -> String {
-        parse(Path::new("f.yaml"), text).unwrap_err().to_string()
+        crate::output::error_line(parse(Path::new("f.yaml"), text).unwrap_err())
     }
 
     #[test]
@@ -274,6 +286,20 @@ mod tests {
         let e = parse_err("forwards: []\n");
         assert!(e.contains("`forwards` is empty"), "{e}");
     }
+
+    #[test]
+    fn an_unreadable_file_keeps_the_io_error() {
+        let e = load(Path::new("/nonexistent/forwards.yaml")).unwrap_err();
+        let FileError::Read { source, .. } = &e else {
+            panic!("{e}")
+        };
+        assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+        assert!(
+            porthole_relay::error::chain(&e)
+                .starts_with("cannot read the forwards file /nonexistent/forwards.yaml: "),
+            "{e}"
+        );
+    }
 }
 
 /// The fuzz entry point for forwards files (`fuzz/fuzz_targets/forward_set_file.rs`), also
@@ -295,7 +321,10 @@ pub mod fuzz_logic {
         let entries = match parse(path, text) {
             Ok(entries) => entries,
             Err(e) => {
-                assert!(e.0.starts_with("fuzz.yaml"), "message names the file: {e}");
+                assert!(
+                    e.to_string().starts_with("fuzz.yaml"),
+                    "message names the file: {e}"
+                );
                 return;
             }
         };

@@ -300,7 +300,7 @@ async fn run_inner(args: ForwardArgs, shutdown: CancellationToken) -> Result<Exi
         return Err(usage("--pod-running-timeout must be higher than zero"));
     }
     if !args.address.is_empty() {
-        crate::listen::parse_addresses(&args.address).map_err(|e| format!("error: {e}"))?;
+        crate::listen::parse_addresses(&args.address).map_err(crate::output::error_line)?;
     }
     let mode = match (args.output, args.view) {
         (OutputFormat::Json, _) => ViewMode::Json,
@@ -310,17 +310,18 @@ async fn run_inner(args: ForwardArgs, shutdown: CancellationToken) -> Result<Exi
         (_, ViewChoice::Auto) => ViewMode::Plain,
     };
 
-    let mut entries = file::load_all(&args.files).map_err(|e| e.to_string())?;
+    let mut entries = file::load_all(&args.files)
+        .map_err(|e| crate::output::error_line(porthole_relay::error::chain(&e)))?;
     let mut hosts_lines = Vec::new();
     if args.all_services {
         let config = kubeconfig::load(&args.kube)
             .await
-            .map_err(|e| format!("error: {e}"))?;
+            .map_err(crate::output::error_line)?;
         let default_ns = config.default_namespace.clone();
         let client = crate::transport::api_client(config).map_err(|e| {
             format!(
                 "error: cannot create the API client: {}",
-                crate::transport::describe_error(&e)
+                porthole_relay::error::chain(&e)
             )
         })?;
         let namespaces = if args.all_namespaces {
@@ -395,7 +396,7 @@ async fn run_inner(args: ForwardArgs, shutdown: CancellationToken) -> Result<Exi
 
     // The hosts file: a killed run's block goes first, then ours.
     let hosts_block = if args.etc_hosts {
-        let removed = hosts::clean_stale(&args.hosts_file).map_err(|e| format!("error: {e}"))?;
+        let removed = hosts::clean_stale(&args.hosts_file).map_err(crate::output::error_line)?;
         if removed > 0 {
             view::notice(
                 mode,
@@ -408,7 +409,7 @@ async fn run_inner(args: ForwardArgs, shutdown: CancellationToken) -> Result<Exi
             );
         }
         let block =
-            hosts::add(&args.hosts_file, &hosts_lines).map_err(|e| format!("error: {e}"))?;
+            hosts::add(&args.hosts_file, &hosts_lines).map_err(crate::output::error_line)?;
         for (address, names) in &hosts_lines {
             view::notice(
                 mode,

@@ -32,11 +32,9 @@ struct Loopback;
 impl PodDialer for Loopback {
     fn dial(&self, port: u16) -> DialFuture {
         Box::pin(async move {
-            TcpStream::connect(("127.0.0.1", port))
-                .await
-                .map_err(|e| DialError {
-                    cause: format!("failed to connect to localhost:{port}: {e}"),
-                })
+            TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| {
+                DialError::io(format!("failed to connect to localhost:{port}: {e}"), e)
+            })
         })
     }
     fn pod_id(&self) -> String {
@@ -489,6 +487,21 @@ async fn kubectl_error_texts() {
     assert_eq!(
         run(api, &["web", "1:2:3"]).fatal().await,
         "error: invalid port format '1:2:3'"
+    );
+}
+
+#[tokio::test]
+async fn refused_api_server_gets_kubectls_hint() {
+    // A port nothing listens on any more: the connection is refused at once.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    assert_eq!(
+        run(port, &["web", "80"]).fatal().await,
+        format!(
+            "The connection to the server 127.0.0.1:{port} was refused - did you specify \
+             the right host or port?"
+        )
     );
 }
 

@@ -24,17 +24,11 @@ struct Loopback;
 
 impl PodDialer for Loopback {
     fn dial(&self, port: u16) -> DialFuture {
-        Box::pin(async move {
-            Err(DialError {
-                cause: format!("no TCP here ({port})"),
-            })
-        })
+        Box::pin(async move { Err(DialError::new(format!("no TCP here ({port})"))) })
     }
     fn dial_udp(&self, port: u16, _ipv6: bool) -> UdpDialFuture {
         Box::pin(async move {
-            let fail = |e: std::io::Error| DialError {
-                cause: e.to_string(),
-            };
+            let fail = |e: std::io::Error| DialError::io(e.to_string(), e);
             let s = UdpSocket::bind("127.0.0.1:0").await.map_err(fail)?;
             s.connect(("127.0.0.1", port)).await.map_err(fail)?;
             Ok(s)

@@ -10,13 +10,14 @@ use k8s_openapi::jiff::Timestamp;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use porthole_netns::NetNs;
+use porthole_relay::error::chain;
 use tokio_util::sync::CancellationToken;
 
 use super::env::{container_env, expand};
 use super::logs::{LogRun, LogWriter};
 use super::recovery::{self, Group};
 use super::status::{ContainerRecord, RunState, Terminated};
-use super::{chain, containers_of, init_containers_of, lock, probe, PodHandle};
+use super::{containers_of, init_containers_of, lock, probe, PodHandle};
 
 /// The kubelet's restart back-off: 10 s doubling to 5 min.
 const BACKOFF_INITIAL: Duration = Duration::from_secs(10);

@@ -31,6 +31,7 @@ use k8s_openapi::jiff::Timestamp;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use porthole_netns::NetNs;
+use porthole_relay::error::chain;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -426,15 +427,4 @@ impl Runtime {
     pub fn pods_dir(&self) -> &Path {
         &self.inner.pods_dir
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

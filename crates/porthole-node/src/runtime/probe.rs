@@ -63,7 +63,11 @@ pub(crate) async fn run_once(
     let timeout = ProbeTiming::of(probe).timeout;
     if let Some(tcp) = &probe.tcp_socket {
         let port = resolve_port(&tcp.port, container)?;
-        return ns.dial(port, timeout).await.map(drop).map_err(|e| e.cause);
+        return ns
+            .dial(port, timeout)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string());
     }
     if let Some(http) = &probe.http_get {
         let port = resolve_port(&http.port, container)?;
@@ -100,7 +104,7 @@ async fn http_get(
     {
         return Err("HTTPS readiness probes are not supported by porthole; use HTTP".into());
     }
-    let mut stream = ns.dial(port, timeout).await.map_err(|e| e.cause)?;
+    let mut stream = ns.dial(port, timeout).await.map_err(|e| e.to_string())?;
     let path = http
         .path
         .as_deref()

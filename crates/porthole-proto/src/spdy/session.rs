@@ -33,6 +33,8 @@
 #![allow(clippy::disallowed_types)] // `Instant` is only passed in, never read from the clock.
 
 use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -127,7 +129,7 @@ impl Default for Config {
 }
 
 /// Why the session ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum CloseReason {
     /// We closed it ([`Session::close`]).
     Local,
@@ -141,9 +143,30 @@ pub enum CloseReason {
     PingTimeout,
     /// The peer broke the protocol (fatal per PROTOCOL.md §3.10).
     Protocol(String),
-    /// The transport failed (reported by the driver).
-    Io(String),
+    /// The transport failed (reported by the driver). `Arc` because the reason is handed to
+    /// every task waiting on the session's end, and `io::Error` cannot be cloned.
+    Io(Arc<io::Error>),
 }
+
+/// Equal when the variants are; two transport failures are equal when they are the same error
+/// or have the same kind and text, since `io::Error` has no equality of its own.
+impl PartialEq for CloseReason {
+    fn eq(&self, other: &Self) -> bool {
+        use CloseReason::*;
+        match (self, other) {
+            (Local, Local) | (Eof, Eof) | (IdleTimeout, IdleTimeout) => true,
+            (PingTimeout, PingTimeout) => true,
+            (GoAway(a), GoAway(b)) => a == b,
+            (Protocol(a), Protocol(b)) => a == b,
+            (Io(a), Io(b)) => {
+                Arc::ptr_eq(a, b) || (a.kind() == b.kind() && a.to_string() == b.to_string())
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Eq for CloseReason {}
 
 impl std::fmt::Display for CloseReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -155,6 +178,15 @@ impl std::fmt::Display for CloseReason {
             CloseReason::PingTimeout => f.write_str("peer did not answer pings"),
             CloseReason::Protocol(e) => write!(f, "protocol error: {e}"),
             CloseReason::Io(e) => write!(f, "i/o error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for CloseReason {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CloseReason::Io(e) => Some(&**e),
+            _ => None,
         }
     }
 }
@@ -842,8 +874,8 @@ impl Session {
     }
 
     /// The transport failed.
-    pub fn handle_io_error(&mut self, error: String) {
-        self.end(CloseReason::Io(error));
+    pub fn handle_io_error(&mut self, error: io::Error) {
+        self.end(CloseReason::Io(Arc::new(error)));
     }
 
     fn fail(&mut self, now: Instant, e: &ProtocolError) {
@@ -1533,5 +1565,17 @@ mod tests {
         assert_eq!(got, filler.len() + 10);
         assert_eq!(&buf[got - 10..got], b"then reset");
         assert_eq!(s.read(now, ids[0], &mut buf), ReadOutcome::Reset);
+    }
+
+    #[test]
+    fn transport_failure_keeps_the_io_error() {
+        use std::error::Error as _;
+        let (mut c, _s, _now) = pair(false);
+        c.handle_io_error(io::Error::from(io::ErrorKind::ConnectionReset));
+        let reason = c.close_reason().expect("closed").clone();
+        let source = reason.source().expect("source kept");
+        let io = source.downcast_ref::<io::Error>().expect("an io::Error");
+        assert_eq!(io.kind(), io::ErrorKind::ConnectionReset);
+        assert_eq!(Some(&reason), c.close_reason());
     }
 }

@@ -10,6 +10,7 @@
 //! - copy errors after a successful dial are logged, not sent as error text, because kubectl
 //!   ends the whole session on any error text (§4.3 step 10).
 
+use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,14 +83,26 @@ impl ServerConfig {
 }
 
 /// How a served connection ended badly. EOF, GOAWAY, idle timeout and local shutdown are `Ok`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// I/O failures keep the `io::Error` as their source, so a caller logging the chain sees the
+/// cause and one matching on the kind need not parse text.
+#[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// The peer broke the SPDY protocol.
     #[error("spdy protocol error from client: {0}")]
     Protocol(String),
-    /// The transport failed.
-    #[error("connection to client failed: {0}")]
-    Io(String),
+    /// The SPDY connection's transport failed. `Arc` because the session shares one error
+    /// with every task waiting on its end ([`CloseReason::Io`]).
+    #[error("connection to client failed")]
+    Io(#[source] Arc<io::Error>),
+    /// Reading a WebSocket message from the client failed.
+    #[error("reading from the WebSocket client failed")]
+    ReadFromClient(#[source] io::Error),
+    /// Writing a WebSocket message to the client failed.
+    #[error("writing to the WebSocket client failed")]
+    WriteToClient(#[source] io::Error),
+    /// The task writing to the WebSocket client panicked or was cancelled.
+    #[error("WebSocket writer task failed")]
+    WriterTask(#[source] tokio::task::JoinError),
     /// Our keepalive PINGs went unanswered.
     #[error("client stopped answering pings")]
     PingTimeout,
@@ -216,7 +229,7 @@ async fn forward_pair(pair: Pair<Stream>, dialer: Arc<dyn PodDialer>, pod_gone: 
             biased;
             _ = pod_gone.cancelled() => Err(gone()),
             r = dialer.dial(port) => match r {
-                Err(e) => Err(e.cause),
+                Err(e) => Err(e.to_string()),
                 Ok(mut sock) => {
                     let mut report = ForwardReport::new(dialer.clone(), port);
                     let _ = sock.set_nodelay(true);

@@ -63,7 +63,10 @@ enum Wake {
 
 /// The datagram loop. `Ok` when the client ended the flow; `Err(cause)` for the error stream.
 async fn relay(data: &mut Stream, dialer: &Arc<dyn PodDialer>, port: u16) -> Result<(), String> {
-    let mut sock = dialer.dial_udp(port, false).await.map_err(|e| e.cause)?;
+    let mut sock = dialer
+        .dial_udp(port, false)
+        .await
+        .map_err(|e| e.to_string())?;
     // Reports the flow to the dialer (metrics) when it ends, however it ends.
     let mut report = ForwardReport::new(dialer.clone(), port);
     let moved = &mut report.moved;
@@ -149,7 +152,7 @@ async fn relay(data: &mut Stream, dialer: &Arc<dyn PodDialer>, port: u16) -> Res
                 return Err(format!(
                     "failed to send to localhost:{port} inside the pod: IPv4: {}; IPv6: {}",
                     v4_refusal.unwrap_or_default(),
-                    e.cause
+                    e
                 ))
             }
         };

@@ -96,7 +96,8 @@ impl Activity {
 /// `pod_gone` (every active port gets `error forwarding port P to pod ID, uid : pod ID was
 /// deleted`, as the SPDY server writes, and so ends; then the WebSocket closes). A client
 /// Close, EOF, or the end of every port is `Ok`; framing violations are
-/// [`ServeError::Protocol`], transport failures [`ServeError::Io`].
+/// [`ServeError::Protocol`], transport failures [`ServeError::ReadFromClient`] and
+/// [`ServeError::WriteToClient`].
 pub async fn serve<T>(
     io: T,
     proto: ChannelProtocol,
@@ -203,7 +204,7 @@ where
                         break Err(ServeError::Protocol(e.to_string()));
                     }
                     Err(e) => {
-                        break Err(ServeError::Io(format!("reading from the WebSocket client failed: {e}")));
+                        break Err(ServeError::ReadFromClient(e));
                     }
                 }
             }
@@ -257,10 +258,8 @@ async fn finish_writer(
     writer: &mut tokio::task::JoinHandle<io::Result<()>>,
 ) -> Result<(), ServeError> {
     match writer.await {
-        Ok(r) => {
-            r.map_err(|e| ServeError::Io(format!("writing to the WebSocket client failed: {e}")))
-        }
-        Err(e) => Err(ServeError::Io(format!("WebSocket writer task failed: {e}"))),
+        Ok(r) => r.map_err(ServeError::WriteToClient),
+        Err(e) => Err(ServeError::WriterTask(e)),
     }
 }
 
@@ -321,7 +320,7 @@ impl PortForward {
                 r = dialer.dial(self.port) => match r {
                     Err(e) => {
                         debug!(error = %e, "dial failed");
-                        Some(e.cause)
+                        Some(e.to_string())
                     }
                     Ok(conn) => {
                         let mut report = ForwardReport::new(dialer.clone(), self.port);

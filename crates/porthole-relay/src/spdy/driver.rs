@@ -32,7 +32,7 @@ pub(super) struct Driver<T> {
     sleep_at: Option<Instant>,
     read_done: bool,
     eof_pending: bool,
-    io_err_pending: Option<String>,
+    io_err_pending: Option<io::Error>,
     write_broken: bool,
     want_read: bool,
     flush_needed: bool,
@@ -95,7 +95,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
         }
         if let Some(e) = io_err {
             tracing::debug!(error = %e, "spdy transport error");
-            self.io_err_pending.get_or_insert(e.to_string());
+            self.io_err_pending.get_or_insert(e);
         }
         // Likewise a transport error ends the session only once everything already received
         // has been processed (a peer that sent its data and vanished loses nothing).

@@ -18,11 +18,9 @@ struct Loopback;
 impl PodDialer for Loopback {
     fn dial(&self, port: u16) -> DialFuture {
         Box::pin(async move {
-            TcpStream::connect(("127.0.0.1", port))
-                .await
-                .map_err(|e| DialError {
-                    cause: format!("failed to connect to localhost:{port}: {e}"),
-                })
+            TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| {
+                DialError::io(format!("failed to connect to localhost:{port}: {e}"), e)
+            })
         })
     }
     fn pod_id(&self) -> String {

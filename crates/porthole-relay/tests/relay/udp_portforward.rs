@@ -18,11 +18,7 @@ struct Loopback;
 
 impl PodDialer for Loopback {
     fn dial(&self, port: u16) -> DialFuture {
-        Box::pin(async move {
-            Err(DialError {
-                cause: format!("no TCP in this test (port {port})"),
-            })
-        })
+        Box::pin(async move { Err(DialError::new(format!("no TCP in this test (port {port})"))) })
     }
     fn dial_udp(&self, port: u16, ipv6: bool) -> UdpDialFuture {
         Box::pin(async move {
@@ -37,9 +33,7 @@ impl PodDialer for Loopback {
                     (Ipv4Addr::LOCALHOST, port).into(),
                 )
             };
-            let fail = |e: std::io::Error| DialError {
-                cause: format!("udp socket to {to}: {e}"),
-            };
+            let fail = |e: std::io::Error| DialError::io(format!("udp socket to {to}: {e}"), e);
             let s = UdpSocket::bind(bind).await.map_err(fail)?;
             s.connect(to).await.map_err(fail)?;
             Ok(s)

@@ -23,15 +23,18 @@ impl PodDialer for LoopbackDialer {
     fn dial(&self, port: u16) -> DialFuture {
         let addr = self.ports.get(&port).copied();
         Box::pin(async move {
-            let addr = addr.ok_or_else(|| DialError {
-                cause: format!(
+            let addr = addr.ok_or_else(|| {
+                DialError::new(format!(
                     "failed to connect to localhost:{port} inside namespace \"test\": no listener"
-                ),
+                ))
             })?;
-            TcpStream::connect(addr).await.map_err(|e| DialError {
-                cause: format!(
+            TcpStream::connect(addr).await.map_err(|e| {
+                DialError::io(
+                    format!(
                     "failed to connect to localhost:{port} inside namespace \"test\", IPv4: {e}"
                 ),
+                    e,
+                )
             })
         })
     }

@@ -23,12 +23,14 @@ impl PodDialer for LoopbackDialer {
     fn dial(&self, port: u16) -> DialFuture {
         let addr = self.0.get(&port).copied();
         Box::pin(async move {
-            let addr = addr.ok_or_else(|| DialError {
-                cause: format!("failed to connect to localhost:{port}: connection refused"),
+            let addr = addr.ok_or_else(|| {
+                DialError::new(format!(
+                    "failed to connect to localhost:{port}: connection refused"
+                ))
             })?;
-            TcpStream::connect(addr).await.map_err(|e| DialError {
-                cause: e.to_string(),
-            })
+            TcpStream::connect(addr)
+                .await
+                .map_err(|e| DialError::io(e.to_string(), e))
         })
     }
     fn pod_id(&self) -> String {
