@@ -168,36 +168,26 @@ fn not_sent(described: &str) -> bool {
 /// types tonic prints and without saying one thing twice.
 pub(super) fn describe(e: &etcd_client::Error) -> String {
     use std::error::Error as _;
-    let (head, mut cause): (String, Option<&dyn std::error::Error>) = match e {
+    let (head, cause): (String, Option<&(dyn std::error::Error + 'static)>) = match e {
         etcd_client::Error::GRpcStatus(status) => (status.message().to_string(), status.source()),
         // etcd-client's error has no source(): start from the wrapped error's.
         etcd_client::Error::TransportError(t) => (t.to_string(), t.source()),
         etcd_client::Error::IoError(io) => (io.to_string(), io.source()),
         other => (other.to_string(), None),
     };
-    let mut parts = vec![head];
-    while let Some(c) = cause {
-        parts.push(c.to_string());
-        cause = c.source();
-    }
-    let mut text = String::new();
-    let last = parts.len() - 1;
-    for (i, part) in parts.iter().enumerate() {
-        // tonic's "transport error" says nothing when a cause follows it.
-        if part.is_empty()
-            || text.contains(part.as_str())
-            || (part == "transport error" && i < last)
-        {
-            continue;
-        }
-        if !text.is_empty() {
-            text.push_str(": ");
-        }
-        text.push_str(part);
-    }
-    if text.is_empty() {
-        e.to_string()
+    let causes = cause.map(porthole_relay::error::chain).unwrap_or_default();
+    // tonic's "transport error" says nothing when a cause follows it.
+    let head = if head == "transport error" && !causes.is_empty() {
+        String::new()
     } else {
-        text
+        head
+    };
+    match (head.is_empty(), causes.is_empty()) {
+        (true, true) => e.to_string(),
+        (false, true) => head,
+        (true, false) => causes,
+        (false, false) if causes.contains(&head) => causes,
+        (false, false) if head.contains(&causes) => head,
+        (false, false) => format!("{head}: {causes}"),
     }
 }
