@@ -6,7 +6,7 @@
 //! still move hundreds of MB/s. With `--queue-bypass` and fail-open, a full queue or a stopped
 //! thread lets packets through instead of dropping them.
 //!
-//! [`crate::testbed::Host::netem`] uses tc's netem where the kernel has it and this otherwise.
+//! `Host::netem` (in `testbed.rs`) uses tc's netem where the kernel has it and this otherwise.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,7 +16,14 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tokio::time::Instant;
 
-use crate::testbed::Host;
+/// What a delay needs of a host: to work in its network namespace. The testbed's `Host` is
+/// one; the trait keeps this module below the testbed instead of the two importing each other.
+pub trait InNamespace: Send + Sync + 'static {
+    /// Moves the calling thread into the namespace for good.
+    fn enter_this_thread(&self) -> Result<()>;
+    /// Runs `program args` there; stdout if it exits 0.
+    fn run(&self, program: &str, args: &[&str]) -> Result<String>;
+}
 
 /// The queue number (queues are per network namespace, so every host can use the same one).
 const QUEUE: u16 = 7;
@@ -25,7 +32,7 @@ const MAX_HELD: u32 = 1 << 16;
 
 /// A running delay on one host; dropping it removes the rule and releases every packet.
 pub struct Delay {
-    host: Host,
+    host: Arc<dyn InNamespace>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<Result<()>>>,
 }
@@ -49,7 +56,7 @@ fn rule(action: &str) -> Vec<String> {
 
 impl Delay {
     /// Delays everything `host` sends by `delay`.
-    pub fn start(host: &Host, delay: Duration) -> Result<Delay> {
+    pub fn start(host: Arc<dyn InNamespace>, delay: Duration) -> Result<Delay> {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();

@@ -383,6 +383,15 @@ impl Drop for Testbed {
     }
 }
 
+impl crate::delay::InNamespace for Host {
+    fn enter_this_thread(&self) -> Result<()> {
+        Host::enter_this_thread(self)
+    }
+    fn run(&self, program: &str, args: &[&str]) -> Result<String> {
+        Host::run(self, program, args)
+    }
+}
+
 impl Host {
     /// The host's name in the test.
     pub fn name(&self) -> &str {
@@ -563,7 +572,7 @@ impl Host {
             self.set_loss(pct)?;
         }
         if let Some(d) = delay {
-            let emulator = crate::delay::Delay::start(self, d)?;
+            let emulator = crate::delay::Delay::start(std::sync::Arc::new(self.clone()), d)?;
             emulated()
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
