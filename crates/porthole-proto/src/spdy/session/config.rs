@@ -1,9 +1,11 @@
-//! The settings a driver picks for a [`Session`](super::Session) before it starts: which end
-//! of the upgrade it is, timers, buffer sizes and whether flow control was negotiated.
-//! Kept apart so the defaults and their reasons can be read without the state machine.
+//! The settings a driver picks for a [`Session`] before it starts: which end of the upgrade it
+//! is, timers, buffer sizes and whether flow control was negotiated. Kept apart so the defaults
+//! and their reasons can be read without the state machine.
 
 use std::time::Duration;
 
+#[cfg(doc)]
+use super::{Session, WINDOW_GROWTH_RATE};
 use crate::spdy::header_block;
 
 /// Which end of the HTTP upgrade this session is (decides stream- and ping-id parity).
