@@ -197,6 +197,8 @@ impl Session {
         self.maybe_forget(id);
     }
 
+    /// Decodes one control frame and hands it to its handler. Decoding (and inflating every
+    /// header block) happens here for every frame, whatever the handler then makes of it.
     fn handle_control(
         &mut self,
         now: Instant,
@@ -216,79 +218,30 @@ impl Session {
                 let f = frame::SynReply::decode(flags, payload)?;
                 let headers = self.decompressor.decompress(&f.header_block)?;
                 header_block::check_forbidden(&headers, true)?;
-                if let Some(s) = self.streams.get_mut(&f.stream_id) {
-                    if s.state.on_syn_reply() {
-                        self.notify(f.stream_id);
-                        if f.flags & FLAG_FIN != 0 {
-                            self.deliver_fin(f.stream_id);
-                        }
-                    }
-                }
+                self.on_syn_reply(f.stream_id, f.flags);
             }
             kind::HEADERS => {
                 let f = frame::Headers::decode(flags, payload)?;
                 let _ = self.decompressor.decompress(&f.header_block)?;
-                if f.flags & FLAG_FIN != 0 && self.streams.contains_key(&f.stream_id) {
-                    self.deliver_fin(f.stream_id);
-                }
+                self.on_headers(f.stream_id, f.flags);
             }
             kind::RST_STREAM => {
                 let f = RstStream::decode(&payload)?;
-                if let Some(s) = self.streams.get_mut(&f.stream_id) {
-                    if s.state.on_reset(ResetBy::Remote(f.status)) {
-                        s.send_q.clear();
-                        self.notify(f.stream_id);
-                    }
-                }
+                self.on_rst_stream(f);
             }
             kind::SETTINGS => {
                 let f = Settings::decode(flags, &payload)?;
                 if self.cfg.flow_control {
-                    for e in f
-                        .entries
-                        .iter()
-                        .filter(|e| e.id == SettingId::INITIAL_WINDOW_SIZE)
-                    {
-                        let new = i64::from(e.value.min(MAX_WINDOW as u32));
-                        let delta = new - self.peer_initial_window;
-                        self.peer_initial_window = new;
-                        let ids: Vec<StreamId> = self.streams.keys().copied().collect();
-                        for id in ids {
-                            if let Some(s) = self.streams.get_mut(&id) {
-                                s.windows.send += delta;
-                            }
-                            if delta > 0 {
-                                self.unblock_window(id);
-                            }
-                        }
-                    }
+                    self.on_settings(&f);
                 }
             }
             kind::PING => {
                 let f = Ping::decode(flags, &payload)?;
-                let own_parity = match self.cfg.role {
-                    Role::Client => 1,
-                    Role::Server => 0,
-                };
-                if f.id % 2 != own_parity {
-                    f.encode(&mut self.tx);
-                } else if let Some((id, sent)) = self.outstanding_ping {
-                    if id == f.id {
-                        self.outstanding_ping = None;
-                        let rtt = now.saturating_duration_since(sent);
-                        self.last_rtt = Some(rtt);
-                        self.min_rtt = Some(self.min_rtt.map_or(rtt, |m| m.min(rtt)));
-                    }
-                }
+                self.on_ping(now, f);
             }
             kind::GOAWAY => {
                 let f = GoAway::decode(flags, &payload)?;
-                self.events.push_back(Event::GoAway {
-                    last_good: f.last_good_stream_id,
-                    status: f.status,
-                });
-                // Go stops reading at once and ends every stream (§3.9): do the same.
-                self.end(CloseReason::GoAway(f.status));
+                self.on_goaway(f);
             }
             kind::WINDOW_UPDATE => {
                 let f = WindowUpdate::decode(flags, &payload)?;
@@ -299,6 +252,81 @@ impl Session {
             kind => return Err(FrameError::UnknownControlType { kind }.into()),
         }
         Ok(())
+    }
+
+    fn on_syn_reply(&mut self, id: StreamId, flags: u8) {
+        if let Some(s) = self.streams.get_mut(&id) {
+            if s.state.on_syn_reply() {
+                self.notify(id);
+                if flags & FLAG_FIN != 0 {
+                    self.deliver_fin(id);
+                }
+            }
+        }
+    }
+
+    fn on_headers(&mut self, id: StreamId, flags: u8) {
+        if flags & FLAG_FIN != 0 && self.streams.contains_key(&id) {
+            self.deliver_fin(id);
+        }
+    }
+
+    fn on_rst_stream(&mut self, f: RstStream) {
+        if let Some(s) = self.streams.get_mut(&f.stream_id) {
+            if s.state.on_reset(ResetBy::Remote(f.status)) {
+                s.send_q.clear();
+                self.notify(f.stream_id);
+            }
+        }
+    }
+
+    /// Only INITIAL_WINDOW_SIZE matters, and only with flow control.
+    fn on_settings(&mut self, f: &Settings) {
+        for e in f
+            .entries
+            .iter()
+            .filter(|e| e.id == SettingId::INITIAL_WINDOW_SIZE)
+        {
+            let new = i64::from(e.value.min(MAX_WINDOW as u32));
+            let delta = new - self.peer_initial_window;
+            self.peer_initial_window = new;
+            let ids: Vec<StreamId> = self.streams.keys().copied().collect();
+            for id in ids {
+                if let Some(s) = self.streams.get_mut(&id) {
+                    s.windows.send += delta;
+                }
+                if delta > 0 {
+                    self.unblock_window(id);
+                }
+            }
+        }
+    }
+
+    /// The peer's PINGs are echoed; ours, when answered, measure the round trip.
+    fn on_ping(&mut self, now: Instant, f: Ping) {
+        let own_parity = match self.cfg.role {
+            Role::Client => 1,
+            Role::Server => 0,
+        };
+        if f.id % 2 != own_parity {
+            f.encode(&mut self.tx);
+        } else if let Some((id, sent)) = self.outstanding_ping {
+            if id == f.id {
+                self.outstanding_ping = None;
+                let rtt = now.saturating_duration_since(sent);
+                self.last_rtt = Some(rtt);
+                self.min_rtt = Some(self.min_rtt.map_or(rtt, |m| m.min(rtt)));
+            }
+        }
+    }
+
+    fn on_goaway(&mut self, f: GoAway) {
+        self.events.push_back(Event::GoAway {
+            last_good: f.last_good_stream_id,
+            status: f.status,
+        });
+        // Go stops reading at once and ends every stream (§3.9): do the same.
+        self.end(CloseReason::GoAway(f.status));
     }
 
     fn on_syn_stream(&mut self, now: Instant, id: StreamId, flags: u8, headers: HeaderList) {

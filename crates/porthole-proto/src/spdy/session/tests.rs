@@ -1,5 +1,7 @@
 //! Session tests: an in-memory client/server pair pumped on fake time (STYLE.md "Tests",
-//! item 3).
+//! item 3). A file of their own, as in quinn-proto, so the state machine in `mod.rs` reads
+//! without scrolling past them. As a child of `session` they may still look at its private
+//! fields (stream windows, the configured sizes).
 
 use super::*;
 use crate::spdy::stream::STREAM_SEND_QUEUE;
