@@ -1,7 +1,7 @@
-//! What `porthole apiserver` is told: the command-line flags ([`Args`], [`EtcdArgs`]) and
-//! the [`Config`] loaded from them (certificates, tokens, the store to open) that [`run`](crate::run)
-//! takes. Kept out of `lib.rs`, the HTTP front, because flags and file loading change for
-//! different reasons than request handling does.
+//! What `porthole apiserver` is told: the command-line flags ([`Args`], [`EtcdArgs`]) and the
+//! [`Config`] loaded from them (certificates, tokens, the store to open) that
+//! [`run`](crate::run) takes. Kept out of `lib.rs`, the HTTP front, because flags and file
+//! loading change for different reasons than request handling does.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
