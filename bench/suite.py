@@ -5,8 +5,8 @@ Called by bench/run.sh (which builds the tools, raises limits and traps cleanup)
 bench/README.md. Writes OUT/results.tsv (rep, path, metric, value), OUT/meta.json and one log
 per process; bench/summarize.py turns them into BENCHMARKS.md.
 
-Paths (issue 7): phys (1), tls-relay (2), socat (3), ssh-default / ssh-aes128 (4),
-kubectl-ws / kubectl-spdy (5), porthole-ws / porthole-spdy (6).
+Paths (issue 7): phys (1), tls-relay (2), tls-one-hop (2b, issue 15), socat (3),
+ssh-default / ssh-aes128 (4), kubectl-ws / kubectl-spdy (5), porthole-ws / porthole-spdy (6).
 Workloads and methods: docs/PERF_BASELINES.md §5.
 """
 
@@ -421,17 +421,27 @@ spec:
         try_path("phys", lambda: Path("phys", pod_echo, pod_iperf,
                                       prefix=["nsenter", f"--net={ns}"], pin=pod_pids))
 
-        # 2. the same chain with no protocol: 3 TLS relays (client, "apiserver", "node")
-        def tls_relay():
+        def relay_certs():
             certs = os.path.join(self.out, "certs")
-            subprocess.run([self.bench, "gencerts", "--dir", certs], check=True)
-            c, k, ca = (os.path.join(certs, f) for f in ("leaf.pem", "leaf.key", "ca.pem"))
-            node = Proc(self, "relay-node", [self.bench, "relay", "--listen", "127.0.0.1:0",
-                                             "--connect", pod_echo, "--listen", "127.0.0.1:0",
-                                             "--connect", pod_iperf, "--tls-cert", c,
-                                             "--tls-key", k, "--netns", ns])
+            if not os.path.exists(os.path.join(certs, "ca.pem")):
+                subprocess.run([self.bench, "gencerts", "--dir", certs], check=True)
+            return (os.path.join(certs, f) for f in ("leaf.pem", "leaf.key", "ca.pem"))
+
+        def node_relay(name):
+            """The TLS relay standing for the node: TLS in, plain TCP into the pod's netns."""
+            c, k, _ = relay_certs()
+            node = Proc(self, name, [self.bench, "relay", "--listen", "127.0.0.1:0",
+                                     "--connect", pod_echo, "--listen", "127.0.0.1:0",
+                                     "--connect", pod_iperf, "--tls-cert", c,
+                                     "--tls-key", k, "--netns", ns])
             n1, n2 = node.wait_lines([r"listening on (\S+) -> .*:%d" % ECHO_PORT,
                                       r"listening on (\S+) -> .*:%d" % IPERF_PORT], 10)
+            return node, n1, n2
+
+        # 2. the same chain with no protocol: 3 TLS relays (client, "apiserver", "node")
+        def tls_relay():
+            c, k, ca = relay_certs()
+            node, n1, n2 = node_relay("relay-node")
             api = Proc(self, "relay-apiserver", [self.bench, "relay", "--listen", "127.0.0.1:0",
                                                  "--connect", n1.group(1), "--listen",
                                                  "127.0.0.1:0", "--connect", n2.group(1),
@@ -451,6 +461,23 @@ spec:
                                "node relay": lambda: [node.pid]},
                         pin=[cli.pid, api.pid, node.pid] + pod_pids)
         try_path("tls-relay", tls_relay)
+
+        # 2b. one TLS hop and no protocol (a client relay → the node relay): the ceiling of
+        # `porthole up`, whose API server reaches the node in process, so one TLS hop in all.
+        def tls_one_hop():
+            _, _, ca = relay_certs()
+            node, n1, n2 = node_relay("hop-node")
+            cli = Proc(self, "hop-client", [self.bench, "relay", "--listen", "127.0.0.1:0",
+                                            "--connect", n1.group(1), "--listen",
+                                            "127.0.0.1:0", "--connect", n2.group(1),
+                                            "--tls-ca", ca])
+            c1, c2 = cli.wait_lines([r"listening on (\S+) -> %s" % re.escape(n1.group(1)),
+                                     r"listening on (\S+) -> %s" % re.escape(n2.group(1))], 10)
+            return Path("tls-one-hop", c1.group(1), c2.group(1),
+                        roles={"client relay": lambda: [cli.pid],
+                               "node relay": lambda: [node.pid]},
+                        pin=[cli.pid, node.pid] + pod_pids)
+        try_path("tls-one-hop", tls_one_hop)
 
         # 3. the seed's reference: socat fork + nsenter + socat per connection
         def socat():
@@ -838,7 +865,7 @@ def main():
     ap.add_argument("--porthole", required=True, help="porthole binary")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--reps", type=int)
-    ap.add_argument("--paths", default="phys,tls-relay,socat,ssh-default,ssh-aes128,kubectl-ws,"
+    ap.add_argument("--paths", default="phys,tls-relay,tls-one-hop,socat,ssh-default,ssh-aes128,kubectl-ws,"
                                        "kubectl-spdy,porthole-ws,porthole-spdy")
     ap.add_argument("--mem", default=None, help="idle connection counts, e.g. 1000,10000")
     ap.add_argument("--mem-reps", type=int, default=1)

@@ -16,6 +16,7 @@ from collections import defaultdict
 LABELS = {
     "phys": "1. physical limit (client in the pod netns → its 127.0.0.1)",
     "tls-relay": "2. TLS relays, no protocol (client → \"apiserver\" → \"node\" → pod)",
+    "tls-one-hop": "2b. one TLS hop, no protocol (client → \"node\" → pod)",
     "socat": "3. socat + nsenter (seed reference)",
     "ssh-default": "4. ssh -L, default cipher",
     "ssh-aes128": "4. ssh -L, aes128-gcm",
@@ -294,6 +295,47 @@ def main():
             if pc is not None and kc is not None:
                 goal(f"{q}: client CPU per GB < {k}'s, {word} (issue 5)", pc < kc,
                      f"{fmt(pc)} vs {fmt(kc)} CPU s/GB ({pc / kc:.2f} ×)")
+    # Issue 15's targets for `porthole up` (targets 1, 3, 4 and 7).
+    for q in [x for x in PORTHOLE if x in paths]:
+        for m, word in (("thr1_MBps", "upload"), ("thr1r_MBps", "download")):
+            v, hop = t.med(q, m), t.med("tls-one-hop", m)
+            if v is not None and hop is not None:
+                goal(f"{q}: 1-conn {word} ≥ 0.85 × one bare TLS hop (path 2b; issue 15)",
+                     v >= 0.85 * hop, f"{fmt(v)} MB/s = {v / hop:.2f} × path 2b ({fmt(hop)})")
+        v, v3, v5 = t.med(q, "conn1_per_s"), t.med("socat", "conn1_per_s"), \
+            t.med("ssh-aes128", "conn1_per_s")
+        if v is not None and v3 is not None and v5 is not None:
+            goal(f"{q}: new connections/s, 1 client, ≥ 10 × socat and ≥ ssh -L aes128-gcm "
+                 "(issue 15)", v >= 10 * v3 and v >= v5,
+                 f"{fmt(v)}/s = {v / v3:.1f} × socat, {v / v5:.2f} × ssh aes128-gcm ({fmt(v5)})")
+        v, v3 = t.med(q, "conn8_per_s"), t.med("socat", "conn8_per_s")
+        if v is not None and v3 is not None:
+            goal(f"{q}: new connections/s, 8 clients, ≥ 12 × socat (issue 15)", v >= 12 * v3,
+                 f"{fmt(v)}/s = {v / v3:.1f} × socat ({fmt(v3)})")
+        lp, up = t.med(q, "rtt_load_p99_us"), t.med(q, "rtt_p99_us")
+        if lp is not None and up is not None:
+            goal(f"{q}: p99 round trip under load ≤ 2 × unloaded p99 (issue 15)", lp <= 2 * up,
+                 f"loaded {fmt(lp)} µs = {lp / up:.2f} × unloaded ({fmt(up)} µs)")
+        for d, word in (("", "upload"), ("r", "download")):
+            client = t.med(q, f"cpu{d}_s_per_GB:porthole port-forward")
+            up_cpu = t.med(q, f"cpu{d}_s_per_GB:porthole up (apiserver + node)")
+            chain_client = t.med("tls-relay", f"cpu{d}_s_per_GB:client relay")
+            chain_servers = [t.med("tls-relay", f"cpu{d}_s_per_GB:{r}")
+                             for r in ("apiserver relay", "node relay")]
+            if client is not None and chain_client is not None:
+                goal(f"{q}: client CPU per GB ≤ the chain's client relay, {word} (issue 15)",
+                     client <= chain_client,
+                     f"{fmt(client)} vs {fmt(chain_client)} CPU s/GB "
+                     f"({client / chain_client:.2f} ×)")
+            if up_cpu is not None and None not in chain_servers:
+                both = sum(chain_servers)
+                goal(f"{q}: `up` CPU per GB ≤ the chain's two server relays, {word} (issue 15)",
+                     up_cpu <= both,
+                     f"{fmt(up_cpu)} vs {fmt(both)} CPU s/GB ({up_cpu / both:.2f} ×)")
+    ws, spdy = t.med("porthole-ws", "thr1_MBps"), t.med("porthole-spdy", "thr1_MBps")
+    if ws is not None and spdy is not None:
+        goal("porthole-ws: 1-conn throughput ≥ 0.95 × porthole-spdy (issue 15)",
+             ws >= 0.95 * spdy, f"{fmt(ws)} vs {fmt(spdy)} MB/s ({ws / spdy:.2f} ×)")
     if goals:
         p("| goal | met? | figures |")
         p("|---|---|---|")
