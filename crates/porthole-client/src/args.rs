@@ -157,12 +157,7 @@ impl Args {
     /// 2–3 info, 4–5 debug, 6+ trace. At the default level kube's own request-failure logs are
     /// off: every failure they report is already printed here, in kubectl's words.
     pub fn log_filter(&self) -> &'static str {
-        match self.verbosity.unwrap_or(0) {
-            0..=1 => "warn,kube_client=off",
-            2..=3 => "info",
-            4..=5 => "debug",
-            _ => "trace",
-        }
+        log_filter(self.verbosity)
     }
 }
 
@@ -208,6 +203,16 @@ pub(crate) fn validate(args: &Args) -> Result<Validated, String> {
         addresses,
         reverse,
     })
+}
+
+/// The `tracing` filter for `-v N` (shared by `port-forward` and `forward`).
+pub(crate) fn log_filter(verbosity: Option<u8>) -> &'static str {
+    match verbosity.unwrap_or(0) {
+        0..=1 => "warn,kube_client=off",
+        2..=3 => "info",
+        4..=5 => "debug",
+        _ => "trace",
+    }
 }
 
 #[cfg(test)]

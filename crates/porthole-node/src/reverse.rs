@@ -95,17 +95,15 @@ pub(crate) async fn serve(
     if uid.is_some_and(|u| u != pod.uid()) {
         return status(StatusCode::NOT_FOUND, "NotFound", "pod not found");
     }
-    let Some(ns) = pod.netns().filter(|_| !pod.is_stopping()) else {
-        let why = if pod.is_stopping() {
-            "is terminating"
-        } else {
-            "is not running yet (its network namespace does not exist)"
-        };
-        return status(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "InternalError",
-            &format!("pod {namespace}/{name} {why}; reverse forwarding needs a running pod"),
-        );
+    let ns = match pod.forwardable_netns() {
+        Ok(ns) => ns,
+        Err(why) => {
+            return status(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                &format!("pod {namespace}/{name} {why}; reverse forwarding needs a running pod"),
+            )
+        }
     };
     let (parts, body) = req.into_parts();
     let (upgrade, headers) = match negotiate_server(&parts) {

@@ -355,16 +355,14 @@ fn port_forward(
     if uid.is_some_and(|u| u != pod.uid()) {
         return text(StatusCode::NOT_FOUND, "pod not found");
     }
-    let Some(ns) = pod.netns().filter(|_| !pod.is_stopping()) else {
-        let why = if pod.is_stopping() {
-            "is terminating"
-        } else {
-            "is not running yet (its network namespace does not exist)"
-        };
-        return text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("pod {namespace}/{name} {why}; port-forward needs a running pod"),
-        );
+    let ns = match pod.forwardable_netns() {
+        Ok(ns) => ns,
+        Err(why) => {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("pod {namespace}/{name} {why}; port-forward needs a running pod"),
+            )
+        }
     };
     let (parts, body) = req.into_parts();
     let (upgrade, mut headers) = match negotiate_server(&parts) {

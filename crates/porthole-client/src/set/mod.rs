@@ -173,12 +173,7 @@ pub struct ForwardArgs {
 impl ForwardArgs {
     /// The `tracing` filter for `-v` (as [`Args::log_filter`]).
     pub fn log_filter(&self) -> &'static str {
-        match self.verbosity.unwrap_or(0) {
-            0..=1 => "warn,kube_client=off",
-            2..=3 => "info",
-            4..=5 => "debug",
-            _ => "trace",
-        }
+        crate::args::log_filter(self.verbosity)
     }
 }
 

@@ -120,6 +120,15 @@ impl PodHandle {
     pub fn netns(&self) -> Option<NetNs> {
         lock(&self.netns).clone()
     }
+    /// The network namespace a forward (either way) may use now, or why not, worded to follow
+    /// "pod NAMESPACE/NAME ": a terminating pod takes no new forwards.
+    pub fn forwardable_netns(&self) -> Result<NetNs, &'static str> {
+        if self.is_stopping() {
+            return Err("is terminating");
+        }
+        self.netns()
+            .ok_or("is not running yet (its network namespace does not exist)")
+    }
     /// Cancelled when the pod is gone (stopped, namespace removed): port-forward streams end.
     pub fn pod_gone(&self) -> CancellationToken {
         self.pod_gone.clone()
