@@ -97,19 +97,49 @@ pub fn leftovers(prefix: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The identity (nsfs inode) of a network namespace: of a name in `/run/netns`, or of a
+/// process's `/proc/PID/ns/net`.
+fn netns_inode(path: &str) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    fs::metadata(path).ok().map(|m| m.ino())
+}
+
 /// Kills every process in the namespace, then deletes it. Best effort: used on teardown paths.
+/// A process that entered after `ip netns pids` looked (an `ip netns exec` racing the
+/// teardown) would keep the deleted namespace alive, so the processes are found again by the
+/// namespace's inode after the name is gone.
 fn remove_netns(netns: &str) {
+    let kill = |pid: i32| {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    };
+    let inode = netns_inode(&format!("/run/netns/{netns}"));
     if let Ok(out) = ip(&["netns", "pids", netns]).output() {
         for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
             if let Ok(pid) = pid.parse::<i32>() {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+                kill(pid);
             }
         }
     }
     let _ = ip(&["netns", "delete", netns]).output();
+    let Some(inode) = inode else { return };
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in procs.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if netns_inode(&format!("/proc/{pid}/ns/net")) == Some(inode) {
+            kill(pid);
+        }
+    }
 }
 
 /// Removes testbed namespaces of test processes that are gone.
@@ -401,6 +431,13 @@ impl Host {
     /// The `ip netns` name (`ip netns exec NAME ...` gets a shell there).
     pub fn netns(&self) -> &str {
         &self.netns
+    }
+
+    /// Whether process `pid` runs in this host's network namespace (a process started with
+    /// [`Host::command`] gets there a moment after it is spawned).
+    pub fn holds(&self, pid: u32) -> bool {
+        let host = netns_inode(&format!("/run/netns/{}", self.netns));
+        host.is_some() && netns_inode(&format!("/proc/{pid}/ns/net")) == host
     }
 
     /// The host's address on the switch.

@@ -279,6 +279,15 @@ fn teardown_leaves_nothing_even_with_processes_running() -> Result<()> {
         .arg("1000")
         .spawn()
         .context("spawn sleep on host a")?;
+    // Tear down once it is inside (spawn returns before `ip netns exec` has entered).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !bed.host("a").holds(sleeper.id()) {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "sleep never entered host a's namespace"
+        );
+        std::thread::yield_now();
+    }
     bed.teardown()?;
     ensure!(leftovers(&id).is_empty(), "left: {:?}", leftovers(&id));
     let status = sleeper.wait()?;
