@@ -1,7 +1,7 @@
 //! A scripted SPDY/3.1 peer and frame builders, for tests that drive one end of a session
 //! frame by frame (after h2's `tests/h2-support`):
 //!
-//! ```ignore
+//! ```text
 //! let mut peer = Peer::new(io);
 //! peer.syn_stream(1, &[("streamtype", "data")]).await;
 //! peer.send(frames::data(1, vec![9u8; 32 * 1024])).await;
