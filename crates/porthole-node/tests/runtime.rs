@@ -470,9 +470,12 @@ async fn leftovers_of_a_crashed_agent_are_cleaned_up() {
     )
     .expect("runtime");
     // SIGKILLed processes are reaped by their new parent; wait for that without sleeping
-    // blindly: poll /proc with a bounded number of yields.
+    // blindly: poll /proc with a bounded number of yields. Every process of the group, not
+    // only its leader: the others may still be exiting when the leader is gone.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while alive(group) && tokio::time::Instant::now() < deadline {
+    while (alive(group) || alive_in_group(group).is_some())
+        && tokio::time::Instant::now() < deadline
+    {
         tokio::task::yield_now().await;
         std::thread::yield_now();
     }

@@ -374,24 +374,32 @@ pub fn assert_clean(state: &Path, pids: &[i32]) {
     for &pid in pids {
         assert!(!alive(pid), "process {pid} still alive");
         // Nothing else in its process group either.
-        for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-            let Some(p) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            if let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) {
-                if let Some((_, rest)) = stat.rsplit_once(')') {
-                    let f: Vec<&str> = rest.split_whitespace().collect();
-                    if f.get(2) == Some(&pid.to_string().as_str()) && f.first() != Some(&"Z") {
-                        panic!("process {p} of group {pid} still alive");
-                    }
+        if let Some(p) = alive_in_group(pid) {
+            panic!("process {p} of group {pid} still alive");
+        }
+    }
+}
+
+/// A process of group `pgid` that is still alive (not a zombie), if any.
+pub fn alive_in_group(pgid: i32) -> Option<i32> {
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(p) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) {
+            if let Some((_, rest)) = stat.rsplit_once(')') {
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                if f.get(2) == Some(&pgid.to_string().as_str()) && f.first() != Some(&"Z") {
+                    return Some(p);
                 }
             }
         }
     }
+    None
 }
 
 /// Sends a plain HTTP/1.1 request and reads the whole response (`Connection: close`).
