@@ -55,4 +55,4 @@ pub use leftovers::{
     alive, check_no_leftovers, descendants, files_owned_by_others, mounts_mentioning, netns_files,
     processes_mentioning, ProcId,
 };
-pub use traffic::{http_get, pattern, PYTHON_PORTFORWARD_GET};
+pub use traffic::{http_get, pattern, RefusedPort, PYTHON_PORTFORWARD_GET};

@@ -73,3 +73,41 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// A port on 127.0.0.1 that refuses connections while this value lives. A socket is bound to
+/// it and never listens, so no other test's listener can take the port meanwhile: a port
+/// found by binding and closing a listener can be handed out again at once, and a test that
+/// expects a refusal would then wait on someone else's server.
+pub struct RefusedPort {
+    port: u16,
+    _reserved: tokio::net::TcpSocket,
+}
+
+impl RefusedPort {
+    /// Reserves a port (any free one).
+    pub fn new() -> RefusedPort {
+        let socket = tokio::net::TcpSocket::new_v4().expect("create a TCP socket");
+        socket
+            .bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+            .expect("bind 127.0.0.1:0");
+        let port = socket
+            .local_addr()
+            .expect("a bound socket's address")
+            .port();
+        RefusedPort {
+            port,
+            _reserved: socket,
+        }
+    }
+
+    /// The port; connecting to it is refused.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Default for RefusedPort {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -13,7 +13,7 @@ use porthole_client::output::{Output, OutputFormat};
 use porthole_client::ports::ResolvedPort;
 use porthole_relay::dial::{DialError, DialFuture, PodDialer};
 use porthole_relay::portforward::spdy_client::PortForwarder;
-use porthole_test::echo;
+use porthole_test::{echo, RefusedPort};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
@@ -133,12 +133,6 @@ impl Connector for TestConnector {
     }
 }
 
-/// A port nothing listens on.
-async fn refused_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap().port()
-}
-
 struct Harness {
     connector: Arc<TestConnector>,
     local_ports: Vec<u16>,
@@ -239,7 +233,10 @@ async fn echo_roundtrip(port: u16, msg: &[u8]) {
 async fn expect_refused(port: u16) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let mut buf = [0u8; 16];
-    let n = s.read(&mut buf).await.unwrap_or(0);
+    let n = tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf))
+        .await
+        .expect("the forward of a refused port ends its connection")
+        .unwrap_or(0);
     assert_eq!(n, 0);
 }
 
@@ -256,7 +253,8 @@ fn fast() -> Options {
 async fn refused_port_fails_only_that_connection() {
     let node = Node::start().await;
     let echo = echo::tcp().await.port();
-    let h = start(&node, vec![echo, refused_port().await], fast()).await;
+    let refused = RefusedPort::new();
+    let h = start(&node, vec![echo, refused.port()], fast()).await;
     echo_roundtrip(h.local_ports[0], b"before").await;
     expect_refused(h.local_ports[1]).await;
     expect_refused(h.local_ports[1]).await;
@@ -301,9 +299,10 @@ async fn reconnects_after_the_node_drops() {
 #[tokio::test]
 async fn kubectl_mode_exits_on_the_first_error_text() {
     let node = Node::start().await;
+    let refused = RefusedPort::new();
     let h = start(
         &node,
-        vec![refused_port().await],
+        vec![refused.port()],
         Options {
             reconnect: false,
             ..fast()

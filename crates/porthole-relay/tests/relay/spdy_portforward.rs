@@ -8,8 +8,8 @@ use porthole_relay::dial::{DialError, DialFuture, PodDialer};
 use porthole_relay::portforward::spdy_client::{ForwardError, PortForwarder};
 use porthole_relay::portforward::spdy_server::{self, ServerConfig};
 use porthole_relay::spdy::{Config, Connection, Role, StreamOpenError};
-use porthole_test::echo;
 use porthole_test::spdy::{headers, Peer};
+use porthole_test::{echo, RefusedPort};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -37,11 +37,6 @@ fn start(
     let (a, b) = tokio::io::duplex(1 << 20);
     let server = tokio::spawn(spdy_server::serve(b, Arc::new(Loopback), cfg));
     (PortForwarder::new(a, Config::client()), server)
-}
-
-async fn refused_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap().port()
 }
 
 #[tokio::test]
@@ -75,7 +70,8 @@ async fn data_round_trip_over_tcp() {
 #[tokio::test]
 async fn refused_port_fails_only_that_pair() {
     let good = echo::tcp().await.port();
-    let bad = refused_port().await;
+    let refused = RefusedPort::new();
+    let bad = refused.port();
     let (pf, _server) = start(ServerConfig::default());
     let pf = Arc::new(pf);
     // A long-lived pair on the good port.
@@ -395,7 +391,8 @@ impl Recording {
 #[tokio::test]
 async fn every_forward_reports_its_bytes_once_however_it_ends() {
     let port = echo::tcp().await.port();
-    let bad = refused_port().await;
+    let refused = RefusedPort::new();
+    let bad = refused.port();
     let dialer = Arc::new(Recording::default());
     let cfg = ServerConfig::default();
     let gone = cfg.pod_gone.clone();
